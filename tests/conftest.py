@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from nsutil import netns as _netns  # noqa: E402
+
+
+def _can_netns() -> bool:
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    if _can_netns():
+        return
+    skip = pytest.mark.skip(reason="needs root and iproute2 for network namespaces")
+    for item in items:
+        if "privileged" in item.keywords or "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_netns():
+    """Factory fixture: ``make_netns(tag)`` returns a fresh namespace name, deleted at teardown."""
+    stack = []
+
+    def make(tag: str = "t") -> str:
+        cm = _netns(tag)
+        name = cm.__enter__()
+        stack.append(cm)
+        return name
+
+    yield make
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)

@@ -1,0 +1,62 @@
+"""Throwaway network namespaces for privileged tests.
+
+Every namespace made here is named ``prt-<tag>-<random>`` so that a leak is
+recognisable, and is deleted (with every process still inside it killed by PID)
+when the test ends. Nothing here touches the root namespace's links, addresses
+or routes.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+NETNS_DIR = Path("/var/run/netns")
+
+
+def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = 30,
+       input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (in namespace ``ns`` if given) and return the completed process.
+
+    Raises subprocess.CalledProcessError with stderr in the message when ``check``.
+    """
+    cmd: Sequence[str] = (["ip", "netns", "exec", ns, *argv] if ns else list(argv))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
+    return proc
+
+
+def pids_in(ns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def delete_netns(ns: str) -> None:
+    """Kill what still runs inside ``ns`` (by PID) and delete it. Missing is fine."""
+    for pid in pids_in(ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+@contextmanager
+def netns(tag: str) -> Iterator[str]:
+    """Create ``prt-<tag>-<6 hex>``, bring its lo up, yield its name, delete it after."""
+    name = f"prt-{tag}-{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=name)
+        yield name
+    finally:
+        delete_netns(name)
+
+
+def netns_path(name: str) -> str:
+    return str(NETNS_DIR / name)
