@@ -1,0 +1,274 @@
+"""The per-node agent: wires felix (FIB), bgp (speaker) and cni (pod wiring) together.
+
+Data flow (ARCHITECTURE.md): the speaker hands its Loc-RIB to :meth:`Agent._on_bgp_routes`,
+which turns best paths into felix routes; the CNI plugin tells the agent about each
+workload so felix owns its ``/32 dev <veth>`` route; felix applies on every event
+(debounced a few ms so a burst of updates becomes one batch) and fully resyncs every
+``resyncInterval`` seconds, the kube-router pattern of immediate apply plus a periodic
+safety net. The netlink monitor marks felix dirty when someone touches our routes.
+
+Start-up after a restart (graceful restart, RFC 4724 §4.2 receiving-speaker view): the
+routes we programmed last time are still in the FIB. Until BGP has re-converged
+(End-of-RIB from every established peer, or the restart time elapsing) those
+BGP-learned routes are kept as *stale* desired routes, so no route is removed before
+its replacement could have arrived.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import time
+from typing import Any, Mapping
+
+from podroute import statusd
+from podroute.config import NodeConfig
+from podroute.routing import bgp_routes_to_fib
+from podroute.tasks import TaskGuard
+
+log = logging.getLogger("podroute.agent")
+
+DEBOUNCE_S = 0.005
+RETRY_S = 1.0
+
+
+class Agent:
+    """One node's podroute agent. ``await run()`` until SIGTERM/SIGINT or a task crash.
+
+    Collaborators can be injected for tests (``dataplane``, ``wiring``, ``speaker_factory``);
+    by default the real netlink adapters and the ExaBGP speaker are used.
+    """
+
+    def __init__(self, cfg: NodeConfig, *, dataplane: Any = None, wiring: Any = None,
+                 speaker_factory: Any = None, start_monitor: bool = True) -> None:
+        from cni.ipam import IPAM
+        from cni.plugin import CNIPlugin
+        from felix.routes import Route
+        from felix.routetable import RouteTable
+
+        self.cfg = cfg
+        self.guard = TaskGuard()
+        self.started = time.time()
+        self._kick = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._start_monitor = start_monitor
+        self.resyncs = 0
+        self.drift_repairs = 0
+        self.last_apply: dict[str, Any] | None = None
+        self._last_best: Mapping[Any, Any] = {}
+
+        if dataplane is None:
+            from felix.netlink import NetlinkDataplane
+            dataplane = NetlinkDataplane()
+        self.dataplane = dataplane
+        self.routes = RouteTable(dataplane, protocol=cfg.route_protocol)
+        self.routes.set_routes("blocks", [Route.blackhole(c) for c in cfg.pod_cidrs])
+
+        cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ipam = IPAM(cfg.paths.state_dir / "ipam", blocks=cfg.pod_cidrs)
+        if wiring is None:
+            from cni.netlink_wiring import NetlinkWiring
+            wiring = NetlinkWiring()
+        self.cni = CNIPlugin(ipam=self.ipam, wiring=wiring, mtu=cfg.mtu, protocol=cfg.route_protocol,
+                             workloads=self)
+        self.routes.set_routes("workloads", [self._workload_route(ep) for ep in self.cni.endpoints()])
+
+        # Graceful restart: keep what BGP installed last time until BGP re-converges.
+        self._stale_until: float | None = None
+        stale = self._stale_bgp_routes()
+        self._stale = {r.dst: r for r in stale}
+        if stale:
+            self._stale_until = time.monotonic() + cfg.graceful_restart_time
+            self.routes.set_routes("bgp", stale)
+            log.info("keeping routes from the previous run until BGP converges",
+                     extra={"kv": {"routes": len(stale), "max_wait_s": cfg.graceful_restart_time}})
+
+        self.speaker = (speaker_factory or self._make_speaker)(cfg, self._on_bgp_routes)
+        self.speaker.set_announcements(cfg.pod_cidrs)
+
+    # --- collaborators -------------------------------------------------------------
+    @staticmethod
+    def _make_speaker(cfg: NodeConfig, on_routes: Any) -> Any:
+        from bgp.model import PeerConfig, SpeakerConfig
+        from bgp.speaker import Speaker
+        peers = tuple(PeerConfig(address=p.address, asn=p.asn, password=p.password, hold_time=p.hold_time,
+                                 passive=p.passive, port=p.port, local_address=cfg.node_ip)
+                      for p in cfg.peers)
+        sc = SpeakerConfig(router_id=cfg.bgp_router_id, local_as=cfg.asn, local_address=cfg.node_ip, peers=peers,
+                           announce=cfg.pod_cidrs, import_pools=tuple(p.cidr for p in cfg.ip_pools),
+                           own_blocks=cfg.pod_cidrs, node_ip=cfg.node_ip,
+                           listen_address=cfg.listen_address, listen_port=cfg.listen_port,
+                           graceful_restart_time=cfg.graceful_restart_time,
+                           state_dir=cfg.paths.state_dir / "bgp")
+        return Speaker(sc, on_routes)
+
+    def _workload_route(self, ep: Any) -> Any:
+        from felix.routes import Route
+        return Route.device(ipaddress.IPv4Network(f"{ep.ip}/32"), ep.host_ifname)
+
+    def _stale_bgp_routes(self) -> list[Any]:
+        try:
+            existing = self.dataplane.dump_routes(table=self.routes.table, protocol=self.cfg.route_protocol)
+        except Exception as e:  # noqa: BLE001 - a failed dump only means nothing to preserve
+            log.warning("could not read existing routes", extra={"kv": {"error": str(e)}})
+            return []
+        desired = self.routes.desired()
+        return [r for r in existing if r.dst not in desired and (r.gateway is not None or r.multipath)]
+
+    # --- events -----------------------------------------------------------------------
+    def kick(self) -> None:
+        self._kick.set()
+
+    def workload_added(self, ep: Any) -> None:
+        self.routes.set_route("workloads", self._workload_route(ep))
+        self.kick()
+
+    def workload_removed(self, ep: Any) -> None:
+        self.routes.remove_route("workloads", ipaddress.IPv4Network(f"{ep.ip}/32"))
+        self.kick()
+
+    def _on_bgp_routes(self, best: Mapping[Any, Any]) -> None:
+        self._last_best = best
+        self._refresh_bgp_routes()
+
+    def _refresh_bgp_routes(self) -> None:
+        fib = bgp_routes_to_fib(self._last_best, self.cfg)
+        if self._stale_until is not None:
+            if self._bgp_converged() or time.monotonic() >= self._stale_until:
+                log.info("BGP converged after restart; stale routes released",
+                         extra={"kv": {"stale": len(self._stale)}})
+                self._stale_until = None
+                self._stale = {}
+            else:
+                # Until End-of-RIB, a stale route stays unless BGP already offers a replacement.
+                fresh = {r.dst for r in fib}
+                fib = fib + [r for dst, r in self._stale.items() if dst not in fresh]
+        self.routes.set_routes("bgp", fib)
+        self.kick()
+
+    def _bgp_converged(self) -> bool:
+        peers = self.speaker.status().peers
+        up = [p for p in peers if p.state == "established"]
+        return bool(up) and all(getattr(p, "eor_received", False) for p in up)
+
+    def _on_drift(self) -> None:
+        self.drift_repairs += 1
+        self.routes.mark_dirty()
+        self.kick()
+
+    # --- loops ------------------------------------------------------------------------
+    async def _felix_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            await asyncio.sleep(DEBOUNCE_S)
+            self._kick.clear()
+            if self._stale_until is not None:
+                self._refresh_bgp_routes()  # may release the hold: End-of-RIB seen or timer expired
+                self._kick.clear()
+            res = self.routes.apply()
+            self.last_apply = {"added": res.added, "replaced": res.replaced, "deleted": res.deleted,
+                               "errors": [f"{f.route.dst}: {f.message}" for f in res.errors],
+                               "duration_s": res.duration_s, "at": time.time()}
+            if res.added or res.deleted or res.replaced or res.errors:
+                log.info("FIB applied", extra={"kv": {k: v if k != "errors" else len(v)
+                                                       for k, v in self.last_apply.items() if k != "at"}})
+            if res.errors:
+                for f in res.errors[:10]:
+                    log.warning("route not programmed", extra={"kv": {"dst": f.route.dst, "errno": f.errno,
+                                                                      "error": f.message}})
+                asyncio.get_running_loop().call_later(RETRY_S, self.kick)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.resync_interval)
+            self.resyncs += 1
+            self.routes.mark_dirty()
+            self.kick()
+
+    async def _monitor(self) -> None:
+        from felix.monitor import RouteMonitor
+        await RouteMonitor(self._on_drift, protocol=self.cfg.route_protocol).run()
+
+    async def _cni_server(self) -> None:
+        from cni.server import CNIServer
+        await CNIServer(self.cfg.paths.cni_socket, self.cni).run()
+
+    # --- status -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        sp = self.speaker.status()
+        peer_cfg = {p.address: p for p in self.cfg.peers}
+        peers = []
+        rejections: dict[str, int] = {}
+        for p in sp.peers:
+            peers.append({"address": str(p.address), "asn": p.asn,
+                          "type": "iBGP" if p.asn == self.cfg.asn else "eBGP",
+                          "state": p.state, "since": p.since,
+                          "prefixes_received": p.prefixes_received, "prefixes_accepted": p.prefixes_accepted,
+                          "prefixes_rejected": p.prefixes_rejected, "info": p.last_error or "",
+                          "passive": peer_cfg[p.address].passive if p.address in peer_cfg else None})
+            for reason, n in (getattr(p, "rejections", None) or {}).items():
+                rejections[reason] = rejections.get(reason, 0) + n
+        desired = self.routes.desired()
+        by_owner: dict[str, int] = {}
+        for owner in ("workloads", "blocks", "bgp"):
+            by_owner[owner] = len(self.routes.owned(owner))
+        by_owner["total"] = len(desired)
+        return {
+            "node": {"name": self.cfg.node_name, "ip": str(self.cfg.node_ip), "asn": self.cfg.asn,
+                     "router_id": str(self.cfg.bgp_router_id), "pod_cidrs": [str(c) for c in self.cfg.pod_cidrs]},
+            "started": self.started,
+            "bgp": {"peers": peers, "rejections": rejections,
+                    "exabgp": {"pid": sp.exabgp_pid, "restarts": sp.exabgp_restarts, "last_exit": sp.last_exit},
+                    "announced": [str(a) for a in sp.announced],
+                    "routes": [{"prefix": str(r.prefix), "next_hops": [str(n) for n in r.next_hops],
+                                "peers": [str(p) for p in r.peers]}
+                               for r in sorted(self.speaker.best_routes().values(), key=lambda r: r.prefix)]},
+            "fib": {"protocol": self.cfg.route_protocol, "desired_by_owner": by_owner,
+                    "last_apply": self.last_apply, "resyncs": self.resyncs, "drift_repairs": self.drift_repairs,
+                    "graceful_restart_hold": self._stale_until is not None},
+            "workloads": len(self.cni.endpoints()),
+            "tasks": self.guard.running(),
+            "task_failures": [f.__dict__ for f in self.guard.failures],
+        }
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or a guarded task crashes (exit 1)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.cfg.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        log.info("agent starting", extra={"kv": {"node": self.cfg.node_name, "node_ip": self.cfg.node_ip,
+                                                 "pod_cidrs": ",".join(map(str, self.cfg.pod_cidrs)),
+                                                 "peers": len(self.cfg.peers), "config": self.cfg.source}})
+        self.kick()
+        g = self.guard
+        g.start("felix", self._felix_loop)
+        g.start("resync", self._resync_loop)
+        if self._start_monitor:
+            g.start("route-monitor", self._monitor)
+        g.start("cni-server", self._cni_server)
+        g.start("status-server", lambda: statusd.serve(self.cfg.paths.agent_socket, self.status))
+        g.start("bgp-speaker", self.speaker.run)
+        stop = asyncio.create_task(self._stop.wait())
+        failed = asyncio.create_task(g.failed.wait())
+        await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+        code = 1 if g.failed.is_set() else 0
+        log.info("agent stopping", extra={"kv": {"reason": "task failure" if code else "signal"}})
+        try:
+            await asyncio.wait_for(self.speaker.stop(), timeout=15)
+        except Exception as e:  # noqa: BLE001 - shutting down regardless
+            log.warning("speaker did not stop cleanly", extra={"kv": {"error": str(e)}})
+        await g.cancel_all()
+        for t in (stop, failed):
+            t.cancel()
+        for sock in (self.cfg.paths.cni_socket, self.cfg.paths.agent_socket):
+            try:
+                sock.unlink()
+            except FileNotFoundError:
+                pass
+        # Our routes stay in the FIB on purpose (as Calico's Felix): pods keep working while
+        # the agent restarts, and the next agent reconciles whatever changed meanwhile.
+        log.info("agent stopped", extra={"kv": {"exit_code": code}})
+        return code

@@ -1,0 +1,138 @@
+"""``podroute``: the node agent, its status, CNI installation and the multi-node lab.
+
+Exit codes: 0 success, 1 runtime failure (agent crashed, lab check failed), 2 bad
+usage or invalid config (one line on stderr naming the file and key).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/podroute/node.yaml"
+
+
+def _load_config(path: str):
+    from podroute.config import load
+    return load(path)
+
+
+def cmd_node_run(args: argparse.Namespace) -> int:
+    from podroute import logs
+    from podroute.agent import Agent
+    cfg = _load_config(args.config)
+    logs.setup(args.log_level, args.log_format)
+
+    async def main() -> int:
+        return await Agent(cfg).run()
+    return asyncio.run(main())
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    print(f"{args.config}: ok (node {cfg.node_name}, {len(cfg.pod_cidrs)} block(s), {len(cfg.peers)} peer(s))")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from podroute import statusd
+    if args.socket:
+        sock = Path(args.socket)
+    else:
+        sock = _load_config(args.config).paths.agent_socket
+    try:
+        st = statusd.query(sock)
+    except statusd.AgentUnreachable as e:
+        print(f"podroute status: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(st, indent=2, default=str) if args.json else statusd.render(st))
+    return 0
+
+
+def cmd_cni_install(args: argparse.Namespace) -> int:
+    from cni.install import install_shim
+    from podroute.cniconf import write_conflist
+    cfg = _load_config(args.config)
+    shim = install_shim(Path(args.bin_dir))
+    conf = write_conflist(Path(args.conf_dir), cfg)
+    print(f"installed CNI plugin {shim} and network config {conf}")
+    return 0
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from podroute.lab.runner import lab_up
+    return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
+                  pods_per_node=args.pods, keep_on_failure=args.keep)
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from podroute.lab.runner import lab_down
+    return lab_down(name=args.name, state_root=Path(args.state_dir))
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    from podroute.lab.runner import lab_status
+    return lab_status(name=args.name, state_root=Path(args.state_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="podroute", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="group", required=True)
+
+    node = sub.add_parser("node", help="run the node agent").add_subparsers(dest="cmd", required=True)
+    run = node.add_parser("run", help="run the agent in the foreground (felix + BGP speaker + CNI server)")
+    run.add_argument("--config", default=DEFAULT_CONFIG)
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
+    run.set_defaults(func=cmd_node_run)
+
+    cfg = sub.add_parser("config", help="node config tools").add_subparsers(dest="cmd", required=True)
+    chk = cfg.add_parser("check", help="validate a node config file")
+    chk.add_argument("--config", default=DEFAULT_CONFIG)
+    chk.set_defaults(func=cmd_config_check)
+
+    st = sub.add_parser("status", help="BGP peers and route summary from the running agent")
+    st.add_argument("--config", default=DEFAULT_CONFIG)
+    st.add_argument("--socket", help="agent status socket (default: <runDir>/agent.sock from --config)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    cni = sub.add_parser("cni", help="CNI plugin installation").add_subparsers(dest="cmd", required=True)
+    inst = cni.add_parser("install", help="install the podroute CNI plugin and its conflist")
+    inst.add_argument("--config", default=DEFAULT_CONFIG)
+    inst.add_argument("--bin-dir", default="/opt/cni/bin")
+    inst.add_argument("--conf-dir", default="/etc/cni/net.d")
+    inst.set_defaults(func=cmd_cni_install)
+
+    lab = sub.add_parser("lab", help="a multi-node cluster in network namespaces").add_subparsers(dest="cmd", required=True)
+    for name, func, helptext in (("up", cmd_lab_up, "build the lab, wire pods, prove reachability"),
+                                 ("down", cmd_lab_down, "remove everything the lab created"),
+                                 ("status", cmd_lab_status, "show the lab's nodes and their agents' status")):
+        sp = lab.add_parser(name, help=helptext)
+        sp.add_argument("--name", default="lab", help="lab name; namespaces are prl-<name>-*")
+        sp.add_argument("--state-dir", default="/var/lib/podroute-lab")
+        sp.set_defaults(func=func)
+        if name == "up":
+            sp.add_argument("--nodes", type=int, default=3)
+            sp.add_argument("--peer", default="bird", choices=["bird"])
+            sp.add_argument("--pods", type=int, default=2, help="pods per node")
+            sp.add_argument("--keep", action="store_true", help="leave the lab up even if a check fails")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from podroute.schema import ConfigError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"podroute: invalid config: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The CNI network configuration list podroute installs in /etc/cni/net.d.
+
+CNI spec 1.0.0, section "Configuration format": a conflist with ``cniVersion``,
+``name`` and ``plugins``; the runtime executes each plugin named by ``type`` from
+CNI_PATH. podroute's plugin is followed by the reference ``portmap`` plugin for
+hostPort support, as in Calico's default conflist.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from podroute.config import NodeConfig
+
+CONFLIST_NAME = "10-podroute.conflist"
+
+
+def conflist(cfg: NodeConfig) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "podroute",
+        "plugins": [
+            {"type": "podroute", "agentSocket": str(cfg.paths.cni_socket), "mtu": cfg.mtu},
+            {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def write_conflist(conf_dir: Path, cfg: NodeConfig) -> Path:
+    """Atomically write ``<conf_dir>/10-podroute.conflist``; returns its path."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    dest = conf_dir / CONFLIST_NAME
+    fd, tmp = tempfile.mkstemp(dir=conf_dir, prefix=".podroute-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(conflist(cfg), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+    return dest

@@ -1,0 +1,216 @@
+"""The per-node config file: YAML in, a validated frozen :class:`NodeConfig` out.
+
+Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default)::
+
+    nodeName: node1                  # DNS-1123 label
+    nodeIP: 198.18.0.11              # the node's underlay address, BGP next hop for its blocks
+    asn: 64512                       # local AS, 1..4294967295 (RFC 6793 4-byte ASNs)
+    routerID: 198.18.0.11            # BGP identifier, defaults to nodeIP
+    podCIDRs: [198.19.1.0/26]        # IPAM block(s) affine to this node (Calico block affinity)
+    ipPools:                         # cluster pools; podCIDRs must lie inside them
+      - {cidr: 198.19.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: Never}
+    mtu: 1500                        # pod veth MTU, 576..9000
+    peers:                           # BGP peers of this node
+      - {address: 198.18.0.1, asn: 64512, holdTime: 90, passive: false,
+         passwordFile: /etc/podroute/peer.md5}   # or password: "..."; file must be mode 0600
+    listen: {address: 198.18.0.11, port: 179}
+    gracefulRestartTime: 120         # seconds, RFC 4724 restart time we advertise
+    routeProtocol: 90                # rtnetlink protocol number stamped on our routes
+    resyncInterval: 30               # seconds between full FIB resyncs (the safety net)
+    paths: {stateDir: /var/lib/podroute, runDir: /run/podroute}
+
+Errors: :func:`load` raises :class:`podroute.schema.ConfigError` whose ``str`` is
+one line naming the file, the key path and what is wrong.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
+                             ipv4_network, join, list_of, no_overlaps, number, string)
+
+DEFAULT_ASN = 64512
+ASN_RANGE = (1, 4294967295)
+ENCAP_MODES = ("Always", "CrossSubnet", "Never")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class IPPool:
+    """A cluster IP pool (Calico IPPool): blocks of ``/block_size`` are carved from ``cidr``."""
+    cidr: ipaddress.IPv4Network
+    block_size: int = 26
+    ipip_mode: str = "Never"
+    vxlan_mode: str = "Never"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A BGP peer of this node. ``password`` is the TCP MD5 key (RFC 2385); never logged."""
+    address: ipaddress.IPv4Address
+    asn: int
+    hold_time: int = 90
+    passive: bool = False
+    port: int = 179
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: Path = Path("/var/lib/podroute")
+    run_dir: Path = Path("/run/podroute")
+
+    @property
+    def cni_socket(self) -> Path:
+        return self.run_dir / "cni.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str
+    node_ip: ipaddress.IPv4Address
+    pod_cidrs: tuple[ipaddress.IPv4Network, ...]
+    ip_pools: tuple[IPPool, ...]
+    asn: int = DEFAULT_ASN
+    router_id: ipaddress.IPv4Address | None = None
+    mtu: int = 1500
+    peers: tuple[Peer, ...] = ()
+    listen_address: ipaddress.IPv4Address | None = None
+    listen_port: int = 179
+    graceful_restart_time: int = 120
+    route_protocol: int = 90
+    resync_interval: float = 30.0
+    paths: Paths = Paths()
+    source: str = "<memory>"
+
+    @property
+    def bgp_router_id(self) -> ipaddress.IPv4Address:
+        return self.router_id or self.node_ip
+
+
+def _node_name(value: Any, path: str) -> str:
+    name = string(value, path)
+    if not _DNS_LABEL.match(name):
+        raise ConfigError(path, f"{name!r} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
+    return name
+
+
+def _pool(value: Any, path: str) -> IPPool:
+    s = Section(value, path)
+    cidr = s.get("cidr", ipv4_network)
+    block = s.get("blockSize", integer(cidr.prefixlen, 32), 26)
+    ipip = s.get("ipipMode", choice(*ENCAP_MODES), "Never")
+    vxlan = s.get("vxlanMode", choice(*ENCAP_MODES), "Never")
+    s.finish()
+    if ipip != "Never" and vxlan != "Never":
+        # Calico rejects an IPPool with both encapsulations on: a route can take only one.
+        raise ConfigError(path, f"ipipMode {ipip} and vxlanMode {vxlan} are mutually exclusive; set one to Never")
+    return IPPool(cidr, block, ipip, vxlan)
+
+
+def _password_file(value: Any, path: str) -> str:
+    p = Path(string(value, path))
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ConfigError(path, f"cannot read {p}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(path, f"{p} has mode {stat.S_IMODE(st.st_mode):04o}; it holds a secret and must be 0600")
+    secret = p.read_text().strip()
+    if not secret:
+        raise ConfigError(path, f"{p} is empty")
+    return secret
+
+
+def _peer(value: Any, path: str) -> Peer:
+    s = Section(value, path)
+    address = s.get("address", ipv4_address)
+    asn = s.get("asn", integer(*ASN_RANGE))
+    # RFC 4271 §4.2: hold time is 0 (no keepalives) or at least 3 seconds.
+    hold = s.get("holdTime", integer(0, 65535), 90)
+    if 0 < hold < 3:
+        raise ConfigError(join(path, "holdTime"), f"{hold} is invalid: must be 0 or 3..65535 (RFC 4271 §4.2)")
+    passive = s.get("passive", boolean, False)
+    port = s.get("port", integer(1, 65535), 179)
+    password = s.get("password", string, None)
+    password_file = s.get("passwordFile", _password_file, None)
+    s.finish()
+    if password is not None and password_file is not None:
+        raise ConfigError(path, "set password or passwordFile, not both")
+    return Peer(address, asn, hold, passive, port, password if password is not None else password_file)
+
+
+def parse(raw: Any, source: str = "<memory>") -> NodeConfig:
+    """Validate a parsed YAML tree. Raises ConfigError (with ``file`` = ``source``)."""
+    try:
+        return _parse(raw, source)
+    except ConfigError as e:
+        raise e.with_file(source) from None
+
+
+def _parse(raw: Any, source: str) -> NodeConfig:
+    s = Section(raw, "")
+    name = s.get("nodeName", _node_name)
+    node_ip = s.get("nodeIP", ipv4_address)
+    asn = s.get("asn", integer(*ASN_RANGE), DEFAULT_ASN)
+    router_id = s.get("routerID", ipv4_address, None)
+    pools = s.get("ipPools", list_of(_pool, min_items=1))
+    no_overlaps((p.cidr for p in pools), "ipPools")
+    cidrs = s.get("podCIDRs", list_of(ipv4_network, min_items=1))
+    no_overlaps(cidrs, "podCIDRs")
+    for i, cidr in enumerate(cidrs):
+        if not any(cidr.subnet_of(p.cidr) for p in pools):
+            raise ConfigError(join("podCIDRs", i), f"{cidr} is not inside any of ipPools ({', '.join(str(p.cidr) for p in pools)})")
+    if any(node_ip in c for c in cidrs):
+        raise ConfigError("nodeIP", f"{node_ip} lies inside podCIDRs")
+    mtu = s.get("mtu", integer(576, 9000), 1500)
+    peers = s.get("peers", list_of(_peer), ())
+    for i, peer in enumerate(peers):
+        if peer.address == node_ip:
+            raise ConfigError(join(join("peers", i), "address"), f"{peer.address} is this node's own nodeIP")
+        for j in range(i):
+            if peers[j].address == peer.address:
+                raise ConfigError(join(join("peers", i), "address"), f"{peer.address} is listed twice (also peers[{j}])")
+    listen = s.section("listen")
+    listen_address = listen.get("address", ipv4_address, None)
+    listen_port = listen.get("port", integer(1, 65535), 179)
+    listen.finish()
+    gr = s.get("gracefulRestartTime", integer(1, 4095), 120)  # RFC 4724 §3: 12-bit restart time
+    proto = s.get("routeProtocol", integer(5, 255), 90)  # 0..4 are the kernel's own (rtnetlink.h)
+    resync = s.get("resyncInterval", number(1, 3600), 30.0)
+    p = s.section("paths")
+    paths = Paths(p.get("stateDir", lambda v, k: Path(string(v, k)), Paths.state_dir),
+                  p.get("runDir", lambda v, k: Path(string(v, k)), Paths.run_dir))
+    p.finish()
+    s.finish()
+    return NodeConfig(name, node_ip, cidrs, pools, asn, router_id, mtu, peers, listen_address,
+                      listen_port, gr, proto, resync, paths, source)
+
+
+def load(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a node config file. Raises ConfigError (one-line ``str``)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError("", f"cannot read: {e.strerror}", source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError("", f"invalid YAML: {where}{problem}", source) from None
+    return parse(raw, source)

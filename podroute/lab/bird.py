@@ -1,0 +1,59 @@
+"""BIRD 2 as the lab's route reflector / ToR: config rendering and birdc queries.
+
+The reflector follows RFC 4456: every node is an iBGP ``rr client``; BIRD reflects
+each node's block to the others with the next hop unchanged (iBGP keeps NEXT_HOP,
+RFC 4271 §5.1.3), so each node routes another node's block via that node's IP.
+BIRD runs without a kernel protocol: its namespace's FIB is never touched.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from podroute.lab.netns import run
+
+
+@dataclass(frozen=True)
+class BirdNeighbor:
+    name: str
+    address: ipaddress.IPv4Address
+    asn: int
+
+
+def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNeighbor],
+              log_file: Path, graceful_restart_time: int = 120) -> str:
+    lines = [
+        f"router id {router_id};",
+        f'log "{log_file}" all;',
+        "protocol device {}",
+        # Next hops of reflected routes are on the fabric subnet: resolve them directly.
+        "protocol direct { ipv4; interface \"eth0\"; }",
+        "template bgp node_client {",
+        f"  local {router_id} as {asn};",
+        "  rr client;",
+        f"  rr cluster id {router_id};",
+        "  hold time 30;",
+        "  graceful restart on;",
+        f"  graceful restart time {graceful_restart_time};",
+        "  ipv4 { import all; export all; gateway direct; };",
+        "}",
+    ]
+    for n in neighbors:
+        lines.append(f"protocol bgp {n.name} from node_client {{ neighbor {n.address} as {n.asn}; }}")
+    return "\n".join(lines) + "\n"
+
+
+def birdc(sock: Path, *cmd: str, ns: str) -> str:
+    return run(["birdc", "-s", str(sock), *cmd], ns=ns, timeout=10).stdout
+
+
+def established(sock: Path, ns: str) -> dict[str, bool]:
+    """``{protocol name: Established?}`` for the BGP protocols, from ``birdc show protocols``."""
+    out = birdc(sock, "show", "protocols", ns=ns)
+    states: dict[str, bool] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == "BGP":
+            states[parts[0]] = "Established" in line
+    return states

@@ -1,0 +1,461 @@
+"""``podroute lab up|down|status``: an N-node podroute cluster in network namespaces.
+
+Topology (all addresses from 198.18.0.0/15; nothing is added to the root namespace)::
+
+    prl-<name>-fab   L2 fabric: bridge br0, one port per node and one for the router
+    prl-<name>-rr    BIRD 2 route reflector, eth0 198.18.0.1/24, AS 64512
+    prl-<name>-n<i>  node i: eth0 198.18.0.(10+i)/24, default via 198.18.0.1,
+                     a real ``podroute node run`` agent (felix + ExaBGP speaker + CNI server),
+                     IPAM block 198.19.<i>.0/26 from pool 198.19.0.0/16
+    prl-<name>-n<i>p<j>  pod j of node i, wired by executing the installed CNI plugin
+                     exactly as a container runtime does (CNI_* env, config on stdin)
+
+The last node is started only after the others have converged, so that the time a
+new node's block takes to reach every other FIB is measured on every run.
+Everything created is recorded in ``<state-dir>/<name>/lab.json``; ``lab down`` removes
+it (agents get SIGTERM first, then every process left in a lab namespace is killed
+by PID and the namespaces are deleted).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from podroute import statusd
+from podroute.lab import bird, netns
+from podroute.lab.netns import LabError
+
+FABRIC_NET = ipaddress.IPv4Network("198.18.0.0/24")
+RR_IP = ipaddress.IPv4Address("198.18.0.1")
+POOL = ipaddress.IPv4Network("198.19.0.0/16")
+ASN = 64512
+MAX_NODES = 200
+
+
+@dataclass
+class Node:
+    name: str
+    ns: str
+    ip: str
+    block: str
+    dir: str
+    pid: int | None = None
+
+
+@dataclass
+class Pod:
+    name: str
+    node: str
+    ns: str
+    container_id: str
+    ip: str | None = None
+    add_ms: float | None = None
+
+
+@dataclass
+class Lab:
+    name: str
+    root: str
+    nodes: list[Node] = field(default_factory=list)
+    pods: list[Pod] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    bird_pid: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"prl-{self.name}-"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root)
+
+    def save(self) -> None:
+        tmp = self.path / "lab.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, self.path / "lab.json")
+
+    @classmethod
+    def load(cls, root: Path) -> "Lab | None":
+        try:
+            raw = json.loads((root / "lab.json").read_text())
+        except (OSError, ValueError):
+            return None
+        lab = cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
+                  raw["namespaces"], raw.get("bird_pid"), raw.get("timings", {}))
+        return lab
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05) -> float:
+    """Poll ``check`` until true; return the seconds it took. Raises LabError naming ``what``."""
+    t0 = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _validate_name(name: str) -> None:
+    if not name.replace("-", "").isalnum() or len(name) > 12:
+        raise LabError(f"lab name {name!r} must be 1-12 letters, digits or '-'")
+
+
+# --- building ---------------------------------------------------------------------------
+def _build_fabric(lab: Lab, n_nodes: int) -> None:
+    fab = lab.prefix + "fab"
+    netns.add(fab)
+    lab.namespaces.append(fab)
+    lab.save()
+    netns.ip("link", "add", "br0", "type", "bridge", ns=fab)
+    netns.ip("link", "set", "br0", "up", ns=fab)
+    rr = lab.prefix + "rr"
+    netns.add(rr)
+    lab.namespaces.append(rr)
+    lab.save()
+    netns.veth(rr, "eth0", fab, "rr")
+    netns.ip("link", "set", "rr", "master", "br0", ns=fab)
+    netns.ip("addr", "add", f"{RR_IP}/24", "dev", "eth0", ns=rr)
+    for i in range(1, n_nodes + 1):
+        node_ns = f"{lab.prefix}n{i}"
+        netns.add(node_ns)
+        lab.namespaces.append(node_ns)
+        lab.save()
+        netns.veth(node_ns, "eth0", fab, f"n{i}")
+        netns.ip("link", "set", f"n{i}", "master", "br0", ns=fab)
+        node_ip = FABRIC_NET.network_address + 10 + i
+        netns.ip("addr", "add", f"{node_ip}/24", "dev", "eth0", ns=node_ns)
+        # A node has a default route in real life; proxy ARP for 169.254.1.1 needs one too.
+        netns.ip("route", "add", "default", "via", str(RR_IP), ns=node_ns)
+        netns.sysctl(node_ns, "net.ipv4.ip_forward", "1")
+        block = ipaddress.IPv4Network(f"198.19.{i}.0/26")
+        ndir = lab.path / f"n{i}"
+        ndir.mkdir(parents=True, exist_ok=True)
+        lab.nodes.append(Node(f"n{i}", node_ns, str(node_ip), str(block), str(ndir)))
+    lab.save()
+
+
+def _node_config(lab: Lab, node: Node) -> Path:
+    ndir = Path(node.dir)
+    cfg = {
+        "nodeName": f"{lab.name}-{node.name}",
+        "nodeIP": node.ip,
+        "asn": ASN,
+        "podCIDRs": [node.block],
+        "ipPools": [{"cidr": str(POOL), "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Never"}],
+        "mtu": 1500,
+        "peers": [{"address": str(RR_IP), "asn": ASN, "holdTime": 30}],
+        "resyncInterval": 30,
+        "paths": {"stateDir": str(ndir / "state"), "runDir": str(ndir / "run")},
+    }
+    path = ndir / "node.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    conf = {"cniVersion": "1.0.0", "name": "podroute", "type": "podroute",
+            "agentSocket": str(ndir / "run" / "cni.sock"), "mtu": 1500}
+    (ndir / "cni.json").write_text(json.dumps(conf))
+    return path
+
+
+def _start_bird(lab: Lab) -> None:
+    rr = lab.prefix + "rr"
+    bdir = lab.path / "bird"
+    bdir.mkdir(exist_ok=True)
+    neighbors = [bird.BirdNeighbor(n.name, ipaddress.IPv4Address(n.ip), ASN) for n in lab.nodes]
+    conf = bdir / "bird.conf"
+    conf.write_text(bird.render_rr(RR_IP, ASN, neighbors, bdir / "bird.log"))
+    proc = subprocess.Popen(["ip", "netns", "exec", rr, "bird", "-f", "-c", str(conf), "-s", str(bdir / "bird.ctl"),
+                             "-P", str(bdir / "bird.pid")],
+                            stdout=open(bdir / "bird.out", "wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    lab.bird_pid = proc.pid
+    lab.save()
+    _wait("BIRD control socket", lambda: (bdir / "bird.ctl").exists() or proc.poll() is not None, 10)
+    if proc.poll() is not None:
+        raise LabError(f"BIRD exited with {proc.returncode}: {(bdir / 'bird.out').read_text()[-500:]}")
+
+
+def _start_agent(lab: Lab, node: Node) -> None:
+    cfg = _node_config(lab, node)
+    log = open(Path(node.dir) / "agent.log", "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-m", "podroute.cli", "node", "run",
+                             "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    node.pid = proc.pid
+    lab.save()
+
+
+def _status(node: Node) -> dict[str, Any] | None:
+    try:
+        return statusd.query(Path(node.dir) / "run" / "agent.sock", timeout=2)
+    except statusd.AgentUnreachable:
+        return None
+
+
+def _agent_alive(node: Node) -> bool:
+    try:
+        os.kill(node.pid or -1, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a dead child of ours is a zombie until reaped
+        pid, _ = os.waitpid(node.pid or -1, os.WNOHANG)
+        return pid == 0
+    except ChildProcessError:
+        return True
+
+
+def _check_agent(node: Node) -> None:
+    if not _agent_alive(node):
+        tail = (Path(node.dir) / "agent.log").read_text(errors="replace")[-1500:]
+        raise LabError(f"agent of {node.name} exited; last log lines:\n{tail}")
+
+
+def _established(node: Node) -> bool:
+    _check_agent(node)
+    st = _status(node)
+    return bool(st) and all(p["state"] == "established" for p in st["bgp"]["peers"]) and bool(st["bgp"]["peers"])
+
+
+def _fib_has(ns: str, block: str) -> bool:
+    out = netns.ip("route", "show", "exact", block, "proto", "90", ns=ns, check=False).stdout
+    return block.split("/")[0] in out
+
+
+def _wire_pod(lab: Lab, node: Node, j: int, shim: Path) -> Pod:
+    name = f"{node.name}p{j}"
+    pod_ns = f"{lab.prefix}{name}"
+    netns.add(pod_ns)
+    lab.namespaces.append(pod_ns)
+    cid = f"{lab.name}{node.name}pod{j}".ljust(16, "0")
+    pod = Pod(name, node.name, pod_ns, cid)
+    lab.pods.append(pod)
+    lab.save()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": str(netns.NETNS_DIR / pod_ns),
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(shim.parent),
+           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}",
+           "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    conf = (Path(node.dir) / "cni.json").read_text()
+    t0 = time.perf_counter()
+    p = netns.run([str(shim)], ns=node.ns, env=env, input=conf, check=False)
+    pod.add_ms = (time.perf_counter() - t0) * 1000
+    if p.returncode != 0:
+        raise LabError(f"CNI ADD for pod {name} on {node.name} failed (exit {p.returncode}): {p.stdout.strip()} {p.stderr.strip()}")
+    result = json.loads(p.stdout)
+    pod.ip = result["ips"][0]["address"].split("/")[0]
+    lab.save()
+    return pod
+
+
+def _ping(src: Pod, dst: Pod) -> bool:
+    for _ in range(3):
+        if netns.run(["ping", "-c", "1", "-W", "1", "-q", dst.ip or ""], ns=src.ns, check=False).returncode == 0:
+            return True
+    return False
+
+
+# --- report -----------------------------------------------------------------------------
+def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[str, str], bool],
+            bird_states: dict[str, bool]) -> tuple[str, bool]:
+    out: list[str] = []
+    t = lab.timings
+    out.append(f"podroute lab '{lab.name}': {len(lab.nodes)} nodes, {len(lab.pods)} pods, "
+               f"BIRD 2 route reflector {RR_IP} (AS {ASN}), fabric {FABRIC_NET}, pool {POOL}")
+    out.append(f"lab up took {t.get('total_s', 0):.1f} s: namespaces {t.get('fabric_s', 0):.2f} s, "
+               f"first {len(lab.nodes) - 1} agents established {t.get('established_s', 0):.2f} s, "
+               f"pods {t.get('pods_s', 0):.2f} s")
+    out.append(f"new node join: {lab.nodes[-1].name}'s block reached every other FIB "
+               f"{1000 * t.get('join_converge_s', 0):.0f} ms after its BGP session came up "
+               f"({t.get('join_total_s', 0):.2f} s after its agent started)")
+    adds = [p.add_ms for p in lab.pods if p.add_ms is not None]
+    if adds:
+        out.append(f"CNI ADD (runtime-style exec of the plugin, wall): p50 {statistics.median(adds):.1f} ms, "
+                   f"max {max(adds):.1f} ms over {len(adds)} pods")
+    out.append("")
+    rows = []
+    ok_sessions = True
+    for n in lab.nodes:
+        st = statuses.get(n.name) or {}
+        peers = st.get("bgp", {}).get("peers", [])
+        est = sum(1 for p in peers if p["state"] == "established")
+        ok_sessions &= bool(peers) and est == len(peers)
+        learned = len(st.get("bgp", {}).get("routes", []))
+        fib = st.get("fib", {}).get("desired_by_owner", {})
+        rows.append([n.name, n.ip, n.block, f"{est}/{len(peers)} Established", str(learned),
+                     f"{fib.get('bgp', 0)} remote, {fib.get('blocks', 0)} blackhole, {fib.get('workloads', 0)} workload",
+                     str(st.get("workloads", 0))])
+    out.append("Nodes")
+    out.append(statusd._table(["NODE", "NODE IP", "BLOCK", "BGP SESSIONS", "ROUTES LEARNED", "FIB (proto 90)", "PODS"], rows))
+    out.append(f"BIRD sessions: {sum(bird_states.values())}/{len(bird_states)} Established "
+               f"({', '.join(k + '=' + ('up' if v else 'DOWN') for k, v in sorted(bird_states.items()))})")
+    ok_sessions &= bool(bird_states) and all(bird_states.values())
+    out.append("")
+    names = [p.name for p in lab.pods]
+    width = max(len(n) for n in names) + 2
+    out.append("Ping matrix (row pings column; ok = reply, FAIL = no reply, . = same pod)")
+    out.append(" " * width + "".join(n.ljust(width) for n in names))
+    for s in lab.pods:
+        cells = []
+        for d in lab.pods:
+            cells.append("." if s is d else ("ok" if matrix[(s.name, d.name)] else "FAIL"))
+        out.append(s.name.ljust(width) + "".join(c.ljust(width) for c in cells))
+    cross = [(s, d) for s in lab.pods for d in lab.pods if s.node != d.node]
+    cross_ok = sum(matrix[(s.name, d.name)] for s, d in cross)
+    same = [(s, d) for s in lab.pods for d in lab.pods if s.node == d.node and s is not d]
+    same_ok = sum(matrix[(s.name, d.name)] for s, d in same)
+    passed = ok_sessions and cross_ok == len(cross) and same_ok == len(same)
+    out.append("")
+    out.append(f"cross-node pod pairs reachable: {cross_ok}/{len(cross)}; same-node: {same_ok}/{len(same)}; "
+               f"BGP sessions {'all Established' if ok_sessions else 'NOT all Established'}")
+    out.append(f"RESULT: {'PASS' if passed else 'FAIL'}")
+    return "\n".join(out), passed
+
+
+# --- commands ---------------------------------------------------------------------------
+def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node: int = 2,
+           keep_on_failure: bool = False) -> int:
+    """Build and prove the lab. Returns 0 when every check passed, 1 otherwise."""
+    try:
+        _validate_name(name)
+        if not 2 <= nodes <= MAX_NODES:
+            raise LabError(f"--nodes {nodes}: need 2..{MAX_NODES} nodes")
+        if not 1 <= pods_per_node <= 20:
+            raise LabError(f"--pods {pods_per_node}: need 1..20 pods per node")
+        if os.geteuid() != 0:
+            raise LabError("the lab creates network namespaces and needs root")
+        for tool in ("ip", "bird", "birdc", "ping"):
+            if not shutil.which(tool):
+                raise LabError(f"{tool} not found: run scripts/setup first")
+    except LabError as e:
+        print(f"podroute lab: {e}", file=sys.stderr)
+        return 2
+    root = state_root / name
+    if (root / "lab.json").exists() or netns.list_prefixed(f"prl-{name}-"):
+        _say(f"lab '{name}' exists: taking it down first")
+        lab_down(name=name, state_root=state_root, quiet=True)
+    root.mkdir(parents=True, exist_ok=True)
+    lab = Lab(name, str(root))
+    t_start = time.monotonic()
+    try:
+        from cni.install import install_shim
+        shim = install_shim(root / "cni-bin")
+        t0 = time.monotonic()
+        _say(f"building fabric, route reflector and {nodes} node namespaces")
+        _build_fabric(lab, nodes)
+        lab.timings["fabric_s"] = time.monotonic() - t0
+        _start_bird(lab)
+        first, last = lab.nodes[:-1], lab.nodes[-1]
+        t0 = time.monotonic()
+        _say(f"starting podroute agents on {', '.join(n.name for n in first)}")
+        for n in first:
+            _start_agent(lab, n)
+        for n in first:
+            _wait(f"{n.name}'s BGP session to the route reflector", lambda n=n: _established(n), 60, 0.1)
+        for n in first:
+            for m in first:
+                if m is not n:
+                    _wait(f"{m.block} in {n.name}'s FIB", lambda n=n, m=m: _fib_has(n.ns, m.block), 30)
+        lab.timings["established_s"] = time.monotonic() - t0
+
+        _say(f"joining {last.name} and timing until its block {last.block} is in every other FIB")
+        t_agent = time.time()
+        _start_agent(lab, last)
+        pending = {n.name for n in first}
+        deadline = time.monotonic() + 60
+        while pending:
+            _check_agent(last)
+            for n in first:
+                if n.name in pending and _fib_has(n.ns, last.block):
+                    pending.discard(n.name)
+            if time.monotonic() > deadline:
+                raise LabError(f"{last.block} never reached {', '.join(sorted(pending))}")
+            time.sleep(0.005)
+        t_converged = time.time()
+        st = _status(last)
+        since = max((p.get("since") or 0) for p in st["bgp"]["peers"]) if st else 0
+        lab.timings["join_total_s"] = t_converged - t_agent
+        lab.timings["join_converge_s"] = max(0.0, t_converged - since) if since else t_converged - t_agent
+        _wait(f"{last.name}'s FIB to learn the other blocks",
+              lambda: all(_fib_has(last.ns, n.block) for n in first), 30)
+
+        t0 = time.monotonic()
+        _say(f"wiring {pods_per_node} pods per node through the CNI plugin {shim}")
+        for n in lab.nodes:
+            for j in range(1, pods_per_node + 1):
+                _wire_pod(lab, n, j, shim)
+        lab.timings["pods_s"] = time.monotonic() - t0
+        _say("pinging every pod pair")
+        matrix = {(s.name, d.name): (s is d) or _ping(s, d) for s in lab.pods for d in lab.pods}
+        statuses = {n.name: _status(n) or {} for n in lab.nodes}
+        bird_states = bird.established(root / "bird" / "bird.ctl", lab.prefix + "rr")
+        lab.timings["total_s"] = time.monotonic() - t_start
+        lab.save()
+        text, passed = _report(lab, statuses, matrix, bird_states)
+    except LabError as e:
+        print(f"podroute lab: {e}", file=sys.stderr)
+        if not keep_on_failure:
+            print("podroute lab: removing the partial lab (use --keep to inspect it)", file=sys.stderr)
+            lab_down(name=name, state_root=state_root, quiet=True)
+        return 1
+    print()
+    print(text)
+    (root / "report.txt").write_text(text + "\n")
+    (root / "report.json").write_text(json.dumps({
+        "passed": passed, "timings": lab.timings,
+        "pods": [asdict(p) for p in lab.pods], "nodes": [asdict(n) for n in lab.nodes],
+        "bird_sessions": bird_states,
+        "matrix": [{"src": s, "dst": d, "ok": ok} for (s, d), ok in matrix.items()],
+        "sessions": {n: [{"address": p["address"], "state": p["state"]} for p in (st.get("bgp", {}).get("peers", []))]
+                     for n, st in statuses.items()},
+    }, indent=2))
+    print(f"\nreport saved to {root / 'report.txt'}; inspect with: podroute lab status --name {name}; "
+          f"remove with: podroute lab down --name {name}")
+    return 0 if passed else 1
+
+
+def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
+    """Remove every namespace, process and file of lab ``name``. Idempotent."""
+    root = state_root / name
+    lab = Lab.load(root)
+    prefix = f"prl-{name}-"
+    if lab:
+        for n in lab.nodes:  # SIGTERM first: the agent stops its speaker and ExaBGP itself
+            if n.pid:
+                netns.kill_pid(n.pid, grace=10)
+        if lab.bird_pid:
+            netns.kill_pid(lab.bird_pid, grace=5)
+    spaces = set(netns.list_prefixed(prefix)) | set(lab.namespaces if lab else [])
+    for ns in sorted(spaces, reverse=True):  # pods before nodes before the fabric
+        netns.delete(ns)
+    shutil.rmtree(root, ignore_errors=True)
+    left = netns.list_prefixed(prefix)
+    if not quiet:
+        print(f"lab '{name}': removed {len(spaces)} namespace(s)" + (f"; STILL PRESENT: {left}" if left else ""))
+    return 1 if left else 0
+
+
+def lab_status(*, name: str, state_root: Path) -> int:
+    lab = Lab.load(state_root / name)
+    if not lab:
+        print(f"no lab '{name}' under {state_root}", file=sys.stderr)
+        return 1
+    for n in lab.nodes:
+        st = _status(n)
+        print(f"=== {n.name} ({n.ns}, {n.ip}, agent pid {n.pid})")
+        print(statusd.render(st) if st else "agent not answering")
+        print()
+    return 0

@@ -1,0 +1,143 @@
+"""The agent's status socket and the client side of ``podroute status``.
+
+Wire format: the client connects to ``<runDir>/agent.sock``, writes one JSON line
+``{"cmd": "status"}`` and reads one JSON line back (the agent's status snapshot,
+see :meth:`podroute.agent.Agent.status`). The socket is mode 0600: status names
+peers and routes, and only root may ask.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+MAX_REQUEST = 64 * 1024
+
+
+async def serve(path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+    """Serve status requests on ``path`` until cancelled. Replaces a stale socket file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            try:
+                req = json.loads(line[:MAX_REQUEST] or b"{}")
+                cmd = req.get("cmd") if isinstance(req, dict) else None
+            except ValueError:
+                cmd = None
+            reply = snapshot() if cmd == "status" else {"error": f"unknown request {line[:80]!r}; expected {{\"cmd\": \"status\"}}"}
+            writer.write(json.dumps(reply, default=str).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(handle, path=str(path))
+    finally:
+        os.umask(old)
+    async with server:
+        await server.serve_forever()
+
+
+class AgentUnreachable(Exception):
+    pass
+
+
+def query(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """Ask the agent at ``path`` for its status. Raises AgentUnreachable with the reason."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(b'{"cmd": "status"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise AgentUnreachable(f"podroute agent is not running (no listener on {path}: {e.strerror})") from None
+    except OSError as e:
+        raise AgentUnreachable(f"podroute agent at {path} did not answer: {e}") from None
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise AgentUnreachable(f"podroute agent at {path} sent a malformed reply") from None
+
+
+def _since(ts: float | None, now: float) -> str:
+    if not ts:
+        return "-"
+    d = int(now - ts)
+    if d < 120:
+        return f"{d}s"
+    if d < 7200:
+        return f"{d // 60}m{d % 60:02d}s"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([sep, fmt(headers), sep, *(fmt(r) for r in rows), sep])
+
+
+def render(st: dict[str, Any], now: float | None = None) -> str:
+    """Render a status snapshot like ``calicoctl node status``: header, peers table, routes."""
+    now = now or time.time()
+    node = st.get("node", {})
+    bgp = st.get("bgp", {})
+    lines = [f"podroute agent is running on {node.get('name')} ({node.get('ip')}), AS {node.get('asn')}, "
+             f"router ID {node.get('router_id')}, up {_since(st.get('started'), now)}"]
+    ex = bgp.get("exabgp", {})
+    ex_line = f"ExaBGP: pid {ex.get('pid') or '-'}, restarts {ex.get('restarts', 0)}"
+    if ex.get("last_exit"):
+        ex_line += f", last exit: {ex['last_exit']}"
+    lines += [ex_line, "", "IPv4 BGP status"]
+    rows = []
+    for p in bgp.get("peers", []):
+        rows.append([str(p["address"]), str(p["asn"]), p.get("type", "-"), p["state"], _since(p.get("since"), now),
+                     str(p.get("prefixes_received", 0)), str(p.get("prefixes_accepted", 0)),
+                     str(p.get("prefixes_rejected", 0)), p.get("info") or ""])
+    lines.append(_table(["PEER ADDRESS", "ASN", "TYPE", "STATE", "SINCE", "RECEIVED", "ACCEPTED", "REJECTED", "INFO"], rows)
+                 if rows else "No BGP peers configured.")
+    rejections = bgp.get("rejections", {})
+    if rejections:
+        lines.append("Rejected routes by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(rejections.items())))
+    fib = st.get("fib", {})
+    lines += ["", "Routes (FIB, protocol %s)" % fib.get("protocol", "?")]
+    owners = fib.get("desired_by_owner", {})
+    lines.append(_table(["KIND", "COUNT"], [[k, str(v)] for k, v in sorted(owners.items())]))
+    last = fib.get("last_apply") or {}
+    if last:
+        lines.append(f"Last apply: +{last.get('added', 0)} ~{last.get('replaced', 0)} -{last.get('deleted', 0)}, "
+                     f"{len(last.get('errors', []))} error(s), {1000 * last.get('duration_s', 0):.1f} ms, "
+                     f"{_since(last.get('at'), now)} ago; resyncs {fib.get('resyncs', 0)}, drift repairs {fib.get('drift_repairs', 0)}")
+        for err in last.get("errors", [])[:5]:
+            lines.append(f"  error: {err}")
+    learned = bgp.get("routes", [])
+    if learned:
+        lines += ["", "Learned routes (Loc-RIB best paths)"]
+        lines.append(_table(["PREFIX", "NEXT HOP(S)", "FROM"],
+                            [[r["prefix"], ", ".join(r["next_hops"]), ", ".join(r["peers"])] for r in learned[:50]]))
+        if len(learned) > 50:
+            lines.append(f"... and {len(learned) - 50} more")
+    lines += ["", f"Workloads: {st.get('workloads', 0)}"]
+    failures = st.get("task_failures", [])
+    for f in failures:
+        lines.append(f"TASK FAILED: {f['name']}: {f['error']}")
+    return "\n".join(lines)
