@@ -1,0 +1,212 @@
+"""Node-local IPAM: hands out /32s from the node's IPAM block(s), persisted on disk.
+
+Follows Calico's block allocator: every address of a block is usable (pods get /32s,
+so a block's network and broadcast addresses are ordinary host addresses), except the
+``reserved`` ones (e.g. the tunl0 address). Allocation is round-robin within the block
+list (like host-local's ``lastReservedIP``) so a just-released address is not handed to
+the next pod while conntrack entries for it may still exist.
+
+On disk (``state_dir``): one JSON file per block, ``block-<net>-<len>.json``::
+
+    {"cidr": "198.19.1.0/26", "next": 5,
+     "allocations": {"198.19.1.4": {"handle": "<net>.<cid>.<ifname>", "attrs": {...}}}}
+
+Files are written atomically (temp file + fsync + os.replace + directory fsync). Every
+operation takes an exclusive ``fcntl.flock`` on ``state_dir/ipam.lock`` and re-reads the
+files under it, so concurrent processes/threads never hand out the same address and an
+agent restart loses nothing.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .errors import IPAMError, IPAMExhausted
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One allocated address: ``handle`` (``"<network>.<containerID>.<ifname>"``), ``ip``,
+    ``attrs`` (free-form JSON-able metadata, e.g. netns path, host veth, pod name)."""
+
+    handle: str
+    ip: IPv4Address
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Block:
+    cidr: IPv4Network
+    next: int = 0
+    allocations: dict[IPv4Address, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+class IPAM:
+    """Allocator over ``blocks`` with state in ``state_dir`` (created if missing).
+
+    Raises :class:`cni.errors.IPAMError` (code 5) on unreadable/unwritable state and
+    ValueError on an empty or IPv6 block list.
+    """
+
+    def __init__(self, state_dir: Path, blocks: Sequence[IPv4Network],
+                 reserved: Iterable[IPv4Address] = ()) -> None:
+        if not blocks:
+            raise ValueError("IPAM needs at least one block")
+        self._blocks = [IPv4Network(b) for b in blocks]
+        for i, a in enumerate(self._blocks):
+            for b in self._blocks[i + 1:]:
+                if a.overlaps(b):
+                    raise ValueError(f"IPAM blocks {a} and {b} overlap")
+        self._dir = Path(state_dir)
+        self._reserved: set[IPv4Address] = {IPv4Address(r) for r in reserved}
+        self._tlock = threading.Lock()  # flock is per open file description; serialise threads too
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise IPAMError(f"cannot create IPAM state dir {self._dir}", str(e)) from e
+        with self._locked():
+            self._load_all()  # fail fast on corrupt state
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def blocks(self) -> tuple[IPv4Network, ...]:
+        return tuple(self._blocks)
+
+    def allocate(self, handle: str, attrs: Mapping[str, Any] | None = None) -> IPv4Address:
+        """Return the address held by ``handle``, allocating one if it has none.
+
+        Idempotent per handle (a second call returns the same address and keeps the
+        original attrs). Raises IPAMExhausted (code 11) when every block is full.
+        """
+        with self._locked():
+            blocks = self._load_all()
+            for blk in blocks:
+                for ip, (h, _) in blk.allocations.items():
+                    if h == handle:
+                        return ip
+            for blk in blocks:
+                ip = self._pick(blk)
+                if ip is not None:
+                    blk.allocations[ip] = (handle, dict(attrs or {}))
+                    blk.next = (int(ip) - int(blk.cidr.network_address) + 1) % blk.cidr.num_addresses
+                    self._save(blk)
+                    return ip
+        raise IPAMExhausted(f"no free address in IPAM blocks {', '.join(map(str, self._blocks))}",
+                            f"{len(self._reserved)} reserved")
+
+    def release(self, handle: str) -> IPv4Address | None:
+        """Free the address of ``handle``; return it, or None if the handle holds none."""
+        with self._locked():
+            for blk in self._load_all():
+                for ip, (h, _) in list(blk.allocations.items()):
+                    if h == handle:
+                        del blk.allocations[ip]
+                        self._save(blk)
+                        return ip
+        return None
+
+    def get(self, handle: str) -> Allocation | None:
+        """The allocation of ``handle`` or None."""
+        for a in self.allocations().values():
+            if a.handle == handle:
+                return a
+        return None
+
+    def allocations(self) -> dict[str, Allocation]:
+        """All allocations keyed by handle (a fresh read of the on-disk state)."""
+        out: dict[str, Allocation] = {}
+        with self._locked():
+            for blk in self._load_all():
+                for ip, (h, attrs) in blk.allocations.items():
+                    out[h] = Allocation(h, ip, dict(attrs))
+        return out
+
+    def reserve(self, ip: IPv4Address) -> None:
+        """Never hand out ``ip`` from now on (in-memory, this instance; pass ``reserved=``
+        at construction for a permanent reservation). An existing allocation is kept."""
+        self._reserved.add(IPv4Address(ip))
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _pick(self, blk: _Block) -> IPv4Address | None:
+        n = blk.cidr.num_addresses
+        base = int(blk.cidr.network_address)
+        for i in range(n):
+            ip = IPv4Address(base + (blk.next + i) % n)
+            if ip not in blk.allocations and ip not in self._reserved:
+                return ip
+        return None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._tlock:
+            try:
+                fd = os.open(self._dir / "ipam.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as e:
+                raise IPAMError(f"cannot open IPAM lock in {self._dir}", str(e)) from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _path(self, cidr: IPv4Network) -> Path:
+        return self._dir / f"block-{cidr.network_address}-{cidr.prefixlen}.json"
+
+    def _load_all(self) -> list[_Block]:
+        return [self._load(c) for c in self._blocks]
+
+    def _load(self, cidr: IPv4Network) -> _Block:
+        path = self._path(cidr)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return _Block(cidr)
+        except (OSError, ValueError) as e:
+            raise IPAMError(f"cannot read IPAM state {path}", str(e)) from e
+        try:
+            if IPv4Network(raw["cidr"]) != cidr:
+                raise ValueError(f"file holds block {raw['cidr']}")
+            allocs = {IPv4Address(ip): (str(v["handle"]), dict(v.get("attrs") or {}))
+                      for ip, v in raw.get("allocations", {}).items()}
+            if any(ip not in cidr for ip in allocs):
+                raise ValueError("allocation outside its block")
+            return _Block(cidr, int(raw.get("next", 0)) % cidr.num_addresses, allocs)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise IPAMError(f"corrupt IPAM state {path}", str(e)) from e
+
+    def _save(self, blk: _Block) -> None:
+        path = self._path(blk.cidr)
+        doc = {"cidr": str(blk.cidr), "next": blk.next,
+               "allocations": {str(ip): {"handle": h, "attrs": a}
+                               for ip, (h, a) in sorted(blk.allocations.items())}}
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._dir)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(doc, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
+            dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise IPAMError(f"cannot write IPAM state {path}", str(e)) from e

@@ -1,0 +1,362 @@
+"""The agent-side CNI plugin: ADD / DEL / CHECK for a no-bridge, Calico-style pod network.
+
+Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the reference
+``ptp`` plugin's semantics, over the :class:`cni.wiring.Wiring` seam:
+
+* ADD (CNI spec 1.0.0 "ADD: Add container to network"): allocate ``<ip>`` from the
+  node's block(s), create the veth with its peer directly in the pod netns as
+  CNI_IFNAME, configure the pod end (``<ip>/32``, MTU, ``169.254.1.1 dev <if> scope
+  link``, ``default via 169.254.1.1``) and the host end (proxy ARP, forwarding, up),
+  tell felix (``workload_added``), install ``<ip>/32 dev <veth> scope link proto 90``.
+  Any failure rolls back everything created, in reverse order. Repeating an ADD with
+  identical parameters returns the same result; a different one is an error.
+* DEL ("DEL: Remove container from network"): idempotent; a missing netns, link,
+  route or allocation is not an error. Always releases the IP.
+* CHECK ("CHECK: Check container's networking is as expected"): allocation, host
+  veth (up, proxy_arp=1), host route, pod address/MTU/routes; mismatch -> code 999
+  with a message naming what is wrong.
+
+Host veth name: ``host_prefix`` + first 11 hex digits of SHA-1 of
+``"<K8S_POD_NAMESPACE>.<K8S_POD_NAME>"`` (Calico's scheme, own prefix), or of the
+container ID without Kubernetes args; at most 15 characters.
+
+Requests are serialised by one asyncio lock (wiring takes ~10-20 ms per pod); blocking
+work runs in worker threads, the WorkloadSink is called on the event loop thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from ipaddress import IPv4Address
+from typing import Any, Callable, Mapping, Protocol
+
+from .errors import (INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError, InterfaceExists,
+                     InvalidConfig)
+from .ipam import IPAM
+from .model import CNIRequest, CNIResult, WorkloadEndpoint
+from .wiring import GATEWAY, Wiring
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+MAX_IFNAME = 15
+
+
+class WorkloadSink(Protocol):
+    """Receives workload lifecycle events (felix owns the /32 route and repairs drift)."""
+
+    def workload_added(self, ep: WorkloadEndpoint) -> None: ...
+
+    def workload_removed(self, ep: WorkloadEndpoint) -> None: ...
+
+
+def host_ifname_for(prefix: str, namespace: str | None, pod: str | None,
+                    container_id: str) -> str:
+    """``prefix + sha1("<namespace>.<pod>")[:11]`` or ``sha1(container_id)`` without k8s args."""
+    key = f"{namespace}.{pod}" if namespace and pod else container_id
+    return (prefix + hashlib.sha1(key.encode()).hexdigest()[:11])[:MAX_IFNAME]
+
+
+def _validate_ifname(name: str, what: str) -> None:
+    if not name or len(name) > MAX_IFNAME or "/" in name or any(c.isspace() for c in name) \
+            or name in (".", ".."):
+        raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"{what} {name!r} is not a valid interface name")
+
+
+class CNIPlugin:
+    """The CNIHandler of the agent.
+
+    ``mtu``: pod interface MTU in bytes (config ``"mtu"`` overrides per network);
+    ``protocol``: route protocol of the host /32 routes (90 = podroute);
+    ``workloads``: felix's sink (optional); ``host_prefix``: host veth name prefix
+    (1-4 chars, must not be Calico's ``cali``).
+    """
+
+    def __init__(self, *, ipam: IPAM, wiring: Wiring, mtu: int, protocol: int = 90,
+                 workloads: WorkloadSink | None = None, host_prefix: str = "prt") -> None:
+        if not host_prefix or len(host_prefix) > 4 or host_prefix.startswith("cali"):
+            raise ValueError(f"host_prefix {host_prefix!r} must be 1-4 chars and not 'cali'")
+        if not 68 <= mtu <= 65535:
+            raise ValueError(f"mtu {mtu} out of range 68..65535")
+        if not 0 < protocol < 256:
+            raise ValueError(f"route protocol {protocol} out of range 1..255")
+        self.ipam = ipam
+        self.wiring = wiring
+        self.mtu = mtu
+        self.protocol = protocol
+        self.workloads = workloads
+        self.host_prefix = host_prefix
+        self._lock = asyncio.Lock()
+
+    # -- CNIHandler -------------------------------------------------------------------------
+
+    async def handle(self, req: CNIRequest) -> CNIResult:
+        """Dispatch one request. Raises CNIError with the CNI code on failure."""
+        async with self._lock:
+            if req.command == "ADD":
+                return await self.add(req)
+            if req.command == "DEL":
+                await self.delete(req)
+                return None
+            if req.command == "CHECK":
+                await self.check(req)
+                return None
+        raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"unknown CNI_COMMAND {req.command!r}")
+
+    def endpoints(self) -> list[WorkloadEndpoint]:
+        """Current workloads, from the IPAM state (rebuilds felix's desired state at start)."""
+        out = []
+        for alloc in self.ipam.allocations().values():
+            ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs)
+            if ep is not None:
+                out.append(ep)
+        return sorted(out, key=lambda e: e.ip)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def host_ifname(self, req: CNIRequest) -> str:
+        return host_ifname_for(self.host_prefix, req.pod_namespace, req.pod_name,
+                               req.container_id)
+
+    def _parse_config(self, config: Mapping[str, Any]) -> tuple[str, str, int]:
+        """-> (network name, cniVersion, mtu). Raises InvalidConfig (7) / CNIError (1)."""
+        name = config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidConfig("network configuration has no name")
+        version = config.get("cniVersion")
+        if version not in SUPPORTED_VERSIONS:
+            raise CNIError(1, f"incompatible CNI version {version!r}; supported {list(SUPPORTED_VERSIONS)}")
+        mtu = config.get("mtu", self.mtu)
+        if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+            raise InvalidConfig(f"mtu {mtu!r} must be an integer in 68..65535")
+        return name, version, mtu
+
+    @staticmethod
+    def handle_key(network: str, req: CNIRequest) -> str:
+        return f"{network}.{req.container_id}.{req.ifname}"
+
+    @staticmethod
+    def _endpoint_from_attrs(ip: IPv4Address, attrs: Mapping[str, Any]) -> WorkloadEndpoint | None:
+        try:
+            return WorkloadEndpoint(container_id=attrs["container_id"], ifname=attrs["ifname"],
+                                    host_ifname=attrs["host_ifname"], ip=ip,
+                                    netns=attrs.get("netns", ""),
+                                    pod_namespace=attrs.get("pod_namespace"),
+                                    pod_name=attrs.get("pod_name"))
+        except KeyError:
+            return None
+
+    @staticmethod
+    async def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking step in a thread; non-CNI exceptions become code 999 naming ``what``."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except CNIError:
+            raise
+        except Exception as e:  # a bug or an unexpected OS error: still a CNI error
+            raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
+
+    def _result(self, version: str, host_ifname: str, host_mac: str, ifname: str, pod_mac: str,
+                netns: str, ip: IPv4Address) -> dict[str, Any]:
+        ipc: dict[str, Any] = {"address": f"{ip}/32", "gateway": str(GATEWAY), "interface": 1}
+        if version != "1.0.0":
+            ipc["version"] = "4"  # required by the 0.3.x/0.4.0 result format
+        return {
+            "cniVersion": version,
+            "interfaces": [{"name": host_ifname, "mac": host_mac},
+                           {"name": ifname, "mac": pod_mac, "sandbox": netns}],
+            "ips": [ipc],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {},
+        }
+
+    # -- ADD --------------------------------------------------------------------------------
+
+    async def add(self, req: CNIRequest) -> dict[str, Any]:
+        """CNI ADD. Returns the CNI result; raises CNIError (everything rolled back)."""
+        network, version, mtu = self._parse_config(req.config)
+        _validate_ifname(req.ifname, "CNI_IFNAME")
+        if not req.netns:
+            raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_NETNS is required for ADD")
+        handle = self.handle_key(network, req)
+        host_ifname = self.host_ifname(req)
+        attrs = {"network": network, "container_id": req.container_id, "ifname": req.ifname,
+                 "netns": req.netns, "host_ifname": host_ifname, "mtu": mtu,
+                 "pod_namespace": req.pod_namespace, "pod_name": req.pod_name}
+
+        existing = await self._call("IPAM lookup", self.ipam.get, handle)
+        if existing is not None:
+            return await self._repeat_add(req, existing.ip, existing.attrs, attrs, version)
+
+        undo: list[tuple[str, Callable[[], Any]]] = []
+        step = "IPAM allocation"
+        try:
+            ip = await self._call(step, self.ipam.allocate, handle, attrs)
+            undo.append(("release IP", lambda: self.ipam.release(handle)))
+            ep = WorkloadEndpoint(req.container_id, req.ifname, host_ifname, ip, req.netns,
+                                  req.pod_namespace, req.pod_name)
+
+            step = "stale host veth check"
+            if await self._call(step, self.wiring.host_veth, host_ifname) is not None:
+                # Calico does the same: a veth with this pod's name is from a dead sandbox.
+                log.warning("ADD %s: deleting stale host veth %s", handle, host_ifname)
+                await self._call(step, self.wiring.delete_host_veth, host_ifname)
+
+            step = "create_veth_in_netns"
+            await self._call(step, self.wiring.create_veth_in_netns, host_ifname, req.netns,
+                             req.ifname, mtu)
+            undo.append(("delete veth", lambda: self.wiring.delete_host_veth(host_ifname)))
+
+            step = "configure_pod_side"
+            pod_mac = await self._call(step, self.wiring.configure_pod_side, req.netns,
+                                       req.ifname, ip, mtu)
+            step = "configure_host_side"
+            host_mac = await self._call(step, self.wiring.configure_host_side, host_ifname)
+
+            step = "workload_added"
+            if self.workloads is not None:
+                self.workloads.workload_added(ep)
+                undo.append(("workload_removed", lambda: self.workloads.workload_removed(ep)))
+
+            step = "add_host_route"
+            undo.append(("delete host route",
+                         lambda: self.wiring.delete_host_route(ip, host_ifname, self.protocol)))
+            await self._call(step, self.wiring.add_host_route, ip, host_ifname, self.protocol)
+        except BaseException as e:
+            await self._rollback(handle, undo)
+            if isinstance(e, InterfaceExists):
+                raise CNIError(e.code, f"ADD failed at {step}: {e.msg}", e.details) from e
+            if isinstance(e, CNIError):
+                msg = e.msg if e.msg.startswith(step) else f"ADD failed at {step}: {e.msg}"
+                raise CNIError(e.code, msg, e.details) from e
+            if isinstance(e, Exception):
+                raise CNIError(INTERNAL, f"ADD failed at {step}: {e}", repr(e)) from e
+            raise
+        log.info("ADD %s: %s/32 on %s (host %s)", handle, ip, req.ifname, host_ifname)
+        return self._result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
+
+    async def _rollback(self, handle: str, undo: list[tuple[str, Callable[[], Any]]]) -> None:
+        for name, fn in reversed(undo):
+            try:
+                if name == "workload_removed":
+                    fn()  # felix's sink: on the loop thread
+                else:
+                    await asyncio.to_thread(fn)
+            except Exception:
+                log.exception("ADD %s rollback: %s failed", handle, name)
+
+    async def _repeat_add(self, req: CNIRequest, ip: IPv4Address, old: Mapping[str, Any],
+                          new: Mapping[str, Any], version: str) -> dict[str, Any]:
+        keys = ("netns", "host_ifname", "mtu")
+        diff = [k for k in keys if old.get(k) != new.get(k)]
+        if diff:
+            raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
+                           f"already attached with different {', '.join(diff)}; DEL it first",
+                           f"existing {dict((k, old.get(k)) for k in keys)}")
+        problems = await self._problems(req, ip, new["host_ifname"], int(new["mtu"]))
+        if problems:
+            raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
+                           f"already attached but broken: {'; '.join(problems)}; DEL it first")
+        host = await self._call("read host veth", self.wiring.host_veth, new["host_ifname"])
+        pod = await self._call("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
+        return self._result(version, new["host_ifname"], host.mac, req.ifname, pod.mac,
+                            req.netns, ip)
+
+    # -- DEL --------------------------------------------------------------------------------
+
+    async def delete(self, req: CNIRequest) -> None:
+        """CNI DEL. Idempotent; raises CNIError 999 only if an existing object could not be
+        removed (the IP is released regardless, and a retry finishes the job)."""
+        name = req.config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidConfig("network configuration has no name")
+        _validate_ifname(req.ifname, "CNI_IFNAME")
+        handle = self.handle_key(name, req)
+        alloc = await self._call("IPAM lookup", self.ipam.get, handle)
+        attrs = dict(alloc.attrs) if alloc else {}
+        host_ifname = attrs.get("host_ifname") or self.host_ifname(req)
+        errors: list[str] = []
+
+        async def attempt(what: str, fn: Callable[..., Any], *args: Any) -> None:
+            try:
+                await self._call(what, fn, *args)
+            except CNIError as e:
+                errors.append(f"{what}: {e.msg}")
+
+        if alloc is not None:
+            await attempt("delete host route", self.wiring.delete_host_route, alloc.ip,
+                          host_ifname, self.protocol)
+        if req.netns:
+            await attempt("delete pod interface", self.wiring.delete_pod_iface, req.netns,
+                          req.ifname)
+        others = await self._call("IPAM lookup", self.ipam.allocations)
+        if not any(h != handle and a.attrs.get("host_ifname") == host_ifname
+                   for h, a in others.items()):
+            await attempt("delete host veth", self.wiring.delete_host_veth, host_ifname)
+        if alloc is not None and self.workloads is not None:
+            ep = self._endpoint_from_attrs(alloc.ip, attrs)
+            if ep is not None:
+                try:
+                    self.workloads.workload_removed(ep)
+                except Exception as e:
+                    log.exception("DEL %s: workload_removed failed", handle)
+                    errors.append(f"workload_removed: {e}")
+        await self._call("IPAM release", self.ipam.release, handle)
+        if errors:
+            raise CNIError(INTERNAL, f"DEL incomplete: {'; '.join(errors)}")
+        log.info("DEL %s: done (ip %s)", handle, alloc.ip if alloc else None)
+
+    # -- CHECK ------------------------------------------------------------------------------
+
+    async def check(self, req: CNIRequest) -> None:
+        """CNI CHECK. Raises CNIError 999 naming every mismatch found."""
+        network, version, mtu = self._parse_config(req.config)
+        _validate_ifname(req.ifname, "CNI_IFNAME")
+        if not req.netns:
+            raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_NETNS is required for CHECK")
+        handle = self.handle_key(network, req)
+        alloc = await self._call("IPAM lookup", self.ipam.get, handle)
+        if alloc is None:
+            raise CNIError(INTERNAL, f"CHECK: no IP allocation for {handle}")
+        host_ifname = alloc.attrs.get("host_ifname") or self.host_ifname(req)
+        problems = await self._problems(req, alloc.ip, host_ifname, mtu)
+        prev = req.config.get("prevResult")
+        if isinstance(prev, dict):
+            addrs = {i.get("address") for i in prev.get("ips", []) if isinstance(i, dict)}
+            if addrs and f"{alloc.ip}/32" not in addrs:
+                problems.append(f"prevResult ips {sorted(map(str, addrs))} do not hold {alloc.ip}/32")
+        if problems:
+            raise CNIError(INTERNAL, "CHECK failed: " + "; ".join(problems))
+
+    async def _problems(self, req: CNIRequest, ip: IPv4Address, host_ifname: str,
+                        mtu: int) -> list[str]:
+        problems: list[str] = []
+        host = await self._call("read host veth", self.wiring.host_veth, host_ifname)
+        if host is None:
+            problems.append(f"host veth {host_ifname} is missing")
+        else:
+            if not host.up:
+                problems.append(f"host veth {host_ifname} is down")
+            if host.proxy_arp != 1:
+                problems.append(f"host veth {host_ifname} has proxy_arp={host.proxy_arp}, want 1")
+        if not await self._call("read host route", self.wiring.host_route_exists, ip,
+                                host_ifname, self.protocol):
+            problems.append(f"host route {ip}/32 dev {host_ifname} scope link proto "
+                            f"{self.protocol} is missing")
+        pod = await self._call("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
+        if pod is None:
+            problems.append(f"pod interface {req.ifname} is missing in {req.netns}")
+        else:
+            if f"{ip}/32" not in {str(a) for a in pod.addresses}:
+                problems.append(f"pod interface {req.ifname} lacks address {ip}/32 "
+                                f"(has {', '.join(map(str, pod.addresses)) or 'none'})")
+            if pod.mtu != mtu:
+                problems.append(f"pod interface {req.ifname} has MTU {pod.mtu}, want {mtu}")
+            if not pod.up:
+                problems.append(f"pod interface {req.ifname} is down")
+            if not pod.gateway_route:
+                problems.append(f"pod route {GATEWAY} dev {req.ifname} scope link is missing")
+            if pod.default_via != GATEWAY:
+                problems.append(f"pod default route via {GATEWAY} dev {req.ifname} is missing")
+        return problems

@@ -1,0 +1,303 @@
+"""podroute CNI shim: the executable the container runtime runs (stdlib only).
+
+The runtime execs this file (installed as ``<cni bin dir>/podroute`` with the first
+line ``#!/usr/bin/python3 -IS``, see :mod:`cni.install`) with the CNI_* environment
+and the network configuration JSON on stdin (CNI spec 1.0.0, "Section 3: Execution
+Protocol"). It imports only the standard library so that starting it costs a few
+tens of milliseconds; all real work happens in the podroute agent.
+
+Behaviour (mirrors the reference plugins' ``skel`` package):
+
+* ``VERSION`` is answered locally: ``{"cniVersion": "1.0.0", "supportedVersions": [...]}``.
+* ``ADD``/``DEL``/``CHECK``: the environment and config are validated, then ONE request
+  line is sent over the unix socket named by the config's ``"agentSocket"`` (default
+  ``/run/podroute/cni.sock``) and the agent's answer is relayed:
+  success -> the result JSON on stdout (nothing for DEL/CHECK), exit 0;
+  failure -> the spec's error JSON ``{"cniVersion", "code", "msg", "details"}`` on
+  stdout, exit 1 (CNI spec 1.0.0 "Error" section).
+* Anything else (including CNI 1.1's STATUS/GC, which we do not advertise) -> code 4.
+
+Error codes produced here (CNI spec 1.0.0 "Well-known Error Codes"):
+1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0),
+4 missing/invalid CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS (ADD/CHECK), CNI_IFNAME,
+CNI_PATH, malformed CNI_ARGS, 6 stdin is not a JSON object, 7 config lacks
+``cniVersion``/``name`` or has a bad ``agentSocket``/``agentTimeout``, 11 the agent is
+not reachable (missing socket, connection refused, timeout, connection dropped: the
+runtime retries; this includes DEL), 999 the agent answered garbage.
+
+Wire format (UTF-8 JSON, one line each way, one request per connection)::
+
+    shim -> agent  {"command": "ADD", "containerID": "<id>", "netns": "/var/run/netns/x",
+                    "ifName": "eth0", "args": {"K8S_POD_NAMESPACE": "default",
+                    "K8S_POD_NAME": "web-0", ...every CNI_ARGS pair...},
+                    "path": "<CNI_PATH>", "config": {...stdin config...}}\\n
+    agent -> shim  {"ok": true, "result": {...CNI result...} | null}\\n
+                 | {"ok": false, "code": 7, "msg": "...", "details": "..."}\\n
+
+Config keys read here: ``cniVersion`` (required), ``name`` (required), ``agentSocket``
+(path, default ``/run/podroute/cni.sock``), ``agentTimeout`` (seconds, default 30).
+"""
+import os
+import sys
+
+# The C halves of json and socket: ``import json, socket`` pulls in re, enum, selectors and
+# costs ~15 ms of a ~25 ms start; the runtime pays the shim's start twice per pod.
+import _json
+import _socket
+
+_AF_UNIX = _socket.AF_UNIX
+_SOCK_STREAM = _socket.SOCK_STREAM
+_WS = " \t\n\r"
+
+
+class _ScanContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # "NaN", "Infinity", "-Infinity"
+    memo = {}
+
+
+_scan = _json.make_scanner(_ScanContext())
+
+
+def loads(text):
+    """Decode one JSON document (str or UTF-8 bytes). Raises ValueError."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    end = len(text)
+    idx = 0
+    while idx < end and text[idx] in _WS:
+        idx += 1
+    try:
+        obj, idx = _scan(text, idx)
+    except StopIteration as e:
+        raise ValueError("invalid JSON at offset %s" % e.value)
+    except Exception as e:  # the C scanner raises json.JSONDecodeError on some errors
+        raise ValueError(str(e))
+    while idx < end and text[idx] in _WS:
+        idx += 1
+    if idx != end:
+        raise ValueError("extra data at offset %d" % idx)
+    return obj
+
+
+def dumps(obj):
+    """Encode dict/list/str/int/float/bool/None as compact ASCII JSON. Raises TypeError."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, str):
+        return _json.encode_basestring_ascii(obj)
+    if isinstance(obj, int):
+        return int.__repr__(obj)
+    if isinstance(obj, float):
+        if obj != obj:
+            return "NaN"
+        if obj in (float("inf"), float("-inf")):
+            return "Infinity" if obj > 0 else "-Infinity"
+        return float.__repr__(obj)
+    if isinstance(obj, dict):
+        return "{" + ",".join(_json.encode_basestring_ascii(str(k)) + ":" + dumps(v)
+                              for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ",".join(dumps(v) for v in obj) + "]"
+    raise TypeError("cannot encode %r as JSON" % type(obj).__name__)
+
+SPEC_VERSION = "1.0.0"
+SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+DEFAULT_SOCKET = "/run/podroute/cni.sock"
+DEFAULT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 2.0
+MAX_RESPONSE = 1 << 20
+
+E_INCOMPATIBLE_VERSION = 1
+E_INVALID_ENV = 4
+E_DECODE = 6
+E_INVALID_CONFIG = 7
+E_TRY_AGAIN = 11
+E_INTERNAL = 999
+
+# CNI_NETNS is optional for DEL (skel's reqForCmd): the netns may already be gone.
+_REQUIRED_ENV = {
+    "CNI_CONTAINERID": ("ADD", "DEL", "CHECK"),
+    "CNI_NETNS": ("ADD", "CHECK"),
+    "CNI_IFNAME": ("ADD", "DEL", "CHECK"),
+    "CNI_PATH": ("ADD", "DEL", "CHECK"),
+}
+
+
+class ShimError(Exception):
+    def __init__(self, code, msg, details=""):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+def parse_cni_args(raw):
+    """``"K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"`` -> dict. Raises ShimError 4."""
+    out = {}
+    if not raw:
+        return out
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ShimError(E_INVALID_ENV, "invalid CNI_ARGS pair %r" % pair)
+        out[key] = value
+    return out
+
+
+def _version_tuple(v):
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except (AttributeError, ValueError):
+        return None
+
+
+def parse_config(data):
+    """Decode stdin. Raises ShimError 6 (not a JSON object) or 7/1 (bad fields)."""
+    try:
+        conf = loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ShimError(E_DECODE, "failed to decode network configuration", str(e))
+    if not isinstance(conf, dict):
+        raise ShimError(E_DECODE, "network configuration is not a JSON object")
+    version = conf.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise ShimError(E_INVALID_CONFIG, "network configuration has no cniVersion")
+    if version not in SUPPORTED_VERSIONS:
+        raise ShimError(E_INCOMPATIBLE_VERSION,
+                        "incompatible CNI versions; config is %r, plugin supports %s"
+                        % (version, SUPPORTED_VERSIONS))
+    if not isinstance(conf.get("name"), str) or not conf.get("name"):
+        raise ShimError(E_INVALID_CONFIG, "network configuration has no name")
+    sock = conf.get("agentSocket", DEFAULT_SOCKET)
+    if not isinstance(sock, str) or not sock:
+        raise ShimError(E_INVALID_CONFIG, "agentSocket must be a non-empty string")
+    timeout = conf.get("agentTimeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ShimError(E_INVALID_CONFIG, "agentTimeout must be a positive number of seconds")
+    return conf
+
+
+def build_request(env, conf):
+    """Validate env for the command and return the request object (dict). Raises ShimError 4/1."""
+    command = env.get("CNI_COMMAND", "")
+    for var, cmds in _REQUIRED_ENV.items():
+        if command in cmds and not env.get(var):
+            raise ShimError(E_INVALID_ENV, "required environment variable %s is missing" % var)
+    ifname = env.get("CNI_IFNAME", "")
+    if len(ifname) > 15 or "/" in ifname or ifname in (".", ".."):
+        raise ShimError(E_INVALID_ENV, "CNI_IFNAME %r is not a valid interface name" % ifname)
+    if command == "CHECK" and _version_tuple(conf["cniVersion"]) < (0, 4, 0):
+        raise ShimError(E_INCOMPATIBLE_VERSION,
+                        "config version %s does not allow CHECK" % conf["cniVersion"])
+    return {
+        "command": command,
+        "containerID": env.get("CNI_CONTAINERID", ""),
+        "netns": env.get("CNI_NETNS", ""),
+        "ifName": ifname,
+        "args": parse_cni_args(env.get("CNI_ARGS", "")),
+        "path": env.get("CNI_PATH", ""),
+        "config": conf,
+    }
+
+
+def call_agent(path, request, timeout):
+    """Send one request line, return the decoded response object. Raises ShimError 11/999."""
+    unreachable = "podroute agent at %s is not reachable" % path
+    s = _socket.socket(_AF_UNIX, _SOCK_STREAM)
+    try:
+        s.settimeout(min(CONNECT_TIMEOUT, timeout))
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as e:
+            raise ShimError(E_TRY_AGAIN, unreachable, "%s: %s" % (type(e).__name__, e))
+        except OSError as e:
+            raise ShimError(E_TRY_AGAIN, unreachable, str(e))
+        s.settimeout(timeout)
+        buf = b""
+        try:
+            s.sendall(dumps(request).encode() + b"\n")
+            while b"\n" not in buf and len(buf) <= MAX_RESPONSE:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except TimeoutError:
+            raise ShimError(E_TRY_AGAIN, "podroute agent at %s did not answer within %ss"
+                            % (path, timeout))
+        except OSError as e:
+            raise ShimError(E_TRY_AGAIN, unreachable, str(e))
+    finally:
+        s.close()
+    if not buf:
+        raise ShimError(E_TRY_AGAIN, "podroute agent at %s closed the connection without "
+                        "an answer" % path)
+    try:
+        resp = loads(buf.split(b"\n", 1)[0])
+    except ValueError as e:
+        raise ShimError(E_INTERNAL, "podroute agent at %s sent an invalid response" % path,
+                        str(e))
+    if not isinstance(resp, dict) or not isinstance(resp.get("ok"), bool):
+        raise ShimError(E_INTERNAL, "podroute agent at %s sent an invalid response" % path)
+    return resp
+
+
+def dispatch(env, stdin_data):
+    """The one place that decides output and exit status: returns ``(stdout_text, exit)``."""
+    version = SPEC_VERSION
+    try:
+        command = env.get("CNI_COMMAND", "")
+        if not command:
+            raise ShimError(E_INVALID_ENV, "required environment variable CNI_COMMAND is missing")
+        if command == "VERSION":
+            return dumps({"cniVersion": SPEC_VERSION,
+                               "supportedVersions": SUPPORTED_VERSIONS}), 0
+        if command not in ("ADD", "DEL", "CHECK"):
+            raise ShimError(E_INVALID_ENV, "unknown CNI_COMMAND: %s" % command)
+        conf = parse_config(stdin_data)
+        version = conf["cniVersion"]
+        request = build_request(env, conf)
+        resp = call_agent(conf.get("agentSocket", DEFAULT_SOCKET), request,
+                          float(conf.get("agentTimeout", DEFAULT_TIMEOUT)))
+        if resp["ok"]:
+            result = resp.get("result")
+            return ("" if result is None else dumps(result)), 0
+        code = resp.get("code")
+        if isinstance(code, bool) or not isinstance(code, int):
+            code = E_INTERNAL
+        raise ShimError(code, str(resp.get("msg") or "podroute agent reported an error"),
+                        str(resp.get("details") or ""))
+    except ShimError as e:
+        err = {"cniVersion": version, "code": e.code, "msg": e.msg}
+        if e.details:
+            err["details"] = e.details
+        return dumps(err), 1
+    except Exception as e:  # never a traceback instead of the error JSON
+        return dumps({"cniVersion": version, "code": E_INTERNAL,
+                           "msg": "podroute shim failed", "details": repr(e)}), 1
+
+
+def main():
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError:
+        data = b""
+    out, status = dispatch(os.environ, data)
+    if out:
+        sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

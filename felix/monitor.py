@@ -1,0 +1,146 @@
+"""Drift detection: a NETLINK_ROUTE multicast listener (RTMGRP_IPV4_ROUTE | RTMGRP_LINK).
+
+Calls ``on_change()`` when something may have moved the kernel away from desired state:
+ - RTM_NEWROUTE / RTM_DELROUTE of our protocol in our table that is not an echo of our own
+   writes (judged by the optional ``expected(route, deleted)`` callback, e.g.
+   ``RouteTable.is_expected``; without it every such event counts);
+ - any RTM_NEWLINK / RTM_DELLINK (the kernel flushes IPv4 routes of a downed/deleted device
+   without sending RTM_DELROUTE, and a (re)created veth makes ENODEV routes installable);
+ - a receive-buffer overrun (ENOBUFS: events were lost).
+Debouncing is the caller's job; on_change is called at most once per batch of readable messages.
+The socket comes from ``felix.netlink.open_route_socket`` (inside ``netns`` when given).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from typing import Callable
+
+from . import codec
+from .netlink import open_route_socket
+from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
+
+log = logging.getLogger("felix.monitor")
+
+
+class RouteMonitor:
+    """See module doc. ``run()`` is a coroutine that returns only when cancelled (or on a socket
+    error, raised as felix.errors.DataplaneError). ``ready`` is set once subscribed; ``changes``
+    counts on_change calls."""
+
+    def __init__(self, on_change: Callable[[], None], *, protocol: int = PODROUTE_PROTO, table: int = MAIN_TABLE,
+                 netns: str | None = None, expected: Callable[[Route, bool], bool] | None = None,
+                 log: logging.Logger = log) -> None:
+        self._on_change = on_change
+        self.protocol = protocol
+        self.table = table
+        self.netns = netns
+        self._expected = expected
+        self._log = log
+        self._names: dict[int, str] = {}
+        self.ready = asyncio.Event()
+        self.changes = 0
+        self._buf = bytearray(1 << 20)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = open_route_socket(self.netns, groups=codec.RTMGRP_IPV4_ROUTE | codec.RTMGRP_LINK)
+        try:
+            missed = self._load_links(sock)
+        except (OSError, codec.CodecError) as e:
+            sock.close()
+            from .errors import DataplaneError
+            raise DataplaneError(getattr(e, "errno", None) or errno.EIO, f"netlink monitor link dump: {e}") from e
+        sock.setblocking(False)
+        failed: asyncio.Future = loop.create_future()
+        loop.add_reader(sock.fileno(), self._readable, sock, failed)
+        self.ready.set()
+        if missed:
+            self.changes += 1
+            self._on_change()
+        try:
+            await failed
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+            self.ready.clear()
+
+    def _load_links(self, sock: socket.socket) -> bool:
+        """Fill the ifindex -> name map with an RTM_GETLINK dump on the subscribed socket (so route
+        notifications decode to the same names RouteTable holds). Returns True if a relevant
+        notification arrived meanwhile (it is not replayed; the caller reports a change)."""
+        sock.settimeout(5.0)
+        seq = 1
+        sock.send(codec.encode_link_dump_request(seq=seq))
+        missed = False
+        for _ in range(100_000):
+            try:
+                n = sock.recv_into(self._buf)
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                missed = True
+                continue
+            view = memoryview(self._buf)[:n]
+            done = False
+            for mtype, _f, mseq, off, length in codec.iter_messages(view):
+                if mseq == seq and mtype in (codec.NLMSG_DONE, codec.NLMSG_ERROR):
+                    done = True
+                elif mseq != seq and mtype in (codec.RTM_NEWROUTE, codec.RTM_DELROUTE, codec.RTM_DELLINK):
+                    missed = True
+            self._names.update(codec.decode_links(view))
+            if done:
+                return missed
+        return True
+
+    def _readable(self, sock: socket.socket, failed: asyncio.Future) -> None:
+        changed = False
+        for _ in range(1000):  # bounded: yield to the loop after 1000 datagrams
+            try:
+                n = sock.recv_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._log.warning("netlink monitor overrun; events lost, requesting resync")
+                    changed = True
+                    continue
+                if not failed.done():
+                    from .errors import DataplaneError
+                    failed.set_exception(DataplaneError(e.errno or errno.EIO, f"netlink monitor: {e}"))
+                return
+            try:
+                changed |= self._process(memoryview(self._buf)[:n])
+            except codec.CodecError as e:
+                self._log.warning("undecodable netlink notification (%s); requesting resync", e)
+                changed = True
+        if changed:
+            self.changes += 1
+            try:
+                self._on_change()
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the monitor
+                self._log.exception("on_change callback failed")
+
+    def _process(self, view) -> bool:
+        changed = False
+        for mtype, _flags, _seq, off, length in codec.iter_messages(view):
+            if mtype in (codec.RTM_NEWLINK, codec.RTM_DELLINK):
+                if mtype == codec.RTM_NEWLINK:
+                    self._names.update(codec.decode_links(view[off:off + length]))
+                changed = True
+            elif mtype in (codec.RTM_NEWROUTE, codec.RTM_DELROUTE) and length >= 28:
+                base = off + 16
+                if view[base] != socket.AF_INET or view[base + 5] != self.protocol:
+                    continue
+                if codec.route_table_of(view, off, length) != self.table:
+                    continue
+                if self._expected is None:
+                    changed = True
+                    continue
+                route, _t, _p = codec.decode_route(view, off, length, self._names.get)
+                if not self._expected(route, mtype == codec.RTM_DELROUTE):
+                    self._log.debug("drift: %s %s", "deleted" if mtype == codec.RTM_DELROUTE else "changed", route)
+                    changed = True
+        return changed

@@ -1,0 +1,216 @@
+"""Desired-state route values owned by felix (IPv4 only).
+
+A ``Route`` is what felix wants in (or reads from) one FIB table. It is a frozen, hashable value
+with ``ipaddress`` types; ``__post_init__`` validates it and raises ``felix.errors.InvalidRoute``
+naming the offending field. String arguments are coerced (``Route("198.19.0.0/26", ...)``).
+
+Shapes mirror what the kernel stores for an IPv4 route (rtnetlink(7), struct rtmsg + RTA_*):
+ - unicast via a gateway:   ``198.19.1.0/26 via 198.18.0.2 [dev eth0] [onlink]``
+ - device (scope link):     ``198.19.0.5/32 dev pr1234 scope link``      (Calico workload route)
+ - blackhole:               ``blackhole 198.19.0.0/26``                   (Calico local block)
+ - ECMP:                    ``198.19.2.0/26 nexthop via A weight 1 nexthop via B weight 1``
+``metric`` is RTA_PRIORITY (0 = the kernel default; it is part of the route's identity in the FIB).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable
+
+from .errors import InvalidRoute
+
+PODROUTE_PROTO = 90
+"""rtm_protocol marking felix's routes (Calico uses 80, BIRD 12, kernel 2, boot 3, static 4)."""
+MAIN_TABLE = 254
+"""RT_TABLE_MAIN."""
+IFNAMSIZ = 16
+
+
+class RouteType(enum.IntEnum):
+    """rtm_type values felix programs (linux/rtnetlink.h RTN_*)."""
+
+    UNICAST = 1
+    BLACKHOLE = 6
+
+
+class Scope(enum.IntEnum):
+    """rtm_scope values felix programs (linux/rtnetlink.h RT_SCOPE_*)."""
+
+    UNIVERSE = 0
+    LINK = 253
+
+
+def _ifname_ok(name: str | None) -> bool:
+    return name is None or (isinstance(name, str) and 0 < len(name) < IFNAMSIZ and "/" not in name
+                            and not any(c.isspace() for c in name))
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """One ECMP next hop (struct rtnexthop + RTA_GATEWAY). ``weight`` 1..256 (rtnh_hops = weight-1)."""
+
+    gateway: IPv4Address
+    ifname: str | None = None
+    onlink: bool = False
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gateway, IPv4Address):
+            try:
+                object.__setattr__(self, "gateway", IPv4Address(self.gateway))
+            except ValueError as e:
+                raise InvalidRoute("gateway", str(e)) from None
+        if not _ifname_ok(self.ifname):
+            raise InvalidRoute("ifname", f"invalid interface name {self.ifname!r}")
+        if not isinstance(self.weight, int) or not 1 <= self.weight <= 256:
+            raise InvalidRoute("weight", f"must be 1..256, got {self.weight!r}")
+        if self.onlink and self.ifname is None:
+            raise InvalidRoute("onlink", "onlink next hop needs an ifname")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One IPv4 route in a FIB table; identity in the table is (dst, metric). See module doc."""
+
+    dst: IPv4Network
+    type: RouteType = RouteType.UNICAST
+    gateway: IPv4Address | None = None
+    ifname: str | None = None
+    scope: Scope = Scope.UNIVERSE
+    onlink: bool = False
+    multipath: tuple[NextHop, ...] = ()
+    metric: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dst, IPv4Network):
+            try:
+                object.__setattr__(self, "dst", IPv4Network(self.dst))
+            except ValueError as e:
+                raise InvalidRoute("dst", str(e)) from None
+        if self.gateway is not None and not isinstance(self.gateway, IPv4Address):
+            try:
+                object.__setattr__(self, "gateway", IPv4Address(self.gateway))
+            except ValueError as e:
+                raise InvalidRoute("gateway", str(e)) from None
+        try:
+            object.__setattr__(self, "type", RouteType(self.type))
+        except ValueError:
+            raise InvalidRoute("type", f"unsupported route type {self.type!r}") from None
+        try:
+            object.__setattr__(self, "scope", Scope(self.scope))
+        except ValueError:
+            raise InvalidRoute("scope", f"unsupported scope {self.scope!r}") from None
+        if not isinstance(self.multipath, tuple):
+            object.__setattr__(self, "multipath", tuple(self.multipath))
+        if not _ifname_ok(self.ifname):
+            raise InvalidRoute("ifname", f"invalid interface name {self.ifname!r}")
+        if not isinstance(self.metric, int) or not 0 <= self.metric <= 0xFFFFFFFF:
+            raise InvalidRoute("metric", f"must be a u32, got {self.metric!r}")
+        if self.type is RouteType.BLACKHOLE:
+            for name in ("gateway", "ifname", "multipath"):
+                if getattr(self, name):
+                    raise InvalidRoute(name, "a blackhole route has no next hop")
+            if self.onlink:
+                raise InvalidRoute("onlink", "a blackhole route cannot be onlink")
+            if self.scope is not Scope.UNIVERSE:
+                raise InvalidRoute("scope", "a blackhole route has scope universe")
+            return
+        if self.multipath:
+            if self.gateway is not None:
+                raise InvalidRoute("gateway", "gateway and multipath are mutually exclusive")
+            if self.ifname is not None:
+                raise InvalidRoute("ifname", "set ifname per NextHop with multipath")
+            if self.onlink:
+                raise InvalidRoute("onlink", "set onlink per NextHop with multipath")
+            if len(self.multipath) < 2:
+                raise InvalidRoute("multipath", "needs at least 2 next hops (the kernel stores 1 as a plain route)")
+            if not all(isinstance(h, NextHop) for h in self.multipath):
+                raise InvalidRoute("multipath", "items must be NextHop")
+            if len(set(self.multipath)) != len(self.multipath):
+                raise InvalidRoute("multipath", "duplicate next hop")
+            if self.scope is not Scope.UNIVERSE:
+                raise InvalidRoute("scope", "a multipath route has scope universe")
+            return
+        if self.gateway is None and self.ifname is None:
+            raise InvalidRoute("gateway", "a unicast route needs a gateway, an ifname or multipath")
+        if self.onlink and (self.gateway is None or self.ifname is None):
+            raise InvalidRoute("onlink", "onlink needs both gateway and ifname")
+        if self.scope is Scope.LINK and self.gateway is not None:
+            raise InvalidRoute("scope", "scope link routes have no gateway")
+
+    # -- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def via(cls, dst: IPv4Network | str, gw: IPv4Address | str, ifname: str | None = None,
+            onlink: bool = False, *, metric: int = 0) -> "Route":
+        """``dst via gw [dev ifname] [onlink]`` (scope universe). Raises InvalidRoute."""
+        return cls(dst=dst, gateway=gw, ifname=ifname, onlink=onlink, metric=metric)  # type: ignore[arg-type]
+
+    @classmethod
+    def blackhole(cls, dst: IPv4Network | str, *, metric: int = 0) -> "Route":
+        """``blackhole dst`` (RTN_BLACKHOLE, Calico's local-block route). Raises InvalidRoute."""
+        return cls(dst=dst, type=RouteType.BLACKHOLE, metric=metric)  # type: ignore[arg-type]
+
+    @classmethod
+    def device(cls, dst: IPv4Network | str, ifname: str, *, metric: int = 0) -> "Route":
+        """``dst dev ifname scope link`` (Calico's workload /32). Raises InvalidRoute."""
+        return cls(dst=dst, ifname=ifname, scope=Scope.LINK, metric=metric)  # type: ignore[arg-type]
+
+    @classmethod
+    def ecmp(cls, dst: IPv4Network | str, hops: Iterable[NextHop], *, metric: int = 0) -> "Route":
+        """``dst nexthop via A ... nexthop via B ...`` (RTA_MULTIPATH, ≥2 hops). Raises InvalidRoute."""
+        return cls(dst=dst, multipath=tuple(hops), metric=metric)  # type: ignore[arg-type]
+
+    # -- comparison -----------------------------------------------------------------------------
+    def satisfied_by(self, actual: "Route") -> bool:
+        """True if the kernel's ``actual`` route is what this desired route asks for.
+
+        ``ifname=None`` in a desired route means "the kernel picks the device from the gateway", so
+        any device the kernel reports is accepted; every other field must be equal.
+        """
+        if self == actual:
+            return True
+        if self.ifname is None and self.gateway is not None and actual.ifname is not None:
+            return self == _replace_ifname(actual, None)
+        if self.multipath and len(self.multipath) == len(actual.multipath):
+            hops = tuple(
+                NextHop(a.gateway, None if d.ifname is None else a.ifname, a.onlink, a.weight)
+                for d, a in zip(self.multipath, actual.multipath))
+            return self.multipath == hops and _replace_multipath(actual, ()) == _replace_multipath(self, ())
+        return False
+
+    def __str__(self) -> str:
+        parts = ["blackhole" if self.type is RouteType.BLACKHOLE else "", str(self.dst)]
+        if self.gateway is not None:
+            parts += ["via", str(self.gateway)]
+        if self.ifname:
+            parts += ["dev", self.ifname]
+        for h in self.multipath:
+            parts += ["nexthop via", str(h.gateway)] + (["dev", h.ifname] if h.ifname else []) + \
+                     (["onlink"] if h.onlink else []) + ["weight", str(h.weight)]
+        if self.scope is Scope.LINK:
+            parts += ["scope", "link"]
+        if self.onlink:
+            parts.append("onlink")
+        if self.metric:
+            parts += ["metric", str(self.metric)]
+        return " ".join(p for p in parts if p)
+
+
+def _replace_ifname(r: Route, ifname: str | None) -> Route:
+    new = object.__new__(Route)
+    for f in r.__dataclass_fields__:
+        object.__setattr__(new, f, getattr(r, f))
+    object.__setattr__(new, "ifname", ifname)
+    return new
+
+
+def _replace_multipath(r: Route, mp: tuple[NextHop, ...]) -> Route:
+    new = object.__new__(Route)
+    for f in r.__dataclass_fields__:
+        object.__setattr__(new, f, getattr(r, f))
+    object.__setattr__(new, "multipath", mp)
+    return new
+
+
+__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route"]

@@ -1,0 +1,275 @@
+"""Desired-vs-actual reconciliation of felix's routes in one FIB table (Calico Felix's routetable).
+
+Owners ("workloads", "blocks", "bgp", ...) each set their desired routes; ``apply()`` resolves
+conflicts between owners, diffs the winners against the kernel's routes of our protocol, and
+writes only the difference. See ``RouteTable`` for the complications handled.
+"""
+from __future__ import annotations
+
+import errno as E
+import logging
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+from .dataplane import RouteDataplane, RouteFailure, RouteOp
+from .errors import DataplaneError, InvalidRoute
+from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
+
+OWNER_PRIORITY: Mapping[str, int] = MappingProxyType({"workloads": 300, "blocks": 200, "bgp": 100})
+"""Who wins when owners want the same dst: workloads (local pod /32) > blocks (local block
+blackhole / IPIP block routes) > bgp (learned). Unknown owners rank 0; ties go to the owner name
+that sorts first. Mirrors Calico, where a local workload route beats everything and the local
+block's blackhole beats a BGP-learned route for the same prefix."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Outcome of one ``apply()``: ops that succeeded by kind, the failures (route None = the dump
+    failed), wall time in seconds, and whether the kernel was re-read (``full_sync``)."""
+
+    added: int
+    replaced: int
+    deleted: int
+    errors: tuple[RouteFailure, ...]
+    duration_s: float
+    full_sync: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def changes(self) -> int:
+        return self.added + self.replaced + self.deleted
+
+
+class RouteTable:
+    """Owns every IPv4 route with rtm_protocol ``protocol`` in FIB ``table``; never touches others.
+
+    Setters (``set_routes``/``set_route``/``remove_route``) only change desired state and remember
+    which dsts changed; ``apply()`` then writes, in batches of ``batch_size`` ops (deletes first,
+    then adds/replaces), only what differs. While the table is not dirty, apply() trusts its cache of
+    the kernel and looks only at changed dsts (cheap no-op when nothing changed); when dirty (at
+    start, after ``mark_dirty()``, after any failure) it re-dumps our routes and diffs everything.
+
+    Real-world complications handled (after Calico's routetable.go):
+     - routes deleted or changed by hand / by another tool using our protocol: the monitor (or the
+       agent's periodic resync) calls ``mark_dirty()``; the next apply restores them;
+     - kernel-added and other daemons' routes (proto kernel/boot/static, BIRD 12, ...) are never
+       dumped as ours, never replaced or deleted: new routes are written with NLM_F_EXCL ("add"),
+       so a foreign route holding the same (dst, metric) yields EEXIST, reported as a conflict for
+       that dst and retried later — NLM_F_REPLACE is only used where our own route was seen;
+     - interfaces that do not exist yet (workload veth being created) or flap: ENODEV /
+       ENETUNREACH / ENETDOWN are reported per route, the route stays desired and is retried on the
+       next apply; the kernel silently flushes routes of a deleted or downed device (no
+       RTM_DELROUTE), which the monitor's link events plus mark_dirty cover;
+     - partial batch failure: each op is acked separately, the others are applied and cached;
+     - a failed dump writes nothing and leaves the table dirty;
+     - duplicates of our route for one dst at other metrics are deleted; our routes of shapes felix
+       would not create are replaced;
+     - ``ifname=None`` in a desired route accepts whatever device the kernel chose for the gateway.
+    Not handled: routes at a non-zero TOS, IPv6, routes added with ``ip route append`` that share
+    (dst, metric) with ours (REPLACE would hit the first one).
+
+    ``apply()`` is synchronous and single-threaded (call it from the agent's event loop or one
+    thread); it never raises for dataplane errors, only reports them in ApplyResult.errors.
+    """
+
+    def __init__(self, dataplane: RouteDataplane, *, protocol: int = PODROUTE_PROTO, table: int = MAIN_TABLE,
+                 batch_size: int = 1000, log: logging.Logger = logging.getLogger("felix.routetable")) -> None:
+        if not 1 <= protocol <= 255:
+            raise ValueError(f"protocol must be 1..255, got {protocol}")
+        if not 1 <= table <= 0xFFFFFFFF or table in (0, 255):
+            raise ValueError(f"bad table id {table}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._dp = dataplane
+        self.protocol = protocol
+        self.table = table
+        self.batch_size = batch_size
+        self._log = log
+        self._by_owner: dict[str, dict[IPv4Network, Route]] = {}
+        self._desired: dict[IPv4Network, Route] = {}
+        self._winner: dict[IPv4Network, str] = {}
+        self._actual: dict[IPv4Network, list[Route]] = {}
+        self._pending: set[IPv4Network] = set()
+        self._dirty = True
+        self.last_result: ApplyResult | None = None
+
+    # -- desired state ----------------------------------------------------------------------------
+    def set_routes(self, owner: str, routes: Iterable[Route]) -> None:
+        """Replace all desired routes of ``owner``. Raises InvalidRoute on a non-Route item or two
+        routes for the same dst (state unchanged then). Writes nothing."""
+        new: dict[IPv4Network, Route] = {}
+        for r in routes:
+            if not isinstance(r, Route):
+                raise InvalidRoute("route", f"expected Route, got {type(r).__name__}")
+            if r.dst in new and new[r.dst] != r:
+                raise InvalidRoute("dst", f"owner {owner!r} gave two routes for {r.dst}")
+            new[r.dst] = r
+        old = self._by_owner.get(owner, {})
+        changed = {d for d in old.keys() | new.keys() if old.get(d) != new.get(d)}
+        if new:
+            self._by_owner[owner] = new
+        else:
+            self._by_owner.pop(owner, None)
+        for dst in changed:
+            self._resolve(dst)
+
+    def set_route(self, owner: str, route: Route) -> None:
+        """Add or replace ``owner``'s desired route for ``route.dst``. Writes nothing."""
+        if not isinstance(route, Route):
+            raise InvalidRoute("route", f"expected Route, got {type(route).__name__}")
+        routes = self._by_owner.setdefault(owner, {})
+        if routes.get(route.dst) != route:
+            routes[route.dst] = route
+            self._resolve(route.dst)
+
+    def remove_route(self, owner: str, dst: IPv4Network) -> None:
+        """Drop ``owner``'s desired route for ``dst`` (no-op if it had none). Writes nothing."""
+        dst = IPv4Network(dst)
+        routes = self._by_owner.get(owner)
+        if routes and routes.pop(dst, None) is not None:
+            if not routes:
+                del self._by_owner[owner]
+            self._resolve(dst)
+
+    def _resolve(self, dst: IPv4Network) -> None:
+        best: tuple[int, str] | None = None
+        for owner, routes in self._by_owner.items():
+            if dst in routes:
+                key = (OWNER_PRIORITY.get(owner, 0), owner)
+                if best is None or key[0] > best[0] or (key[0] == best[0] and key[1] < best[1]):
+                    best = key
+        if best is None:
+            if self._desired.pop(dst, None) is not None:
+                self._pending.add(dst)
+            self._winner.pop(dst, None)
+            return
+        route = self._by_owner[best[1]][dst]
+        if self._winner.get(dst) != best[1]:
+            self._winner[dst] = best[1]
+        if self._desired.get(dst) != route:
+            self._desired[dst] = route
+            self._pending.add(dst)
+
+    def desired(self) -> Mapping[IPv4Network, Route]:
+        """Read-only live view {dst: winning Route} after owner-priority resolution."""
+        return MappingProxyType(self._desired)
+
+    def owned(self, owner: str) -> Mapping[IPv4Network, Route]:
+        """The routes ``owner`` asked for (read-only view), whether or not they won priority."""
+        return MappingProxyType(self._by_owner.get(owner, {}))
+
+    def owner_of(self, dst: IPv4Network) -> str | None:
+        """The owner whose route for ``dst`` won, or None."""
+        return self._winner.get(IPv4Network(dst))
+
+    def mark_dirty(self) -> None:
+        """Make the next apply() re-read our routes from the kernel and diff everything."""
+        self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def is_expected(self, route: Route, deleted: bool) -> bool:
+        """For the monitor: True if a kernel notification about our ``route`` (``deleted`` =
+        RTM_DELROUTE) is consistent with desired state (an echo of our own write), False if it
+        means drift that needs an apply."""
+        want = self._desired.get(route.dst)
+        if deleted:
+            return want is None or not want.satisfied_by(route)
+        return want is not None and want.satisfied_by(route)
+
+    # -- reconciliation ---------------------------------------------------------------------------
+    def apply(self) -> ApplyResult:
+        """Make the kernel match desired state; see the class doc. Idempotent: a second call with
+        no changes in between writes nothing. Returns ApplyResult; never raises DataplaneError."""
+        t0 = time.perf_counter()
+        full = self._dirty
+        if full:
+            try:
+                current = self._dp.dump_routes(table=self.table, protocol=self.protocol)
+            except DataplaneError as e:
+                self._log.warning("route dump failed, nothing written: %s", e)
+                res = ApplyResult(0, 0, 0, (RouteFailure(None, e.errno, f"dump failed: {e.message}", "dump"),),
+                                  time.perf_counter() - t0, True)
+                self.last_result = res
+                return res
+            actual: dict[IPv4Network, list[Route]] = {}
+            for r in current:
+                actual.setdefault(r.dst, []).append(r)
+            self._actual = actual
+            check = self._desired.keys() | actual.keys()
+        else:
+            check = self._pending
+        deletes: list[RouteOp] = []
+        sets: list[RouteOp] = []
+        for dst in check:  # unordered: sorting 10k IPv4Networks costs ~75 ms
+            want = self._desired.get(dst)
+            have = self._actual.get(dst, ())
+            if want is None:
+                deletes.extend(self._op("delete", r) for r in have)
+                continue
+            keep = next((r for r in have if want.satisfied_by(r)), None)
+            if keep is not None:
+                deletes.extend(self._op("delete", r) for r in have if r is not keep)
+                continue
+            same_metric = any(r.metric == want.metric for r in have)
+            deletes.extend(self._op("delete", r) for r in have if r.metric != want.metric)
+            sets.append(self._op("replace" if same_metric else "add", want))
+
+        failures: list[RouteFailure] = []
+        counts = {"add": 0, "replace": 0, "delete": 0}
+        ops = deletes + sets
+        for start in range(0, len(ops), self.batch_size):
+            chunk = ops[start:start + self.batch_size]
+            try:
+                failed = self._dp.write(chunk)
+            except DataplaneError as e:
+                failed = [RouteFailure(op.route, e.errno, e.message, op.action) for op in chunk]
+            bad = {(f.action, f.route) for f in failed}
+            for op in chunk:
+                if (op.action, op.route) in bad:
+                    continue
+                counts[op.action] += 1
+                self._record(op)
+            failures.extend(self._explain(f) for f in failed)
+        self._pending = {f.route.dst for f in failures if f.route is not None}
+        if failures:
+            self._dirty = True
+            self._log.warning("apply: %d of %d route ops failed, first: %s %s: %s", len(failures), len(ops),
+                              failures[0].action, failures[0].route, failures[0].message)
+        else:
+            self._dirty = False
+        res = ApplyResult(counts["add"], counts["replace"], counts["delete"], tuple(failures),
+                          time.perf_counter() - t0, full)
+        if res.changes or failures:
+            self._log.info("apply: +%d ~%d -%d, %d errors, %.1f ms%s", res.added, res.replaced, res.deleted,
+                           len(failures), res.duration_s * 1e3, " (full sync)" if full else "")
+        self.last_result = res
+        return res
+
+    def _op(self, action: str, route: Route) -> RouteOp:
+        return RouteOp(action, route, self.table, self.protocol)  # type: ignore[arg-type]
+
+    def _record(self, op: RouteOp) -> None:
+        r = op.route
+        have = [x for x in self._actual.get(r.dst, ()) if x.metric != r.metric]
+        if op.action != "delete":
+            have.append(r)
+        if have:
+            self._actual[r.dst] = have
+        else:
+            self._actual.pop(r.dst, None)
+
+    def _explain(self, f: RouteFailure) -> RouteFailure:
+        if f.errno == E.EEXIST and f.action == "add":
+            return RouteFailure(f.route, f.errno,
+                                f"conflict: a route of another protocol holds {f.route.dst if f.route else '?'}"
+                                f" in table {self.table}; left alone ({f.message})", f.action)
+        return f

@@ -1,0 +1,231 @@
+import errno
+from ipaddress import IPv4Network
+
+import pytest
+
+from felix.fake import FakeDataplane
+from felix.routes import NextHop, Route
+from felix.routetable import OWNER_PRIORITY, RouteTable
+
+N = IPv4Network
+
+
+def nets(count, start=0):
+    """/26s from 198.19.0.0/16."""
+    return [N((0xC6130000 + (start + i) * 64, 26)) for i in range(count)]
+
+
+def via(dst, gw="198.18.0.2", dev=None):
+    return Route.via(dst, gw, dev)
+
+
+@pytest.fixture
+def dp():
+    return FakeDataplane(links=["eth0", "tunl0"], reachable=["198.18.0.0/24"])
+
+
+@pytest.fixture
+def table(dp):
+    return RouteTable(dp, batch_size=100)
+
+
+def test_setters_do_not_write(dp, table):
+    table.set_routes("bgp", [via(n) for n in nets(5)])
+    table.set_route("blocks", Route.blackhole("198.19.100.0/26"))
+    table.remove_route("bgp", nets(1)[0])
+    assert dp.calls == []
+    assert len(table.desired()) == 5 and table.dirty
+
+
+def test_apply_adds_then_second_apply_is_noop(dp, table):
+    routes = [via(n) for n in nets(250)]
+    table.set_routes("bgp", routes)
+    res = table.apply()
+    assert (res.added, res.replaced, res.deleted, res.errors) == (250, 0, 0, ())
+    assert res.full_sync and not table.dirty
+    assert [len(b) for b in dp.batches] == [100, 100, 50]          # batch_size honoured
+    assert dp.ours() == {r.dst: r for r in routes}
+    writes = len(dp.batches)
+    res2 = table.apply()
+    assert (res2.added, res2.replaced, res2.deleted, res2.errors) == (0, 0, 0, ())
+    assert len(dp.batches) == writes and not res2.full_sync and dp.dumps == 1
+    table.mark_dirty()                                               # a full resync also writes nothing
+    res3 = table.apply()
+    assert res3.full_sync and res3.changes == 0 and len(dp.batches) == writes and dp.dumps == 2
+
+
+def test_minimal_diff(dp, table):
+    a, b, c, d = nets(4)
+    table.set_routes("bgp", [via(a), via(b), via(c)])
+    table.apply()
+    dp.batches.clear()
+    table.set_routes("bgp", [via(a), via(b, "198.18.0.3"), via(d)])  # keep a, change b, drop c, add d
+    res = table.apply()
+    assert (res.added, res.replaced, res.deleted) == (1, 1, 1)
+    ops = {(op.action, op.route.dst) for op in dp.written_ops}
+    assert ops == {("replace", b), ("delete", c), ("add", d)}
+    assert dp.ours()[b].gateway.exploded == "198.18.0.3" and c not in dp.ours()
+
+
+def test_existing_kernel_state_is_diffed_on_first_apply(dp, table):
+    a, b, c = nets(3)
+    from felix.dataplane import RouteOp
+    dp.write([RouteOp("add", via(a)), RouteOp("add", via(b, "198.18.0.9")), RouteOp("add", via(c))])
+    dp.batches.clear()
+    table.set_routes("bgp", [via(a), via(b)])
+    res = table.apply()
+    assert (res.added, res.replaced, res.deleted) == (0, 1, 1)
+    assert set(dp.ours()) == {a, b}
+
+
+def test_foreign_protocol_routes_never_touched(dp, table):
+    a, b, c = nets(3)
+    bird = via(a, "198.18.0.7")
+    kernel = Route.device("198.18.0.0/24", "eth0")
+    dp.add_foreign(bird, protocol=12)
+    dp.add_foreign(kernel, protocol=2)
+    dp.add_foreign(via(c, "198.18.0.8"), protocol=80)
+    table.set_routes("bgp", [via(a), via(b)])                       # a collides with BIRD's route
+    res = table.apply()
+    assert res.added == 1
+    assert [(f.route.dst, f.errno) for f in res.errors] == [(a, errno.EEXIST)]
+    assert "conflict" in res.errors[0].message
+    assert dp.routes[(254, a, 0)].protocol == 12 and dp.routes[(254, a, 0)].route == bird
+    assert dp.routes[(254, N("198.18.0.0/24"), 0)].protocol == 2
+    assert dp.routes[(254, c, 0)].protocol == 80                     # not desired, but not ours: kept
+    assert all(op.action != "replace" and op.route.dst != c for op in dp.written_ops)
+    table.set_routes("bgp", [])
+    table.apply()
+    assert dp.routes[(254, a, 0)].protocol == 12 and (254, b, 0) not in dp.routes
+
+
+def test_owner_priority_workloads_over_blocks_over_bgp(dp, table):
+    assert OWNER_PRIORITY["workloads"] > OWNER_PRIORITY["blocks"] > OWNER_PRIORITY["bgp"]
+    block, other = N("198.19.1.0/26"), N("198.19.2.0/26")
+    pod = N("198.19.1.5/32")
+    table.set_route("bgp", via(block, "198.18.0.5"))
+    table.set_route("blocks", Route.blackhole(block))
+    table.set_route("bgp", via(pod, "198.18.0.5"))
+    table.set_route("workloads", Route.device(pod, "eth0"))
+    table.set_route("bgp", via(other, "198.18.0.5"))
+    table.apply()
+    assert dp.ours()[block] == Route.blackhole(block)
+    assert dp.ours()[pod] == Route.device(pod, "eth0")
+    assert table.owner_of(pod) == "workloads"
+    table.remove_route("workloads", pod)                             # pod gone: BGP's route takes over
+    table.set_routes("blocks", [])
+    res = table.apply()
+    assert res.replaced == 2
+    assert dp.ours()[pod].gateway.exploded == "198.18.0.5" and dp.ours()[block].gateway.exploded == "198.18.0.5"
+
+
+@pytest.mark.parametrize("err", [errno.EEXIST, errno.ENODEV, errno.ENETUNREACH])
+def test_one_failure_in_a_batch_is_reported_rest_applied_and_retried(dp, table, err):
+    routes = [via(n) for n in nets(300)]
+    bad = routes[137].dst
+    dp.fail_next(err, match=bad)
+    table.set_routes("bgp", routes)
+    res = table.apply()
+    assert res.added == 299
+    assert [(f.route.dst, f.errno, f.action) for f in res.errors] == [(bad, err, "add")]
+    assert len(dp.ours()) == 299 and bad not in dp.ours()
+    assert table.dirty and bad in table.desired()
+    res2 = table.apply()                                             # retried, fault gone
+    assert res2.errors == () and res2.added == 1 and res2.full_sync
+    assert len(dp.ours()) == 300 and not table.dirty
+
+
+def test_enodev_until_device_exists(dp, table):
+    pod = Route.device("198.19.0.9/32", "prv1234")
+    table.set_route("workloads", pod)
+    res = table.apply()
+    assert [(f.route, f.errno) for f in res.errors] == [(pod, errno.ENODEV)]
+    assert table.apply().errors[0].errno == errno.ENODEV            # still missing: still reported
+    dp.links.add("prv1234")
+    res = table.apply()
+    assert res.ok and dp.ours()[pod.dst] == pod
+
+
+def test_link_removal_flushes_and_apply_restores(dp, table):
+    table.set_routes("blocks", [Route.via(n, "198.18.0.2", "tunl0", onlink=True) for n in nets(3)])
+    table.apply()
+    dp.remove_link("tunl0")
+    assert dp.ours() == {}
+    table.mark_dirty()
+    assert table.apply().errors[0].errno == errno.ENODEV
+    dp.links.add("tunl0")
+    assert table.apply().added == 3 and len(dp.ours()) == 3
+
+
+def test_dump_failure_writes_nothing_and_stays_dirty(dp, table):
+    table.set_routes("bgp", [via(n) for n in nets(10)])
+    dp.fail_dump_next(errno.ENOBUFS)
+    res = table.apply()
+    assert dp.batches == [] and table.dirty
+    assert len(res.errors) == 1 and res.errors[0].route is None and res.errors[0].errno == errno.ENOBUFS
+    res = table.apply()
+    assert res.added == 10 and not table.dirty
+
+
+def test_drift_repaired_after_mark_dirty(dp, table):
+    routes = [via(n) for n in nets(20)]
+    table.set_routes("bgp", routes)
+    table.apply()
+    dp.delete_by_hand(routes[3].dst)
+    dp.routes[(254, routes[4].dst, 0)].route = via(routes[4].dst, "198.18.0.99")   # changed by hand
+    assert table.apply().changes == 0                               # not dirty: cache trusted
+    table.mark_dirty()
+    res = table.apply()
+    assert (res.added, res.replaced) == (1, 1)
+    assert dp.ours() == {r.dst: r for r in routes}
+
+
+def test_duplicate_metric_of_ours_is_removed(dp, table):
+    a = nets(1)[0]
+    from felix.fake import FakeEntry
+    dp.routes[(254, a, 50)] = FakeEntry(90, Route.via(a, "198.18.0.2", metric=50))
+    table.set_route("bgp", via(a))
+    res = table.apply()
+    assert (res.added, res.deleted) == (1, 1)
+    assert [k for k in dp.routes if k[1] == a] == [(254, a, 0)]
+
+
+def test_ecmp_and_kernel_chosen_device(dp, table):
+    a, b = nets(2)
+    ecmp = Route.ecmp(a, [NextHop("198.18.0.2"), NextHop("198.18.0.3", weight=2)])
+    table.set_routes("bgp", [ecmp, via(b)])
+    table.apply()
+    # the kernel reports the device it picked; that still satisfies ifname=None
+    dp.routes[(254, b, 0)].route = via(b, dev="eth0")
+    table.mark_dirty()
+    assert table.apply().changes == 0
+
+
+def test_is_expected_for_monitor(table):
+    a, b = nets(2)
+    table.set_route("bgp", via(a))
+    assert table.is_expected(via(a, dev="eth0"), deleted=False)
+    assert not table.is_expected(via(a), deleted=True)             # someone deleted a desired route
+    assert table.is_expected(via(b), deleted=True)                 # we deleted it
+    assert not table.is_expected(via(a, "198.18.0.77"), deleted=False)
+
+
+def test_write_exception_marks_all_chunk_ops_failed(dp, table, monkeypatch):
+    from felix.errors import DataplaneError
+
+    def boom(ops):
+        raise DataplaneError(errno.EIO, "socket gone")
+    monkeypatch.setattr(dp, "write", boom)
+    table.set_routes("bgp", [via(n) for n in nets(3)])
+    res = table.apply()
+    assert len(res.errors) == 3 and all(f.errno == errno.EIO for f in res.errors) and table.dirty
+
+
+def test_invalid_input_rejected(table):
+    from felix.errors import InvalidRoute
+    a = nets(1)[0]
+    with pytest.raises(InvalidRoute):
+        table.set_routes("bgp", [via(a), via(a, "198.18.0.3")])
+    with pytest.raises(InvalidRoute):
+        table.set_route("bgp", "198.19.0.0/26")
+    assert table.desired() == {}
