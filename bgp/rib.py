@@ -1,0 +1,147 @@
+"""Per-peer Adj-RIB-In and the Loc-RIB derived from it by best-path selection.
+
+Decision process: a subset of RFC 4271 §9.1.2.2 (ExaBGP has no best-path logic of its own:
+FACTS "Supported / not"), in order:
+
+1. highest LOCAL_PREF (absent = 100; RFC 4271 §5.1.5, the de-facto default)
+2. shortest AS_PATH (an AS_SET counts 1)
+3. lowest ORIGIN (IGP < EGP < INCOMPLETE)
+4. lowest MED, compared only between paths from the same neighbor AS (absent = 0)
+5. eBGP-learned over iBGP-learned
+6. (ECMP) every path still tied here is used: next hops are unioned, as in multipath BGP
+7. otherwise-single-path tie-break: lowest originator/router id, then lowest peer address
+   (RFC 4271 §9.1.2.2 f/g, RFC 4456 §9) — applied only to pick the reported AS path and to
+   order the equal-cost set deterministically.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable, Mapping
+
+from .model import BestRoute, PathAttrs
+
+DEFAULT_LOCAL_PREF = 100
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One path in the Adj-RIB-In: who sent it and its attributes."""
+
+    peer: IPv4Address
+    peer_asn: int
+    peer_router_id: IPv4Address | None
+    attrs: PathAttrs
+
+
+class Rib:
+    """Adj-RIB-In per peer plus the Loc-RIB. ``local_as`` decides iBGP vs eBGP.
+
+    All mutators return the set of prefixes whose best route may have changed; read the
+    result with :meth:`loc_rib`. Not thread-safe (used from one event loop).
+    """
+
+    def __init__(self, local_as: int) -> None:
+        self.local_as = local_as
+        self._adj_in: dict[IPv4Address, dict[IPv4Network, Candidate]] = {}
+        self._peer_asn: dict[IPv4Address, int] = {}
+        self._peer_rid: dict[IPv4Address, IPv4Address] = {}
+        self._loc: dict[IPv4Network, BestRoute] = {}
+
+    def set_peer(self, peer: IPv4Address, asn: int, router_id: IPv4Address | None = None) -> None:
+        """Record the peer's ASN (from config) and BGP identifier (from its OPEN)."""
+        self._peer_asn[peer] = asn
+        if router_id is not None:
+            self._peer_rid[peer] = router_id
+
+    def adj_rib_in(self, peer: IPv4Address) -> Mapping[IPv4Network, PathAttrs]:
+        return {p: c.attrs for p, c in self._adj_in.get(peer, {}).items()}
+
+    def update(self, peer: IPv4Address, announced: Iterable[tuple[IPv4Network, PathAttrs]] = (),
+               withdrawn: Iterable[IPv4Network] = ()) -> set[IPv4Network]:
+        """Apply one UPDATE's accepted announcements and withdrawals from ``peer``.
+
+        An announcement replaces the peer's previous path for that prefix (implicit
+        withdraw, RFC 4271 §3.1). Returns the prefixes whose Loc-RIB entry changed.
+        """
+        table = self._adj_in.setdefault(peer, {})
+        touched: set[IPv4Network] = set()
+        for prefix in withdrawn:
+            if table.pop(prefix, None) is not None:
+                touched.add(prefix)
+        asn = self._peer_asn.get(peer, self.local_as)
+        rid = self._peer_rid.get(peer)
+        for prefix, attrs in announced:
+            table[prefix] = Candidate(peer, asn, rid, attrs)
+            touched.add(prefix)
+        return self._recompute(touched)
+
+    def flush_peer(self, peer: IPv4Address) -> set[IPv4Network]:
+        """Drop every path from ``peer`` (session down: ExaBGP sends no withdraws, FACTS
+        pitfall 2). Returns the prefixes whose Loc-RIB entry changed."""
+        table = self._adj_in.pop(peer, {})
+        return self._recompute(set(table))
+
+    def loc_rib(self) -> Mapping[IPv4Network, BestRoute]:
+        """The current best routes (a copy)."""
+        return dict(self._loc)
+
+    def _recompute(self, prefixes: set[IPv4Network]) -> set[IPv4Network]:
+        changed: set[IPv4Network] = set()
+        for prefix in prefixes:
+            cands = [t[prefix] for t in self._adj_in.values() if prefix in t]
+            new = best_route(prefix, cands, self.local_as)
+            old = self._loc.get(prefix)
+            if new is None:
+                if old is not None:
+                    del self._loc[prefix]
+                    changed.add(prefix)
+            elif new != old:
+                self._loc[prefix] = new
+                changed.add(prefix)
+        return changed
+
+
+def _path_len(attrs: PathAttrs) -> int:
+    return len(attrs.as_path)
+
+
+def best_route(prefix: IPv4Network, cands: list[Candidate], local_as: int) -> BestRoute | None:
+    """Select the best path(s) among ``cands`` (see module doc). None if no candidates."""
+    if not cands:
+        return None
+    pool = list(cands)
+
+    def keep(key) -> None:
+        nonlocal pool
+        best = min(key(c) for c in pool)
+        pool = [c for c in pool if key(c) == best]
+
+    keep(lambda c: -(c.attrs.local_pref if c.attrs.local_pref is not None else DEFAULT_LOCAL_PREF))
+    keep(lambda c: _path_len(c.attrs))
+    keep(lambda c: c.attrs.origin)
+    # MED only between paths from the same neighbouring AS (RFC 4271 §9.1.2.2 c).
+    def neighbor_as(c: Candidate) -> int:
+        return c.attrs.as_path[0] if c.attrs.as_path else c.peer_asn
+    survivors = []
+    for c in pool:
+        med = c.attrs.med or 0
+        if all(med <= (o.attrs.med or 0) for o in pool if neighbor_as(o) == neighbor_as(c)):
+            survivors.append(c)
+    pool = survivors
+    keep(lambda c: 0 if c.peer_asn != local_as else 1)
+
+    def tiebreak(c: Candidate) -> tuple[int, int]:
+        rid = c.attrs.originator_id or c.peer_router_id or c.peer
+        return (int(rid), int(c.peer))
+
+    pool.sort(key=tiebreak)
+    hops: list[IPv4Address] = []
+    peers: list[IPv4Address] = []
+    for c in pool:
+        if c.attrs.next_hop not in hops:
+            hops.append(c.attrs.next_hop)
+            peers.append(c.peer)
+    order = sorted(range(len(hops)), key=lambda i: int(hops[i]))
+    return BestRoute(prefix=prefix, next_hops=tuple(hops[i] for i in order),
+                     peers=tuple(peers[i] for i in order), as_path=pool[0].attrs.as_path)

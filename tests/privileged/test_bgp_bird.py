@@ -1,0 +1,215 @@
+"""The Speaker against a real BIRD 2 peer across a veth between two throwaway netns.
+
+The speaker runs in a child process (``nsenter --net=<ns> python -m bgp cfg.json``), which
+is how the agent runs too (``ip netns exec <node> podroute node run``): ExaBGP is spawned
+from inside the namespace. nsenter (no fork for a net namespace) keeps the PID we hold the
+driver's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nsutil import netns_path, sh
+
+pytestmark = pytest.mark.privileged
+
+REPO = Path(__file__).resolve().parents[2]
+PY = str(REPO / ".venv" / "bin" / "python")
+BIRD_IP, SPK_IP = "198.18.0.1", "198.18.0.2"
+POOL_ROUTES = {"198.19.1.0/26", "198.19.2.0/26"}
+OWN_BLOCK = "198.19.3.0/26"
+
+BIRD_CONF = """
+router id 198.18.0.1;
+log "{log}" all;
+protocol device {{}}
+protocol static s1 {{
+  ipv4;
+  route 198.19.1.0/26 blackhole;
+  route 198.19.2.0/26 blackhole;
+  route 203.0.113.0/24 blackhole;
+  route 0.0.0.0/0 blackhole;
+}}
+protocol bgp peer1 {{
+  local 198.18.0.1 as 64512;
+  neighbor 198.18.0.2 as 64512;
+  hold time 9;
+  connect retry time 1;
+  error wait time 1, 2;
+  graceful restart on;
+  ipv4 {{ import all; export all; next hop self; }};
+}}
+"""
+
+
+class Bird:
+    def __init__(self, ns: str, tmp: Path) -> None:
+        self.ns, self.tmp = ns, tmp
+        self.conf = tmp / "bird.conf"
+        self.sock = tmp / "bird.ctl"
+        self.conf.write_text(BIRD_CONF.format(log=tmp / "bird.log"))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={netns_path(self.ns)}", "bird", "-f", "-c", str(self.conf),
+             "-s", str(self.sock), "-P", str(self.tmp / "bird.pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def show_route(self) -> str:
+        return sh("birdc", "-s", str(self.sock), "show", "route", "protocol", "peer1",
+                  check=False).stdout
+
+
+class Driver:
+    """The speaker subprocess; its stdout JSON lines land in a queue."""
+
+    def __init__(self, ns: str, cfg: dict, tmp: Path) -> None:
+        path = tmp / "speaker.json"
+        path.write_text(json.dumps(cfg))
+        self.err = open(tmp / "speaker.log", "w")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={netns_path(ns)}", PY, "-m", "bgp", str(path)],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.lines: queue.Queue[dict] = queue.Queue()
+        self.routes: dict = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, pred, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if "routes" in msg:
+                self.routes = msg["routes"]
+            if pred(msg):
+                return msg
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
+                             f"last routes {self.routes}")
+
+    def status(self, timeout: float = 5) -> dict:
+        self.send("status")
+        return self.wait_for(lambda m: "status" in m, timeout, "status")["status"]
+
+    def poll_status(self, pred, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        st: dict = {}
+        while time.monotonic() < deadline:
+            st = self.status()
+            if pred(st):
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; status {st}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("stop")
+                self.proc.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.err.close()
+
+
+@pytest.fixture
+def lab(make_netns, tmp_path):
+    ns_b, ns_s = make_netns("bgpb"), make_netns("bgps")
+    sh("ip", "link", "add", "vb", "type", "veth", "peer", "name", "vs", "netns", ns_s, ns=ns_b)
+    sh("ip", "addr", "add", f"{BIRD_IP}/24", "dev", "vb", ns=ns_b)
+    sh("ip", "link", "set", "vb", "up", ns=ns_b)
+    sh("ip", "addr", "add", f"{SPK_IP}/24", "dev", "vs", ns=ns_s)
+    sh("ip", "link", "set", "vs", "up", ns=ns_s)
+    bird = Bird(ns_b, tmp_path)
+    bird.start()
+    cfg = {
+        "router_id": SPK_IP, "local_as": 64512, "local_address": SPK_IP,
+        "peers": [{"address": BIRD_IP, "asn": 64512, "hold_time": 9}],
+        "announce": [OWN_BLOCK], "import_pools": ["198.19.0.0/16"], "own_blocks": [OWN_BLOCK],
+        "node_ip": SPK_IP, "state_dir": str(tmp_path / "state"),
+    }
+    t0 = time.monotonic()
+    driver = Driver(ns_s, cfg, tmp_path)
+    yield bird, driver, t0
+    driver.close()
+    bird.kill()
+    if os.environ.get("BGP_TEST_SHOW_LOGS"):
+        sys.stderr.write((tmp_path / "speaker.log").read_text())
+
+
+def _pool_routes_ok(msg: dict) -> bool:
+    routes = msg.get("routes")
+    return routes is not None and set(routes) == POOL_ROUTES and all(
+        r["next_hops"] == [BIRD_IP] for r in routes.values())
+
+
+def test_speaker_against_bird(lab):
+    bird, driver, t0 = lab
+    driver.wait_for(_pool_routes_ok, 30, "the two pool routes")
+    t_routes = time.monotonic() - t0
+    st = driver.poll_status(lambda s: s["peers"][0]["state"] == "established", 10, "established")
+    peer = st["peers"][0]
+    assert peer["prefixes_accepted"] == 2
+    assert peer["prefixes_rejected"] == 2
+    assert dict(peer["rejected_by_reason"]) == {"default": 1, "outside_pool": 1}
+    assert st["exabgp_restarts"] == 0 and st["exabgp_pid"]
+    assert driver.routes.keys() == POOL_ROUTES  # exactly, never the rejected two
+
+    # BIRD learns our own block from us.
+    deadline = time.monotonic() + 15
+    while OWN_BLOCK not in bird.show_route() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert OWN_BLOCK in bird.show_route()
+
+    # BIRD dies: the session drops (hold timer 9 s at worst) and its routes are flushed.
+    bird.kill()
+    driver.wait_for(lambda m: m.get("routes") == {}, 20, "flush after BIRD died")
+    bird.start()
+    driver.wait_for(_pool_routes_ok, 30, "routes back after BIRD restart")
+
+    # ExaBGP killed by PID: the speaker restarts it and the routes come back.
+    pid = driver.status()["exabgp_pid"]
+    os.kill(pid, signal.SIGKILL)
+    driver.wait_for(lambda m: m.get("routes") == {}, 10, "flush after ExaBGP died")
+    driver.wait_for(_pool_routes_ok, 40, "routes back after ExaBGP restart")
+    st = driver.status()
+    assert st["exabgp_restarts"] == 1
+    assert st["exabgp_pid"] not in (None, pid)
+    assert "-9" in (st["last_exit"] or "")
+    deadline = time.monotonic() + 15
+    while OWN_BLOCK not in bird.show_route() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert OWN_BLOCK in bird.show_route()
+    sys.stderr.write(f"routes delivered {t_routes:.2f} s after start\n")
+
+    # Graceful stop withdraws our block before ExaBGP goes.
+    driver.send("stop")
+    driver.wait_for(lambda m: m.get("stopped"), 20, "stopped")
+    assert OWN_BLOCK not in bird.show_route()

@@ -1,0 +1,197 @@
+"""bgp.speaker against a fake ExaBGP (no root): relay wiring, replay + End-of-RIB ordering,
+announcement diffs, restart with backoff after a kill by PID, withdraw on stop."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from ipaddress import IPv4Address as A, IPv4Network as N
+from pathlib import Path
+
+import pytest
+
+from bgp.model import PeerConfig, SpeakerConfig
+from bgp.speaker import Speaker
+from bgp.supervisor import Backoff
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "exabgp"
+BIRD, NODE = A("198.18.0.1"), A("198.18.0.2")
+RELAY = Path(__file__).resolve().parents[2] / "bgp" / "relay.py"
+
+# Starts the API helper named in the config's `run` line like ExaBGP does, feeds it recorded
+# events, logs each command it gets to $FAKE_LOG and answers done (error for "bogus ...").
+FAKE = r'''#!/usr/bin/env python3
+import os, re, subprocess, sys, threading
+conf = open(sys.argv[2]).read()
+cmd = re.search(r"run (.*);", conf).group(1).split()
+helper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+log = open(os.environ["FAKE_LOG"], "a")
+log.write("#start %d\n" % os.getpid()); log.flush()
+def feed():
+    for line in open(os.environ["FAKE_EVENTS"]):
+        helper.stdin.write(line.encode()); helper.stdin.flush()
+threading.Thread(target=feed, daemon=True).start()
+for line in helper.stdout:
+    text = line.decode().strip()
+    log.write(text + "\n"); log.flush()
+    helper.stdin.write(b"error\n" if text.startswith("bogus") else b"done\n")
+    helper.stdin.flush()
+'''
+
+
+def commands(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+async def wait_until(pred, timeout: float, what: str):
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    fake = tmp_path / "fake-exabgp"
+    fake.write_text(FAKE.replace("/usr/bin/env python3", sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "commands.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_EVENTS", str(FIX / "session_up.jsonl"))
+    return fake, log
+
+
+async def test_replay_eor_diff_restart_and_stop(tmp_path, fake_env):
+    fake, log = fake_env
+    own, extra = N("198.19.3.0/26"), N("198.19.5.0/26")
+    cfg = SpeakerConfig(router_id=NODE, local_as=64512, local_address=NODE,
+                        peers=(PeerConfig(BIRD, 64512),), announce=(own,),
+                        import_pools=(N("198.19.0.0/16"),), own_blocks=(own,), node_ip=NODE,
+                        state_dir=tmp_path / "st", exabgp_bin=str(fake))
+    ribs: list = []
+    sp = Speaker(cfg, ribs.append, backoff=Backoff(initial=0.1, maximum=0.2))
+    run = asyncio.create_task(sp.run())
+    eor = f"neighbor {BIRD} announce eor ipv4 unicast"
+    announce_own = f"announce attributes next-hop self nlri {own}"
+    try:
+        await wait_until(lambda: eor in commands(log), 10, "End-of-RIB")
+        cmds = [c for c in commands(log) if not c.startswith("#")]
+        assert cmds == [announce_own, eor]  # replay strictly before EOR (pitfall 1)
+        await wait_until(lambda: ribs and len(ribs[-1]) == 2, 5, "routes")
+        assert set(ribs[-1]) == {N("198.19.1.0/26"), N("198.19.2.0/26")}
+
+        sp.set_announcements([own, extra])
+        await wait_until(lambda: f"announce attributes next-hop self nlri {extra}"
+                         in commands(log), 5, "diff announce")
+        sp.set_announcements([extra])
+        await wait_until(lambda: f"withdraw attributes nlri {own}" in commands(log), 5,
+                         "diff withdraw")
+        assert sp.status().announced == (extra,)
+
+        pid = sp.status().exabgp_pid
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: ribs[-1] == {}, 5, "flush on ExaBGP death")
+        await wait_until(lambda: sp.status().exabgp_restarts == 1 and commands(log).count(eor) == 2,
+                         10, "restart + second EOR")
+        after = commands(log)
+        second = after[max(i for i, c in enumerate(after) if c.startswith("#start")) + 1:]
+        assert second == [f"announce attributes next-hop self nlri {extra}", eor]
+        st = sp.status()
+        assert st.exabgp_pid not in (None, pid) and "-9" in st.last_exit
+        await wait_until(lambda: ribs and len(ribs[-1]) == 2, 5, "routes back")
+    finally:
+        await asyncio.wait_for(sp.stop(), 20)
+        await asyncio.wait_for(run, 5)
+    assert commands(log)[-1] == f"withdraw attributes nlri {extra}"
+    assert sp.status().exabgp_pid is None
+    assert not (tmp_path / "st" / "api.sock").exists()
+
+
+def test_backoff_doubles_caps_and_resets():
+    b = Backoff(initial=1, maximum=30, stable_after=60)
+    assert [b.next_delay(0.5) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert b.next_delay(61) == 1
+
+
+def test_relay_copies_both_ways_and_exits_on_stdin_eof(tmp_path):
+    path = str(tmp_path / "r.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+    proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", str(RELAY), path],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        # 2 MiB of events with nobody reading for a while: stdin must keep draining.
+        big = b'{"type": "update"}\n' * 110000
+        writer = threading.Thread(target=lambda: (proc.stdin.write(big), proc.stdin.flush()))
+        writer.start()
+        got = b""
+        while len(got) < len(big):
+            chunk = conn.recv(1 << 20)
+            assert chunk
+            got += chunk
+        writer.join(10)
+        assert got == big
+        conn.sendall(b"announce eor ipv4 unicast\n")
+        assert proc.stdout.readline() == b"announce eor ipv4 unicast\n"
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+        assert conn.recv(10) == b""  # relay closed the socket
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        srv.close()
+
+
+def test_relay_exits_when_socket_closes(tmp_path):
+    path = str(tmp_path / "r.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+    proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", str(RELAY), path],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        conn, _ = srv.accept()
+        conn.close()
+        assert proc.wait(10) == 1
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        srv.close()
+
+
+async def test_stop_without_run_returns_at_once(tmp_path):
+    cfg = SpeakerConfig(router_id=NODE, local_as=64512, local_address=NODE,
+                        peers=(PeerConfig(BIRD, 64512),), announce=(), import_pools=(),
+                        own_blocks=(), node_ip=NODE, state_dir=tmp_path)
+    sp = Speaker(cfg, lambda r: None)
+    await asyncio.wait_for(sp.stop(), 1)
+    st = sp.status()
+    assert st.exabgp_pid is None and st.exabgp_restarts == 0
+    assert [p.state for p in st.peers] == ["idle"]
+
+
+async def test_missing_exabgp_binary_keeps_retrying_and_reports(tmp_path):
+    cfg = SpeakerConfig(router_id=NODE, local_as=64512, local_address=NODE,
+                        peers=(PeerConfig(BIRD, 64512),), announce=(), import_pools=(),
+                        own_blocks=(), node_ip=NODE, state_dir=tmp_path,
+                        exabgp_bin=str(tmp_path / "no-such-exabgp"))
+    sp = Speaker(cfg, lambda r: None, backoff=Backoff(initial=0.02, maximum=0.05))
+    run = asyncio.create_task(sp.run())
+    await wait_until(lambda: sp.status().last_exit is not None, 5, "a failed start")
+    await asyncio.sleep(0.2)
+    assert not run.done()  # never returns silently
+    assert "failed to start" in sp.status().last_exit
+    await asyncio.wait_for(sp.stop(), 5)
+    await asyncio.wait_for(run, 5)
