@@ -33,6 +33,15 @@ DEBOUNCE_S = 0.005
 RETRY_S = 1.0
 
 
+def _exabgp_bin() -> str:
+    # The exabgp entry point sits next to the interpreter in the venv; PATH may not have it.
+    import shutil
+    import sys
+    from pathlib import Path
+    local = Path(sys.executable).parent / "exabgp"
+    return str(local) if local.exists() else (shutil.which("exabgp") or "exabgp")
+
+
 class Agent:
     """One node's podroute agent. ``await run()`` until SIGTERM/SIGINT or a task crash.
 
@@ -54,7 +63,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._start_monitor = start_monitor
         self.resyncs = 0
-        self.drift_repairs = 0
+        self.monitor_triggers = 0
         self.last_apply: dict[str, Any] | None = None
         self._last_best: Mapping[Any, Any] = {}
 
@@ -100,7 +109,7 @@ class Agent:
                            own_blocks=cfg.pod_cidrs, node_ip=cfg.node_ip,
                            listen_address=cfg.listen_address, listen_port=cfg.listen_port,
                            graceful_restart_time=cfg.graceful_restart_time,
-                           state_dir=cfg.paths.state_dir / "bgp")
+                           state_dir=cfg.paths.state_dir / "bgp", exabgp_bin=_exabgp_bin())
         return Speaker(sc, on_routes)
 
     def _workload_route(self, ep: Any) -> Any:
@@ -150,10 +159,10 @@ class Agent:
     def _bgp_converged(self) -> bool:
         peers = self.speaker.status().peers
         up = [p for p in peers if p.state == "established"]
-        return bool(up) and all(getattr(p, "eor_received", False) for p in up)
+        return bool(up) and all(p.eor_received for p in up)
 
     def _on_drift(self) -> None:
-        self.drift_repairs += 1
+        self.monitor_triggers += 1
         self.routes.mark_dirty()
         self.kick()
 
@@ -168,14 +177,14 @@ class Agent:
                 self._kick.clear()
             res = self.routes.apply()
             self.last_apply = {"added": res.added, "replaced": res.replaced, "deleted": res.deleted,
-                               "errors": [f"{f.route.dst}: {f.message}" for f in res.errors],
-                               "duration_s": res.duration_s, "at": time.time()}
+                               "errors": [f"{f.route.dst if f.route else 'dump'}: {f.message}" for f in res.errors],
+                               "duration_s": round(res.duration_s, 6), "at": time.time()}
             if res.added or res.deleted or res.replaced or res.errors:
                 log.info("FIB applied", extra={"kv": {k: v if k != "errors" else len(v)
                                                        for k, v in self.last_apply.items() if k != "at"}})
             if res.errors:
                 for f in res.errors[:10]:
-                    log.warning("route not programmed", extra={"kv": {"dst": f.route.dst, "errno": f.errno,
+                    log.warning("route not programmed", extra={"kv": {"dst": f.route.dst if f.route else "-", "errno": f.errno,
                                                                       "error": f.message}})
                 asyncio.get_running_loop().call_later(RETRY_S, self.kick)
 
@@ -188,7 +197,8 @@ class Agent:
 
     async def _monitor(self) -> None:
         from felix.monitor import RouteMonitor
-        await RouteMonitor(self._on_drift, protocol=self.cfg.route_protocol).run()
+        await RouteMonitor(self._on_drift, protocol=self.cfg.route_protocol, table=self.routes.table,
+                           expected=self.routes.is_expected).run()
 
     async def _cni_server(self) -> None:
         from cni.server import CNIServer
@@ -207,7 +217,7 @@ class Agent:
                           "prefixes_received": p.prefixes_received, "prefixes_accepted": p.prefixes_accepted,
                           "prefixes_rejected": p.prefixes_rejected, "info": p.last_error or "",
                           "passive": peer_cfg[p.address].passive if p.address in peer_cfg else None})
-            for reason, n in (getattr(p, "rejections", None) or {}).items():
+            for reason, n in p.rejected_by_reason:
                 rejections[reason] = rejections.get(reason, 0) + n
         desired = self.routes.desired()
         by_owner: dict[str, int] = {}
@@ -225,7 +235,7 @@ class Agent:
                                 "peers": [str(p) for p in r.peers]}
                                for r in sorted(self.speaker.best_routes().values(), key=lambda r: r.prefix)]},
             "fib": {"protocol": self.cfg.route_protocol, "desired_by_owner": by_owner,
-                    "last_apply": self.last_apply, "resyncs": self.resyncs, "drift_repairs": self.drift_repairs,
+                    "last_apply": self.last_apply, "resyncs": self.resyncs, "monitor_triggers": self.monitor_triggers,
                     "graceful_restart_hold": self._stale_until is not None},
             "workloads": len(self.cni.endpoints()),
             "tasks": self.guard.running(),
@@ -256,6 +266,7 @@ class Agent:
         await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
         code = 1 if g.failed.is_set() else 0
         log.info("agent stopping", extra={"kv": {"reason": "task failure" if code else "signal"}})
+        g.stopping = True  # from here on, a task returning is the shutdown, not a crash
         try:
             await asyncio.wait_for(self.speaker.stop(), timeout=15)
         except Exception as e:  # noqa: BLE001 - shutting down regardless

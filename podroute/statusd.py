@@ -121,12 +121,13 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     fib = st.get("fib", {})
     lines += ["", "Routes (FIB, protocol %s)" % fib.get("protocol", "?")]
     owners = fib.get("desired_by_owner", {})
-    lines.append(_table(["KIND", "COUNT"], [[k, str(v)] for k, v in sorted(owners.items())]))
+    kinds = [[k, str(v)] for k, v in sorted(owners.items()) if k != "total"] + [["total", str(owners.get("total", 0))]]
+    lines.append(_table(["KIND", "COUNT"], kinds))
     last = fib.get("last_apply") or {}
     if last:
         lines.append(f"Last apply: +{last.get('added', 0)} ~{last.get('replaced', 0)} -{last.get('deleted', 0)}, "
                      f"{len(last.get('errors', []))} error(s), {1000 * last.get('duration_s', 0):.1f} ms, "
-                     f"{_since(last.get('at'), now)} ago; resyncs {fib.get('resyncs', 0)}, drift repairs {fib.get('drift_repairs', 0)}")
+                     f"{_since(last.get('at'), now)} ago; resyncs {fib.get('resyncs', 0)}, monitor triggers {fib.get('monitor_triggers', 0)}")
         for err in last.get("errors", [])[:5]:
             lines.append(f"  error: {err}")
     learned = bgp.get("routes", [])

@@ -31,12 +31,13 @@ def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNe
         "protocol direct { ipv4; interface \"eth0\"; }",
         "template bgp node_client {",
         f"  local {router_id} as {asn};",
+        "  direct;  # iBGP defaults to multihop in BIRD; the nodes share the fabric subnet",
         "  rr client;",
         f"  rr cluster id {router_id};",
         "  hold time 30;",
         "  graceful restart on;",
         f"  graceful restart time {graceful_restart_time};",
-        "  ipv4 { import all; export all; gateway direct; };",
+        "  ipv4 { import all; export where source = RTS_BGP; };  # reflect BGP routes only, never the fabric's connected route",
         "}",
     ]
     for n in neighbors:

@@ -71,23 +71,38 @@ def pids(ns: str) -> list[int]:
 
 def kill_pid(pid: int, grace: float = 10.0) -> None:
     """SIGTERM ``pid``, wait up to ``grace`` seconds, then SIGKILL. Missing is fine."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        _reap(pid)
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+    kill_pids([pid], grace)
+
+
+def _alive(pid: int) -> bool:
     _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_pids(pids: Sequence[int], grace: float = 10.0) -> None:
+    """SIGTERM all of ``pids`` at once, wait up to ``grace`` seconds for all, SIGKILL the rest."""
+    live = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            live.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while live and time.monotonic() < deadline:
+        live = [p for p in live if _alive(p)]
+        if live:
+            time.sleep(0.05)
+    for pid in live:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        _reap(pid)
 
 
 def _reap(pid: int) -> None:
@@ -101,8 +116,7 @@ def delete(ns: str) -> None:
     """Kill (by PID) whatever still runs inside ``ns``, then delete it. Missing is fine."""
     if not exists(ns):
         return
-    for pid in pids(ns):
-        kill_pid(pid, grace=2.0)
+    kill_pids(pids(ns), grace=2.0)
     ip("netns", "delete", ns, check=False)
 
 

@@ -433,9 +433,8 @@ def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
     lab = Lab.load(root)
     prefix = f"prl-{name}-"
     if lab:
-        for n in lab.nodes:  # SIGTERM first: the agent stops its speaker and ExaBGP itself
-            if n.pid:
-                netns.kill_pid(n.pid, grace=10)
+        # SIGTERM first: each agent stops its speaker and ExaBGP itself.
+        netns.kill_pids([n.pid for n in lab.nodes if n.pid], grace=10)
         if lab.bird_pid:
             netns.kill_pid(lab.bird_pid, grace=5)
     spaces = set(netns.list_prefixed(prefix)) | set(lab.namespaces if lab else [])

@@ -16,7 +16,7 @@ SNAP = {
             "routes": [{"prefix": "198.19.2.0/26", "next_hops": ["198.18.0.12"], "peers": ["198.18.0.1"]}]},
     "fib": {"protocol": 90, "desired_by_owner": {"bgp": 2, "blocks": 1, "workloads": 2, "total": 5},
             "last_apply": {"added": 5, "replaced": 0, "deleted": 0, "errors": [], "duration_s": 0.002, "at": 1040.0},
-            "resyncs": 3, "drift_repairs": 1},
+            "resyncs": 3, "monitor_triggers": 1},
     "workloads": 2,
     "task_failures": [],
 }
@@ -31,7 +31,7 @@ def test_render_shows_peer_table_and_routes():
     assert "ExaBGP: pid 42, restarts 1, last exit: exit code 1" in text
     assert "default-route=1, outside-pools=1" in text
     assert "198.19.2.0/26" in text and "198.18.0.12" in text
-    assert "drift repairs 1" in text
+    assert "monitor triggers 1" in text
 
 
 async def test_serve_and_query_roundtrip(tmp_path):
