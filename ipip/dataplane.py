@@ -85,6 +85,10 @@ class IPIPDataplane(Protocol):
                  mac: str | None = None) -> None:
         """Change the MTU (bytes), admin state and/or MAC of ``ifname``."""
 
+    def interface_of(self, address: IPv4Address) -> tuple[str, IPv4Interface] | None:
+        """The interface holding ``address`` (the node's underlay), or None."""
+        ...
+
     def list_addresses(self, ifname: str) -> list[IPv4Interface]:
         """IPv4 addresses on ``ifname``."""
 

@@ -8,7 +8,7 @@ every mutating call as ``(method, args...)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 
 from .dataplane import FDBEntry, LinkInfo, NeighEntry, VXLANParams, normalize_mac
 from .errors import DataplaneError, InterfaceNotFound, IPIPUnavailable
@@ -102,6 +102,14 @@ class FakeDataplane:
         if mac is not None:
             changes["mac"] = normalize_mac(mac)
         link.info = replace(link.info, **changes)
+
+    def interface_of(self, address: IPv4Address) -> tuple[str, IPv4Interface] | None:
+        self._maybe_fail("interface_of")
+        for name, link in self.links.items():
+            for a in link.addresses:
+                if a.ip == address:
+                    return name, a
+        return None
 
     def list_addresses(self, ifname: str) -> list[IPv4Interface]:
         self._maybe_fail("list_addresses")

@@ -162,6 +162,16 @@ class NetlinkDataplane:
                 out.append(IPv4Interface(f"{ip}/{a['prefixlen']}"))
         return out
 
+    def interface_of(self, address: IPv4Address) -> tuple[str, IPv4Interface] | None:
+        """The interface holding ``address`` and the address with its prefix, or None."""
+        for a in self._call(f"dump addresses for {address}", self.ipr.addr, "dump", family=AF_INET) or ():
+            ip = a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
+            if ip == str(address):
+                name = self._name_of(a["index"])
+                if name:
+                    return name, IPv4Interface(f"{ip}/{a['prefixlen']}")
+        return None
+
     def add_address(self, ifname: str, address: IPv4Interface) -> None:
         self._call(f"add {address} to {ifname}", self.ipr.addr, "add", index=self._index(ifname),
                    address=str(address.ip), prefixlen=address.network.prefixlen,

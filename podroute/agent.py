@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from podroute import statusd
 from podroute.config import NodeConfig
-from podroute.routing import bgp_routes_to_fib
+from podroute.routing import VXLAN_DEV, plan_fib
 from podroute.tasks import TaskGuard
 
 log = logging.getLogger("podroute.agent")
@@ -50,11 +50,12 @@ class Agent:
     """
 
     def __init__(self, cfg: NodeConfig, *, dataplane: Any = None, wiring: Any = None,
-                 speaker_factory: Any = None, start_monitor: bool = True) -> None:
+                 speaker_factory: Any = None, start_monitor: bool = True, ipip_dataplane: Any = None) -> None:
         from cni.ipam import IPAM
         from cni.plugin import CNIPlugin
         from felix.routes import Route
         from felix.routetable import RouteTable
+        from ipip.modes import Encapsulation, PoolEncap
 
         self.cfg = cfg
         self.guard = TaskGuard()
@@ -74,12 +75,24 @@ class Agent:
         self.routes = RouteTable(dataplane, protocol=cfg.route_protocol)
         self.routes.set_routes("blocks", [Route.blackhole(c) for c in cfg.pod_cidrs])
 
+        # Encapsulation (ipip/): per-pool modes, the underlay they are judged against, MTUs.
+        self.pool_encaps = tuple(PoolEncap(p.cidr, p.ipip_mode, p.vxlan_mode) for p in cfg.ip_pools)
+        self.encaps = {pe.encapsulation for pe in self.pool_encaps} - {Encapsulation.NONE}
+        if ipip_dataplane is None:
+            from ipip.netlink import NetlinkDataplane as IPIPNetlink
+            ipip_dataplane = IPIPNetlink()
+        self.ipip_dp = ipip_dataplane
+        self._setup_underlay()
+        self._setup_tunnels()
+
         cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ipam = IPAM(cfg.paths.state_dir / "ipam", blocks=cfg.pod_cidrs)
+        # The first address of the first block is the node's tunnel address (tunl0 / VXLAN
+        # device), as Calico gives tunl0 an IP from the node's block; no pod may get it.
+        self.ipam = IPAM(cfg.paths.state_dir / "ipam", blocks=cfg.pod_cidrs, reserved=[self.tunnel_address])
         if wiring is None:
             from cni.netlink_wiring import NetlinkWiring
             wiring = NetlinkWiring()
-        self.cni = CNIPlugin(ipam=self.ipam, wiring=wiring, mtu=cfg.mtu, protocol=cfg.route_protocol,
+        self.cni = CNIPlugin(ipam=self.ipam, wiring=wiring, mtu=self.pod_mtu, protocol=cfg.route_protocol,
                              workloads=self)
         self.routes.set_routes("workloads", [self._workload_route(ep) for ep in self.cni.endpoints()])
 
@@ -95,6 +108,57 @@ class Agent:
 
         self.speaker = (speaker_factory or self._make_speaker)(cfg, self._on_bgp_routes)
         self.speaker.set_announcements(cfg.pod_cidrs)
+
+    # --- encapsulation -----------------------------------------------------------------
+    def _setup_underlay(self) -> None:
+        from ipip.mtu import detect_underlay_mtu
+        found = self.ipip_dp.interface_of(self.cfg.node_ip)
+        if found is None:
+            # Without the node IP on an interface, CrossSubnet cannot tell local from remote:
+            # every remote node then counts as another subnet (tunnelled), the safe side.
+            log.warning("nodeIP is not configured on any interface; CrossSubnet treats every node as remote",
+                        extra={"kv": {"node_ip": self.cfg.node_ip}})
+            self.underlay_if, self.local_subnets, self.underlay_mtu = None, (), 1500
+        else:
+            self.underlay_if = found[0]
+            self.local_subnets = (found[1].network,)
+            self.underlay_mtu = detect_underlay_mtu(found[0])
+        from ipip.mtu import pod_mtu
+        auto = pod_mtu(self.underlay_mtu, self.pool_encaps)
+        self.pod_mtu = self.cfg.mtu or auto
+        if self.cfg.mtu and self.cfg.mtu > auto:
+            log.warning("configured pod MTU exceeds what the underlay carries with encapsulation; "
+                        "large packets will be fragmented or dropped",
+                        extra={"kv": {"mtu": self.cfg.mtu, "max": auto, "underlay_mtu": self.underlay_mtu}})
+
+    def _setup_tunnels(self) -> None:
+        from ipip.modes import Encapsulation
+        from ipip.mtu import tunnel_mtu
+        from ipip.tunl0 import Tunl0Manager
+        from ipip.vxlan import VXLANManager, vtep_mac
+        self.tunnel_address = self.cfg.pod_cidrs[0].network_address
+        self.tunl0 = self.vxlan = None
+        if Encapsulation.IPIP in self.encaps:
+            self.tunl0 = Tunl0Manager(self.ipip_dp, address=self.tunnel_address,
+                                      mtu=tunnel_mtu(self.underlay_mtu, Encapsulation.IPIP))
+        if Encapsulation.VXLAN in self.encaps:
+            self.vxlan = VXLANManager(self.ipip_dp, node_name=self.cfg.node_name, local_ip=self.cfg.node_ip,
+                                      vtep_ip=self.tunnel_address, mac=vtep_mac(str(self.cfg.node_ip)),
+                                      mtu=tunnel_mtu(self.underlay_mtu, Encapsulation.VXLAN),
+                                      parent=self.underlay_if)
+
+    def _remove_unused_tunnels(self) -> None:
+        """A mode switched off leaves nothing behind: our VXLAN device goes, tunl0 (the
+        ipip module's fallback device, which cannot be deleted) loses our address."""
+        from ipaddress import IPv4Interface
+        if self.vxlan is None and self.ipip_dp.get_link(VXLAN_DEV) is not None:
+            self.ipip_dp.delete_link(VXLAN_DEV)
+            log.info("removed unused VXLAN device", extra={"kv": {"device": VXLAN_DEV}})
+        if self.tunl0 is None and self.ipip_dp.get_link("tunl0") is not None:
+            ours = IPv4Interface(f"{self.tunnel_address}/32")
+            if ours in self.ipip_dp.list_addresses("tunl0"):
+                self.ipip_dp.del_address("tunl0", ours)
+                log.info("removed our address from unused tunl0", extra={"kv": {"address": ours}})
 
     # --- collaborators -------------------------------------------------------------
     @staticmethod
@@ -142,7 +206,12 @@ class Agent:
         self._refresh_bgp_routes()
 
     def _refresh_bgp_routes(self) -> None:
-        fib = bgp_routes_to_fib(self._last_best, self.cfg)
+        plan = plan_fib(self._last_best, node_ip=self.cfg.node_ip, pools=self.pool_encaps,
+                        local_subnets=self.local_subnets)
+        if self.vxlan is not None:
+            from ipip.vxlan import VTEP, vtep_mac
+            self.vxlan.set_remote_vteps({str(nh): VTEP(nh, nh, vtep_mac(str(nh))) for nh in plan.vxlan_next_hops})
+        fib = list(plan.routes)
         if self._stale_until is not None:
             if self._bgp_converged() or time.monotonic() >= self._stale_until:
                 log.info("BGP converged after restart; stale routes released",
@@ -237,6 +306,13 @@ class Agent:
             "fib": {"protocol": self.cfg.route_protocol, "desired_by_owner": by_owner,
                     "last_apply": self.last_apply, "resyncs": self.resyncs, "monitor_triggers": self.monitor_triggers,
                     "graceful_restart_hold": self._stale_until is not None},
+            "encapsulation": {
+                "pools": [{"cidr": str(p.cidr), "ipip": p.ipip.value, "vxlan": p.vxlan.value} for p in self.pool_encaps],
+                "underlay": {"interface": self.underlay_if, "subnets": [str(n) for n in self.local_subnets],
+                             "mtu": self.underlay_mtu},
+                "pod_mtu": self.pod_mtu, "tunnel_address": str(self.tunnel_address),
+                "tunl0": self.tunl0.status.__dict__ if self.tunl0 else None,
+                "vxlan": self.vxlan.status.__dict__ if self.vxlan else None},
             "workloads": len(self.cni.endpoints()),
             "tasks": self.guard.running(),
             "task_failures": [f.__dict__ for f in self.guard.failures],
@@ -261,6 +337,14 @@ class Agent:
         g.start("cni-server", self._cni_server)
         g.start("status-server", lambda: statusd.serve(self.cfg.paths.agent_socket, self.status))
         g.start("bgp-speaker", self.speaker.run)
+        if self.tunl0 is not None:
+            g.start("tunl0", self.tunl0.run)
+        if self.vxlan is not None:
+            g.start("vxlan", self.vxlan.run)
+        try:
+            await asyncio.to_thread(self._remove_unused_tunnels)
+        except Exception as e:  # noqa: BLE001 - cleanup of a previous mode must not stop the agent
+            log.warning("could not clean up an unused tunnel device", extra={"kv": {"error": str(e)}})
         stop = asyncio.create_task(self._stop.wait())
         failed = asyncio.create_task(g.failed.wait())
         await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)

@@ -24,10 +24,10 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     from podroute.agent import Agent
     cfg = _load_config(args.config)
     logs.setup(args.log_level, args.log_format)
-
-    async def main() -> int:
-        return await Agent(cfg).run()
-    return asyncio.run(main())
+    # Built outside the event loop: set-up uses blocking netlink (pyroute2's sync API
+    # refuses to run inside a running loop), and it is one-off work before serving.
+    agent = Agent(cfg)
+    return asyncio.run(agent.run())
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -64,7 +64,8 @@ def cmd_cni_install(args: argparse.Namespace) -> int:
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from podroute.lab.runner import lab_up
     return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
-                  pods_per_node=args.pods, keep_on_failure=args.keep)
+                  pods_per_node=args.pods, keep_on_failure=args.keep, encapsulation=args.encapsulation,
+                  encap_mode=args.encap_mode, subnets=args.subnets)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -119,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--peer", default="bird", choices=["bird"])
             sp.add_argument("--pods", type=int, default=2, help="pods per node")
             sp.add_argument("--keep", action="store_true", help="leave the lab up even if a check fails")
+            sp.add_argument("--encapsulation", default="none", choices=["none", "ipip", "vxlan"],
+                            help="pool encapsulation (ipip needs a kernel with the ipip module)")
+            sp.add_argument("--encap-mode", default="Always", choices=["Always", "CrossSubnet"])
+            sp.add_argument("--subnets", type=int, default=1,
+                            help="spread nodes over this many underlay subnets joined by a router")
     return p
 
 

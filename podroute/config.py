@@ -9,7 +9,9 @@ Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default)::
     podCIDRs: [198.19.1.0/26]        # IPAM block(s) affine to this node (Calico block affinity)
     ipPools:                         # cluster pools; podCIDRs must lie inside them
       - {cidr: 198.19.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: Never}
-    mtu: 1500                        # pod veth MTU, 576..9000
+    mtu: auto                        # pod veth MTU 576..9000; auto = underlay MTU minus the
+                                     # encapsulation overhead in use (IPIP 20, VXLAN 50)
+    clusterFile: /etc/podroute/cluster.yaml   # optional file datastore: other nodes, mesh, RRs
     peers:                           # BGP peers of this node
       - {address: 198.18.0.1, asn: 64512, holdTime: 90, passive: false,
          passwordFile: /etc/podroute/peer.md5}   # or password: "..."; file must be mode 0600
@@ -85,7 +87,7 @@ class NodeConfig:
     ip_pools: tuple[IPPool, ...]
     asn: int = DEFAULT_ASN
     router_id: ipaddress.IPv4Address | None = None
-    mtu: int = 1500
+    mtu: int | None = None            # None: auto (underlay MTU minus encapsulation overhead)
     peers: tuple[Peer, ...] = ()
     listen_address: ipaddress.IPv4Address | None = None
     listen_port: int = 179
@@ -93,6 +95,7 @@ class NodeConfig:
     route_protocol: int = 90
     resync_interval: float = 30.0
     paths: Paths = Paths()
+    cluster_file: Path | None = None
     source: str = "<memory>"
 
     @property
@@ -105,6 +108,14 @@ def _node_name(value: Any, path: str) -> str:
     if not _DNS_LABEL.match(name):
         raise ConfigError(path, f"{name!r} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
     return name
+
+
+def _mtu(value: Any, path: str) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, str):
+        raise ConfigError(path, f"{value!r} is neither 'auto' nor an integer")
+    return integer(576, 9000)(value, path)
 
 
 def _pool(value: Any, path: str) -> IPPool:
@@ -175,7 +186,7 @@ def _parse(raw: Any, source: str) -> NodeConfig:
             raise ConfigError(join("podCIDRs", i), f"{cidr} is not inside any of ipPools ({', '.join(str(p.cidr) for p in pools)})")
     if any(node_ip in c for c in cidrs):
         raise ConfigError("nodeIP", f"{node_ip} lies inside podCIDRs")
-    mtu = s.get("mtu", integer(576, 9000), 1500)
+    mtu = s.get("mtu", _mtu, None)
     peers = s.get("peers", list_of(_peer), ())
     for i, peer in enumerate(peers):
         if peer.address == node_ip:
@@ -194,9 +205,10 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     paths = Paths(p.get("stateDir", lambda v, k: Path(string(v, k)), Paths.state_dir),
                   p.get("runDir", lambda v, k: Path(string(v, k)), Paths.run_dir))
     p.finish()
+    cluster_file = s.get("clusterFile", lambda v, k: Path(string(v, k)), None)
     s.finish()
     return NodeConfig(name, node_ip, cidrs, pools, asn, router_id, mtu, peers, listen_address,
-                      listen_port, gr, proto, resync, paths, source)
+                      listen_port, gr, proto, resync, paths, cluster_file, source)
 
 
 def load(path: str | os.PathLike[str]) -> NodeConfig:

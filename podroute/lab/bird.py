@@ -19,6 +19,7 @@ class BirdNeighbor:
     name: str
     address: ipaddress.IPv4Address
     asn: int
+    local: ipaddress.IPv4Address | None = None   # our address on the neighbor's subnet
 
 
 def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNeighbor],
@@ -28,7 +29,7 @@ def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNe
         f'log "{log_file}" all;',
         "protocol device {}",
         # Next hops of reflected routes are on the fabric subnet: resolve them directly.
-        "protocol direct { ipv4; interface \"eth0\"; }",
+        "protocol direct { ipv4; interface \"eth*\"; }",
         "template bgp node_client {",
         f"  local {router_id} as {asn};",
         "  direct;  # iBGP defaults to multihop in BIRD; the nodes share the fabric subnet",
@@ -41,7 +42,8 @@ def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNe
         "}",
     ]
     for n in neighbors:
-        lines.append(f"protocol bgp {n.name} from node_client {{ neighbor {n.address} as {n.asn}; }}")
+        local = f"local {n.local} as {asn}; " if n.local else ""
+        lines.append(f"protocol bgp {n.name} from node_client {{ {local}neighbor {n.address} as {n.asn}; }}")
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,11 @@
 
 Topology (all addresses from 198.18.0.0/15; nothing is added to the root namespace)::
 
-    prl-<name>-fab   L2 fabric: bridge br0, one port per node and one for the router
-    prl-<name>-rr    BIRD 2 route reflector, eth0 198.18.0.1/24, AS 64512
-    prl-<name>-n<i>  node i: eth0 198.18.0.(10+i)/24, default via 198.18.0.1,
+    prl-<name>-fab   L2 fabric: one bridge br<s> per underlay subnet 198.18.<s>.0/24
+    prl-<name>-rr    BIRD 2 route reflector and the underlay router between subnets:
+                     eth<s> 198.18.<s>.1/24 on each subnet, AS 64512
+    prl-<name>-n<i>  node i, in subnet s = (i-1) mod K: eth0 198.18.<s>.(10+i)/24,
+                     default via 198.18.<s>.1,
                      a real ``podroute node run`` agent (felix + ExaBGP speaker + CNI server),
                      IPAM block 198.19.<i>.0/26 from pool 198.19.0.0/16
     prl-<name>-n<i>p<j>  pod j of node i, wired by executing the installed CNI plugin
@@ -38,6 +40,16 @@ from podroute.lab.netns import LabError
 
 FABRIC_NET = ipaddress.IPv4Network("198.18.0.0/24")
 RR_IP = ipaddress.IPv4Address("198.18.0.1")
+ENCAPSULATIONS = ("none", "ipip", "vxlan")
+MAX_SUBNETS = 8
+
+
+def subnet_net(s: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"198.18.{s}.0/24")
+
+
+def router_ip(s: int) -> ipaddress.IPv4Address:
+    return subnet_net(s).network_address + 1
 POOL = ipaddress.IPv4Network("198.19.0.0/16")
 ASN = 64512
 MAX_NODES = 200
@@ -51,6 +63,7 @@ class Node:
     block: str
     dir: str
     pid: int | None = None
+    subnet: int = 0
 
 
 @dataclass
@@ -72,6 +85,9 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     bird_pid: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    encapsulation: str = "none"
+    encap_mode: str = "Always"
+    subnets: int = 1
 
     @property
     def prefix(self) -> str:
@@ -92,9 +108,9 @@ class Lab:
             raw = json.loads((root / "lab.json").read_text())
         except (OSError, ValueError):
             return None
-        lab = cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
-                  raw["namespaces"], raw.get("bird_pid"), raw.get("timings", {}))
-        return lab
+        return cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
+                   raw["namespaces"], raw.get("bird_pid"), raw.get("timings", {}),
+                   raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1))
 
 
 def _say(msg: str) -> None:
@@ -118,36 +134,51 @@ def _validate_name(name: str) -> None:
 
 
 # --- building ---------------------------------------------------------------------------
+def _check_ipip(fab: str) -> None:
+    """Fail in one line, suggesting VXLAN, when this kernel cannot make an IPIP device."""
+    probe = netns.ip("link", "add", "prl-probe", "type", "ipip", ns=fab, check=False)
+    if probe.returncode != 0:
+        raise LabError("this kernel has no IPIP support (module ipip not available); "
+                       "use --encapsulation vxlan (or run the IPIP tests in the VM: pytest tests/vm)")
+    netns.ip("link", "del", "prl-probe", ns=fab, check=False)
+
+
 def _build_fabric(lab: Lab, n_nodes: int) -> None:
     fab = lab.prefix + "fab"
     netns.add(fab)
     lab.namespaces.append(fab)
     lab.save()
-    netns.ip("link", "add", "br0", "type", "bridge", ns=fab)
-    netns.ip("link", "set", "br0", "up", ns=fab)
+    if lab.encapsulation == "ipip":
+        _check_ipip(fab)
     rr = lab.prefix + "rr"
     netns.add(rr)
     lab.namespaces.append(rr)
     lab.save()
-    netns.veth(rr, "eth0", fab, "rr")
-    netns.ip("link", "set", "rr", "master", "br0", ns=fab)
-    netns.ip("addr", "add", f"{RR_IP}/24", "dev", "eth0", ns=rr)
+    for s in range(lab.subnets):
+        netns.ip("link", "add", f"br{s}", "type", "bridge", ns=fab)
+        netns.ip("link", "set", f"br{s}", "up", ns=fab)
+        netns.veth(rr, f"eth{s}", fab, f"rr{s}")
+        netns.ip("link", "set", f"rr{s}", "master", f"br{s}", ns=fab)
+        netns.ip("addr", "add", f"{router_ip(s)}/24", "dev", f"eth{s}", ns=rr)
+    # The router namespace joins the subnets (the underlay's L3 hop for CrossSubnet labs).
+    netns.sysctl(rr, "net.ipv4.ip_forward", "1")
     for i in range(1, n_nodes + 1):
+        s = (i - 1) % lab.subnets
         node_ns = f"{lab.prefix}n{i}"
         netns.add(node_ns)
         lab.namespaces.append(node_ns)
         lab.save()
         netns.veth(node_ns, "eth0", fab, f"n{i}")
-        netns.ip("link", "set", f"n{i}", "master", "br0", ns=fab)
-        node_ip = FABRIC_NET.network_address + 10 + i
+        netns.ip("link", "set", f"n{i}", "master", f"br{s}", ns=fab)
+        node_ip = subnet_net(s).network_address + 10 + i
         netns.ip("addr", "add", f"{node_ip}/24", "dev", "eth0", ns=node_ns)
         # A node has a default route in real life; proxy ARP for 169.254.1.1 needs one too.
-        netns.ip("route", "add", "default", "via", str(RR_IP), ns=node_ns)
+        netns.ip("route", "add", "default", "via", str(router_ip(s)), ns=node_ns)
         netns.sysctl(node_ns, "net.ipv4.ip_forward", "1")
         block = ipaddress.IPv4Network(f"198.19.{i}.0/26")
         ndir = lab.path / f"n{i}"
         ndir.mkdir(parents=True, exist_ok=True)
-        lab.nodes.append(Node(f"n{i}", node_ns, str(node_ip), str(block), str(ndir)))
+        lab.nodes.append(Node(f"n{i}", node_ns, str(node_ip), str(block), str(ndir), subnet=s))
     lab.save()
 
 
@@ -158,16 +189,18 @@ def _node_config(lab: Lab, node: Node) -> Path:
         "nodeIP": node.ip,
         "asn": ASN,
         "podCIDRs": [node.block],
-        "ipPools": [{"cidr": str(POOL), "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Never"}],
-        "mtu": 1500,
-        "peers": [{"address": str(RR_IP), "asn": ASN, "holdTime": 30}],
+        "ipPools": [{"cidr": str(POOL), "blockSize": 26,
+                     "ipipMode": lab.encap_mode if lab.encapsulation == "ipip" else "Never",
+                     "vxlanMode": lab.encap_mode if lab.encapsulation == "vxlan" else "Never"}],
+        "mtu": "auto",
+        "peers": [{"address": str(router_ip(node.subnet)), "asn": ASN, "holdTime": 30}],
         "resyncInterval": 30,
         "paths": {"stateDir": str(ndir / "state"), "runDir": str(ndir / "run")},
     }
     path = ndir / "node.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     conf = {"cniVersion": "1.0.0", "name": "podroute", "type": "podroute",
-            "agentSocket": str(ndir / "run" / "cni.sock"), "mtu": 1500}
+            "agentSocket": str(ndir / "run" / "cni.sock")}
     (ndir / "cni.json").write_text(json.dumps(conf))
     return path
 
@@ -176,7 +209,7 @@ def _start_bird(lab: Lab) -> None:
     rr = lab.prefix + "rr"
     bdir = lab.path / "bird"
     bdir.mkdir(exist_ok=True)
-    neighbors = [bird.BirdNeighbor(n.name, ipaddress.IPv4Address(n.ip), ASN) for n in lab.nodes]
+    neighbors = [bird.BirdNeighbor(n.name, ipaddress.IPv4Address(n.ip), ASN, router_ip(n.subnet)) for n in lab.nodes]
     conf = bdir / "bird.conf"
     conf.write_text(bird.render_rr(RR_IP, ASN, neighbors, bdir / "bird.log"))
     proc = subprocess.Popen(["ip", "netns", "exec", rr, "bird", "-f", "-c", str(conf), "-s", str(bdir / "bird.ctl"),
@@ -231,6 +264,12 @@ def _established(node: Node) -> bool:
     return bool(st) and all(p["state"] == "established" for p in st["bgp"]["peers"]) and bool(st["bgp"]["peers"])
 
 
+def _fib_routes(ns: str) -> list[str]:
+    """Our non-workload routes in ``ns`` as ``ip route`` prints them (proto 90, not scope link)."""
+    out = netns.ip("route", "show", "proto", "90", ns=ns, check=False).stdout
+    return [line.strip() for line in out.splitlines() if "scope link" not in line]
+
+
 def _fib_has(ns: str, block: str) -> bool:
     out = netns.ip("route", "show", "exact", block, "proto", "90", ns=ns, check=False).stdout
     return block.split("/")[0] in out
@@ -273,8 +312,10 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
             bird_states: dict[str, bool]) -> tuple[str, bool]:
     out: list[str] = []
     t = lab.timings
+    nets = ", ".join(str(subnet_net(s)) for s in range(lab.subnets))
+    encap = "none (native routing)" if lab.encapsulation == "none" else f"{lab.encapsulation} {lab.encap_mode}"
     out.append(f"podroute lab '{lab.name}': {len(lab.nodes)} nodes, {len(lab.pods)} pods, "
-               f"BIRD 2 route reflector {RR_IP} (AS {ASN}), fabric {FABRIC_NET}, pool {POOL}")
+               f"BIRD 2 route reflector {RR_IP} (AS {ASN}), underlay {nets}, pool {POOL}, encapsulation {encap}")
     out.append(f"lab up took {t.get('total_s', 0):.1f} s: namespaces {t.get('fabric_s', 0):.2f} s, "
                f"first {len(lab.nodes) - 1} agents established {t.get('established_s', 0):.2f} s, "
                f"pods {t.get('pods_s', 0):.2f} s")
@@ -300,6 +341,12 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
                      str(st.get("workloads", 0))])
     out.append("Nodes")
     out.append(statusd._table(["NODE", "NODE IP", "BLOCK", "BGP SESSIONS", "ROUTES LEARNED", "FIB (proto 90)", "PODS"], rows))
+    out.append("")
+    out.append("Routes to other nodes' blocks (ip route show proto 90, per node)")
+    for n in lab.nodes:
+        for line in _fib_routes(n.ns):
+            out.append(f"  {n.name}: {line}")
+    out.append("")
     out.append(f"BIRD sessions: {sum(bird_states.values())}/{len(bird_states)} Established "
                f"({', '.join(k + '=' + ('up' if v else 'DOWN') for k, v in sorted(bird_states.items()))})")
     ok_sessions &= bool(bird_states) and all(bird_states.values())
@@ -327,10 +374,17 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
 
 # --- commands ---------------------------------------------------------------------------
 def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node: int = 2,
-           keep_on_failure: bool = False) -> int:
+           keep_on_failure: bool = False, encapsulation: str = "none", encap_mode: str = "Always",
+           subnets: int = 1) -> int:
     """Build and prove the lab. Returns 0 when every check passed, 1 otherwise."""
     try:
         _validate_name(name)
+        if encapsulation not in ENCAPSULATIONS:
+            raise LabError(f"--encapsulation {encapsulation}: need one of {', '.join(ENCAPSULATIONS)}")
+        if encap_mode not in ("Always", "CrossSubnet"):
+            raise LabError(f"--encap-mode {encap_mode}: need Always or CrossSubnet")
+        if not 1 <= subnets <= min(nodes, MAX_SUBNETS):
+            raise LabError(f"--subnets {subnets}: need 1..{min(nodes, MAX_SUBNETS)}")
         if not 2 <= nodes <= MAX_NODES:
             raise LabError(f"--nodes {nodes}: need 2..{MAX_NODES} nodes")
         if not 1 <= pods_per_node <= 20:
@@ -348,7 +402,7 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         _say(f"lab '{name}' exists: taking it down first")
         lab_down(name=name, state_root=state_root, quiet=True)
     root.mkdir(parents=True, exist_ok=True)
-    lab = Lab(name, str(root))
+    lab = Lab(name, str(root), encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets)
     t_start = time.monotonic()
     try:
         from cni.install import install_shim
@@ -417,6 +471,8 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
     (root / "report.json").write_text(json.dumps({
         "passed": passed, "timings": lab.timings,
         "pods": [asdict(p) for p in lab.pods], "nodes": [asdict(n) for n in lab.nodes],
+        "encapsulation": lab.encapsulation, "encap_mode": lab.encap_mode, "subnets": lab.subnets,
+        "fib_routes": {n.name: _fib_routes(n.ns) for n in lab.nodes},
         "bird_sessions": bird_states,
         "matrix": [{"src": s, "dst": d, "ok": ok} for (s, d), ok in matrix.items()],
         "sessions": {n: [{"address": p["address"], "state": p["state"]} for p in (st.get("bgp", {}).get("peers", []))]

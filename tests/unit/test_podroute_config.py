@@ -40,7 +40,7 @@ def test_defaults():
     cfg = parse(BASE)
     assert cfg.asn == 64512
     assert cfg.bgp_router_id == ipaddress.IPv4Address("198.18.0.11")
-    assert cfg.route_protocol == 90 and cfg.mtu == 1500
+    assert cfg.route_protocol == 90 and cfg.mtu is None
     assert cfg.paths.cni_socket == Path("/run/podroute/cni.sock")
 
 
