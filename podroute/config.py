@@ -14,7 +14,14 @@ Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default)::
     clusterFile: /etc/podroute/cluster.yaml   # optional file datastore: other nodes, mesh, RRs
     peers:                           # BGP peers of this node
       - {address: 198.18.0.1, asn: 64512, holdTime: 90, passive: false,
-         passwordFile: /etc/podroute/peer.md5}   # or password: "..."; file must be mode 0600
+         passwordFile: /etc/podroute/peer.md5,   # or password: "..."; file must be mode 0600
+         sourceAddress: 198.18.0.11,             # local address of the session
+         multihopTTL: 2,                         # for a non-adjacent peer (eBGP multihop)
+         maxPrefixes: 2000, maxPrefixesAction: reject}   # or teardown (RFC 4486 cease 1)
+    importExtraCIDRs: []             # accepted besides ipPools (e.g. another cluster's pools)
+    acceptDefaultRoute: false        # a learned 0.0.0.0/0 is rejected unless true
+    serviceCIDRs:                    # exported besides the node's blocks (ClusterIP/External/LB)
+      - {cidr: 198.18.128.0/24, communities: ["64512:100"]}
     listen: {address: 198.18.0.11, port: 179}
     gracefulRestartTime: 120         # seconds, RFC 4724 restart time we advertise
     routeProtocol: 90                # rtnetlink protocol number stamped on our routes
@@ -63,6 +70,17 @@ class Peer:
     passive: bool = False
     port: int = 179
     password: str | None = field(default=None, repr=False)
+    source_address: ipaddress.IPv4Address | None = None
+    multihop_ttl: int | None = None
+    max_prefixes: int | None = None
+    max_prefixes_action: str = "reject"
+
+
+@dataclass(frozen=True)
+class ServiceCIDR:
+    """A service range announced with the node's blocks, tagged with BGP communities (RFC 1997)."""
+    cidr: ipaddress.IPv4Network
+    communities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,9 @@ class NodeConfig:
     resync_interval: float = 30.0
     paths: Paths = Paths()
     cluster_file: Path | None = None
+    import_extra: tuple[ipaddress.IPv4Network, ...] = ()
+    accept_default: bool = False
+    service_cidrs: tuple[ServiceCIDR, ...] = ()
     source: str = "<memory>"
 
     @property
@@ -157,10 +178,34 @@ def _peer(value: Any, path: str) -> Peer:
     port = s.get("port", integer(1, 65535), 179)
     password = s.get("password", string, None)
     password_file = s.get("passwordFile", _password_file, None)
+    source_address = s.get("sourceAddress", ipv4_address, None)
+    ttl = s.get("multihopTTL", integer(1, 255), None)
+    max_prefixes = s.get("maxPrefixes", integer(1, 10_000_000), None)
+    action = s.get("maxPrefixesAction", choice("reject", "teardown"), "reject")
     s.finish()
     if password is not None and password_file is not None:
         raise ConfigError(path, "set password or passwordFile, not both")
-    return Peer(address, asn, hold, passive, port, password if password is not None else password_file)
+    return Peer(address, asn, hold, passive, port, password if password is not None else password_file,
+                source_address, ttl, max_prefixes, action)
+
+
+_COMMUNITY = re.compile(r"^(\d{1,10}):(\d{1,10})$")
+
+
+def _community(value: Any, path: str) -> str:
+    text = string(value, path)
+    m = _COMMUNITY.match(text)
+    if not m or int(m.group(1)) > 65535 or int(m.group(2)) > 65535:
+        raise ConfigError(path, f"{text!r} is not a standard community ASN:VALUE with both parts 0..65535 (RFC 1997)")
+    return text
+
+
+def _service(value: Any, path: str) -> ServiceCIDR:
+    s = Section(value, path)
+    cidr = s.get("cidr", ipv4_network)
+    communities = s.get("communities", list_of(_community), ())
+    s.finish()
+    return ServiceCIDR(cidr, communities)
 
 
 def parse(raw: Any, source: str = "<memory>") -> NodeConfig:
@@ -206,9 +251,17 @@ def _parse(raw: Any, source: str) -> NodeConfig:
                   p.get("runDir", lambda v, k: Path(string(v, k)), Paths.run_dir))
     p.finish()
     cluster_file = s.get("clusterFile", lambda v, k: Path(string(v, k)), None)
+    import_extra = s.get("importExtraCIDRs", list_of(ipv4_network), ())
+    accept_default = s.get("acceptDefaultRoute", boolean, False)
+    services = s.get("serviceCIDRs", list_of(_service), ())
+    for i, svc in enumerate(services):
+        for c in cidrs:
+            if svc.cidr.overlaps(c):
+                raise ConfigError(join(join("serviceCIDRs", i), "cidr"), f"{svc.cidr} overlaps podCIDRs {c}")
     s.finish()
     return NodeConfig(name, node_ip, cidrs, pools, asn, router_id, mtu, peers, listen_address,
-                      listen_port, gr, proto, resync, paths, cluster_file, source)
+                      listen_port, gr, proto, resync, paths, cluster_file, import_extra, accept_default,
+                      services, source)
 
 
 def load(path: str | os.PathLike[str]) -> NodeConfig:

@@ -108,3 +108,19 @@ def test_cli_reports_wrong_type_in_one_line_without_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == f"podroute: invalid config: {f}: peers[1].asn: expected an integer, got 'not-a-number' (str)"
     assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_bgp_policy_and_session_fields():
+    raw = with_(["peers", 0], {"address": "198.18.0.1", "asn": 65000, "sourceAddress": "198.18.0.11",
+                               "multihopTTL": 2, "maxPrefixes": 100, "maxPrefixesAction": "teardown"})
+    raw["serviceCIDRs"] = [{"cidr": "198.18.128.0/24", "communities": ["64512:100"]}]
+    raw["importExtraCIDRs"] = ["198.18.64.0/20"]
+    cfg = parse(raw)
+    p = cfg.peers[0]
+    assert (p.source_address, p.multihop_ttl, p.max_prefixes, p.max_prefixes_action) == (
+        ipaddress.IPv4Address("198.18.0.11"), 2, 100, "teardown")
+    assert cfg.service_cidrs[0].communities == ("64512:100",)
+    assert cfg.import_extra == (ipaddress.IPv4Network("198.18.64.0/20"),)
+    raw["serviceCIDRs"] = [{"cidr": "198.18.128.0/24", "communities": ["64512:70000"]}]
+    with pytest.raises(ConfigError, match=r"serviceCIDRs\[0\]\.communities\[0\]: '64512:70000' is not a standard community"):
+        parse(raw)
