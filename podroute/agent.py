@@ -31,6 +31,7 @@ log = logging.getLogger("podroute.agent")
 
 DEBOUNCE_S = 0.005
 RETRY_S = 1.0
+CLUSTER_POLL_S = 0.5
 
 
 def _exabgp_bin() -> str:
@@ -106,7 +107,12 @@ class Agent:
             log.info("keeping routes from the previous run until BGP converges",
                      extra={"kv": {"routes": len(stale), "max_wait_s": cfg.graceful_restart_time}})
 
-        self.speaker = (speaker_factory or self._make_speaker)(cfg, self._on_bgp_routes)
+        # File datastore: the cluster file says which other nodes exist and the BGP topology.
+        self.cluster = None
+        self._cluster_stamp: tuple[float, int] | None = None
+        if cfg.cluster_file is not None:
+            self.cluster = self._load_cluster()
+        self.speaker = (speaker_factory or self._make_speaker)(cfg, self._on_bgp_routes, self)
         self.speaker.set_announcements(cfg.pod_cidrs)
 
     # --- encapsulation -----------------------------------------------------------------
@@ -161,19 +167,88 @@ class Agent:
                 log.info("removed our address from unused tunl0", extra={"kv": {"address": ours}})
 
     # --- collaborators -------------------------------------------------------------
+    # --- datastore ----------------------------------------------------------------------
+    def _load_cluster(self) -> Any:
+        """Read the cluster file; raises ConfigError if invalid or if it disagrees with us."""
+        from podroute.datastore import load_cluster
+        from podroute.schema import ConfigError
+        path = self.cfg.cluster_file
+        assert path is not None
+        st = path.stat() if path.exists() else None
+        cluster = load_cluster(path)
+        me = cluster.node(self.cfg.node_name)
+        if me is None:
+            raise ConfigError("nodes", f"this node ({self.cfg.node_name}) is not listed", str(path))
+        if me.ip != self.cfg.node_ip:
+            raise ConfigError("nodes", f"{me.name} has ip {me.ip} but this node's nodeIP is {self.cfg.node_ip}",
+                              str(path))
+        self._cluster_stamp = (st.st_mtime, st.st_size) if st else None
+        return cluster
+
+    def _peer_configs(self) -> tuple[Any, ...]:
+        """The BGP sessions this node should have: config peers plus the cluster topology."""
+        from bgp.model import PeerConfig
+        from podroute.datastore import PeerSpec, peers_for
+        if self.cluster is not None:
+            specs = peers_for(self.cfg.node_name, self.cluster, self.cfg.peers)
+        else:
+            specs = tuple(PeerSpec(p, "node") for p in self.cfg.peers)
+        out = []
+        for spec in specs:
+            p = spec.peer
+            out.append(PeerConfig(address=p.address, asn=p.asn, password=p.password, hold_time=p.hold_time,
+                                  passive=p.passive, port=p.port, local_address=p.source_address or self.cfg.node_ip,
+                                  multihop_ttl=p.multihop_ttl, max_prefixes=p.max_prefixes,
+                                  max_prefixes_action=p.max_prefixes_action, rr_client=spec.rr_client,
+                                  name=spec.node or None))
+        return tuple(out)
+
+    def _expected_next_hops(self) -> dict[Any, Any]:
+        from podroute.datastore import expected_next_hops
+        return expected_next_hops(self.cluster) if self.cluster is not None else {}
+
+    async def _watch_cluster(self) -> None:
+        """Poll the cluster file; a change re-derives the sessions (kube-router style: apply
+        the change at once, keep running on the last good file when the new one is invalid)."""
+        from podroute.schema import ConfigError
+        path = self.cfg.cluster_file
+        assert path is not None
+        while True:
+            await asyncio.sleep(CLUSTER_POLL_S)
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if (st.st_mtime, st.st_size) == self._cluster_stamp:
+                continue
+            try:
+                self.cluster = self._load_cluster()
+            except ConfigError as e:
+                self._cluster_stamp = (st.st_mtime, st.st_size)
+                log.error("cluster file rejected; keeping the previous one", extra={"kv": {"error": str(e)}})
+                continue
+            peers = self._peer_configs()
+            log.info("cluster file changed", extra={"kv": {"nodes": len(self.cluster.nodes), "peers": len(peers)}})
+            self.speaker.set_expected_next_hops(self._expected_next_hops())
+            self.speaker.set_peers(peers)
+
+    # --- collaborators -------------------------------------------------------------
     @staticmethod
-    def _make_speaker(cfg: NodeConfig, on_routes: Any) -> Any:
-        from bgp.model import PeerConfig, SpeakerConfig
+    def _make_speaker(cfg: NodeConfig, on_routes: Any, agent: "Agent") -> Any:
+        from bgp.model import ExportRoute, SpeakerConfig
         from bgp.speaker import Speaker
-        peers = tuple(PeerConfig(address=p.address, asn=p.asn, password=p.password, hold_time=p.hold_time,
-                                 passive=p.passive, port=p.port, local_address=cfg.node_ip)
-                      for p in cfg.peers)
-        sc = SpeakerConfig(router_id=cfg.bgp_router_id, local_as=cfg.asn, local_address=cfg.node_ip, peers=peers,
+        me = agent.cluster.node(cfg.node_name) if agent.cluster is not None else None
+        sc = SpeakerConfig(router_id=cfg.bgp_router_id, local_as=cfg.asn, local_address=cfg.node_ip,
+                           peers=agent._peer_configs(),
                            announce=cfg.pod_cidrs, import_pools=tuple(p.cidr for p in cfg.ip_pools),
                            own_blocks=cfg.pod_cidrs, node_ip=cfg.node_ip,
                            listen_address=cfg.listen_address, listen_port=cfg.listen_port,
                            graceful_restart_time=cfg.graceful_restart_time,
-                           state_dir=cfg.paths.state_dir / "bgp", exabgp_bin=_exabgp_bin())
+                           state_dir=cfg.paths.state_dir / "bgp", exabgp_bin=_exabgp_bin(),
+                           import_extra=cfg.import_extra, accept_default=cfg.accept_default,
+                           expected_next_hops=agent._expected_next_hops(),
+                           export_extra=tuple(ExportRoute(s.cidr, s.communities) for s in cfg.service_cidrs),
+                           route_reflector_cluster_id=me.rr_cluster_id if me else None)
         return Speaker(sc, on_routes)
 
     def _workload_route(self, ep: Any) -> Any:
@@ -337,6 +412,8 @@ class Agent:
         g.start("cni-server", self._cni_server)
         g.start("status-server", lambda: statusd.serve(self.cfg.paths.agent_socket, self.status))
         g.start("bgp-speaker", self.speaker.run)
+        if self.cfg.cluster_file is not None:
+            g.start("cluster-watch", self._watch_cluster)
         if self.tunl0 is not None:
             g.start("tunl0", self.tunl0.run)
         if self.vxlan is not None:

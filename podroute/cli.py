@@ -65,7 +65,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     from podroute.lab.runner import lab_up
     return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
                   pods_per_node=args.pods, keep_on_failure=args.keep, encapsulation=args.encapsulation,
-                  encap_mode=args.encap_mode, subnets=args.subnets)
+                  encap_mode=args.encap_mode, subnets=args.subnets, topology=args.topology)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -117,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         if name == "up":
             sp.add_argument("--nodes", type=int, default=3)
-            sp.add_argument("--peer", default="bird", choices=["bird"])
+            sp.add_argument("--topology", default="rr", choices=["rr", "rr2", "tor", "mesh", "podroute-rr"],
+                            help="rr: one route reflector; rr2: two; tor: eBGP ToR, one AS per node; "
+                                 "mesh: node-to-node full mesh; podroute-rr: the first node reflects")
+            sp.add_argument("--peer", default="bird", choices=["bird", "frr"],
+                            help="implementation of the external router(s) for rr, rr2 and tor")
             sp.add_argument("--pods", type=int, default=2, help="pods per node")
             sp.add_argument("--keep", action="store_true", help="leave the lab up even if a check fails")
             sp.add_argument("--encapsulation", default="none", choices=["none", "ipip", "vxlan"],

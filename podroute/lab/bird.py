@@ -22,8 +22,12 @@ class BirdNeighbor:
     local: ipaddress.IPv4Address | None = None   # our address on the neighbor's subnet
 
 
-def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNeighbor],
-              log_file: Path, graceful_restart_time: int = 120) -> str:
+def render(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNeighbor],
+           log_file: Path, role: str = "rr", graceful_restart_time: int = 120) -> str:
+    """``role``: "rr" (iBGP route reflector, RFC 4456) or "tor" (eBGP to one AS per node,
+    keeping the originating node as NEXT_HOP on the shared subnet, RFC 4271 §5.1.3)."""
+    session = ["  rr client;", f"  rr cluster id {router_id};"] if role == "rr" else []
+    keep = " next hop keep;" if role == "tor" else ""
     lines = [
         f"router id {router_id};",
         f'log "{log_file}" all;',
@@ -33,12 +37,12 @@ def render_rr(router_id: ipaddress.IPv4Address, asn: int, neighbors: list[BirdNe
         "template bgp node_client {",
         f"  local {router_id} as {asn};",
         "  direct;  # iBGP defaults to multihop in BIRD; the nodes share the fabric subnet",
-        "  rr client;",
-        f"  rr cluster id {router_id};",
+        *session,
         "  hold time 30;",
         "  graceful restart on;",
         f"  graceful restart time {graceful_restart_time};",
-        "  ipv4 { import all; export where source = RTS_BGP; };  # reflect BGP routes only, never the fabric's connected route",
+        # Reflect BGP routes only, never the fabric's connected route.
+        f"  ipv4 {{ import all; export where source = RTS_BGP;{keep} }};",
         "}",
     ]
     for n in neighbors:

@@ -35,12 +35,16 @@ from typing import Any, Callable
 import yaml
 
 from podroute import statusd
-from podroute.lab import bird, netns
+from podroute.lab import bird, frr, netns
 from podroute.lab.netns import LabError
 
 FABRIC_NET = ipaddress.IPv4Network("198.18.0.0/24")
 RR_IP = ipaddress.IPv4Address("198.18.0.1")
 ENCAPSULATIONS = ("none", "ipip", "vxlan")
+TOPOLOGIES = ("rr", "rr2", "tor", "mesh", "podroute-rr")
+ROUTER_IMPLS = ("bird", "frr")
+TOR_ASN = 65000
+RR2_IP = ipaddress.IPv4Address("198.18.0.2")
 MAX_SUBNETS = 8
 
 
@@ -64,6 +68,7 @@ class Node:
     dir: str
     pid: int | None = None
     subnet: int = 0
+    asn: int = ASN
 
 
 @dataclass
@@ -83,11 +88,13 @@ class Lab:
     nodes: list[Node] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
-    bird_pid: int | None = None
+    routers: list[dict[str, Any]] = field(default_factory=list)   # name, ns, impl, pid, ctl, ips
     timings: dict[str, float] = field(default_factory=dict)
     encapsulation: str = "none"
     encap_mode: str = "Always"
     subnets: int = 1
+    topology: str = "rr"
+    peer: str = "bird"
 
     @property
     def prefix(self) -> str:
@@ -109,8 +116,9 @@ class Lab:
         except (OSError, ValueError):
             return None
         return cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
-                   raw["namespaces"], raw.get("bird_pid"), raw.get("timings", {}),
-                   raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1))
+                   raw["namespaces"], raw.get("routers", []), raw.get("timings", {}),
+                   raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1),
+                   raw.get("topology", "rr"), raw.get("peer", "bird"))
 
 
 def _say(msg: str) -> None:
@@ -136,7 +144,9 @@ def _validate_name(name: str) -> None:
 # --- building ---------------------------------------------------------------------------
 def _check_ipip(fab: str) -> None:
     """Fail in one line, suggesting VXLAN, when this kernel cannot make an IPIP device."""
-    probe = netns.ip("link", "add", "prl-probe", "type", "ipip", ns=fab, check=False)
+    # Endpoints are needed: a keyless ipip link duplicates the fallback tunl0 (EEXIST).
+    probe = netns.ip("link", "add", "prl-probe", "type", "ipip", "remote", "198.18.255.254",
+                     "local", "198.18.255.253", ns=fab, check=False)
     if probe.returncode != 0:
         raise LabError("this kernel has no IPIP support (module ipip not available); "
                        "use --encapsulation vxlan (or run the IPIP tests in the VM: pytest tests/vm)")
@@ -162,6 +172,14 @@ def _build_fabric(lab: Lab, n_nodes: int) -> None:
         netns.ip("addr", "add", f"{router_ip(s)}/24", "dev", f"eth{s}", ns=rr)
     # The router namespace joins the subnets (the underlay's L3 hop for CrossSubnet labs).
     netns.sysctl(rr, "net.ipv4.ip_forward", "1")
+    if lab.topology == "rr2":  # a second reflector on subnet 0, for losing one RR
+        rr2 = lab.prefix + "rr2"
+        netns.add(rr2)
+        lab.namespaces.append(rr2)
+        lab.save()
+        netns.veth(rr2, "eth0", fab, "rr2")
+        netns.ip("link", "set", "rr2", "master", "br0", ns=fab)
+        netns.ip("addr", "add", f"{RR2_IP}/24", "dev", "eth0", ns=rr2)
     for i in range(1, n_nodes + 1):
         s = (i - 1) % lab.subnets
         node_ns = f"{lab.prefix}n{i}"
@@ -178,8 +196,32 @@ def _build_fabric(lab: Lab, n_nodes: int) -> None:
         block = ipaddress.IPv4Network(f"198.19.{i}.0/26")
         ndir = lab.path / f"n{i}"
         ndir.mkdir(parents=True, exist_ok=True)
-        lab.nodes.append(Node(f"n{i}", node_ns, str(node_ip), str(block), str(ndir), subnet=s))
+        asn = TOR_ASN + i if lab.topology == "tor" else ASN  # AS per node under a ToR
+        lab.nodes.append(Node(f"n{i}", node_ns, str(node_ip), str(block), str(ndir), subnet=s, asn=asn))
     lab.save()
+
+
+def _node_peers(lab: Lab, node: Node) -> list[dict[str, Any]]:
+    if lab.topology in ("mesh", "podroute-rr"):
+        return []  # from the cluster file
+    if lab.topology == "rr2":
+        return [{"address": str(RR_IP), "asn": ASN, "holdTime": 30}, {"address": str(RR2_IP), "asn": ASN, "holdTime": 30}]
+    asn = TOR_ASN if lab.topology == "tor" else ASN
+    return [{"address": str(router_ip(node.subnet)), "asn": asn, "holdTime": 30}]
+
+
+def _write_cluster(lab: Lab, members: list[Node]) -> None:
+    """The file datastore shared by mesh / podroute-rr labs (written atomically)."""
+    nodes = []
+    for n in members:
+        entry: dict[str, Any] = {"name": f"{lab.name}-{n.name}", "ip": n.ip, "asn": n.asn, "podCIDRs": [n.block]}
+        if lab.topology == "podroute-rr" and n is lab.nodes[0]:
+            entry["routeReflectorClusterID"] = n.ip
+        nodes.append(entry)
+    doc = {"bgp": {"nodeToNodeMesh": lab.topology == "mesh", "asn": ASN}, "nodes": nodes}
+    tmp = lab.path / "cluster.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(tmp, lab.path / "cluster.yaml")
 
 
 def _node_config(lab: Lab, node: Node) -> Path:
@@ -187,16 +229,18 @@ def _node_config(lab: Lab, node: Node) -> Path:
     cfg = {
         "nodeName": f"{lab.name}-{node.name}",
         "nodeIP": node.ip,
-        "asn": ASN,
+        "asn": node.asn,
         "podCIDRs": [node.block],
         "ipPools": [{"cidr": str(POOL), "blockSize": 26,
                      "ipipMode": lab.encap_mode if lab.encapsulation == "ipip" else "Never",
                      "vxlanMode": lab.encap_mode if lab.encapsulation == "vxlan" else "Never"}],
         "mtu": "auto",
-        "peers": [{"address": str(router_ip(node.subnet)), "asn": ASN, "holdTime": 30}],
+        "peers": _node_peers(lab, node),
         "resyncInterval": 30,
         "paths": {"stateDir": str(ndir / "state"), "runDir": str(ndir / "run")},
     }
+    if lab.topology in ("mesh", "podroute-rr"):
+        cfg["clusterFile"] = str(lab.path / "cluster.yaml")
     path = ndir / "node.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     conf = {"cniVersion": "1.0.0", "name": "podroute", "type": "podroute",
@@ -205,22 +249,56 @@ def _node_config(lab: Lab, node: Node) -> Path:
     return path
 
 
-def _start_bird(lab: Lab) -> None:
-    rr = lab.prefix + "rr"
-    bdir = lab.path / "bird"
-    bdir.mkdir(exist_ok=True)
-    neighbors = [bird.BirdNeighbor(n.name, ipaddress.IPv4Address(n.ip), ASN, router_ip(n.subnet)) for n in lab.nodes]
-    conf = bdir / "bird.conf"
-    conf.write_text(bird.render_rr(RR_IP, ASN, neighbors, bdir / "bird.log"))
-    proc = subprocess.Popen(["ip", "netns", "exec", rr, "bird", "-f", "-c", str(conf), "-s", str(bdir / "bird.ctl"),
-                             "-P", str(bdir / "bird.pid")],
-                            stdout=open(bdir / "bird.out", "wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    lab.bird_pid = proc.pid
+def _start_router(lab: Lab, name: str, ns: str, router_id: ipaddress.IPv4Address) -> None:
+    """Start one BGP router (BIRD 2 or FRR bgpd) in ``ns`` as a reflector or ToR."""
+    role = "tor" if lab.topology == "tor" else "rr"
+    asn = TOR_ASN if role == "tor" else ASN
+    rdir = lab.path / name
+    rdir.mkdir(exist_ok=True)
+    local = (lambda n: router_ip(n.subnet)) if name == "rr" else (lambda n: RR2_IP)
+    neighbors = [bird.BirdNeighbor(n.name, ipaddress.IPv4Address(n.ip), n.asn, local(n)) for n in lab.nodes]
+    if lab.peer == "bird":
+        conf = rdir / "bird.conf"
+        conf.write_text(bird.render(router_id, asn, neighbors, rdir / "bird.log", role))
+        ctl = rdir / "bird.ctl"
+        argv = ["bird", "-f", "-c", str(conf), "-s", str(ctl), "-P", str(rdir / "bird.pid")]
+    else:
+        conf = rdir / "bgpd.conf"
+        conf.write_text(frr.render(router_id, asn, neighbors, rdir / "bgpd.log", role))
+        ctl = rdir / "bgpd.vty"
+        argv = frr.command(conf, rdir, rdir / "bgpd.pid")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=open(rdir / "router.out", "wb"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    lab.routers.append({"name": name, "ns": ns, "impl": lab.peer, "pid": proc.pid, "dir": str(rdir),
+                        "ctl": str(ctl), "role": role, "asn": asn, "router_id": str(router_id)})
     lab.save()
-    _wait("BIRD control socket", lambda: (bdir / "bird.ctl").exists() or proc.poll() is not None, 10)
+    ready = (lambda: ctl.exists()) if lab.peer == "bird" else (lambda: (rdir / "bgpd.vty").exists())
+    _wait(f"{lab.peer} on {name} to start", lambda: ready() or proc.poll() is not None, 15)
     if proc.poll() is not None:
-        raise LabError(f"BIRD exited with {proc.returncode}: {(bdir / 'bird.out').read_text()[-500:]}")
+        raise LabError(f"{lab.peer} on {name} exited with {proc.returncode}: "
+                       f"{(rdir / 'router.out').read_text(errors='replace')[-500:]}")
+
+
+def _start_routers(lab: Lab) -> None:
+    if lab.topology in ("mesh", "podroute-rr"):
+        return  # podroute nodes peer among themselves; the rr namespace only routes the underlay
+    _start_router(lab, "rr", lab.prefix + "rr", RR_IP)
+    if lab.topology == "rr2":
+        _start_router(lab, "rr2", lab.prefix + "rr2", RR2_IP)
+
+
+def router_sessions(lab: Lab) -> dict[str, bool]:
+    """``{"<router>:<node>": Established?}`` as each external router sees its sessions."""
+    out: dict[str, bool] = {}
+    by_ip = {n.ip: n.name for n in lab.nodes}
+    for r in lab.routers:
+        if r["impl"] == "bird":
+            states = bird.established(Path(r["ctl"]), r["ns"])
+        else:
+            states = {by_ip.get(a, a): up for a, up in frr.established(Path(r["dir"]), r["ns"]).items()}
+        for node, up in states.items():
+            out[f"{r['name']}:{node}"] = up
+    return out
 
 
 def _start_agent(lab: Lab, node: Node) -> None:
@@ -314,8 +392,13 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
     t = lab.timings
     nets = ", ".join(str(subnet_net(s)) for s in range(lab.subnets))
     encap = "none (native routing)" if lab.encapsulation == "none" else f"{lab.encapsulation} {lab.encap_mode}"
-    out.append(f"podroute lab '{lab.name}': {len(lab.nodes)} nodes, {len(lab.pods)} pods, "
-               f"BIRD 2 route reflector {RR_IP} (AS {ASN}), underlay {nets}, pool {POOL}, encapsulation {encap}")
+    routers = {"rr": f"{lab.peer} route reflector {RR_IP} (AS {ASN})",
+               "rr2": f"two {lab.peer} route reflectors {RR_IP}, {RR2_IP} (AS {ASN})",
+               "tor": f"{lab.peer} ToR {RR_IP} (AS {TOR_ASN}), eBGP, one AS per node",
+               "mesh": f"node-to-node full mesh (AS {ASN})",
+               "podroute-rr": f"{lab.nodes[0].name} is a podroute route reflector (AS {ASN})"}[lab.topology]
+    out.append(f"podroute lab '{lab.name}': {len(lab.nodes)} nodes, {len(lab.pods)} pods, {routers}; "
+               f"underlay {nets}, pool {POOL}, encapsulation {encap}")
     out.append(f"lab up took {t.get('total_s', 0):.1f} s: namespaces {t.get('fabric_s', 0):.2f} s, "
                f"first {len(lab.nodes) - 1} agents established {t.get('established_s', 0):.2f} s, "
                f"pods {t.get('pods_s', 0):.2f} s")
@@ -347,9 +430,10 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
         for line in _fib_routes(n.ns):
             out.append(f"  {n.name}: {line}")
     out.append("")
-    out.append(f"BIRD sessions: {sum(bird_states.values())}/{len(bird_states)} Established "
-               f"({', '.join(k + '=' + ('up' if v else 'DOWN') for k, v in sorted(bird_states.items()))})")
-    ok_sessions &= bool(bird_states) and all(bird_states.values())
+    if lab.routers:
+        out.append(f"Router sessions: {sum(bird_states.values())}/{len(bird_states)} Established "
+                   f"({', '.join(k + '=' + ('up' if v else 'DOWN') for k, v in sorted(bird_states.items()))})")
+        ok_sessions &= bool(bird_states) and all(bird_states.values())
     out.append("")
     names = [p.name for p in lab.pods]
     width = max(len(n) for n in names) + 2
@@ -375,7 +459,7 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
 # --- commands ---------------------------------------------------------------------------
 def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node: int = 2,
            keep_on_failure: bool = False, encapsulation: str = "none", encap_mode: str = "Always",
-           subnets: int = 1) -> int:
+           subnets: int = 1, topology: str = "rr") -> int:
     """Build and prove the lab. Returns 0 when every check passed, 1 otherwise."""
     try:
         _validate_name(name)
@@ -385,13 +469,19 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
             raise LabError(f"--encap-mode {encap_mode}: need Always or CrossSubnet")
         if not 1 <= subnets <= min(nodes, MAX_SUBNETS):
             raise LabError(f"--subnets {subnets}: need 1..{min(nodes, MAX_SUBNETS)}")
+        if topology not in TOPOLOGIES:
+            raise LabError(f"--topology {topology}: need one of {', '.join(TOPOLOGIES)}")
+        if peer not in ROUTER_IMPLS:
+            raise LabError(f"--peer {peer}: need one of {', '.join(ROUTER_IMPLS)}")
+        if topology == "rr2" and subnets != 1:
+            raise LabError("--topology rr2 needs --subnets 1")
         if not 2 <= nodes <= MAX_NODES:
             raise LabError(f"--nodes {nodes}: need 2..{MAX_NODES} nodes")
         if not 1 <= pods_per_node <= 20:
             raise LabError(f"--pods {pods_per_node}: need 1..20 pods per node")
         if os.geteuid() != 0:
             raise LabError("the lab creates network namespaces and needs root")
-        for tool in ("ip", "bird", "birdc", "ping"):
+        for tool in ("ip", "ping", *(("bird", "birdc") if peer == "bird" else (frr.BGPD, "vtysh"))):
             if not shutil.which(tool):
                 raise LabError(f"{tool} not found: run scripts/setup first")
     except LabError as e:
@@ -402,23 +492,26 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         _say(f"lab '{name}' exists: taking it down first")
         lab_down(name=name, state_root=state_root, quiet=True)
     root.mkdir(parents=True, exist_ok=True)
-    lab = Lab(name, str(root), encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets)
+    lab = Lab(name, str(root), encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets,
+              topology=topology, peer=peer)
     t_start = time.monotonic()
     try:
         from cni.install import install_shim
         shim = install_shim(root / "cni-bin")
         t0 = time.monotonic()
-        _say(f"building fabric, route reflector and {nodes} node namespaces")
+        _say(f"building the underlay, routers and {nodes} node namespaces ({topology}, {peer})")
         _build_fabric(lab, nodes)
         lab.timings["fabric_s"] = time.monotonic() - t0
-        _start_bird(lab)
+        _start_routers(lab)
         first, last = lab.nodes[:-1], lab.nodes[-1]
+        if topology in ("mesh", "podroute-rr"):
+            _write_cluster(lab, first)
         t0 = time.monotonic()
         _say(f"starting podroute agents on {', '.join(n.name for n in first)}")
         for n in first:
             _start_agent(lab, n)
         for n in first:
-            _wait(f"{n.name}'s BGP session to the route reflector", lambda n=n: _established(n), 60, 0.1)
+            _wait(f"{n.name}'s BGP sessions", lambda n=n: _established(n), 60, 0.1)
         for n in first:
             for m in first:
                 if m is not n:
@@ -427,6 +520,8 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
 
         _say(f"joining {last.name} and timing until its block {last.block} is in every other FIB")
         t_agent = time.time()
+        if topology in ("mesh", "podroute-rr"):
+            _write_cluster(lab, lab.nodes)  # the running nodes pick the new node up from the datastore
         _start_agent(lab, last)
         pending = {n.name for n in first}
         deadline = time.monotonic() + 60
@@ -455,7 +550,7 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         _say("pinging every pod pair")
         matrix = {(s.name, d.name): (s is d) or _ping(s, d) for s in lab.pods for d in lab.pods}
         statuses = {n.name: _status(n) or {} for n in lab.nodes}
-        bird_states = bird.established(root / "bird" / "bird.ctl", lab.prefix + "rr")
+        bird_states = router_sessions(lab)
         lab.timings["total_s"] = time.monotonic() - t_start
         lab.save()
         text, passed = _report(lab, statuses, matrix, bird_states)
@@ -473,7 +568,7 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         "pods": [asdict(p) for p in lab.pods], "nodes": [asdict(n) for n in lab.nodes],
         "encapsulation": lab.encapsulation, "encap_mode": lab.encap_mode, "subnets": lab.subnets,
         "fib_routes": {n.name: _fib_routes(n.ns) for n in lab.nodes},
-        "bird_sessions": bird_states,
+        "router_sessions": bird_states, "topology": lab.topology, "peer": lab.peer,
         "matrix": [{"src": s, "dst": d, "ok": ok} for (s, d), ok in matrix.items()],
         "sessions": {n: [{"address": p["address"], "state": p["state"]} for p in (st.get("bgp", {}).get("peers", []))]
                      for n, st in statuses.items()},
@@ -491,8 +586,7 @@ def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
     if lab:
         # SIGTERM first: each agent stops its speaker and ExaBGP itself.
         netns.kill_pids([n.pid for n in lab.nodes if n.pid], grace=10)
-        if lab.bird_pid:
-            netns.kill_pid(lab.bird_pid, grace=5)
+        netns.kill_pids([r["pid"] for r in lab.routers if r.get("pid")], grace=5)
     spaces = set(netns.list_prefixed(prefix)) | set(lab.namespaces if lab else [])
     for ns in sorted(spaces, reverse=True):  # pods before nodes before the fabric
         netns.delete(ns)

@@ -40,13 +40,13 @@ def test_lab_three_nodes_bird_rr(tmp_path):
     pids, namespaces = [], []
     try:
         lab = json.loads((state / name / "lab.json").read_text())
-        pids = [n["pid"] for n in lab["nodes"] if n["pid"]] + [lab["bird_pid"]]
+        pids = [n["pid"] for n in lab["nodes"] if n["pid"]] + [r["pid"] for r in lab["routers"]]
         namespaces = lab["namespaces"]
         assert up.returncode == 0, f"lab up failed:\n{up.stdout}\n{up.stderr}"
         rep = json.loads(report_json.read_text())
         assert rep["passed"] is True
         # every node's session to the reflector is Established, on both sides
-        assert rep["bird_sessions"] == {"n1": True, "n2": True, "n3": True}
+        assert rep["router_sessions"] == {"rr:n1": True, "rr:n2": True, "rr:n3": True}
         for node, peers in rep["sessions"].items():
             assert [p["state"] for p in peers] == ["established"], node
         # 6 pods, each with an address from its node's block
