@@ -278,22 +278,27 @@ class CNIPlugin:
         host_ifname = attrs.get("host_ifname") or self.host_ifname(req)
         errors: list[str] = []
 
-        async def attempt(what: str, fn: Callable[..., Any], *args: Any) -> None:
+        async def attempt(what: str, fn: Callable[..., Any], *args: Any) -> Any:
             try:
-                await self._call(what, fn, *args)
+                return await self._call(what, fn, *args)
             except CNIError as e:
                 errors.append(f"{what}: {e.msg}")
+                return None
 
         if alloc is not None:
             await attempt("delete host route", self.wiring.delete_host_route, alloc.ip,
                           host_ifname, self.protocol)
-        if req.netns:
-            await attempt("delete pod interface", self.wiring.delete_pod_iface, req.netns,
-                          req.ifname)
         others = await self._call("IPAM lookup", self.ipam.allocations)
+        pair_gone = False
         if not any(h != handle and a.attrs.get("host_ifname") == host_ifname
                    for h, a in others.items()):
-            await attempt("delete host veth", self.wiring.delete_host_veth, host_ifname)
+            # Deleting one end of a veth deletes its peer: the pod's interface goes with it, and
+            # a second link deletion (another ~20 ms RCU-synchronised unregister) is saved.
+            pair_gone = bool(await attempt("delete host veth", self.wiring.delete_host_veth,
+                                           host_ifname))
+        if req.netns and not pair_gone:
+            await attempt("delete pod interface", self.wiring.delete_pod_iface, req.netns,
+                          req.ifname)
         if alloc is not None and self.workloads is not None:
             ep = self._endpoint_from_attrs(alloc.ip, attrs)
             if ep is not None:

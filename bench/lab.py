@@ -1,0 +1,52 @@
+"""Lab convergence: a new node joins an N-node lab; time until every other FIB has its block.
+
+Reuses ``podroute lab up`` (podroute/lab/runner.py measures exactly this for the last node it
+starts: report.json ``timings.join_converge_s`` from its BGP session coming up, ``join_total_s``
+from its agent starting) with a throwaway lab name ``b<hex>`` and state dir, then ``lab down``.
+No anchor exists for this figure (see the issue); the table shows the growth with N instead.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import ns as N
+
+
+def run_one(nodes: int, timeout: float = 600) -> dict:
+    name = "b" + secrets.token_hex(4)
+    state = Path(tempfile.mkdtemp(prefix="prb-lab-"))
+    base = [sys.executable, "-m", "podroute.cli", "lab"]
+    try:
+        p = subprocess.run([*base, "up", "--nodes", str(nodes), "--pods", "1", "--name", name,
+                            "--state-dir", str(state)], capture_output=True, text=True, timeout=timeout)
+        try:
+            rep = json.loads((state / name / "report.json").read_text())
+        except (OSError, ValueError):
+            raise N.BenchError(f"lab up --nodes {nodes} failed ({p.returncode}): {p.stderr[-600:]} {p.stdout[-600:]}")
+        t = rep["timings"]
+        return {"nodes": nodes, "join_converge_ms": t["join_converge_s"] * 1e3,
+                "join_total_ms": t["join_total_s"] * 1e3, "lab_passed": rep.get("passed"), "rc": p.returncode}
+    finally:
+        subprocess.run([*base, "down", "--name", name, "--state-dir", str(state)], capture_output=True,
+                       timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def run(sizes: list[int]) -> list[dict]:
+    rows = [run_one(n) for n in sizes]
+    first = rows[0]
+    out = []
+    for r in rows:
+        out.append({"figure": f"lab_join_{r['nodes']}", "unit": "ms", "higher_is_better": False,
+                    "podroute": r["join_converge_ms"], "anchor": None,
+                    "anchor_name": f"none (growth vs N={first['nodes']}: "
+                                   f"x{r['join_converge_ms'] / max(first['join_converge_ms'], 1e-9):.2f})",
+                    "target_ratio": None, "target": "< 1000 ms at N=30", "target_abs_ms": 1000.0 if r["nodes"] >= 30 else None,
+                    "detail": r})
+    return out
