@@ -6,7 +6,10 @@ in the calling process's network namespace (start it with ``ip netns exec`` / ``
 Config JSON: the SpeakerConfig fields (plus optional ``exabgp_speed``, default 0.1), addresses/prefixes as strings, ``peers`` as a list of
 PeerConfig objects. stdout gets one JSON object per line: ``{"routes": {prefix: {...}}}`` on
 every Loc-RIB change and ``{"status": {...}}`` in answer to ``status`` on stdin. stdin
-commands: ``status``, ``announce P1 P2 ...`` (replaces the set), ``stop``. EOF on stdin stops.
+commands: ``status``, ``announce P1 P2 ...`` (replaces the set), ``peers <JSON list of
+PeerConfig objects>`` (:meth:`Speaker.set_peers`), ``exports <JSON list of {"prefix",
+"communities"}>``, ``nexthops <JSON {block: ip}>``, ``stop``. EOF on stdin stops.
+``BGP_LOG_LEVEL`` (default INFO) sets the stderr log level.
 """
 from __future__ import annotations
 
@@ -18,19 +21,43 @@ import sys
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from .model import PeerConfig, SpeakerConfig
+from .errors import BGPError
+from .model import ExportRoute, PeerConfig, SpeakerConfig
 from .speaker import Speaker
+
+
+def load_peers(raw: list) -> tuple[PeerConfig, ...]:
+    """PeerConfig objects from their JSON form."""
+    return tuple(PeerConfig(**{**p, "address": IPv4Address(p["address"]),
+                               "local_address": IPv4Address(p["local_address"])
+                               if p.get("local_address") else None}) for p in raw)
+
+
+def load_exports(raw: list) -> tuple[ExportRoute, ...]:
+    return tuple(ExportRoute(IPv4Network(r["prefix"]), tuple(r.get("communities", ())))
+                 for r in raw)
+
+
+def load_next_hops(raw: dict) -> dict[IPv4Network, IPv4Address]:
+    return {IPv4Network(k): IPv4Address(v) for k, v in raw.items()}
 
 
 def load_config(obj: dict) -> SpeakerConfig:
     """Build a SpeakerConfig from its JSON form (raises KeyError/ValueError/TypeError)."""
-    peers = tuple(PeerConfig(**{**p, "address": IPv4Address(p["address"]),
-                                "local_address": IPv4Address(p["local_address"])
-                                if p.get("local_address") else None}) for p in obj["peers"])
+    peers = load_peers(obj["peers"])
     nets = lambda key: tuple(IPv4Network(x) for x in obj.get(key, ()))  # noqa: E731
     kw = {k: v for k, v in obj.items() if k not in (
         "peers", "announce", "import_pools", "own_blocks", "router_id", "local_address",
-        "node_ip", "listen_address", "state_dir")}
+        "node_ip", "listen_address", "state_dir", "import_extra", "export_extra",
+        "expected_next_hops", "route_reflector_cluster_id")}
+    if "import_extra" in obj:
+        kw["import_extra"] = nets("import_extra")
+    if "export_extra" in obj:
+        kw["export_extra"] = load_exports(obj["export_extra"])
+    if "expected_next_hops" in obj:
+        kw["expected_next_hops"] = load_next_hops(obj["expected_next_hops"])
+    if obj.get("route_reflector_cluster_id"):
+        kw["route_reflector_cluster_id"] = IPv4Address(obj["route_reflector_cluster_id"])
     return SpeakerConfig(
         router_id=IPv4Address(obj["router_id"]), local_as=int(obj["local_as"]),
         local_address=IPv4Address(obj["local_address"]), peers=peers,
@@ -49,6 +76,8 @@ def _jsonable(value):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (IPv4Address, IPv4Network, Path)):
         return str(value)
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return value
 
 
@@ -73,10 +102,24 @@ async def _main(path: str) -> int:
         if run.done():
             line_task.cancel()
             break
-        words = line_task.result().decode().split()
+        text = line_task.result().decode()
+        words = text.split()
         if not words or words[0] == "stop":
             await speaker.stop()
             break
+        rest = text.strip()[len(words[0]):].strip()
+        try:
+            if words[0] == "peers":
+                speaker.set_peers(load_peers(json.loads(rest)))
+                _emit({"ok": "peers"})
+            elif words[0] == "exports":
+                speaker.set_exports(load_exports(json.loads(rest)))
+                _emit({"ok": "exports"})
+            elif words[0] == "nexthops":
+                speaker.set_expected_next_hops(load_next_hops(json.loads(rest)))
+                _emit({"ok": "nexthops"})
+        except (ValueError, KeyError, TypeError, BGPError) as exc:
+            _emit({"error": f"{type(exc).__name__}: {exc}"})
         if words[0] == "status":
             _emit({"status": _jsonable(speaker.status())})
         elif words[0] == "announce":
@@ -88,7 +131,8 @@ async def _main(path: str) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    import os
+    logging.basicConfig(level=os.environ.get("BGP_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if len(sys.argv) != 2:
         sys.stderr.write(__doc__ or "")

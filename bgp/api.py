@@ -78,13 +78,19 @@ class NotificationEvent:
 
 @dataclass(frozen=True)
 class OpenEvent:
-    """An OPEN received from ``peer``: its ASN, hold time (s), router id, capability names."""
+    """An OPEN received from ``peer``: its ASN, hold time (s), router id, capability names.
+
+    ``gr_advertised``: the OPEN carried the Graceful Restart capability (RFC 4724 §3, code
+    64); ``gr_restart_time``: its Restart Time (s), None when absent from ExaBGP's JSON.
+    """
 
     peer: IPv4Address
     asn: int
     hold_time: int
     router_id: IPv4Address
     capabilities: tuple[str, ...] = ()
+    gr_restart_time: int | None = None
+    gr_advertised: bool = False
 
 
 Event = Union[UpdateEvent, EorEvent, StateEvent, NotificationEvent, OpenEvent]
@@ -119,9 +125,13 @@ def _as_path_length(raw: Any) -> int:
 def parse_attrs(attr: dict[str, Any], next_hop: IPv4Address) -> PathAttrs:
     """Map ExaBGP's ``"attribute"`` object to PathAttrs (unknown keys ignored)."""
     communities = attr.get("community") or []
+    raw_path = attr.get("as-path")
+    as_path = _as_path(raw_path)
+    length = _as_path_length(raw_path)
     return PathAttrs(
         next_hop=next_hop,
-        as_path=_as_path(attr.get("as-path")),
+        as_path=as_path,
+        as_path_length=None if length == len(as_path) else length,
         origin=_ORIGINS.get(str(attr.get("origin", "igp")).lower(), 2),
         med=int(attr["med"]) if "med" in attr else None,
         local_pref=int(attr["local-preference"]) if "local-preference" in attr else None,
@@ -190,9 +200,15 @@ def parse_line(line: str | bytes) -> Event | str | None:
                                      str(n.get("message", "")))
         if kind == "open":
             o = obj["neighbor"]["open"]
-            caps = tuple(sorted(str(c.get("name", "")) for c in o.get("capabilities", {}).values()))
+            raw_caps = o.get("capabilities", {})
+            caps = tuple(sorted(str(c.get("name", "")) for c in raw_caps.values()))
+            gr = raw_caps.get("64")
+            if gr is None:
+                gr = next((c for c in raw_caps.values() if c.get("name") == "graceful restart"),
+                          None)
+            gr_time = int(gr["time"]) if gr is not None and "time" in gr else None
             return OpenEvent(_peer(obj), int(o["asn"]), int(o["hold_time"]),
-                             IPv4Address(o["router_id"]), caps)
+                             IPv4Address(o["router_id"]), caps, gr_time, gr is not None)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BGPError(f"unparsable ExaBGP API line: {exc}: {text[:200]!r}") from exc
     log.debug("ignoring ExaBGP message type %r", kind)
@@ -212,6 +228,30 @@ def cmd_announce(prefix: IPv4Network, next_hop: IPv4Address | None = None,
     return f"{_prefix_target(neighbor)}announce route {prefix} next-hop {nh}"
 
 
+def _communities(communities: Iterable[str]) -> str:
+    cs = list(communities)
+    return f" community [ {' '.join(cs)} ]" if cs else ""
+
+
+def cmd_announce_path(prefix: IPv4Network, attrs: PathAttrs, neighbor: IPv4Address,
+                      originator_id: IPv4Address, cluster_list: Iterable[IPv4Address]) -> str:
+    """A reflected route (RFC 4456 §8) to one neighbor: ``neighbor N announce route P
+    next-hop NH origin O [local-preference L] [med M] [as-path [ .. ]] [community [ .. ]]
+    originator-id I cluster-list [ C1 C2 .. ]``. The next hop is sent unchanged (iBGP)."""
+    origin = {0: "igp", 1: "egp"}.get(attrs.origin, "incomplete")
+    parts = [f"neighbor {neighbor} announce route {prefix} next-hop {attrs.next_hop}",
+             f"origin {origin}"]
+    if attrs.local_pref is not None:
+        parts.append(f"local-preference {attrs.local_pref}")
+    if attrs.med is not None:
+        parts.append(f"med {attrs.med}")
+    if attrs.as_path:
+        parts.append(f"as-path [ {' '.join(str(a) for a in attrs.as_path)} ]")
+    line = " ".join(parts) + _communities(attrs.communities)
+    clusters = " ".join(str(c) for c in cluster_list)
+    return f"{line} originator-id {originator_id} cluster-list [ {clusters} ]"
+
+
 def cmd_withdraw(prefix: IPv4Network, neighbor: IPv4Address | None = None) -> str:
     """``[neighbor N ]withdraw route P`` (ExaBGP acks ``done`` even for an unknown prefix)."""
     return f"{_prefix_target(neighbor)}withdraw route {prefix}"
@@ -219,11 +259,13 @@ def cmd_withdraw(prefix: IPv4Network, neighbor: IPv4Address | None = None) -> st
 
 def cmds_bulk_announce(prefixes: Iterable[IPv4Network], next_hop: IPv4Address | None = None,
                        neighbor: IPv4Address | None = None,
-                       chunk: int = BULK_CHUNK) -> list[str]:
-    """``announce attributes next-hop A nlri P1 P2 ...`` lines of at most ``chunk`` prefixes."""
+                       chunk: int = BULK_CHUNK, communities: Iterable[str] = ()) -> list[str]:
+    """``announce attributes next-hop A [community [ C .. ]] nlri P1 P2 ...`` lines of at most
+    ``chunk`` prefixes (communities "ASN:VALUE", RFC 1997)."""
     ps = sorted(set(prefixes))
     nh = "self" if next_hop is None else str(next_hop)
-    return [f"{_prefix_target(neighbor)}announce attributes next-hop {nh} nlri "
+    comm = _communities(communities)
+    return [f"{_prefix_target(neighbor)}announce attributes next-hop {nh}{comm} nlri "
             + " ".join(str(p) for p in ps[i:i + chunk]) for i in range(0, len(ps), chunk)]
 
 

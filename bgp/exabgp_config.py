@@ -13,12 +13,21 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from .errors import ConfigError
-from .model import PeerConfig, SpeakerConfig
+from .model import MAX_PREFIXES_ACTIONS, PeerConfig, SpeakerConfig
 
 PROCESS_NAME = "podroute"
 RELAY_PATH = Path(__file__).resolve().parent / "relay.py"
 # ExaBGP's tokenizer splits on whitespace and treats ; { } as syntax: keep passwords simple.
 _PASSWORD_OK = re.compile(r'^[A-Za-z0-9!#$%&()*+,\-./:<=>?@\[\]^_`|~]{1,80}$')
+_COMMUNITY_OK = re.compile(r'^(\d{1,5}):(\d{1,5})$')
+
+
+def check_community(text: str) -> None:
+    """Raise ConfigError unless ``text`` is a standard community "ASN:VALUE" (RFC 1997,
+    both halves 0..65535)."""
+    m = _COMMUNITY_OK.match(text)
+    if m is None or int(m.group(1)) > 65535 or int(m.group(2)) > 65535:
+        raise ConfigError(f"community {text!r} is not ASN:VALUE with 16-bit halves (RFC 1997)")
 
 
 def relay_command(socket_path: Path, python: str = "/usr/bin/python3") -> str:
@@ -42,6 +51,14 @@ def _check_peer(cfg: SpeakerConfig, peer: PeerConfig) -> None:
         raise ConfigError(f"peer {peer.address}: md5 password has characters ExaBGP cannot parse")
     if peer.multihop_ttl is not None and not (1 <= peer.multihop_ttl <= 255):
         raise ConfigError(f"peer {peer.address}: multihop ttl out of range")
+    if peer.max_prefixes is not None and peer.max_prefixes < 0:
+        raise ConfigError(f"peer {peer.address}: max_prefixes must be >= 0")
+    if peer.max_prefixes_action not in MAX_PREFIXES_ACTIONS:
+        raise ConfigError(f"peer {peer.address}: max_prefixes_action must be one of "
+                          f"{', '.join(MAX_PREFIXES_ACTIONS)}")
+    if peer.rr_client and peer.asn != cfg.local_as:
+        raise ConfigError(f"peer {peer.address}: a route-reflector client must be iBGP "
+                          "(RFC 4456 §2)")
 
 
 def render_config(cfg: SpeakerConfig, socket_path: Path, python: str = "/usr/bin/python3") -> str:
@@ -58,6 +75,9 @@ def render_config(cfg: SpeakerConfig, socket_path: Path, python: str = "/usr/bin
         raise ConfigError("graceful restart time must be 0..4095 s (RFC 4724 §3)")
     if not cfg.peers:
         raise ConfigError("at least one peer is required")
+    for route in cfg.export_extra:
+        for c in route.communities:
+            check_community(c)
     seen: set[IPv4Address] = set()
     lines = [
         "# Rendered by podroute bgp/exabgp_config.py: do not edit.",

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Mapping
+
+MAX_PREFIXES_ACTIONS = ("reject", "teardown")
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,20 @@ class PeerConfig:
     §4.2, 0 or >= 3); ``password`` enables TCP MD5 (RFC 2385) and is never logged;
     ``passive`` means we never open the TCP connection; ``port`` is the peer's TCP port;
     ``multihop_ttl`` sets eBGP multihop; ``name`` is a free-form label for status/logs.
+    ``local_address`` is the TCP source address for this session (None: the speaker's).
+
+    ``multihop_ttl`` (1..255) is the IP TTL of our packets to a non-adjacent peer (rendered as
+    ExaBGP's ``outgoing-ttl``; None = ExaBGP's default, i.e. directly connected).
+
+    Import policy knobs (bgp/policy.py): ``enforce_next_hop`` checks routes inside a known
+    node block against the block's expected next hop (None = auto: True for iBGP, False for
+    eBGP, whose next hop is legitimately the ToR); ``max_prefixes`` caps the accepted routes
+    from this peer (None = no limit) and ``max_prefixes_action`` says what happens beyond it:
+    "reject" (the excess routes are rejected, reason ``max_prefixes``) or "teardown" (Cease
+    NOTIFICATION subcode 1 "Maximum Number of Prefixes Reached", RFC 4486 §4).
+
+    ``rr_client`` marks the peer a route-reflector client (RFC 4456 §2); it matters only when
+    ``SpeakerConfig.route_reflector_cluster_id`` is set.
     """
 
     address: IPv4Address
@@ -25,6 +42,28 @@ class PeerConfig:
     local_address: IPv4Address | None = None
     multihop_ttl: int | None = None
     name: str | None = None
+    enforce_next_hop: bool | None = None
+    max_prefixes: int | None = None
+    max_prefixes_action: str = "reject"
+    rr_client: bool = False
+
+    def is_ibgp(self, local_as: int) -> bool:
+        return self.asn == local_as
+
+    def enforces_next_hop(self, local_as: int) -> bool:
+        """``enforce_next_hop`` resolved: explicit value, else True only for iBGP peers."""
+        if self.enforce_next_hop is not None:
+            return self.enforce_next_hop
+        return self.is_ibgp(local_as)
+
+
+@dataclass(frozen=True)
+class ExportRoute:
+    """An extra prefix we originate (service CIDRs: ClusterIP / ExternalIP / LoadBalancer
+    ranges), with standard BGP communities ``"ASN:VALUE"`` (RFC 1997), e.g. ("64512:100",)."""
+
+    prefix: IPv4Network
+    communities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +77,18 @@ class SpeakerConfig:
     ``graceful_restart_time``: seconds advertised in the GR capability (RFC 4724 §3);
     ``state_dir``: where the rendered config and the relay socket live;
     ``exabgp_bin``: the ExaBGP executable (name on PATH or absolute path).
+
+    Import policy additions: ``import_extra``: further ranges accepted besides the pools;
+    ``accept_default``: accept 0.0.0.0/0 (rejected as ``default`` otherwise);
+    ``expected_next_hops``: node block → that node's IP (from the datastore; a route inside a
+    block with another next hop is rejected as ``wrong_next_hop`` from peers that enforce it).
+
+    Export: ``export_extra``: prefixes announced besides ``announce``, with communities.
+
+    ``route_reflector_cluster_id``: when set, the speaker acts as a route reflector (RFC 4456)
+    for its iBGP peers with this CLUSTER_ID; ``gr_stale_path_time``: seconds a restarted
+    peer's stale routes may wait for its End-of-RIB once the session is back (bounds RFC 4724
+    §4.2 when a peer never sends End-of-RIB).
     """
 
     router_id: IPv4Address
@@ -53,6 +104,12 @@ class SpeakerConfig:
     graceful_restart_time: int = 120
     state_dir: Path = field(kw_only=True)
     exabgp_bin: str = "exabgp"
+    import_extra: tuple[IPv4Network, ...] = ()
+    accept_default: bool = False
+    expected_next_hops: Mapping[IPv4Network, IPv4Address] = field(default_factory=dict)
+    export_extra: tuple[ExportRoute, ...] = ()
+    route_reflector_cluster_id: IPv4Address | None = None
+    gr_stale_path_time: int = 360
 
 
 @dataclass(frozen=True)
@@ -71,6 +128,12 @@ class PathAttrs:
     originator_id: IPv4Address | None = None
     cluster_list: tuple[IPv4Address, ...] = ()
     communities: tuple[str, ...] = ()
+    # AS_PATH length for best path when it differs from len(as_path): an AS_SET counts 1
+    # (RFC 4271 §9.1.2.2 a). None = len(as_path).
+    as_path_length: int | None = None
+
+    def path_length(self) -> int:
+        return len(self.as_path) if self.as_path_length is None else self.as_path_length
 
 
 @dataclass(frozen=True)
@@ -104,6 +167,16 @@ class PeerStatus:
     last_error: str | None
     rejected_by_reason: tuple[tuple[str, int], ...] = ()
     eor_received: bool = False   # End-of-RIB seen on the current session (RFC 4724 §2)
+    # Graceful restart, receiving side (RFC 4724 §4.2): routes kept as stale after the
+    # session went down, and the restart time (s) the peer advertised in its last OPEN
+    # (None: no GR capability seen).
+    stale_routes: int = 0
+    gr_restart_time: int | None = None
+    # Times we tore the session down for exceeding max_prefixes (RFC 4486 subcode 1).
+    max_prefixes_teardowns: int = 0
+    # Routes currently reflected to this peer (route-reflector mode, RFC 4456).
+    reflected_routes: int = 0
+    rr_client: bool = False
 
 
 @dataclass(frozen=True)

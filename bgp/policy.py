@@ -4,37 +4,75 @@ other nodes are programmed).
 A route is accepted only if all hold, checked in this order (the first failing check is
 the reason counted):
 
-- ``default``: not 0.0.0.0/0;
-- ``outside_pool``: inside one of ``import_pools``;
+- ``originator_loop``: its ORIGINATOR_ID is not our router ID (RFC 4456 §8);
+- ``cluster_loop``: its CLUSTER_LIST does not hold our cluster ID (RFC 4456 §8; only when
+  we are a route reflector);
+- ``default``: not 0.0.0.0/0, unless ``accept_default`` (the default route then skips the
+  pool and own-address checks: it covers everything by definition);
+- ``outside_pool``: inside one of ``import_pools`` or ``import_extra``;
 - ``own_block``: does not overlap any of the node's ``own_blocks`` (we originate those);
-- ``own_next_hop``: next hop is not the node's own IP (our route reflected back).
+- ``own_node_ip``: does not contain the node's own IP (a route for it would capture our own
+  traffic);
+- ``own_next_hop``: next hop is not the node's own IP (our route reflected back);
+- ``wrong_next_hop``: when the peer enforces it (``PeerConfig.enforce_next_hop``, default on
+  for iBGP only: an eBGP ToR legitimately sets itself as next hop) and the prefix lies inside
+  (or equals) a block with a known owner in ``expected_next_hops``, the next hop is that
+  owner's IP.
+
+``max_prefixes`` is per-peer state and lives in the speaker (reason ``max_prefixes``).
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Iterable
+from typing import Iterable, Mapping
 
-REASONS = ("default", "outside_pool", "own_block", "own_next_hop")
+from .model import PathAttrs
+
+REASONS = ("originator_loop", "cluster_loop", "default", "outside_pool", "own_block",
+           "own_node_ip", "own_next_hop", "wrong_next_hop", "max_prefixes")
 
 
 @dataclass(frozen=True)
 class ImportPolicy:
+    """Stateless import checks (see module doc). ``expected_next_hops`` maps node block →
+    that node's IP; ``router_id``/``cluster_id`` enable the RFC 4456 loop checks."""
+
     import_pools: tuple[IPv4Network, ...]
     own_blocks: tuple[IPv4Network, ...]
     node_ip: IPv4Address
+    import_extra: tuple[IPv4Network, ...] = ()
+    accept_default: bool = False
+    expected_next_hops: Mapping[IPv4Network, IPv4Address] = field(default_factory=dict)
+    router_id: IPv4Address | None = None
+    cluster_id: IPv4Address | None = None
 
-    def check(self, prefix: IPv4Network, next_hop: IPv4Address) -> str | None:
+    def check(self, prefix: IPv4Network, next_hop: IPv4Address, attrs: PathAttrs | None = None,
+              *, enforce_next_hop: bool = False) -> str | None:
         """None when accepted, else the rejection reason (one of REASONS)."""
+        if attrs is not None:
+            if (self.router_id is not None and attrs.originator_id is not None
+                    and attrs.originator_id == self.router_id):
+                return "originator_loop"
+            if self.cluster_id is not None and self.cluster_id in attrs.cluster_list:
+                return "cluster_loop"
         if prefix.prefixlen == 0:
-            return "default"
-        if not any(prefix.subnet_of(pool) for pool in self.import_pools):
+            if not self.accept_default:
+                return "default"
+            return "own_next_hop" if next_hop == self.node_ip else None
+        if not any(prefix.subnet_of(pool) for pool in self.import_pools + self.import_extra):
             return "outside_pool"
         if any(prefix.overlaps(block) for block in self.own_blocks):
             return "own_block"
+        if self.node_ip in prefix:
+            return "own_node_ip"
         if next_hop == self.node_ip:
             return "own_next_hop"
+        if enforce_next_hop and self.expected_next_hops:
+            for block, owner in self.expected_next_hops.items():
+                if prefix.subnet_of(block) and next_hop != owner:
+                    return "wrong_next_hop"
         return None
 
 

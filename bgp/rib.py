@@ -12,8 +12,13 @@ FACTS "Supported / not"), in order:
 7. otherwise-single-path tie-break: lowest originator/router id, then lowest peer address
    (RFC 4271 §9.1.2.2 f/g, RFC 4456 §9) — applied only to pick the reported AS path and to
    order the equal-cost set deterministically.
+
+Stale paths of a gracefully restarting peer (RFC 4724 §4.2, tracked by the speaker) stay
+here and take part in selection like any other: the forwarding state they describe is valid.
 """
 from __future__ import annotations
+
+from types import MappingProxyType
 
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -47,6 +52,7 @@ class Rib:
         self._peer_asn: dict[IPv4Address, int] = {}
         self._peer_rid: dict[IPv4Address, IPv4Address] = {}
         self._loc: dict[IPv4Network, BestRoute] = {}
+        self._changed: set[IPv4Network] = set()   # Loc-RIB changes not yet taken
 
     def set_peer(self, peer: IPv4Address, asn: int, router_id: IPv4Address | None = None) -> None:
         """Record the peer's ASN (from config) and BGP identifier (from its OPEN)."""
@@ -76,6 +82,20 @@ class Rib:
             touched.add(prefix)
         return self._recompute(touched)
 
+    def prefixes(self) -> set[IPv4Network]:
+        """Every prefix some peer offers a path for."""
+        out: set[IPv4Network] = set()
+        for t in self._adj_in.values():
+            out.update(t)
+        return out
+
+    def best_path(self, prefix: IPv4Network) -> Candidate | None:
+        """The single path a route reflector advertises for ``prefix`` (first after the
+        tie-break of step 7), or None."""
+        cands = [t[prefix] for t in self._adj_in.values() if prefix in t]
+        pool = select(cands, self.local_as)
+        return pool[0] if pool else None
+
     def flush_peer(self, peer: IPv4Address) -> set[IPv4Network]:
         """Drop every path from ``peer`` (session down: ExaBGP sends no withdraws, FACTS
         pitfall 2). Returns the prefixes whose Loc-RIB entry changed."""
@@ -85,6 +105,18 @@ class Rib:
     def loc_rib(self) -> Mapping[IPv4Network, BestRoute]:
         """The current best routes (a copy)."""
         return dict(self._loc)
+
+    def loc_rib_view(self) -> Mapping[IPv4Network, BestRoute]:
+        """The current best routes as a live read-only view (O(1); no copy)."""
+        return MappingProxyType(self._loc)
+
+    def take_changes(self) -> dict[IPv4Network, BestRoute | None]:
+        """The Loc-RIB delta since the last call: prefix → new best route, or None if gone.
+
+        Lets consumers (the FIB) work in O(changes) rather than O(table) per update batch.
+        """
+        changed, self._changed = self._changed, set()
+        return {p: self._loc.get(p) for p in changed}
 
     def _recompute(self, prefixes: set[IPv4Network]) -> set[IPv4Network]:
         changed: set[IPv4Network] = set()
@@ -99,17 +131,19 @@ class Rib:
             elif new != old:
                 self._loc[prefix] = new
                 changed.add(prefix)
+        self._changed |= changed
         return changed
 
 
 def _path_len(attrs: PathAttrs) -> int:
-    return len(attrs.as_path)
+    return attrs.path_length()
 
 
-def best_route(prefix: IPv4Network, cands: list[Candidate], local_as: int) -> BestRoute | None:
-    """Select the best path(s) among ``cands`` (see module doc). None if no candidates."""
+def select(cands: list[Candidate], local_as: int) -> list[Candidate]:
+    """The equal-best paths among ``cands`` (steps 1-6 of the module doc), ordered by the
+    step-7 tie-break; empty if no candidates."""
     if not cands:
-        return None
+        return []
     pool = list(cands)
 
     def keep(key) -> None:
@@ -136,6 +170,14 @@ def best_route(prefix: IPv4Network, cands: list[Candidate], local_as: int) -> Be
         return (int(rid), int(c.peer))
 
     pool.sort(key=tiebreak)
+    return pool
+
+
+def best_route(prefix: IPv4Network, cands: list[Candidate], local_as: int) -> BestRoute | None:
+    """Select the best path(s) among ``cands`` (see module doc). None if no candidates."""
+    pool = select(cands, local_as)
+    if not pool:
+        return None
     hops: list[IPv4Address] = []
     peers: list[IPv4Address] = []
     for c in pool:

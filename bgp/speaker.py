@@ -9,6 +9,28 @@ Graceful restart on our side (RFC 4724, FACTS pitfall 1): neighbors use ``manual
 each new API session we replay the full announced set, and after every session "up" we send
 ``neighbor <peer> announce eor ipv4 unicast`` once the replay is acked, so a peer that kept
 our routes as stale never sees End-of-RIB before them.
+
+Graceful restart on the peer's side (RFC 4724 §4.2, receiving speaker): when a session goes
+down by a TCP/transport failure and the peer advertised the GR capability in its last OPEN
+(restart time from that capability; our ``graceful_restart_time`` if we never saw its OPEN or
+the time was absent), its routes are kept and marked stale instead of being flushed. They
+stay in the Loc-RIB for the restart time; once the session is back, re-announced routes
+replace them and the peer's End-of-RIB removes those still stale (bounded by
+``gr_stale_path_time``). A NOTIFICATION either way (RFC 8538 not implemented), an
+administrative stop by us ("stop, message [...]"), a removed peer or a new OPEN without the
+capability flush at once. Deviation: the F bit (forwarding state preserved) is not checked;
+a restarted BIRD never sets it, and a pod route's next hop is the originating node, not the
+restarting peer (a route reflector is not in the forwarding path).
+
+Import: every received path is kept pre-policy (an Adj-RIB-In like BIRD's import table) so
+a policy change (:meth:`Speaker.set_expected_next_hops`) re-evaluates without a refresh.
+
+Route reflection (RFC 4456, see bgp/reflector.py) when ``route_reflector_cluster_id`` is set:
+reflected paths are announced per neighbor; the sync loop diffs them like announcements.
+
+Runtime peer changes (:meth:`Speaker.set_peers`): the config file is rewritten and ExaBGP
+gets SIGUSR1 (reload: unchanged neighbors keep their sessions, added ones start, removed ones
+stop); added/changed neighbors get our announcements replayed per neighbor.
 """
 from __future__ import annotations
 
@@ -17,30 +39,54 @@ import collections
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from . import api
+from . import api, reflector
 from .errors import BGPError, CommandRejected, ConfigError, ExaBGPExited
-from .exabgp_config import exabgp_env, redact, render_config
-from .model import BestRoute, PeerStatus, SpeakerConfig, SpeakerStatus
+from .exabgp_config import check_community, exabgp_env, redact, render_config
+from .model import (BestRoute, ExportRoute, PathAttrs, PeerConfig, PeerStatus, SpeakerConfig,
+                    SpeakerStatus)
 from .policy import ImportPolicy, RejectionCounter
 from .rib import Rib
 from .supervisor import Backoff, terminate
 
 _STATE_NAMES = {"connected": "connect", "up": "established", "down": "down"}
 _UNIX_PATH_MAX = 107
+# Cease subcode 1, "Maximum Number of Prefixes Reached" (RFC 4486 §4).
+CEASE_MAX_PREFIXES = 1
+# Retry interval (s) and count for per-neighbor commands ExaBGP rejects because a reload
+# has not loaded that neighbor yet.
+_RELOAD_RETRY_S = 0.3
+_RELOAD_RETRIES = 50
 
 
 def _chunks(items: list, size: int = api.BULK_CHUNK) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _die_with_parent() -> None:
+    """In the ExaBGP child: be SIGKILLed when the agent dies (prctl PR_SET_PDEATHSIG).
+
+    A crashed agent must not leave an orphan ExaBGP holding its sessions (the next agent's
+    ExaBGP would collide with it). SIGKILL rather than SIGTERM: no NOTIFICATION is sent, so
+    peers see a transport failure and keep our routes as stale (RFC 4724 §4.2) until the
+    restarted agent replays them and sends End-of-RIB.
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 class _Peer:
-    __slots__ = ("address", "asn", "state", "since", "last_error", "eor_received")
+    __slots__ = ("address", "asn", "state", "since", "last_error", "eor_received",
+                 "gr_advertised", "gr_time", "stale", "stale_deadline", "teardowns",
+                 "teardown_sent")
 
     def __init__(self, address: IPv4Address, asn: int) -> None:
         self.address = address
@@ -49,6 +95,16 @@ class _Peer:
         self.since = time.time()
         self.last_error: str | None = None
         self.eor_received = False
+        # From the peer's last OPEN: None = no OPEN seen (e.g. the API helper was respawned
+        # mid-session); gr_time None = capability absent or time missing.
+        self.gr_advertised: bool | None = None
+        self.gr_time: int | None = None
+        # Prefixes kept from the previous session (RFC 4724 §4.2) and when they expire
+        # (speaker clock).
+        self.stale: set[IPv4Network] = set()
+        self.stale_deadline: float | None = None
+        self.teardowns = 0
+        self.teardown_sent = False
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -63,18 +119,26 @@ class Speaker:
 
     ``on_routes(loc_rib)`` receives the full Loc-RIB (prefix → BestRoute) after each change,
     coalesced to at most one call per event-loop pass. It runs in the event loop and must not
-    block. Timing knobs (seconds) are keyword-only; ``exabgp_speed`` is
-    ``exabgp.reactor.speed``.
+    block. With ``on_changes`` given instead, it receives only the delta since the previous
+    call (prefix → new BestRoute, or None when withdrawn): O(changes), not O(table), which
+    is what keeps a 100k-route table converging in linear time. Timing knobs (seconds) are keyword-only; ``exabgp_speed`` is
+    ``exabgp.reactor.speed``; ``clock`` (monotonic seconds) drives the graceful-restart
+    timers (tests pass a fake one and call :meth:`tick`).
     """
 
     def __init__(self, config: SpeakerConfig,
-                 on_routes: Callable[[Mapping[IPv4Network, BestRoute]], None], *,
+                 on_routes: Callable[[Mapping[IPv4Network, BestRoute]], None] | None = None, *,
+                 on_changes: Callable[[Mapping[IPv4Network, BestRoute | None]], None] | None = None,
                  log: logging.Logger = logging.getLogger("bgp.speaker"),
                  exabgp_speed: float = 0.1, ack_timeout: float = 30.0,
                  kill_timeout: float = 5.0, backoff: Backoff | None = None,
-                 relay_python: str | None = None) -> None:
+                 relay_python: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        if (on_routes is None) == (on_changes is None):
+            raise TypeError("give exactly one of on_routes or on_changes")
         self._on_routes = on_routes
+        self._on_changes = on_changes
         self.log = log
         self._speed = exabgp_speed
         self._ack_timeout = ack_timeout
@@ -82,23 +146,45 @@ class Speaker:
         self._backoff = backoff or Backoff()
         self._relay_python = relay_python or ("/usr/bin/python3" if os.path.exists(
             "/usr/bin/python3") else sys.executable)
+        self._clock = clock
         self._secrets = [p.password for p in config.peers if p.password]
-        self._desired: set[IPv4Network] = set(config.announce)
+        self._blocks: set[IPv4Network] = set(config.announce)
+        self._exports: dict[IPv4Network, tuple[str, ...]] = {
+            r.prefix: tuple(r.communities) for r in config.export_extra}
         # Prefixes the current ExaBGP process may hold in its Adj-RIB-Out.
         self._in_exabgp: set[IPv4Network] = set()
-        self._synced: set[IPv4Network] = set()
+        # Announced to all neighbors and acked: prefix -> communities.
+        self._synced: dict[IPv4Network, tuple[str, ...]] = {}
+        self._peer_cfgs: dict[IPv4Address, PeerConfig] = {p.address: p for p in config.peers}
         self._peers = {p.address: _Peer(p.address, p.asn) for p in config.peers}
-        self._policy = ImportPolicy(tuple(config.import_pools), tuple(config.own_blocks),
-                                    config.node_ip)
+        self._policy = ImportPolicy(
+            tuple(config.import_pools), tuple(config.own_blocks), config.node_ip,
+            import_extra=tuple(config.import_extra), accept_default=config.accept_default,
+            expected_next_hops=dict(config.expected_next_hops), router_id=config.router_id,
+            cluster_id=config.route_reflector_cluster_id)
         self._rejections = RejectionCounter()
         self._rib = Rib(config.local_as)
+        # Pre-policy Adj-RIB-In: peer -> prefix -> attrs (next hop inside).
+        self._received: dict[IPv4Address, dict[IPv4Network, PathAttrs]] = {}
         for p in config.peers:
             self._rib.set_peer(p.address, p.asn)
+        # Route reflection: what ExaBGP holds per neighbor (prefix -> command line sent).
+        self._refl_synced: dict[IPv4Address, dict[IPv4Network, str]] = {}
+        self._refl_count: dict[IPv4Address, int] = {}
+        # Neighbors that need our announcements replayed per neighbor (added by a reload),
+        # neighbors to tear down (max prefixes), and whether a reload is due.
+        self._peer_replay: set[IPv4Address] = set()
+        self._teardown: set[IPv4Address] = set()
+        self._reload_pending = False
+        self._removed_refl: dict[IPv4Address, set[IPv4Network]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._replay_tries: dict[IPv4Address, int] = {}
         self._session: api.ApiSession | None = None
         self._session_tasks: set[asyncio.Task] = set()
         self._needs_replay = False
         self._pending_eor: set[IPv4Address] = set()
         self._wake = asyncio.Event()
+        self._peers_set = asyncio.Event()  # set_peers() gave a non-empty set: (re)start ExaBGP
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
@@ -116,32 +202,134 @@ class Speaker:
     # ---------------- public API ----------------
 
     def set_announcements(self, prefixes: Iterable[IPv4Network]) -> None:
-        """Replace the desired announced set; sent (diffed) when an API session is up."""
-        self._desired = set(prefixes)
+        """Replace the node's own announced blocks; sent (diffed) when an API session is up,
+        with ``next-hop self`` (our session's local address, for iBGP and eBGP alike)."""
+        self._blocks = set(prefixes)
+        self._wake.set()
+
+    def set_exports(self, routes: Iterable[ExportRoute]) -> None:
+        """Replace the extra exported prefixes (service CIDRs) and their communities
+        ("ASN:VALUE", RFC 1997). Raises ConfigError on a malformed community (nothing
+        changes then). A prefix also in the blocks is announced once, with the communities."""
+        new: dict[IPv4Network, tuple[str, ...]] = {}
+        for r in routes:
+            for c in r.communities:
+                check_community(c)
+            new[r.prefix] = tuple(r.communities)
+        self._exports = new
+        self._wake.set()
+
+    def set_expected_next_hops(self, mapping: Mapping[IPv4Network, IPv4Address]) -> None:
+        """Replace node block → expected next hop (the owning node's IP) and re-evaluate
+        every received path against the new policy (reason ``wrong_next_hop``)."""
+        self._policy = replace(self._policy, expected_next_hops=dict(mapping))
+        self._reapply_policy()
+
+    def set_peers(self, peers: Iterable[PeerConfig]) -> None:
+        """Replace the neighbor set at run time without touching unchanged sessions.
+
+        Rewrites the ExaBGP config (0600) and, once an API session is up, sends ExaBGP
+        SIGUSR1 (reload): unchanged neighbors keep their sessions, added ones start, changed
+        ones are re-established, removed ones are stopped. Removed peers' routes are flushed
+        at once (no graceful restart) and what we reflected to/from them is withdrawn.
+        Raises ConfigError (nothing changes) when the new set cannot be rendered.
+        """
+        new = tuple(peers)
+        cfg = replace(self.config, peers=new)
+        text = render_config(cfg, self.socket_path, self._relay_python) if new else None  # validates
+        old = self._peer_cfgs
+        new_map = {p.address: p for p in new}
+        removed = [a for a in old if a not in new_map]
+        added = [a for a in new_map if a not in old]
+        changed = [a for a in new_map if a in old and old[a] != new_map[a]]
+        self.config = cfg
+        self._peer_cfgs = new_map
+        self._secrets.extend(p.password for p in new if p.password
+                             and p.password not in self._secrets)
+        for a in removed:
+            self._removed_refl[a] = set(self._refl_synced.pop(a, {}))
+            self._refl_count.pop(a, None)
+            self._pending_eor.discard(a)
+            self._peer_replay.discard(a)
+            self._teardown.discard(a)
+            self._flush_peer(a)
+            self._peers.pop(a, None)
+        for a in added + changed:
+            p = new_map[a]
+            if a in self._peers:
+                self._peers[a].asn = p.asn
+            else:
+                self._peers[a] = _Peer(a, p.asn)
+            self._rib.set_peer(a, p.asn)
+            self._peer_replay.add(a)
+            self._refl_synced.pop(a, None)
+        self.log.info("peers changed: %d added, %d changed, %d removed",
+                      len(added), len(changed), len(removed))
+        if self._running and text is not None:
+            self._write_config(text)
+            self._reload_pending = True
+            self._peers_set.set()
+        elif self._running and self._proc is not None and self._proc.returncode is None:
+            self.log.info("no BGP peers left: stopping ExaBGP")
+            asyncio.get_running_loop().create_task(terminate(self._proc, self._kill_timeout))
+        if removed or added or changed:
+            self._schedule_routes()
         self._wake.set()
 
     def status(self) -> SpeakerStatus:
         """A snapshot: per-peer state and counters, ExaBGP pid/restarts/last exit."""
         peers = []
         for addr, p in self._peers.items():
-            accepted = len(self._rib.adj_rib_in(addr))
+            adj = self._rib.adj_rib_in(addr)
+            accepted = len(adj)
             rejected = self._rejections.count(addr)
+            cfg = self._peer_cfgs.get(addr)
             peers.append(PeerStatus(
                 address=addr, asn=p.asn, state=p.state, since=p.since,
                 prefixes_received=accepted + rejected, prefixes_accepted=accepted,
                 prefixes_rejected=rejected, last_error=p.last_error,
                 rejected_by_reason=tuple(sorted(self._rejections.by_reason(addr).items())),
-                eor_received=p.eor_received))
+                eor_received=p.eor_received,
+                stale_routes=sum(1 for q in p.stale if q in adj),
+                gr_restart_time=p.gr_time if p.gr_advertised else None,
+                max_prefixes_teardowns=p.teardowns,
+                reflected_routes=self._refl_count.get(addr, 0),
+                rr_client=bool(cfg and cfg.rr_client)))
         proc = self._proc
         return SpeakerStatus(
             peers=tuple(peers),
             exabgp_pid=proc.pid if proc is not None and proc.returncode is None else None,
             exabgp_restarts=max(0, self._starts - 1), last_exit=self._last_exit,
-            announced=tuple(sorted(self._desired)))
+            announced=tuple(sorted(self._desired())))
 
     def best_routes(self) -> Mapping[IPv4Network, BestRoute]:
         """The current Loc-RIB (a copy)."""
         return self._rib.loc_rib()
+
+    def best_routes_view(self) -> Mapping[IPv4Network, BestRoute]:
+        """The current Loc-RIB as a live read-only view (no copy; do not hold across awaits)."""
+        return self._rib.loc_rib_view()
+
+    def received_routes(self, peer: IPv4Address) -> Mapping[IPv4Network, PathAttrs]:
+        """``peer``'s pre-policy Adj-RIB-In (a copy; empty for an unknown peer)."""
+        return dict(self._received.get(peer, {}))
+
+    def tick(self) -> None:
+        """Apply graceful-restart timer expiries due at ``clock()`` (RFC 4724 §4.2): a
+        peer's stale routes go when its restart time (or, once the session is back, the
+        stale-path time) has passed. Called by internal timers; safe to call any time."""
+        now = self._clock()
+        for addr, p in list(self._peers.items()):
+            if p.stale_deadline is not None and now >= p.stale_deadline:
+                self.log.warning("graceful restart of %s timed out: removing %d stale routes",
+                                 addr, len(p.stale))
+                self._sweep_stale(addr)
+        self._arm_timer()
+
+    def _desired(self) -> dict[IPv4Network, tuple[str, ...]]:
+        out: dict[IPv4Network, tuple[str, ...]] = {p: () for p in self._blocks}
+        out.update(self._exports)
+        return out
 
     async def run(self) -> None:
         """Serve the relay socket and keep ExaBGP running until :meth:`stop`.
@@ -152,17 +340,12 @@ class Speaker:
         """
         if self._running:
             raise BGPError("Speaker.run() is already running")
-        text = render_config(self.config, self.socket_path, self._relay_python)
+        if self.config.peers:
+            self._write_config(render_config(self.config, self.socket_path, self._relay_python))
         try:
-            Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
-            # 0600: the file may hold md5 passwords.
-            fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
             self.socket_path.unlink(missing_ok=True)
         except OSError as exc:
             raise BGPError(f"cannot prepare state dir {self.config.state_dir}: {exc}") from exc
-        self.log.debug("rendered ExaBGP config %s:\n%s", self.config_path, redact(text))
         try:
             server = await asyncio.start_unix_server(self._on_connection, path=str(self.socket_path),
                                                      limit=4 * 1024 * 1024)
@@ -173,6 +356,15 @@ class Speaker:
         sync_task = asyncio.create_task(self._sync_loop(), name="bgp-sync")
         try:
             while not self._stop.is_set():
+                if not self.config.peers:
+                    # No neighbor (say, the first node of a mesh): no ExaBGP until set_peers().
+                    self._peers_set.clear()
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    more = asyncio.ensure_future(self._peers_set.wait())
+                    await asyncio.wait({stop, more}, return_when=asyncio.FIRST_COMPLETED)
+                    stop.cancel()
+                    more.cancel()
+                    continue
                 started = time.monotonic()
                 try:
                     await self._run_once()
@@ -209,6 +401,20 @@ class Speaker:
             self._running = False
             self._stopped.set()
 
+    def _write_config(self, text: str) -> None:
+        """Write the rendered config atomically, mode 0600 (it may hold md5 passwords)."""
+        tmp = self.config_path.with_suffix(".tmp")
+        try:
+            Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.config_path)
+        except OSError as exc:
+            raise BGPError(f"cannot prepare state dir {self.config.state_dir}: {exc}") from exc
+        self.log.debug("rendered ExaBGP config %s:\n%s", self.config_path, redact(text))
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Withdraw our routes (bounded by ``timeout`` s), SIGTERM ExaBGP by PID (SIGKILL after
         ``kill_timeout``), close the socket, and wait for :meth:`run` to return."""
@@ -216,19 +422,27 @@ class Speaker:
             return
         if not self._running:
             self._stop.set()
+            for addr in list(self._peers):
+                self._flush_peer(addr)
             return
         session = self._session
-        if session is not None and not session.closed and self._in_exabgp:
+        reflected = set().union(*self._refl_synced.values()) if self._refl_synced else set()
+        if session is not None and not session.closed and (self._in_exabgp or reflected):
             try:
                 await asyncio.wait_for(
-                    session.commands(api.cmds_bulk_withdraw(self._in_exabgp)), timeout)
+                    session.commands(api.cmds_bulk_withdraw(self._in_exabgp | reflected)),
+                    timeout)
                 self._in_exabgp.clear()
+                self._refl_synced.clear()
                 # Give the reactor a beat to put the UPDATE on the wire before SIGTERM.
                 await asyncio.sleep(min(0.5, 5 * self._speed))
             except (BGPError, asyncio.TimeoutError) as exc:
                 self.log.warning("withdraw on stop failed: %s", exc)
         self._stop.set()
         self._wake.set()
+        # An administrative stop by us: no graceful restart for anyone's routes.
+        for addr in list(self._peers):
+            self._flush_peer(addr)
         proc = self._proc
         if proc is not None and proc.returncode is None:
             await terminate(proc, self._kill_timeout)
@@ -258,7 +472,7 @@ class Speaker:
         proc = await asyncio.create_subprocess_exec(
             *self._exabgp_argv(), env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=str(self.config.state_dir), start_new_session=True)
+            cwd=str(self.config.state_dir), start_new_session=True, preexec_fn=_die_with_parent)
         self._proc = proc
         self._starts += 1
         self.log.info("started ExaBGP pid %d (start #%d)", proc.pid, self._starts)
@@ -297,7 +511,12 @@ class Speaker:
     def _on_exabgp_gone(self, reason: str) -> None:
         self._in_exabgp.clear()
         self._synced.clear()
+        self._refl_synced.clear()
         self._pending_eor.clear()
+        self._peer_replay.clear()
+        self._teardown.clear()
+        self._removed_refl.clear()
+        self._reload_pending = False  # the next ExaBGP reads the current file
         for addr, p in self._peers.items():
             if p.state != "idle":
                 p.set_state("down")
@@ -352,101 +571,347 @@ class Speaker:
         if self._needs_replay:
             self._needs_replay = False
             self._synced.clear()
-        desired = set(self._desired)
-        gone = sorted((self._in_exabgp | self._synced) - desired)
-        new = sorted(desired - self._synced)
+            self._refl_synced.clear()
+            self._peer_replay.clear()  # the global replay below reaches every neighbor
+        retry = False
+        for peer, prefixes in sorted(self._removed_refl.items()):
+            # Before the reload drops the neighbor: ExaBGP caches a neighbor's RIB by name
+            # across reloads, so a re-added peer would otherwise get these again.
+            for line in api.cmds_bulk_withdraw(prefixes, neighbor=peer):
+                try:
+                    await session.command(line)
+                except CommandRejected:
+                    break
+        self._removed_refl.clear()
+        if self._reload_pending:
+            self._reload_pending = False
+            self._signal_reload()
+        desired = self._desired()
+        gone = sorted((self._in_exabgp | set(self._synced)) - set(desired))
+        new = sorted(p for p, c in desired.items() if self._synced.get(p) != c)
         rejected = False
         for line, chunk in zip(api.cmds_bulk_withdraw(gone), _chunks(gone)):
             await session.command(line)
             self._in_exabgp.difference_update(chunk)
-            self._synced.difference_update(chunk)
-        for line, chunk in zip(api.cmds_bulk_announce(new), _chunks(new)):
-            self._in_exabgp.update(chunk)
-            try:
-                await session.command(line)
-            except CommandRejected as exc:
-                # Keep going: a bad prefix must not hold back End-of-RIB for the rest.
-                self.log.error("%s", exc)
-                rejected = True
-                continue
-            self._synced.update(chunk)
+            for p in chunk:
+                self._synced.pop(p, None)
+        for comms, group in _by_communities(new, desired):
+            for line, chunk in zip(api.cmds_bulk_announce(group, communities=comms),
+                                   _chunks(group)):
+                self._in_exabgp.update(chunk)
+                try:
+                    await session.command(line)
+                except CommandRejected as exc:
+                    # Keep going: a bad prefix must not hold back End-of-RIB for the rest.
+                    self.log.error("%s", exc)
+                    rejected = True
+                    continue
+                for p in chunk:
+                    self._synced[p] = comms
         if new and not rejected:
             self.log.info("announced %d prefixes", len(new))
+        for peer in sorted(self._peer_replay):
+            if not await self._replay_to(session, peer, desired):
+                retry = True
+        for peer in sorted(self._teardown):
+            self._teardown.discard(peer)
+            if peer in self._peer_cfgs:
+                try:
+                    await session.command(api.cmd_teardown(peer, CEASE_MAX_PREFIXES))
+                    self.log.warning("tore down %s: maximum prefixes exceeded", peer)
+                except CommandRejected as exc:
+                    self.log.error("%s", exc)
+        if not await self._sync_reflection(session):
+            retry = True
         for peer in sorted(self._pending_eor):
-            if self._peers.get(peer) is not None and self._peers[peer].state != "established":
+            if self._peers.get(peer) is None or self._peers[peer].state != "established":
                 self._pending_eor.discard(peer)
                 continue
+            if peer in self._peer_replay:
+                continue  # End-of-RIB only after the replay (FACTS pitfall 1)
             await session.command(api.cmd_eor(peer))
             self._pending_eor.discard(peer)
             self.log.info("sent End-of-RIB to %s", peer)
+        if retry:
+            asyncio.get_running_loop().call_later(_RELOAD_RETRY_S, self._wake.set)
+
+    def _signal_reload(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            # ExaBGP 5: SIGUSR1 = reload the configuration (reactor/interrupt.py).
+            os.kill(proc.pid, signal.SIGUSR1)
+            self.log.info("asked ExaBGP pid %d to reload its configuration", proc.pid)
+        except ProcessLookupError:
+            pass
+
+    async def _replay_to(self, session: api.ApiSession, peer: IPv4Address,
+                         desired: dict[IPv4Network, tuple[str, ...]]) -> bool:
+        """Announce the synced set to one neighbor (added by a reload). False when ExaBGP
+        does not know the neighbor yet (reload still running): retried later."""
+        if peer not in self._peer_cfgs:
+            self._peer_replay.discard(peer)
+            return True
+        tries = self._replay_tries.get(peer, 0)
+        items = sorted(p for p in self._synced if p in desired)
+        try:
+            for comms, group in _by_communities(items, dict(self._synced)):
+                for line in api.cmds_bulk_announce(group, neighbor=peer, communities=comms):
+                    await session.command(line)
+        except CommandRejected:
+            if tries >= _RELOAD_RETRIES:
+                self.log.error("ExaBGP does not know neighbor %s after a reload", peer)
+                self._peer_replay.discard(peer)
+                self._replay_tries.pop(peer, None)
+                return True
+            self._replay_tries[peer] = tries + 1
+            return False
+        self._peer_replay.discard(peer)
+        self._replay_tries.pop(peer, None)
+        self._refl_synced.pop(peer, None)  # re-send reflected routes to it as well
+        return True
+
+    async def _sync_reflection(self, session: api.ApiSession) -> bool:
+        cluster = self.config.route_reflector_cluster_id
+        if cluster is None:
+            return True
+        ibgp = {a: c.rr_client for a, c in self._peer_cfgs.items()
+                if c.asn == self.config.local_as}
+        plan = reflector.plan(self._rib, ibgp, cluster)
+        ok = True
+        for peer, routes in sorted(plan.items()):
+            if peer in self._peer_replay:
+                ok = False
+                continue
+            want = {pfx: api.cmd_announce_path(pfx, r.attrs, peer, r.originator_id,
+                                               r.cluster_list)
+                    for pfx, r in routes.items()}
+            have = self._refl_synced.setdefault(peer, {})
+            gone = sorted(p for p in have if p not in want)
+            try:
+                for line, chunk in zip(api.cmds_bulk_withdraw(gone, neighbor=peer),
+                                       _chunks(gone)):
+                    await session.command(line)
+                    for p in chunk:
+                        have.pop(p, None)
+                for pfx in sorted(want):
+                    if have.get(pfx) != want[pfx]:
+                        await session.command(want[pfx])
+                        have[pfx] = want[pfx]
+            except CommandRejected as exc:
+                self.log.error("reflecting to %s: %s", peer, exc)
+                ok = False
+            self._refl_count[peer] = len(have)
+        return ok
 
     # ---------------- events ----------------
 
     def _on_event(self, ev: api.Event) -> None:
+        peer = getattr(ev, "peer", None)
+        if peer is not None and peer not in self._peers:
+            # A removed neighbor's last words (its "down" after a reload): nothing to keep.
+            self.log.debug("ignoring %s for unconfigured peer %s", type(ev).__name__, peer)
+            return
         if isinstance(ev, api.UpdateEvent):
             self._on_update(ev)
         elif isinstance(ev, api.StateEvent):
-            p = self._peer(ev.peer)
-            new = _STATE_NAMES.get(ev.state, ev.state)
-            self.log.info("peer %s %s%s", ev.peer, new, f" ({ev.reason})" if ev.reason else "")
-            p.set_state(new)
-            if ev.state == "up":
-                self._pending_eor.add(ev.peer)
-                self._wake.set()
-            elif ev.state == "down":
-                p.last_error = ev.reason
-                self._pending_eor.discard(ev.peer)
-                self._flush_peer(ev.peer)
+            self._on_state(ev)
         elif isinstance(ev, api.OpenEvent):
-            self._rib.set_peer(ev.peer, self._peer(ev.peer).asn, ev.router_id)
+            p = self._peers[ev.peer]
+            self._rib.set_peer(ev.peer, p.asn, ev.router_id)
+            p.gr_advertised = ev.gr_advertised
+            p.gr_time = ev.gr_restart_time
+            if p.stale and not ev.gr_advertised:
+                # RFC 4724 §4.2: GR capability not received on the new session.
+                self.log.info("%s came back without graceful restart: dropping stale routes",
+                              ev.peer)
+                self._sweep_stale(ev.peer)
         elif isinstance(ev, api.NotificationEvent):
             if ev.shutdown:
                 self.log.info("ExaBGP announced shutdown")
             elif ev.peer is not None:
-                self._peer(ev.peer).last_error = (
+                self._peers[ev.peer].last_error = (
                     f"notification {ev.code}/{ev.subcode} {ev.message}".rstrip())
         elif isinstance(ev, api.EorEvent):
             self.log.info("End-of-RIB from %s (%s %s)", ev.peer, ev.afi, ev.safi)
-            self._peer(ev.peer).eor_received = True
+            p = self._peers[ev.peer]
+            p.eor_received = True
+            if p.stale:
+                self.log.info("End-of-RIB from %s: removing %d routes still stale",
+                              ev.peer, len(p.stale))
+            self._sweep_stale(ev.peer)
             # Consumers waiting for initial convergence (graceful restart) re-check now.
             self._schedule_routes()
 
-    def _peer(self, addr: IPv4Address) -> _Peer:
-        p = self._peers.get(addr)
+    def _on_state(self, ev: api.StateEvent) -> None:
+        p = self._peers[ev.peer]
+        new = _STATE_NAMES.get(ev.state, ev.state)
+        self.log.info("peer %s %s%s", ev.peer, new, f" ({ev.reason})" if ev.reason else "")
+        was_established = p.state == "established"
+        p.set_state(new)
+        if ev.state == "up":
+            p.teardown_sent = False
+            self._pending_eor.add(ev.peer)
+            if p.stale:
+                # Restart timer stopped; the stale routes now wait for End-of-RIB, bounded.
+                p.stale_deadline = self._clock() + self.config.gr_stale_path_time
+                self._arm_timer()
+            self._wake.set()
+        elif ev.state == "down":
+            p.last_error = ev.reason
+            self._pending_eor.discard(ev.peer)
+            if not was_established:
+                return  # a failed attempt: nothing learned on it (a stale timer keeps running)
+            restart = self._gr_restart_time(p, ev.reason or "")
+            if restart is None or restart <= 0:
+                self._flush_peer(ev.peer)
+                return
+            p.stale = set(self._received.get(ev.peer, {}))
+            p.stale_deadline = self._clock() + restart
+            self.log.info("peer %s down with graceful restart: keeping %d routes as stale "
+                          "for %d s", ev.peer, len(p.stale), restart)
+            self._arm_timer()
+
+    def _gr_restart_time(self, p: _Peer, reason: str) -> int | None:
+        """Seconds to keep ``p``'s routes after its session went down for ``reason``, or
+        None to flush now (see module doc)."""
+        if reason.startswith("notification") or reason.startswith("stop"):
+            return None
+        if self._stop.is_set() or p.address not in self._peer_cfgs:
+            return None
+        if p.gr_advertised is False:
+            return None
+        return p.gr_time if p.gr_time is not None else self.config.graceful_restart_time
+
+    def _arm_timer(self) -> None:
+        deadlines = [p.stale_deadline for p in self._peers.values()
+                     if p.stale_deadline is not None]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not deadlines:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = max(0.0, min(deadlines) - self._clock()) + 0.01
+        self._timer = loop.call_later(delay, self.tick)
+
+    def _sweep_stale(self, peer: IPv4Address) -> None:
+        p = self._peers.get(peer)
         if p is None:
-            p = self._peers[addr] = _Peer(addr, self.config.local_as)
-        return p
+            return
+        stale, p.stale, p.stale_deadline = p.stale, set(), None
+        if not stale:
+            return
+        received = self._received.get(peer, {})
+        for prefix in stale:
+            received.pop(prefix, None)
+        self._rejections.clear(peer, stale)
+        if self._rib.update(peer, (), stale):
+            self._schedule_routes()
+        self._wake.set()
 
     def _on_update(self, ev: api.UpdateEvent) -> None:
-        accepted = []
-        withdrawn = list(ev.withdrawn)
-        self._rejections.clear(ev.peer, ev.withdrawn)
+        peer = ev.peer
+        p = self._peers[peer]
+        received = self._received.setdefault(peer, {})
+        for prefix in ev.withdrawn:
+            received.pop(prefix, None)
+        p.stale.difference_update(ev.withdrawn)
+        self._rejections.clear(peer, ev.withdrawn)
         for prefix, nh, attrs in ev.announced:
-            reason = self._policy.check(prefix, nh)
+            received[prefix] = attrs  # attrs.next_hop == nh
+            p.stale.discard(prefix)   # re-announced: replaces the stale path (RFC 4724 §4.2)
+        self._evaluate(peer, [pfx for pfx, _, _ in ev.announced], list(ev.withdrawn))
+
+    def _evaluate(self, peer: IPv4Address, prefixes: list[IPv4Network],
+                  withdrawn: list[IPv4Network]) -> None:
+        """Run import policy on ``prefixes`` of ``peer``'s pre-policy table and apply the
+        result (accepted → RIB; rejected → counted and implicitly withdrawn)."""
+        cfg = self._peer_cfgs.get(peer)
+        p = self._peers[peer]
+        received = self._received.get(peer, {})
+        enforce = cfg.enforces_next_hop(self.config.local_as) if cfg else False
+        limit = cfg.max_prefixes if cfg else None
+        current = set(self._rib.adj_rib_in(peer))
+        current.difference_update(withdrawn)
+        accepted: list[tuple[IPv4Network, PathAttrs]] = []
+        withdraw = list(withdrawn)
+        for prefix in prefixes:
+            attrs = received.get(prefix)
+            if attrs is None:
+                continue
+            reason = self._policy.check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce)
+            if reason is None and limit is not None and prefix not in current \
+                    and len(current) >= limit:
+                reason = "max_prefixes"
+                if cfg is not None and cfg.max_prefixes_action == "teardown" \
+                        and not p.teardown_sent:
+                    p.teardown_sent = True
+                    p.teardowns += 1
+                    self._teardown.add(peer)
+                    self._wake.set()
             if reason is None:
-                self._rejections.clear(ev.peer, (prefix,))
+                self._rejections.clear(peer, (prefix,))
                 accepted.append((prefix, attrs))
+                current.add(prefix)
             else:
-                self.log.debug("rejected %s via %s from %s: %s", prefix, nh, ev.peer, reason)
-                self._rejections.reject(ev.peer, prefix, reason)
-                withdrawn.append(prefix)  # implicit withdraw of an earlier accepted path
-        if self._rib.update(ev.peer, accepted, withdrawn):
+                self.log.debug("rejected %s via %s from %s: %s", prefix, attrs.next_hop, peer,
+                               reason)
+                self._rejections.reject(peer, prefix, reason)
+                withdraw.append(prefix)  # implicit withdraw of an earlier accepted path
+                current.discard(prefix)
+        if self._rib.update(peer, accepted, withdraw):
             self._schedule_routes()
+        if self.config.route_reflector_cluster_id is not None:
+            self._wake.set()
+
+    def _reapply_policy(self) -> None:
+        for peer, received in self._received.items():
+            if peer in self._peers:
+                self._evaluate(peer, sorted(received), [])
 
     def _flush_peer(self, peer: IPv4Address) -> None:
         self._rejections.flush_peer(peer)
+        self._received.pop(peer, None)
+        p = self._peers.get(peer)
+        if p is not None:
+            p.stale, p.stale_deadline = set(), None
         if self._rib.flush_peer(peer):
             self._schedule_routes()
+        self._wake.set()
 
     def _schedule_routes(self) -> None:
         if self._routes_scheduled:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
         self._routes_scheduled = True
-        asyncio.get_running_loop().call_soon(self._deliver_routes)
+        loop.call_soon(self._deliver_routes)
 
     def _deliver_routes(self) -> None:
         self._routes_scheduled = False
         try:
-            self._on_routes(self._rib.loc_rib())
+            changes = self._rib.take_changes()
+            if self._on_changes is not None:
+                self._on_changes(changes)  # also empty: End-of-RIB may matter to the consumer
+            else:
+                assert self._on_routes is not None
+                self._on_routes(self._rib.loc_rib())
         except Exception:
             self.log.exception("on_routes callback failed")
+
+
+def _by_communities(prefixes: Iterable[IPv4Network],
+                    comms: Mapping[IPv4Network, tuple[str, ...]]
+                    ) -> list[tuple[tuple[str, ...], list[IPv4Network]]]:
+    """Group prefixes by their community list (one bulk announce per group), plain first."""
+    groups: dict[tuple[str, ...], list[IPv4Network]] = {}
+    for p in prefixes:
+        groups.setdefault(comms.get(p, ()), []).append(p)
+    return [(c, sorted(groups[c])) for c in sorted(groups)]

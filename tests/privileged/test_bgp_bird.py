@@ -47,18 +47,31 @@ protocol bgp peer1 {{
   connect retry time 1;
   error wait time 1, 2;
   graceful restart on;
+  graceful restart time 3;
   ipv4 {{ import all; export all; next hop self; }};
 }}
 """
 
 
 class Bird:
-    def __init__(self, ns: str, tmp: Path) -> None:
+    def __init__(self, ns: str, tmp: Path, conf: str | None = None) -> None:
         self.ns, self.tmp = ns, tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.conf = tmp / "bird.conf"
         self.sock = tmp / "bird.ctl"
-        self.conf.write_text(BIRD_CONF.format(log=tmp / "bird.log"))
+        self.conf.write_text(conf if conf is not None else BIRD_CONF.format(log=tmp / "bird.log"))
         self.proc: subprocess.Popen | None = None
+
+    def birdc(self, *args: str) -> str:
+        return sh("birdc", "-s", str(self.sock), *args, check=False).stdout
+
+    def wait_started(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "BIRD" in self.birdc("show", "status"):
+                return
+            time.sleep(0.05)
+        raise AssertionError("BIRD did not start")
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -79,13 +92,17 @@ class Bird:
 class Driver:
     """The speaker subprocess; its stdout JSON lines land in a queue."""
 
-    def __init__(self, ns: str, cfg: dict, tmp: Path) -> None:
+    def __init__(self, ns: str, cfg: dict, tmp: Path, env: dict | None = None) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         path = tmp / "speaker.json"
         path.write_text(json.dumps(cfg))
-        self.err = open(tmp / "speaker.log", "w")
+        self.log_path = tmp / "speaker.log"
+        self.err = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             ["nsenter", f"--net={netns_path(ns)}", PY, "-m", "bgp", str(path)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
+            env={**os.environ, **(env or {})})
+        self.history: list[tuple[float, dict]] = []   # (monotonic time, routes) per change
         self.lines: queue.Queue[dict] = queue.Queue()
         self.routes: dict = {}
         threading.Thread(target=self._read, daemon=True).start()
@@ -109,6 +126,7 @@ class Driver:
                 break
             if "routes" in msg:
                 self.routes = msg["routes"]
+                self.history.append((time.monotonic(), msg["routes"]))
             if pred(msg):
                 return msg
         raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
@@ -188,9 +206,13 @@ def test_speaker_against_bird(lab):
         time.sleep(0.2)
     assert OWN_BLOCK in bird.show_route()
 
-    # BIRD dies: the session drops (hold timer 9 s at worst) and its routes are flushed.
+    # BIRD dies (kill -9: its kernel closes the TCP session): BIRD advertised graceful
+    # restart with time 3 s, so its routes stay as stale for 3 s, then are flushed.
+    t_kill = time.monotonic()
     bird.kill()
     driver.wait_for(lambda m: m.get("routes") == {}, 20, "flush after BIRD died")
+    kept = time.monotonic() - t_kill
+    assert kept >= 2.5, f"routes left after {kept:.2f} s, before the 3 s restart time"
     bird.start()
     driver.wait_for(_pool_routes_ok, 30, "routes back after BIRD restart")
 
@@ -213,3 +235,37 @@ def test_speaker_against_bird(lab):
     driver.send("stop")
     driver.wait_for(lambda m: m.get("stopped"), 20, "stopped")
     assert OWN_BLOCK not in bird.show_route()
+
+
+def test_graceful_restart_of_bird(lab):
+    """RFC 4724 §4.2 against a real BIRD: kill -9 and restart within its 3 s restart time:
+    the routes never leave on_routes and the stale marks go at BIRD's End-of-RIB; then kill
+    it for longer: the routes go once the 3 s have passed, not before."""
+    bird, driver, _ = lab
+    driver.wait_for(_pool_routes_ok, 30, "the two pool routes")
+    st = driver.poll_status(lambda s: s["peers"][0]["eor_received"], 10, "End-of-RIB")
+    assert st["peers"][0]["gr_restart_time"] == 3          # parsed from BIRD's OPEN
+
+    n = len(driver.history)
+    bird.kill()
+    st = driver.poll_status(lambda s: s["peers"][0]["stale_routes"] == 2, 5, "stale routes")
+    assert st["peers"][0]["state"] == "down"
+    bird.start()
+    st = driver.poll_status(lambda s: s["peers"][0]["state"] == "established"
+                            and s["peers"][0]["eor_received"], 15, "BIRD back with EoR")
+    assert st["peers"][0]["stale_routes"] == 0
+    time.sleep(4)   # well past the restart time
+    try:
+        driver.wait_for(lambda m: False, 0.5, "drain")
+    except AssertionError:
+        pass
+    assert all(set(r) == POOL_ROUTES for _, r in driver.history[n:]), driver.history[n:]
+    assert set(driver.routes) == POOL_ROUTES
+
+    t_kill = time.monotonic()
+    bird.kill()
+    driver.wait_for(lambda m: m.get("routes") == {}, 15, "routes gone after the restart time")
+    gone = time.monotonic() - t_kill
+    assert 2.5 <= gone <= 8, gone
+    st = driver.status()["peers"][0]
+    assert st["stale_routes"] == 0 and st["prefixes_received"] == 0
