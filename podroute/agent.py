@@ -1,6 +1,6 @@
 """The per-node agent: wires felix (FIB), bgp (speaker) and cni (pod wiring) together.
 
-Data flow (ARCHITECTURE.md): the speaker hands its Loc-RIB to :meth:`Agent._on_bgp_routes`,
+Data flow (ARCHITECTURE.md): the speaker hands Loc-RIB changes to :meth:`Agent._on_bgp_changes`,
 which turns best paths into felix routes; the CNI plugin tells the agent about each
 workload so felix owns its ``/32 dev <veth>`` route; felix applies on every event
 (debounced a few ms so a burst of updates becomes one batch) and fully resyncs every
@@ -16,6 +16,7 @@ its replacement could have arrived.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
 import logging
 import signal
@@ -32,6 +33,7 @@ log = logging.getLogger("podroute.agent")
 DEBOUNCE_S = 0.005
 RETRY_S = 1.0
 CLUSTER_POLL_S = 0.5
+STATUS_ROUTES = 100
 
 
 def _exabgp_bin() -> str:
@@ -67,7 +69,9 @@ class Agent:
         self.resyncs = 0
         self.monitor_triggers = 0
         self.last_apply: dict[str, Any] | None = None
-        self._last_best: Mapping[Any, Any] = {}
+        self._bgp_fib: dict[Any, Any] = {}          # prefix -> felix Route from the Loc-RIB
+        self._vxlan_users: dict[Any, int] = {}      # remote VTEP (node IP) -> routes using it
+        self._route_vxlan: dict[Any, frozenset[Any]] = {}
 
         if dataplane is None:
             from felix.netlink import NetlinkDataplane
@@ -112,7 +116,7 @@ class Agent:
         self._cluster_stamp: tuple[float, int] | None = None
         if cfg.cluster_file is not None:
             self.cluster = self._load_cluster()
-        self.speaker = (speaker_factory or self._make_speaker)(cfg, self._on_bgp_routes, self)
+        self.speaker = (speaker_factory or self._make_speaker)(cfg, self._on_bgp_changes, self)
         self.speaker.set_announcements(cfg.pod_cidrs)
 
     # --- encapsulation -----------------------------------------------------------------
@@ -249,7 +253,7 @@ class Agent:
                            expected_next_hops=agent._expected_next_hops(),
                            export_extra=tuple(ExportRoute(s.cidr, s.communities) for s in cfg.service_cidrs),
                            route_reflector_cluster_id=me.rr_cluster_id if me else None)
-        return Speaker(sc, on_routes)
+        return Speaker(sc, on_changes=on_routes)
 
     def _workload_route(self, ep: Any) -> Any:
         from felix.routes import Route
@@ -276,29 +280,54 @@ class Agent:
         self.routes.remove_route("workloads", ipaddress.IPv4Network(f"{ep.ip}/32"))
         self.kick()
 
-    def _on_bgp_routes(self, best: Mapping[Any, Any]) -> None:
-        self._last_best = best
-        self._refresh_bgp_routes()
-
-    def _refresh_bgp_routes(self) -> None:
-        plan = plan_fib(self._last_best, node_ip=self.cfg.node_ip, pools=self.pool_encaps,
-                        local_subnets=self.local_subnets)
-        if self.vxlan is not None:
-            from ipip.vxlan import VTEP, vtep_mac
-            self.vxlan.set_remote_vteps({str(nh): VTEP(nh, nh, vtep_mac(str(nh))) for nh in plan.vxlan_next_hops})
-        fib = list(plan.routes)
-        if self._stale_until is not None:
-            if self._bgp_converged() or time.monotonic() >= self._stale_until:
-                log.info("BGP converged after restart; stale routes released",
-                         extra={"kv": {"stale": len(self._stale)}})
-                self._stale_until = None
-                self._stale = {}
+    def _on_bgp_changes(self, delta: Mapping[Any, Any]) -> None:
+        """Loc-RIB delta (prefix -> BestRoute, or None when gone) into felix, per prefix."""
+        vxlan_changed = False
+        for prefix, best in delta.items():
+            route, vteps = None, frozenset()
+            if best is not None:
+                plan = plan_fib({prefix: best}, node_ip=self.cfg.node_ip, pools=self.pool_encaps,
+                                local_subnets=self.local_subnets)
+                route = plan.routes[0] if plan.routes else None
+                vteps = plan.vxlan_next_hops
+            old_vteps = self._route_vxlan.pop(prefix, frozenset())
+            if vteps:
+                self._route_vxlan[prefix] = vteps
+            for nh in old_vteps - vteps:
+                self._vxlan_users[nh] -= 1
+                if not self._vxlan_users[nh]:
+                    del self._vxlan_users[nh]
+                    vxlan_changed = True
+            for nh in vteps - old_vteps:
+                vxlan_changed |= nh not in self._vxlan_users
+                self._vxlan_users[nh] = self._vxlan_users.get(nh, 0) + 1
+            if route is not None:
+                self._bgp_fib[prefix] = route
+                self.routes.set_route("bgp", route)
             else:
-                # Until End-of-RIB, a stale route stays unless BGP already offers a replacement.
-                fresh = {r.dst for r in fib}
-                fib = fib + [r for dst, r in self._stale.items() if dst not in fresh]
-        self.routes.set_routes("bgp", fib)
+                self._bgp_fib.pop(prefix, None)
+                self._stale.pop(prefix, None)  # explicitly gone: no reason to keep it
+                self.routes.remove_route("bgp", prefix)
+        if vxlan_changed and self.vxlan is not None:
+            from ipip.vxlan import VTEP, vtep_mac
+            self.vxlan.set_remote_vteps({str(nh): VTEP(nh, nh, vtep_mac(str(nh))) for nh in self._vxlan_users})
+        self._check_stale_release()
         self.kick()
+
+    def _check_stale_release(self) -> None:
+        """End the graceful-restart hold once BGP has re-converged (or the timer ran out):
+        previous-run routes that BGP did not re-announce are removed."""
+        if self._stale_until is None:
+            return
+        if not (self._bgp_converged() or time.monotonic() >= self._stale_until):
+            return
+        gone = [dst for dst in self._stale if dst not in self._bgp_fib]
+        for dst in gone:
+            self.routes.remove_route("bgp", dst)
+        log.info("BGP converged after restart; stale routes released",
+                 extra={"kv": {"kept": len(self._stale) - len(gone), "removed": len(gone)}})
+        self._stale_until = None
+        self._stale = {}
 
     def _bgp_converged(self) -> bool:
         peers = self.speaker.status().peers
@@ -316,9 +345,7 @@ class Agent:
             await self._kick.wait()
             await asyncio.sleep(DEBOUNCE_S)
             self._kick.clear()
-            if self._stale_until is not None:
-                self._refresh_bgp_routes()  # may release the hold: End-of-RIB seen or timer expired
-                self._kick.clear()
+            self._check_stale_release()  # End-of-RIB seen or timer expired since the last event
             res = self.routes.apply()
             self.last_apply = {"added": res.added, "replaced": res.replaced, "deleted": res.deleted,
                                "errors": [f"{f.route.dst if f.route else 'dump'}: {f.message}" for f in res.errors],
@@ -360,6 +387,9 @@ class Agent:
                           "state": p.state, "since": p.since,
                           "prefixes_received": p.prefixes_received, "prefixes_accepted": p.prefixes_accepted,
                           "prefixes_rejected": p.prefixes_rejected, "info": p.last_error or "",
+                          "stale_routes": p.stale_routes, "gr_restart_time": p.gr_restart_time,
+                          "rr_client": p.rr_client, "reflected_routes": p.reflected_routes,
+                          "eor_received": p.eor_received,
                           "passive": peer_cfg[p.address].passive if p.address in peer_cfg else None})
             for reason, n in p.rejected_by_reason:
                 rejections[reason] = rejections.get(reason, 0) + n
@@ -375,9 +405,12 @@ class Agent:
             "bgp": {"peers": peers, "rejections": rejections,
                     "exabgp": {"pid": sp.exabgp_pid, "restarts": sp.exabgp_restarts, "last_exit": sp.last_exit},
                     "announced": [str(a) for a in sp.announced],
+                    # A status call must stay cheap with 100k routes: the first ones and a count.
+                    "routes_total": len(self._bgp_fib),
                     "routes": [{"prefix": str(r.prefix), "next_hops": [str(n) for n in r.next_hops],
                                 "peers": [str(p) for p in r.peers]}
-                               for r in sorted(self.speaker.best_routes().values(), key=lambda r: r.prefix)]},
+                               for r in heapq.nsmallest(STATUS_ROUTES, self.speaker.best_routes_view().values(),
+                                                        key=lambda r: r.prefix)]},
             "fib": {"protocol": self.cfg.route_protocol, "desired_by_owner": by_owner,
                     "last_apply": self.last_apply, "resyncs": self.resyncs, "monitor_triggers": self.monitor_triggers,
                     "graceful_restart_hold": self._stale_until is not None},

@@ -65,7 +65,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     from podroute.lab.runner import lab_up
     return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
                   pods_per_node=args.pods, keep_on_failure=args.keep, encapsulation=args.encapsulation,
-                  encap_mode=args.encap_mode, subnets=args.subnets, topology=args.topology)
+                  encap_mode=args.encap_mode, subnets=args.subnets, topology=args.topology,
+                  router_restart_time=args.router_restart_time)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "mesh: node-to-node full mesh; podroute-rr: the first node reflects")
             sp.add_argument("--peer", default="bird", choices=["bird", "frr"],
                             help="implementation of the external router(s) for rr, rr2 and tor")
+            sp.add_argument("--router-restart-time", type=int, default=120,
+                            help="graceful-restart time (s) the external routers advertise (RFC 4724)")
             sp.add_argument("--pods", type=int, default=2, help="pods per node")
             sp.add_argument("--keep", action="store_true", help="leave the lab up even if a check fails")
             sp.add_argument("--encapsulation", default="none", choices=["none", "ipip", "vxlan"],

@@ -110,9 +110,13 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     lines += [ex_line, "", "IPv4 BGP status"]
     rows = []
     for p in bgp.get("peers", []):
-        rows.append([str(p["address"]), str(p["asn"]), p.get("type", "-"), p["state"], _since(p.get("since"), now),
+        info = p.get("info") or ""
+        if p.get("stale_routes"):
+            info = f"{p['stale_routes']} stale (graceful restart {p.get('gr_restart_time')}s)" + (f"; {info}" if info else "")
+        kind = p.get("type", "-") + (" rr-client" if p.get("rr_client") else "")
+        rows.append([str(p["address"]), str(p["asn"]), kind, p["state"], _since(p.get("since"), now),
                      str(p.get("prefixes_received", 0)), str(p.get("prefixes_accepted", 0)),
-                     str(p.get("prefixes_rejected", 0)), p.get("info") or ""])
+                     str(p.get("prefixes_rejected", 0)), info])
     lines.append(_table(["PEER ADDRESS", "ASN", "TYPE", "STATE", "SINCE", "RECEIVED", "ACCEPTED", "REJECTED", "INFO"], rows)
                  if rows else "No BGP peers configured.")
     rejections = bgp.get("rejections", {})
@@ -135,8 +139,9 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         lines += ["", "Learned routes (Loc-RIB best paths)"]
         lines.append(_table(["PREFIX", "NEXT HOP(S)", "FROM"],
                             [[r["prefix"], ", ".join(r["next_hops"]), ", ".join(r["peers"])] for r in learned[:50]]))
-        if len(learned) > 50:
-            lines.append(f"... and {len(learned) - 50} more")
+        total = bgp.get("routes_total", len(learned))
+        if total > min(50, len(learned)):
+            lines.append(f"... {total} learned routes in all")
     lines += ["", f"Workloads: {st.get('workloads', 0)}"]
     failures = st.get("task_failures", [])
     for f in failures:

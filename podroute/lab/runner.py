@@ -95,6 +95,7 @@ class Lab:
     subnets: int = 1
     topology: str = "rr"
     peer: str = "bird"
+    router_restart_time: int = 120
 
     @property
     def prefix(self) -> str:
@@ -118,7 +119,7 @@ class Lab:
         return cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
                    raw["namespaces"], raw.get("routers", []), raw.get("timings", {}),
                    raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1),
-                   raw.get("topology", "rr"), raw.get("peer", "bird"))
+                   raw.get("topology", "rr"), raw.get("peer", "bird"), raw.get("router_restart_time", 120))
 
 
 def _say(msg: str) -> None:
@@ -259,12 +260,12 @@ def _start_router(lab: Lab, name: str, ns: str, router_id: ipaddress.IPv4Address
     neighbors = [bird.BirdNeighbor(n.name, ipaddress.IPv4Address(n.ip), n.asn, local(n)) for n in lab.nodes]
     if lab.peer == "bird":
         conf = rdir / "bird.conf"
-        conf.write_text(bird.render(router_id, asn, neighbors, rdir / "bird.log", role))
+        conf.write_text(bird.render(router_id, asn, neighbors, rdir / "bird.log", role, lab.router_restart_time))
         ctl = rdir / "bird.ctl"
         argv = ["bird", "-f", "-c", str(conf), "-s", str(ctl), "-P", str(rdir / "bird.pid")]
     else:
         conf = rdir / "bgpd.conf"
-        conf.write_text(frr.render(router_id, asn, neighbors, rdir / "bgpd.log", role))
+        conf.write_text(frr.render(router_id, asn, neighbors, rdir / "bgpd.log", role, lab.router_restart_time))
         ctl = rdir / "bgpd.vty"
         argv = frr.command(conf, rdir, rdir / "bgpd.pid")
     proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=open(rdir / "router.out", "wb"),
@@ -459,7 +460,7 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
 # --- commands ---------------------------------------------------------------------------
 def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node: int = 2,
            keep_on_failure: bool = False, encapsulation: str = "none", encap_mode: str = "Always",
-           subnets: int = 1, topology: str = "rr") -> int:
+           subnets: int = 1, topology: str = "rr", router_restart_time: int = 120) -> int:
     """Build and prove the lab. Returns 0 when every check passed, 1 otherwise."""
     try:
         _validate_name(name)
@@ -493,7 +494,7 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         lab_down(name=name, state_root=state_root, quiet=True)
     root.mkdir(parents=True, exist_ok=True)
     lab = Lab(name, str(root), encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets,
-              topology=topology, peer=peer)
+              topology=topology, peer=peer, router_restart_time=router_restart_time)
     t_start = time.monotonic()
     try:
         from cni.install import install_shim
