@@ -378,7 +378,7 @@ class Agent:
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         sp = self.speaker.status()
-        peer_cfg = {p.address: p for p in self.cfg.peers}
+        peer_cfg = {p.address: p for p in self.speaker.config.peers}  # effective: config + cluster file
         peers = []
         rejections: dict[str, int] = {}
         for p in sp.peers:

@@ -79,6 +79,12 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
     return lab_status(name=args.name, state_root=Path(args.state_dir))
 
 
+def cmd_lab_reconfigure(args: argparse.Namespace) -> int:
+    from podroute.lab.reconfigure import lab_reconfigure
+    return lab_reconfigure(name=args.name, state_root=Path(args.state_dir), encapsulation=args.encapsulation,
+                           encap_mode=args.encap_mode, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="podroute", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="group", required=True)
@@ -111,11 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="a multi-node cluster in network namespaces").add_subparsers(dest="cmd", required=True)
     for name, func, helptext in (("up", cmd_lab_up, "build the lab, wire pods, prove reachability"),
                                  ("down", cmd_lab_down, "remove everything the lab created"),
-                                 ("status", cmd_lab_status, "show the lab's nodes and their agents' status")):
+                                 ("status", cmd_lab_status, "show the lab's nodes and their agents' status"),
+                                 ("reconfigure", cmd_lab_reconfigure, "switch the pools' encapsulation and restart the agents")):
         sp = lab.add_parser(name, help=helptext)
         sp.add_argument("--name", default="lab", help="lab name; namespaces are prl-<name>-*")
         sp.add_argument("--state-dir", default="/var/lib/podroute-lab")
         sp.set_defaults(func=func)
+        if name == "reconfigure":
+            sp.add_argument("--encapsulation", required=True, choices=["none", "ipip", "vxlan"])
+            sp.add_argument("--encap-mode", default="Always", choices=["Always", "CrossSubnet"])
+            sp.add_argument("--timeout", type=float, default=120, help="seconds to wait for convergence")
         if name == "up":
             sp.add_argument("--nodes", type=int, default=3)
             sp.add_argument("--topology", default="rr", choices=["rr", "rr2", "tor", "mesh", "podroute-rr"],

@@ -75,12 +75,14 @@ def kill_pid(pid: int, grace: float = 10.0) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (not a zombie: an orphan's zombie waits for PID 1 to reap it, and is dead)."""
     _reap(pid)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 def kill_pids(pids: Sequence[int], grace: float = 10.0) -> None:

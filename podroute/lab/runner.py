@@ -320,15 +320,7 @@ def _status(node: Node) -> dict[str, Any] | None:
 
 
 def _agent_alive(node: Node) -> bool:
-    try:
-        os.kill(node.pid or -1, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a dead child of ours is a zombie until reaped
-        pid, _ = os.waitpid(node.pid or -1, os.WNOHANG)
-        return pid == 0
-    except ChildProcessError:
-        return True
+    return bool(node.pid) and netns._alive(node.pid or -1)
 
 
 def _check_agent(node: Node) -> None:

@@ -38,6 +38,16 @@ def status(state: Path, name: str, node: str) -> dict[str, Any]:
     return statusd.query(state / name / node / "run" / "agent.sock")
 
 
+def peers_established(state: Path, name: str, node: str) -> bool:
+    """All of the node's sessions Established; False (not an error) while its agent starts."""
+    from podroute import statusd
+    try:
+        peers = status(state, name, node)["bgp"]["peers"]
+    except statusd.AgentUnreachable:
+        return False
+    return bool(peers) and all(p["state"] == "established" for p in peers)
+
+
 def fib(ns: str) -> dict[str, str]:
     """``{dst: route line}`` of our (proto 90) non-workload routes in ``ns``."""
     out = subprocess.run(["ip", "-n", ns, "route", "show", "proto", "90"], capture_output=True, text=True).stdout

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from labutil import fib, lab, status, wait_for
+from labutil import fib, lab, peers_established, status, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -130,8 +130,7 @@ def test_agent_kill9_and_restart_loses_no_packet(tmp_path):
                 assert "198.19.2.0/26" in fib(n1.ns) and "198.19.1.0/26" in fib(n2.ns)
                 time.sleep(0.05)
             control.start_agent(lb, "n2")
-            wait_for("n2's session back", lambda: all(p["state"] == "established" for p in
-                                                      status(state, name, "n2")["bgp"]["peers"]), 30)
+            wait_for("n2's session back", lambda: peers_established(state, name, "n2"), 30)
             while ping.poll() is None:
                 assert "198.19.2.0/26" in fib(n1.ns) and "198.19.1.0/26" in fib(n2.ns)
                 time.sleep(0.05)
@@ -161,7 +160,7 @@ def test_peer_restart_within_and_beyond_restart_time(tmp_path):
             assert "198.19.2.0/26" in fib(n1.ns)
             time.sleep(0.1)
         control.start_router(lb, "rr")
-        wait_for("session back", lambda: peer()["state"] == "established", 30)
+        wait_for("session back", lambda: peers_established(state, name, "n1"), 30)
         wait_for("End-of-RIB from the restarted peer", lambda: peer().get("stale_routes", 0) == 0, 15)
         assert "198.19.2.0/26" in fib(n1.ns)
         # now down for longer than the restart time
