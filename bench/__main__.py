@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=sorted(SIZES), default="smoke")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma list of {','.join(ALL)}")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--bgp-routes", help="comma list of route counts for the bgp group, overriding --size")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     bad = [x for x in only if x not in ALL]
@@ -136,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces)", file=sys.stderr)
         return 2
-    size = SIZES[args.size]
+    size = dict(SIZES[args.size])
+    if args.bgp_routes:
+        try:
+            size["bgp"] = [int(x) for x in args.bgp_routes.split(",")]
+        except ValueError:
+            ap.error(f"--bgp-routes {args.bgp_routes!r}: expected integers like 10000,100000")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="prb-work-"))

@@ -60,6 +60,10 @@ class Rib:
         if router_id is not None:
             self._peer_rid[peer] = router_id
 
+    def peer_prefixes(self, peer: IPv4Address) -> Mapping[IPv4Network, Candidate]:
+        """``peer``'s accepted paths as a live read-only view (O(1); for membership/size)."""
+        return MappingProxyType(self._adj_in.get(peer, {}))
+
     def adj_rib_in(self, peer: IPv4Address) -> Mapping[IPv4Network, PathAttrs]:
         return {p: c.attrs for p, c in self._adj_in.get(peer, {}).items()}
 

@@ -836,8 +836,15 @@ class Speaker:
         received = self._received.get(peer, {})
         enforce = cfg.enforces_next_hop(self.config.local_as) if cfg else False
         limit = cfg.max_prefixes if cfg else None
-        current = set(self._rib.adj_rib_in(peer))
-        current.difference_update(withdrawn)
+        # The peer's accepted set after this UPDATE, tracked as a live view of the Adj-RIB-In
+        # plus this batch's delta: O(batch), never a copy of a 100k-route table per UPDATE.
+        table = self._rib.peer_prefixes(peer)
+        gone = {w for w in withdrawn if w in table}
+        added: set[IPv4Network] = set()
+        size = len(table) - len(gone)
+
+        def present(prefix: IPv4Network) -> bool:
+            return prefix in added or (prefix in table and prefix not in gone)
         accepted: list[tuple[IPv4Network, PathAttrs]] = []
         withdraw = list(withdrawn)
         for prefix in prefixes:
@@ -845,8 +852,7 @@ class Speaker:
             if attrs is None:
                 continue
             reason = self._policy.check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce)
-            if reason is None and limit is not None and prefix not in current \
-                    and len(current) >= limit:
+            if reason is None and limit is not None and not present(prefix) and size >= limit:
                 reason = "max_prefixes"
                 if cfg is not None and cfg.max_prefixes_action == "teardown" \
                         and not p.teardown_sent:
@@ -857,13 +863,18 @@ class Speaker:
             if reason is None:
                 self._rejections.clear(peer, (prefix,))
                 accepted.append((prefix, attrs))
-                current.add(prefix)
+                if not present(prefix):
+                    size += 1
+                    added.add(prefix)
             else:
                 self.log.debug("rejected %s via %s from %s: %s", prefix, attrs.next_hop, peer,
                                reason)
                 self._rejections.reject(peer, prefix, reason)
                 withdraw.append(prefix)  # implicit withdraw of an earlier accepted path
-                current.discard(prefix)
+                if present(prefix):
+                    size -= 1
+                    added.discard(prefix)
+                    gone.add(prefix)
         if self._rib.update(peer, accepted, withdraw):
             self._schedule_routes()
         if self.config.route_reflector_cluster_id is not None:
