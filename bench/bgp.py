@@ -22,9 +22,7 @@ Memory: RSS (VmRSS) summed over the receiver's process tree once it holds all N 
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import time
 from datetime import datetime
 from pathlib import Path

@@ -12,7 +12,7 @@ import json
 import statistics
 import tempfile
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from . import ns as N
 

@@ -10,13 +10,13 @@ veths are created with both ends directly inside bench namespaces.
 from __future__ import annotations
 
 import atexit
-import os
 import secrets
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from podroute.lab import netns as netns_util
 
 NETNS_DIR = Path("/var/run/netns")
 PREFIX = "prb-"
@@ -87,42 +87,12 @@ def popen(argv: Sequence[str], *, ns: str | None = None, log: Path | None = None
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie that is not our child counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return netns_util._alive(pid)
 
 
 def kill(pids: Sequence[int], grace: float = 5.0) -> None:
     """SIGTERM each PID, wait up to ``grace`` s, SIGKILL the rest. Missing PIDs are fine."""
-    live = []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-            live.append(pid)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while live and time.monotonic() < deadline:
-        live = [p for p in live if _alive(p)]
-        if live:
-            time.sleep(0.02)
-    for pid in live:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _alive(pid)
+    netns_util.kill_pids(pids, grace)
 
 
 def pids_in(ns: str) -> list[int]:

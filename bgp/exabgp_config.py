@@ -8,7 +8,6 @@ config file) are returned by :func:`exabgp_env`. Shape follows ExaBGP 5.0.x
 from __future__ import annotations
 
 import re
-import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 

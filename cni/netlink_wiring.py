@@ -227,35 +227,11 @@ class NetlinkWiring:
         return self._host(work)
 
     def delete_host_veth(self, host_ifname: str) -> bool:
-        def work() -> bool:
-            with self._ipr(f"delete host veth {host_ifname}") as ipr:
-                idx = _index(ipr, host_ifname)
-                if idx is None:
-                    return False
-                try:
-                    ipr.link("del", index=idx)
-                except NetlinkError as e:
-                    if e.code == errno.ENODEV:
-                        return False
-                    raise
-                return True
-        return self._host(work)
+        return self._host(lambda: _delete_link(self, f"delete host veth {host_ifname}", host_ifname))
 
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
-        def work() -> bool:
-            with self._ipr(f"delete {pod_ifname} in {netns}") as ipr:
-                idx = _index(ipr, pod_ifname)
-                if idx is None:
-                    return False
-                try:
-                    ipr.link("del", index=idx)
-                except NetlinkError as e:
-                    if e.code == errno.ENODEV:
-                        return False
-                    raise
-                return True
         try:
-            return run_in_netns(netns, work)
+            return run_in_netns(netns, lambda: _delete_link(self, f"delete {pod_ifname} in {netns}", pod_ifname))
         except NetnsNotFound:
             return False
 
@@ -313,3 +289,18 @@ class NetlinkWiring:
                         default_via = IPv4Address(r.get_attr("RTA_GATEWAY"))
                 return PodIfaceState(pod_ifname, mac, mtu, up, addrs, gw_route, default_via)
         return run_in_netns(netns, work)
+
+
+def _delete_link(wiring: "NetlinkWiring", what: str, ifname: str) -> bool:
+    """Delete ``ifname`` in the calling thread's namespace; False if it was already gone."""
+    with wiring._ipr(what) as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return False
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise
+        return True

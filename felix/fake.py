@@ -10,7 +10,7 @@ test can see if RouteTable ever asked for that), "delete" matches protocol and f
 from __future__ import annotations
 
 import errno as E
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Sequence
 

@@ -14,7 +14,7 @@ Shapes mirror what the kernel stores for an IPv4 route (rtnetlink(7), struct rtm
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
 

@@ -3,7 +3,6 @@
 Each test builds its own lab in namespaces (podroute lab up), proves pod reachability
 across every node pair from the lab's report, then exercises the topology.
 """
-import ipaddress
 import signal
 import subprocess
 import sys

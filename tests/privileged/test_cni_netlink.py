@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import textwrap
 import time
 from ipaddress import IPv4Address, IPv4Network

@@ -3,7 +3,7 @@ import asyncio
 import errno
 import json
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 import pytest
 

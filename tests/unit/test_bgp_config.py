@@ -6,7 +6,6 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from ipaddress import IPv4Address as A, IPv4Network as N
 from pathlib import Path
 

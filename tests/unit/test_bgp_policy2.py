@@ -2,7 +2,6 @@
 prefixes with reject/teardown, RFC 4456 loops), export commands and AS_SET length."""
 from __future__ import annotations
 
-import asyncio
 import json
 from ipaddress import IPv4Address as A, IPv4Network as N
 

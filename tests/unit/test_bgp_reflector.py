@@ -2,7 +2,6 @@
 client loss, and the per-neighbor commands the speaker sends (through a fake session)."""
 from __future__ import annotations
 
-import asyncio
 from ipaddress import IPv4Address as A, IPv4Network as N
 
 from bgp import api, reflector

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from felix import codec
-from felix.routes import NextHop, Route, RouteType, Scope
+from felix.routes import NextHop, Route
 
 IDX = {"lo": 1, "d0p": 2, "d0": 3}
 NAMES = {v: k for k, v in IDX.items()}
