@@ -345,6 +345,11 @@ class Agent:
             await self._kick.wait()
             await asyncio.sleep(DEBOUNCE_S)
             self._kick.clear()
+            if self.guard.stopping:
+                # Shutting down: the speaker's teardown withdraws every BGP route, but our
+                # routes must stay in the FIB across a restart (as Calico's Felix), for the
+                # next agent's graceful-restart hold to keep them until End-of-RIB.
+                continue
             self._check_stale_release()  # End-of-RIB seen or timer expired since the last event
             res = self.routes.apply()
             self.last_apply = {"added": res.added, "replaced": res.replaced, "deleted": res.deleted,

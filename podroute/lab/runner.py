@@ -57,6 +57,7 @@ def router_ip(s: int) -> ipaddress.IPv4Address:
 POOL = ipaddress.IPv4Network("198.19.0.0/16")
 ASN = 64512
 MAX_NODES = 200
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("PODROUTE_LAB_TIMEOUT_SCALE", "1") or 1))
 
 
 @dataclass
@@ -127,7 +128,11 @@ def _say(msg: str) -> None:
 
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05) -> float:
-    """Poll ``check`` until true; return the seconds it took. Raises LabError naming ``what``."""
+    """Poll ``check`` until true; return the seconds it took. Raises LabError naming ``what``.
+
+    ``PODROUTE_LAB_TIMEOUT_SCALE`` multiplies every timeout (an emulated VM is ~10x slower).
+    """
+    timeout *= TIMEOUT_SCALE
     t0 = time.monotonic()
     while True:
         if check():
@@ -517,7 +522,7 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
             _write_cluster(lab, lab.nodes)  # the running nodes pick the new node up from the datastore
         _start_agent(lab, last)
         pending = {n.name for n in first}
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * TIMEOUT_SCALE
         while pending:
             _check_agent(last)
             for n in first:
