@@ -228,6 +228,8 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
+# A non-recursive bind of the host root before the tmpfs mounts below hide parts of it.
+mkdir -p /hostro && mount -o bind /newroot /hostro
 for d in /tmp /run /var/tmp /var/lib/dhcp /root; do
   [ -d /newroot$d ] && [ ! -L /newroot$d ] && mount -t tmpfs -o mode=1777 tmpfs /newroot$d
 done
@@ -235,6 +237,12 @@ done
 mkdir -p /newroot/run/netns /newroot/var/run/netns /newroot/run/lock
 mkdir -p /newroot@GUEST_WORK@
 mount -t 9p -o $o work /newroot@GUEST_WORK@ || { echo "podroute-init: cannot mount work"; poweroff -f; }
+# Host directories the run needs that a tmpfs above hides (a repo cloned under /tmp): bind back.
+if [ -f /newroot@GUEST_WORK@/binds ]; then
+  while read -r p; do
+    [ -n "$p" ] && [ ! -d "/newroot$p" ] && [ -d "/hostro$p" ] && mkdir -p "/newroot$p" && mount -o bind "/hostro$p" "/newroot$p"
+  done < /newroot@GUEST_WORK@/binds
+fi
 mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 ip link set lo up 2>/dev/null
 cat /proc/uptime > /newroot@GUEST_WORK@/started
@@ -389,6 +397,9 @@ def run_in_vm(argv: Sequence[str], *, cwd: str = "/", env: Mapping[str, str] | N
         w = Path(work)
         os.chmod(w, 0o777)
         (w / "cmd.sh").write_text(_cmd_script(argv, cwd, full_env))
+        # The guest's /tmp, /run, /var/tmp and /root are fresh tmpfs: a cwd below them (a CI
+        # clone in /tmp) is bound back from the read-only host root by the init script.
+        (w / "binds").write_text(os.path.abspath(cwd) + "\n")
         console = w / "console.log"
         qemu = [
             "qemu-system-x86_64", "-accel", "tcg" + (",thread=multi" if cpus > 1 else ""), "-m", str(memory_mb), "-smp", str(cpus),
