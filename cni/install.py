@@ -5,9 +5,9 @@ The runtime finds plugins by the conflist ``type`` in its CNI bin dir (CNI spec 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from .atomicfile import atomic_write
 
 SHEBANG = "#!/usr/bin/python3 -IS\n"
 
@@ -28,23 +28,5 @@ def install_shim(bin_dir: Path, name: str = "podroute") -> Path:
         source = source.split("\n", 1)[1]
     data = (SHEBANG + source).encode()
     target = bin_dir / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=bin_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o755)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(bin_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(target, data, 0o755)
     return target

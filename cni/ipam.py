@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from .atomicfile import atomic_write
 from .errors import IPAMError, IPAMExhausted
 
 
@@ -190,23 +190,6 @@ class IPAM:
                "allocations": {str(ip): {"handle": h, "attrs": a}
                                for ip, (h, a) in sorted(blk.allocations.items())}}
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._dir)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(doc, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                raise
-            dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            atomic_write(path, json.dumps(doc, indent=1, sort_keys=True).encode(), 0o644)
         except OSError as e:
             raise IPAMError(f"cannot write IPAM state {path}", str(e)) from e

@@ -8,10 +8,10 @@ hostPort support, as in Calico's default conflist.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from cni.atomicfile import atomic_write
 
 from podroute.config import NodeConfig
 
@@ -33,12 +33,5 @@ def write_conflist(conf_dir: Path, cfg: NodeConfig) -> Path:
     """Atomically write ``<conf_dir>/10-podroute.conflist``; returns its path."""
     conf_dir.mkdir(parents=True, exist_ok=True)
     dest = conf_dir / CONFLIST_NAME
-    fd, tmp = tempfile.mkstemp(dir=conf_dir, prefix=".podroute-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(conflist(cfg), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
+    atomic_write(dest, (json.dumps(conflist(cfg), indent=2) + "\n").encode(), 0o644)
     return dest
