@@ -32,7 +32,6 @@ VXLAN_DEV = "vxlan.podroute"
 class FibPlan:
     routes: tuple[Route, ...]
     vxlan_next_hops: frozenset[IPv4Address]   # remote VTEPs needed (node IPs)
-    outside_pools: tuple[IPv4Network, ...]    # imported extra ranges (routed natively)
 
 
 def _hop(encap: Encapsulation, nh: IPv4Address) -> NextHop:
@@ -48,13 +47,11 @@ def plan_fib(best: Mapping[IPv4Network, Any], *, node_ip: IPv4Address, pools: Se
     """Map ``{prefix: BestRoute}`` to felix routes, choosing the encapsulation per next hop."""
     routes: list[Route] = []
     vxlan: set[IPv4Address] = set()
-    outside: list[IPv4Network] = []
     for prefix, br in best.items():
         pool = next((p for p in pools if prefix.subnet_of(p.cidr)), None)
         if pool is None:
             # Policy may import extra ranges outside the pools: route those natively.
             pool = PoolEncap(prefix)
-            outside.append(prefix)
         hops = []
         for nh in sorted({nh for nh in br.next_hops if nh != node_ip}):
             encap = route_encap(pool, local_subnets=local_subnets, next_hop=nh)
@@ -68,4 +65,4 @@ def plan_fib(best: Mapping[IPv4Network, Any], *, node_ip: IPv4Address, pools: Se
             routes.append(Route.via(prefix, h.gateway, ifname=h.ifname, onlink=h.onlink))
         else:
             routes.append(Route.ecmp(prefix, tuple(hops)))
-    return FibPlan(tuple(routes), frozenset(vxlan), tuple(outside))
+    return FibPlan(tuple(routes), frozenset(vxlan))
