@@ -118,7 +118,9 @@ def test_backoff_doubles_caps_and_resets():
     assert b.next_delay(61) == 1
 
 
-def test_relay_copies_both_ways_and_exits_on_stdin_eof(tmp_path):
+@pytest.fixture
+def relay(tmp_path):
+    """The real relay (stdlib, as ExaBGP runs it) connected to a listening socket: (server, proc)."""
     path = str(tmp_path / "r.sock")
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(path)
@@ -127,24 +129,7 @@ def test_relay_copies_both_ways_and_exits_on_stdin_eof(tmp_path):
     proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", str(RELAY), path],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        conn, _ = srv.accept()
-        conn.settimeout(10)
-        # 2 MiB of events with nobody reading for a while: stdin must keep draining.
-        big = b'{"type": "update"}\n' * 110000
-        writer = threading.Thread(target=lambda: (proc.stdin.write(big), proc.stdin.flush()))
-        writer.start()
-        got = b""
-        while len(got) < len(big):
-            chunk = conn.recv(1 << 20)
-            assert chunk
-            got += chunk
-        writer.join(10)
-        assert got == big
-        conn.sendall(b"announce eor ipv4 unicast\n")
-        assert proc.stdout.readline() == b"announce eor ipv4 unicast\n"
-        proc.stdin.close()
-        assert proc.wait(10) == 0
-        assert conn.recv(10) == b""  # relay closed the socket
+        yield srv, proc
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -152,23 +137,33 @@ def test_relay_copies_both_ways_and_exits_on_stdin_eof(tmp_path):
         srv.close()
 
 
-def test_relay_exits_when_socket_closes(tmp_path):
-    path = str(tmp_path / "r.sock")
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(path)
-    srv.listen(1)
-    srv.settimeout(10)
-    proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", str(RELAY), path],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        conn, _ = srv.accept()
-        conn.close()
-        assert proc.wait(10) == 1
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        srv.close()
+def test_relay_copies_both_ways_and_exits_on_stdin_eof(relay):
+    srv, proc = relay
+    conn, _ = srv.accept()
+    conn.settimeout(10)
+    # 2 MiB of events with nobody reading for a while: stdin must keep draining.
+    big = b'{"type": "update"}\n' * 110000
+    writer = threading.Thread(target=lambda: (proc.stdin.write(big), proc.stdin.flush()))
+    writer.start()
+    got = b""
+    while len(got) < len(big):
+        chunk = conn.recv(1 << 20)
+        assert chunk
+        got += chunk
+    writer.join(10)
+    assert got == big
+    conn.sendall(b"announce eor ipv4 unicast\n")
+    assert proc.stdout.readline() == b"announce eor ipv4 unicast\n"
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    assert conn.recv(10) == b""  # relay closed the socket
+
+
+def test_relay_exits_when_socket_closes(relay):
+    srv, proc = relay
+    conn, _ = srv.accept()
+    conn.close()
+    assert proc.wait(10) == 1
 
 
 async def test_stop_without_run_returns_at_once(tmp_path):
