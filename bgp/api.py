@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Union
 
 from .errors import BGPError, CommandRejected, ExaBGPExited
 from .model import PathAttrs
+from .prefix import intern as intern_prefix
 
 log = logging.getLogger("bgp.api")
 
@@ -142,6 +143,11 @@ def parse_attrs(attr: dict[str, Any], next_hop: IPv4Address) -> PathAttrs:
     )
 
 
+def _prefix(entry: Any) -> IPv4Network:
+    # {"nlri": "P"} normally; a bare "P" string under exabgp.api.compact.
+    return intern_prefix(entry["nlri"] if isinstance(entry, dict) else entry)
+
+
 def _parse_update(obj: dict[str, Any]) -> Event | None:
     peer = _peer(obj)
     msg = obj["neighbor"].get("message", {})
@@ -152,21 +158,24 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
         return None
     attr = upd.get("attribute", {})
     announced: list[tuple[IPv4Network, IPv4Address, PathAttrs]] = []
-    seen: set[IPv4Network] = set()
-    for nh_str, entries in upd.get("announce", {}).get("ipv4 unicast", {}).items():
+    by_hop = upd.get("announce", {}).get("ipv4 unicast", {})
+    seen: set[IPv4Network] | None = set() if len(by_hop) > 1 else None
+    for nh_str, entries in by_hop.items():
         try:
             nh = IPv4Address(nh_str)
         except ValueError:
             log.debug("skipping non-IPv4 next hop %r", nh_str)
             continue
         attrs = parse_attrs(attr, nh)
+        # One shared tuple tail per next hop; prefixes interned (bgp.prefix: cached hash).
         for entry in entries:
-            prefix = IPv4Network(entry["nlri"])
-            if prefix in seen:  # FACTS pitfall 5: same prefix under two next-hop keys
-                continue
-            seen.add(prefix)
+            prefix = _prefix(entry)
+            if seen is not None:
+                if prefix in seen:  # FACTS pitfall 5: same prefix under two next-hop keys
+                    continue
+                seen.add(prefix)
             announced.append((prefix, nh, attrs))
-    withdrawn = [IPv4Network(e["nlri"]) for e in upd.get("withdraw", {}).get("ipv4 unicast", [])]
+    withdrawn = [_prefix(e) for e in upd.get("withdraw", {}).get("ipv4 unicast", [])]
     return UpdateEvent(peer, announced, withdrawn)
 
 

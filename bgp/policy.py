@@ -30,6 +30,7 @@ from typing import Iterable, Mapping
 
 from .model import PathAttrs
 
+_MASKS = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
 REASONS = ("originator_loop", "cluster_loop", "default", "outside_pool", "own_block",
            "own_node_ip", "own_next_hop", "wrong_next_hop", "max_prefixes")
 
@@ -47,6 +48,21 @@ class ImportPolicy:
     expected_next_hops: Mapping[IPv4Network, IPv4Address] = field(default_factory=dict)
     router_id: IPv4Address | None = None
     cluster_id: IPv4Address | None = None
+    # Integer forms of the ranges above, built once: check() runs per received route, and
+    # IPv4Network.subnet_of/overlaps cost ~1 µs each in Python.
+    _ranges: tuple = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        def ints(nets: Iterable[IPv4Network]) -> tuple[tuple[int, int, int], ...]:
+            return tuple((int(n.network_address), int(n.netmask), n.prefixlen) for n in nets)
+        # expected next hops grouped by block length: {len: {network int: owner}}, so a
+        # prefix finds its covering blocks with one dict probe per distinct length.
+        owners: dict[int, dict[int, IPv4Address]] = {}
+        for block, owner in self.expected_next_hops.items():
+            owners.setdefault(block.prefixlen, {})[int(block.network_address)] = owner
+        object.__setattr__(self, "_ranges", (ints(self.import_pools + self.import_extra),
+                                             ints(self.own_blocks), int(self.node_ip),
+                                             tuple(sorted(owners.items()))))
 
     def check(self, prefix: IPv4Network, next_hop: IPv4Address, attrs: PathAttrs | None = None,
               *, enforce_next_hop: bool = False) -> str | None:
@@ -61,17 +77,23 @@ class ImportPolicy:
             if not self.accept_default:
                 return "default"
             return "own_next_hop" if next_hop == self.node_ip else None
-        if not any(prefix.subnet_of(pool) for pool in self.import_pools + self.import_extra):
+        pools, own, node_ip, owners = self._ranges
+        net, plen = int(prefix.network_address), prefix.prefixlen
+        if not any(plen >= pl and net & mask == pnet for pnet, mask, pl in pools):
             return "outside_pool"
-        if any(prefix.overlaps(block) for block in self.own_blocks):
-            return "own_block"
-        if self.node_ip in prefix:
+        for onet, omask, opl in own:  # overlap: the shorter of the two masks matches both
+            if (net & omask == onet) if plen >= opl else (onet & int(prefix.netmask) == net):
+                return "own_block"
+        if node_ip & int(prefix.netmask) == net:
             return "own_node_ip"
         if next_hop == self.node_ip:
             return "own_next_hop"
-        if enforce_next_hop and self.expected_next_hops:
-            for block, owner in self.expected_next_hops.items():
-                if prefix.subnet_of(block) and next_hop != owner:
+        if enforce_next_hop and owners:
+            for blen, by_net in owners:
+                if blen > plen:
+                    break
+                owner = by_net.get(net & _MASKS[blen])
+                if owner is not None and next_hop != owner:
                     return "wrong_next_hop"
         return None
 

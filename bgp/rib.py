@@ -81,8 +81,14 @@ class Rib:
                 touched.add(prefix)
         asn = self._peer_asn.get(peer, self.local_as)
         rid = self._peer_rid.get(peer)
+        # One UPDATE carries one attribute set for all its NLRI: share one Candidate per
+        # PathAttrs object (memory and time per route at 100k routes).
+        shared: dict[int, Candidate] = {}
         for prefix, attrs in announced:
-            table[prefix] = Candidate(peer, asn, rid, attrs)
+            c = shared.get(id(attrs))
+            if c is None or c.attrs is not attrs:
+                c = shared[id(attrs)] = Candidate(peer, asn, rid, attrs)
+            table[prefix] = c
             touched.add(prefix)
         return self._recompute(touched)
 
@@ -124,10 +130,16 @@ class Rib:
 
     def _recompute(self, prefixes: set[IPv4Network]) -> set[IPv4Network]:
         changed: set[IPv4Network] = set()
+        tables = list(self._adj_in.values())
+        loc = self._loc
         for prefix in prefixes:
-            cands = [t[prefix] for t in self._adj_in.values() if prefix in t]
-            new = best_route(prefix, cands, self.local_as)
-            old = self._loc.get(prefix)
+            cands = [t[prefix] for t in tables if prefix in t]
+            if len(cands) == 1:  # the common case: one path, nothing to select
+                c = cands[0]
+                new = BestRoute(prefix, (c.attrs.next_hop,), (c.peer,), c.attrs.as_path)
+            else:
+                new = best_route(prefix, cands, self.local_as)
+            old = loc.get(prefix)
             if new is None:
                 if old is not None:
                     del self._loc[prefix]

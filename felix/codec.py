@@ -94,9 +94,11 @@ def _attr(rta_type: int, payload: bytes) -> bytes:
 
 # --- encoding ------------------------------------------------------------------------------------
 def encode_route(action: str, route: Route, *, seq: int, ifindex: IfIndexOf,
-                 table: int = RT_TABLE_MAIN, protocol: int = 90, pid: int = 0) -> bytes:
+                 table: int = RT_TABLE_MAIN, protocol: int = 90, pid: int = 0, ack: bool = True) -> bytes:
     """One RTM_NEWROUTE ("add": CREATE|EXCL, "replace": CREATE|REPLACE) or RTM_DELROUTE ("delete")
     request with NLM_F_REQUEST|NLM_F_ACK, as ``ip route add|replace|del ... proto P table T`` sends it.
+    ``ack=False`` leaves NLM_F_ACK out: the kernel then answers only a failure (netlink(7): an
+    error is always reported), which lets a batch be acknowledged by its last message alone.
 
     ``ifindex(name) -> int`` resolves device names (it raises to signal a missing device).
     Deletes carry only dst/len, table, protocol and metric with scope NOWHERE and type UNSPEC, so
@@ -141,8 +143,10 @@ def encode_route(action: str, route: Route, *, seq: int, ifindex: IfIndexOf,
                                            h.weight - 1, idx) + gw)
             body.append(_attr(RTA_MULTIPATH, b"".join(hops)))
     payload = RTMSG.pack(AF_INET, plen, 0, 0, rtm_table, protocol, scope, rtype, rflags) + b"".join(body)
-    return NLMSGHDR.pack(_HDR_LEN + len(payload), msg_type, _FLAGS.get(action, _FLAGS["delete"]),
-                         seq, pid) + payload
+    flags = _FLAGS.get(action, _FLAGS["delete"])
+    if not ack:
+        flags &= ~NLM_F_ACK
+    return NLMSGHDR.pack(_HDR_LEN + len(payload), msg_type, flags, seq, pid) + payload
 
 
 def encode_route_dump_request(*, seq: int, table: int = RT_TABLE_MAIN, protocol: int = 0,

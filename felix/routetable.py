@@ -131,7 +131,8 @@ class RouteTable:
 
     def remove_route(self, owner: str, dst: IPv4Network) -> None:
         """Drop ``owner``'s desired route for ``dst`` (no-op if it had none). Writes nothing."""
-        dst = IPv4Network(dst)
+        if not isinstance(dst, IPv4Network):
+            dst = IPv4Network(dst)
         routes = self._by_owner.get(owner)
         if routes and routes.pop(dst, None) is not None:
             if not routes:

@@ -25,12 +25,13 @@ from typing import Any, Mapping
 
 from podroute import statusd
 from podroute.config import NodeConfig
-from podroute.routing import VXLAN_DEV, plan_fib
+from podroute.routing import VXLAN_DEV, FibPlanner
 from podroute.tasks import TaskGuard
 
 log = logging.getLogger("podroute.agent")
 
 DEBOUNCE_S = 0.005
+_NO_VTEPS: frozenset[Any] = frozenset()
 RETRY_S = 1.0
 CLUSTER_POLL_S = 0.5
 STATUS_ROUTES = 100
@@ -89,6 +90,7 @@ class Agent:
         self.ipip_dp = ipip_dataplane
         self._setup_underlay()
         self._setup_tunnels()
+        self._planner = FibPlanner(node_ip=cfg.node_ip, pools=self.pool_encaps, local_subnets=self.local_subnets)
 
         cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
         # The first address of the first block is the node's tunnel address (tunl0 / VXLAN
@@ -283,36 +285,42 @@ class Agent:
     def _on_bgp_changes(self, delta: Mapping[Any, Any]) -> None:
         """Loc-RIB delta (prefix -> BestRoute, or None when gone) into felix, per prefix."""
         vxlan_changed = False
+        plan = self._planner.plan
+        set_route, remove_route = self.routes.set_route, self.routes.remove_route
+        bgp_fib, route_vxlan = self._bgp_fib, self._route_vxlan
         for prefix, best in delta.items():
-            route, vteps = None, frozenset()
-            if best is not None:
-                plan = plan_fib({prefix: best}, node_ip=self.cfg.node_ip, pools=self.pool_encaps,
-                                local_subnets=self.local_subnets)
-                route = plan.routes[0] if plan.routes else None
-                vteps = plan.vxlan_next_hops
-            old_vteps = self._route_vxlan.pop(prefix, frozenset())
+            route, vteps = plan(prefix, best) if best is not None else (None, _NO_VTEPS)
+            old_vteps = route_vxlan.pop(prefix, _NO_VTEPS) if route_vxlan else _NO_VTEPS
             if vteps:
-                self._route_vxlan[prefix] = vteps
-            for nh in old_vteps - vteps:
-                self._vxlan_users[nh] -= 1
-                if not self._vxlan_users[nh]:
-                    del self._vxlan_users[nh]
-                    vxlan_changed = True
-            for nh in vteps - old_vteps:
-                vxlan_changed |= nh not in self._vxlan_users
-                self._vxlan_users[nh] = self._vxlan_users.get(nh, 0) + 1
+                route_vxlan[prefix] = vteps
+            if vteps != old_vteps:
+                vxlan_changed |= self._count_vteps(old_vteps, vteps)
             if route is not None:
-                self._bgp_fib[prefix] = route
-                self.routes.set_route("bgp", route)
+                bgp_fib[prefix] = route
+                set_route("bgp", route)
             else:
-                self._bgp_fib.pop(prefix, None)
+                bgp_fib.pop(prefix, None)
                 self._stale.pop(prefix, None)  # explicitly gone: no reason to keep it
-                self.routes.remove_route("bgp", prefix)
+                remove_route("bgp", prefix)
         if vxlan_changed and self.vxlan is not None:
             from ipip.vxlan import VTEP, vtep_mac
             self.vxlan.set_remote_vteps({str(nh): VTEP(nh, nh, vtep_mac(str(nh))) for nh in self._vxlan_users})
         self._check_stale_release()
         self.kick()
+
+    def _count_vteps(self, old: frozenset[Any], new: frozenset[Any]) -> bool:
+        """Move one route's reference from the VTEPs in ``old`` to those in ``new``; True if
+        the set of remote VTEPs in use changed."""
+        changed = False
+        for nh in old - new:
+            self._vxlan_users[nh] -= 1
+            if not self._vxlan_users[nh]:
+                del self._vxlan_users[nh]
+                changed = True
+        for nh in new - old:
+            changed |= nh not in self._vxlan_users
+            self._vxlan_users[nh] = self._vxlan_users.get(nh, 0) + 1
+        return changed
 
     def _check_stale_release(self) -> None:
         """End the graceful-restart hold once BGP has re-converged (or the timer ran out):
@@ -373,8 +381,10 @@ class Agent:
 
     async def _monitor(self) -> None:
         from felix.monitor import RouteMonitor
+        portid = getattr(self.dataplane, "portid", None)
         await RouteMonitor(self._on_drift, protocol=self.cfg.route_protocol, table=self.routes.table,
-                           expected=self.routes.is_expected).run()
+                           expected=self.routes.is_expected,
+                           own_portids=(lambda: (self.dataplane.portid,)) if portid is not None else None).run()
 
     async def _cni_server(self) -> None:
         from cni.server import CNIServer

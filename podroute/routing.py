@@ -42,27 +42,83 @@ def _hop(encap: Encapsulation, nh: IPv4Address) -> NextHop:
     return NextHop(nh)
 
 
+class FibPlanner:
+    """Maps one Loc-RIB entry at a time to its felix route: the per-prefix form of
+    :func:`plan_fib`, for the incremental BGP→FIB path.
+
+    Memoises what repeats across a table of blocks from a few hundred nodes: the pool that
+    holds a prefix (by integer match, most specific pool first), and the encapsulation and
+    NextHop per (pool, next hop). ``plan(prefix, best)`` returns ``(route or None,
+    vxlan next hops)``; None when every next hop is our own node IP.
+    """
+
+    def __init__(self, *, node_ip: IPv4Address, pools: Sequence[PoolEncap],
+                 local_subnets: Sequence[IPv4Network]) -> None:
+        self.node_ip = node_ip
+        self.local_subnets = tuple(local_subnets)
+        # In configured order: the first pool holding the prefix decides (pools do not overlap
+        # in practice; the config check rejects overlapping pools).
+        self._pools = [(int(p.cidr.network_address), int(p.cidr.netmask), p.cidr.prefixlen, p)
+                       for p in pools]
+        self._hops: dict[tuple[int, IPv4Address], tuple[NextHop, bool]] = {}
+
+    def _pool_index(self, prefix: IPv4Network) -> int:
+        net, plen = int(prefix.network_address), prefix.prefixlen
+        for i, (pnet, pmask, plen_pool, _p) in enumerate(self._pools):
+            if plen >= plen_pool and net & pmask == pnet:
+                return i
+        return -1
+
+    def _hop(self, pool_i: int, prefix: IPv4Network, nh: IPv4Address) -> tuple[NextHop, bool]:
+        key = (pool_i, nh)
+        hit = self._hops.get(key)
+        if hit is None:
+            # Outside every pool (policy may import extra ranges): routed natively.
+            pool = self._pools[pool_i][3] if pool_i >= 0 else PoolEncap(prefix)
+            encap = route_encap(pool, local_subnets=self.local_subnets, next_hop=nh)
+            if len(self._hops) > 65536:
+                self._hops.clear()
+            hit = self._hops[key] = (_hop(encap, nh), encap is Encapsulation.VXLAN)
+        return hit
+
+    def plan(self, prefix: IPv4Network, best: Any) -> tuple[Route | None, frozenset[IPv4Address]]:
+        next_hops = best.next_hops
+        pool_i = self._pool_index(prefix)
+        if len(next_hops) == 1:
+            nh = next_hops[0]
+            if nh == self.node_ip:
+                return None, _NONE
+            hop, vx = self._hop(pool_i, prefix, nh)
+            return Route.via(prefix, hop.gateway, ifname=hop.ifname, onlink=hop.onlink), \
+                (frozenset((nh,)) if vx else _NONE)
+        hops, vxlan = [], []
+        for nh in sorted({nh for nh in next_hops if nh != self.node_ip}):
+            hop, vx = self._hop(pool_i, prefix, nh)
+            hops.append(hop)
+            if vx:
+                vxlan.append(nh)
+        if not hops:
+            return None, _NONE
+        if len(hops) == 1:
+            h = hops[0]
+            route = Route.via(prefix, h.gateway, ifname=h.ifname, onlink=h.onlink)
+        else:
+            route = Route.ecmp(prefix, tuple(hops))
+        return route, frozenset(vxlan)
+
+
+_NONE: frozenset[IPv4Address] = frozenset()
+
+
 def plan_fib(best: Mapping[IPv4Network, Any], *, node_ip: IPv4Address, pools: Sequence[PoolEncap],
              local_subnets: Sequence[IPv4Network]) -> FibPlan:
     """Map ``{prefix: BestRoute}`` to felix routes, choosing the encapsulation per next hop."""
+    planner = FibPlanner(node_ip=node_ip, pools=pools, local_subnets=local_subnets)
     routes: list[Route] = []
     vxlan: set[IPv4Address] = set()
     for prefix, br in best.items():
-        pool = next((p for p in pools if prefix.subnet_of(p.cidr)), None)
-        if pool is None:
-            # Policy may import extra ranges outside the pools: route those natively.
-            pool = PoolEncap(prefix)
-        hops = []
-        for nh in sorted({nh for nh in br.next_hops if nh != node_ip}):
-            encap = route_encap(pool, local_subnets=local_subnets, next_hop=nh)
-            if encap is Encapsulation.VXLAN:
-                vxlan.add(nh)
-            hops.append(_hop(encap, nh))
-        if not hops:
-            continue
-        if len(hops) == 1:
-            h = hops[0]
-            routes.append(Route.via(prefix, h.gateway, ifname=h.ifname, onlink=h.onlink))
-        else:
-            routes.append(Route.ecmp(prefix, tuple(hops)))
+        route, vteps = planner.plan(prefix, br)
+        if route is not None:
+            routes.append(route)
+            vxlan |= vteps
     return FibPlan(tuple(routes), frozenset(vxlan))
