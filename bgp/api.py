@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Union
 
 from .errors import BGPError, CommandRejected, ExaBGPExited
 from .model import PathAttrs
-from .prefix import intern as intern_prefix
+from .prefix import parse as parse_prefix
 
 log = logging.getLogger("bgp.api")
 
@@ -145,7 +145,7 @@ def parse_attrs(attr: dict[str, Any], next_hop: IPv4Address) -> PathAttrs:
 
 def _prefix(entry: Any) -> IPv4Network:
     # {"nlri": "P"} normally; a bare "P" string under exabgp.api.compact.
-    return intern_prefix(entry["nlri"] if isinstance(entry, dict) else entry)
+    return parse_prefix(entry["nlri"] if isinstance(entry, dict) else entry)
 
 
 def _parse_update(obj: dict[str, Any]) -> Event | None:
@@ -167,7 +167,6 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
             log.debug("skipping non-IPv4 next hop %r", nh_str)
             continue
         attrs = parse_attrs(attr, nh)
-        # One shared tuple tail per next hop; prefixes interned (bgp.prefix: cached hash).
         for entry in entries:
             prefix = _prefix(entry)
             if seen is not None:

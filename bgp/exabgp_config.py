@@ -67,6 +67,7 @@ def render_config(cfg: SpeakerConfig, socket_path: Path, python: str = "/usr/bin
     graceful-restart (RFC 4724) + route-refresh capabilities, ``manual-eor true`` (we send
     End-of-RIB after replaying announcements: FACTS pitfall 1), md5-password, passive/listen,
     and the api block that feeds our relay parsed updates, notifications, opens and state.
+    ExaBGP's own Adj-RIB-In is off (``adj-rib-in false``): the speaker keeps its own.
     """
     if not (1 <= cfg.local_as <= 4294967295):
         raise ConfigError(f"local asn {cfg.local_as} out of range")
@@ -103,6 +104,9 @@ def render_config(cfg: SpeakerConfig, socket_path: Path, python: str = "/usr/bin
             f"    peer-as {peer.asn};",
             f"    hold-time {peer.hold_time};",
             "    manual-eor true;",
+            # We keep our own Adj-RIB-In (bgp/rib.py); ExaBGP's copy costs ~0.55 kB and
+            # ~6 us per received route (100k: 94 vs 38 MB RSS, 1.4 vs 0.9 s; bench/).
+            "    adj-rib-in false;",
         ]
         if peer.port != 179:
             lines.append(f"    connect {peer.port};")

@@ -112,7 +112,7 @@ class SpeakerConfig:
     gr_stale_path_time: int = 360
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100k+ of these in a full table
 class PathAttrs:
     """Path attributes of one received route (RFC 4271 §5.1, RFC 4456 §8).
 
@@ -136,7 +136,7 @@ class PathAttrs:
         return len(self.as_path) if self.as_path_length is None else self.as_path_length
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100k+ of these in a full table
 class BestRoute:
     """A Loc-RIB entry. ``next_hops`` has more than one element for ECMP (sorted);
     ``peers`` are the neighbors that supplied the selected paths (same order as next_hops)."""

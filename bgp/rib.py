@@ -29,7 +29,7 @@ from .model import BestRoute, PathAttrs
 DEFAULT_LOCAL_PREF = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100k+ of these in a full table
 class Candidate:
     """One path in the Adj-RIB-In: who sent it and its attributes."""
 
@@ -132,11 +132,16 @@ class Rib:
         changed: set[IPv4Network] = set()
         tables = list(self._adj_in.values())
         loc = self._loc
+        # (next hops, peers) tuples shared by every prefix of one Candidate (one UPDATE).
+        single: dict[int, tuple[Candidate, tuple, tuple]] = {}
         for prefix in prefixes:
             cands = [t[prefix] for t in tables if prefix in t]
             if len(cands) == 1:  # the common case: one path, nothing to select
                 c = cands[0]
-                new = BestRoute(prefix, (c.attrs.next_hop,), (c.peer,), c.attrs.as_path)
+                hit = single.get(id(c))
+                if hit is None or hit[0] is not c:
+                    hit = single[id(c)] = (c, (c.attrs.next_hop,), (c.peer,))
+                new = BestRoute(prefix, hit[1], hit[2], c.attrs.as_path)
             else:
                 new = best_route(prefix, cands, self.local_as)
             old = loc.get(prefix)

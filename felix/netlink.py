@@ -123,6 +123,7 @@ class NetlinkDataplane:
         self._log = log
         self._sock = open_route_socket(netns)
         self._sock.settimeout(timeout_s)
+        self._portid: int = self._sock.getsockname()[0]  # the socket lives as long as we do
         self._buf = bytearray(1 << 20)
         self._view = memoryview(self._buf)
         self._seq = int(time.time()) & 0x7FFFFFFF
@@ -139,7 +140,7 @@ class NetlinkDataplane:
         """The netlink port id of the write socket. The kernel stamps it as ``nlmsg_pid`` on the
         RTM_NEWROUTE/RTM_DELROUTE notifications our own writes cause (rtnetlink(7)), which lets
         the monitor skip echoes of our writes without decoding them."""
-        return self._sock.getsockname()[0]
+        return self._portid
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _next_seq(self) -> int:

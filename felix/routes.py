@@ -46,7 +46,7 @@ def _ifname_ok(name: str | None) -> bool:
                             and not any(c.isspace() for c in name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100k+ of these in a full table
 class NextHop:
     """One ECMP next hop (struct rtnexthop + RTA_GATEWAY). ``weight`` 1..256 (rtnh_hops = weight-1)."""
 
@@ -69,7 +69,7 @@ class NextHop:
             raise InvalidRoute("onlink", "onlink next hop needs an ifname")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100k+ of these in a full table
 class Route:
     """One IPv4 route in a FIB table; identity in the table is (dst, metric). See module doc."""
 

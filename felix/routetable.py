@@ -93,8 +93,9 @@ class RouteTable:
         self._log = log
         self._by_owner: dict[str, dict[IPv4Network, Route]] = {}
         self._desired: dict[IPv4Network, Route] = {}
-        self._winner: dict[IPv4Network, str] = {}
-        self._actual: dict[IPv4Network, list[Route]] = {}
+        # Our routes in the kernel per dst: the Route itself in the common case of one, a
+        # tuple when several metrics exist (a 1-tuple per route would cost ~5 MB at 100k).
+        self._actual: dict[IPv4Network, Route | tuple[Route, ...]] = {}
         self._pending: set[IPv4Network] = set()
         self._satisfied: dict[tuple[int, int], tuple[Route, Route, bool]] = {}
         self._dirty = True
@@ -139,21 +140,22 @@ class RouteTable:
                 del self._by_owner[owner]
             self._resolve(dst)
 
-    def _resolve(self, dst: IPv4Network) -> None:
+    def _winner(self, dst: IPv4Network) -> str | None:
         best: tuple[int, str] | None = None
         for owner, routes in self._by_owner.items():
             if dst in routes:
                 key = (OWNER_PRIORITY.get(owner, 0), owner)
                 if best is None or key[0] > best[0] or (key[0] == best[0] and key[1] < best[1]):
                     best = key
-        if best is None:
+        return None if best is None else best[1]
+
+    def _resolve(self, dst: IPv4Network) -> None:
+        owner = self._winner(dst)
+        if owner is None:
             if self._desired.pop(dst, None) is not None:
                 self._pending.add(dst)
-            self._winner.pop(dst, None)
             return
-        route = self._by_owner[best[1]][dst]
-        if self._winner.get(dst) != best[1]:
-            self._winner[dst] = best[1]
+        route = self._by_owner[owner][dst]
         if self._desired.get(dst) != route:
             self._desired[dst] = route
             self._pending.add(dst)
@@ -168,7 +170,7 @@ class RouteTable:
 
     def owner_of(self, dst: IPv4Network) -> str | None:
         """The owner whose route for ``dst`` won, or None."""
-        return self._winner.get(IPv4Network(dst))
+        return self._winner(dst if isinstance(dst, IPv4Network) else IPv4Network(dst))
 
     def mark_dirty(self) -> None:
         """Make the next apply() re-read our routes from the kernel and diff everything."""
@@ -202,17 +204,19 @@ class RouteTable:
                                   time.perf_counter() - t0, True)
                 self.last_result = res
                 return res
-            actual: dict[IPv4Network, list[Route]] = {}
+            actual: dict[IPv4Network, Route | tuple[Route, ...]] = {}
             for r in current:
-                actual.setdefault(r.dst, []).append(r)
+                prev = actual.get(r.dst)
+                actual[r.dst] = r if prev is None else (prev + (r,) if isinstance(prev, tuple) else (prev, r))
             self._actual = actual
             # Pairs (dst, have) straight from the dump, then desired dsts the kernel lacks: every
             # IPv4Network hash/eq is a Python-level call (~1.5 µs), so each dst is looked up once.
             desired = self._desired
-            pairs = [(dst, desired.get(dst), have) for dst, have in actual.items()]
+            pairs = [(dst, desired.get(dst), have if isinstance(have, tuple) else (have,))
+                     for dst, have in actual.items()]
             pairs += [(dst, want, ()) for dst, want in desired.items() if dst not in actual]
         else:
-            pairs = [(dst, self._desired.get(dst), self._actual.get(dst, ())) for dst in self._pending]
+            pairs = [(dst, self._desired.get(dst), self._have(dst)) for dst in self._pending]
         deletes: list[RouteOp] = []
         sets: list[RouteOp] = []
         sat = self._satisfied
@@ -275,16 +279,20 @@ class RouteTable:
         self.last_result = res
         return res
 
+    def _have(self, dst: IPv4Network) -> tuple[Route, ...]:
+        have = self._actual.get(dst, ())
+        return have if isinstance(have, tuple) else (have,)
+
     def _op(self, action: str, route: Route) -> RouteOp:
         return RouteOp(action, route, self.table, self.protocol)  # type: ignore[arg-type]
 
     def _record(self, op: RouteOp) -> None:
         r = op.route
-        have = [x for x in self._actual.get(r.dst, ()) if x.metric != r.metric]
+        have = tuple(x for x in self._have(r.dst) if x.metric != r.metric)
         if op.action != "delete":
-            have.append(r)
+            have += (r,)
         if have:
-            self._actual[r.dst] = have
+            self._actual[r.dst] = have[0] if len(have) == 1 else have
         else:
             self._actual.pop(r.dst, None)
 

@@ -70,7 +70,6 @@ class Agent:
         self.resyncs = 0
         self.monitor_triggers = 0
         self.last_apply: dict[str, Any] | None = None
-        self._bgp_fib: dict[Any, Any] = {}          # prefix -> felix Route from the Loc-RIB
         self._vxlan_users: dict[Any, int] = {}      # remote VTEP (node IP) -> routes using it
         self._route_vxlan: dict[Any, frozenset[Any]] = {}
 
@@ -287,7 +286,7 @@ class Agent:
         vxlan_changed = False
         plan = self._planner.plan
         set_route, remove_route = self.routes.set_route, self.routes.remove_route
-        bgp_fib, route_vxlan = self._bgp_fib, self._route_vxlan
+        route_vxlan, stale = self._route_vxlan, self._stale
         for prefix, best in delta.items():
             route, vteps = plan(prefix, best) if best is not None else (None, _NO_VTEPS)
             old_vteps = route_vxlan.pop(prefix, _NO_VTEPS) if route_vxlan else _NO_VTEPS
@@ -295,12 +294,12 @@ class Agent:
                 route_vxlan[prefix] = vteps
             if vteps != old_vteps:
                 vxlan_changed |= self._count_vteps(old_vteps, vteps)
+            if stale:
+                # Re-announced (replaces the stale route) or explicitly gone: no longer stale.
+                stale.pop(prefix, None)
             if route is not None:
-                bgp_fib[prefix] = route
                 set_route("bgp", route)
             else:
-                bgp_fib.pop(prefix, None)
-                self._stale.pop(prefix, None)  # explicitly gone: no reason to keep it
                 remove_route("bgp", prefix)
         if vxlan_changed and self.vxlan is not None:
             from ipip.vxlan import VTEP, vtep_mac
@@ -329,11 +328,12 @@ class Agent:
             return
         if not (self._bgp_converged() or time.monotonic() >= self._stale_until):
             return
-        gone = [dst for dst in self._stale if dst not in self._bgp_fib]
+        # What BGP re-announced left self._stale in _on_bgp_changes: the rest is gone.
+        gone = list(self._stale)
         for dst in gone:
             self.routes.remove_route("bgp", dst)
         log.info("BGP converged after restart; stale routes released",
-                 extra={"kv": {"kept": len(self._stale) - len(gone), "removed": len(gone)}})
+                 extra={"kv": {"removed": len(gone)}})
         self._stale_until = None
         self._stale = {}
 
@@ -421,7 +421,7 @@ class Agent:
                     "exabgp": {"pid": sp.exabgp_pid, "restarts": sp.exabgp_restarts, "last_exit": sp.last_exit},
                     "announced": [str(a) for a in sp.announced],
                     # A status call must stay cheap with 100k routes: the first ones and a count.
-                    "routes_total": len(self._bgp_fib),
+                    "routes_total": len(self.speaker.best_routes_view()),
                     "routes": [{"prefix": str(r.prefix), "next_hops": [str(n) for n in r.next_hops],
                                 "peers": [str(p) for p in r.peers]}
                                for r in heapq.nsmallest(STATUS_ROUTES, self.speaker.best_routes_view().values(),

@@ -206,6 +206,36 @@ async def test_monitor_sees_hand_deletion_and_ignores_own_writes(ns, dp):
             await task
 
 
+async def test_monitor_skips_own_echoes_by_port_id_but_not_hand_edits(ns, dp):
+    """With ``own_portids`` the echoes of our writes are skipped undecoded (nlmsg_pid is the
+    writer's port id); a hand edit (ip's own socket) is still drift, even when ``expected``
+    would not be consulted for it."""
+    table = RouteTable(dp)
+    routes = [Route.via(n, "198.18.0.2", "d0") for n in nets(300)]
+    table.set_routes("bgp", routes)
+    calls = []
+    judged = []
+
+    def expected(route, deleted):
+        judged.append(route)
+        return table.is_expected(route, deleted)
+    mon = RouteMonitor(lambda: calls.append(1), netns=ns, expected=expected,
+                       own_portids=lambda: (dp.portid,))
+    task = asyncio.create_task(mon.run())
+    try:
+        await asyncio.wait_for(mon.ready.wait(), 2)
+        assert table.apply().added == 300
+        assert await _wait_for(lambda: mon.echoes_skipped >= 300, 2.0)
+        assert calls == [] and judged == []                             # nothing decoded or judged
+        sh("ip", "route", "replace", str(routes[3].dst), "via", "198.18.0.3", "proto", "90", ns=ns)
+        assert await _wait_for(lambda: calls, 1.0)                      # changed by hand: drift
+        assert [str(r.dst) for r in judged] == [str(routes[3].dst)]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 def test_measure_10k_vs_ip_batch(ns, dp, make_netns, capsys):
     routes = [Route.via(n, "198.18.0.2", "d0") for n in nets(10000, plen=28)]
     table = RouteTable(dp)

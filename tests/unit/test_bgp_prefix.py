@@ -1,0 +1,38 @@
+"""bgp.prefix: the cached-hash Prefix and its fast parser agree with ipaddress."""
+from ipaddress import IPv4Network
+
+import pytest
+from hypothesis import given, strategies as st
+
+from bgp import prefix as P
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_parse_equals_ipaddress(addr, plen):
+    net = IPv4Network((addr, plen), strict=False)
+    p = P.parse(str(net))
+    assert isinstance(p, IPv4Network)
+    assert p == net and net == p and hash(p) == hash(net)
+    assert str(p) == str(net) and p.prefixlen == plen
+    assert p.broadcast_address == net.broadcast_address
+    assert {net: 1}[p] == 1 and p in {net}
+
+
+@pytest.mark.parametrize("text", ["10.1.2.1/26", "10.1.2/26", "10.1.2.0/33", "x/2", "10.1.2.0",
+                                  "10.1.2.0/-1", "256.1.1.0/24", "10.1.2.010/32", "0x0a.0.0.0/8",
+                                  "10.1.2.0/ 2", ""])
+def test_parse_rejects_noncanonical_text_naming_it(text):
+    with pytest.raises(ValueError, match="not an IPv4 prefix") as ei:
+        P.parse(text)
+    assert repr(text) in str(ei.value)
+
+
+def test_fast_builder_is_proven_on_this_interpreter_and_public_one_agrees():
+    assert P._SELF_CHECK  # CPython 3.11 (Debian 12): the fast path is in use
+    for text in ("10.0.0.0/8", "198.19.1.64/26", "0.0.0.0/0"):
+        net = IPv4Network(text)
+        a = P._build(int(net.network_address), net.prefixlen)
+        b = P._build_public(int(net.network_address), net.prefixlen)
+        assert a == b == net and hash(a) == hash(b) == hash(net)
+    with pytest.raises(ValueError):
+        P._build(int(IPv4Network("10.0.0.0/8").network_address) + 1, 8)

@@ -1,0 +1,48 @@
+"""podroute.routing: Loc-RIB entries to felix routes per pool encapsulation."""
+from ipaddress import IPv4Address, IPv4Network
+
+from bgp.model import BestRoute
+from felix.routes import NextHop, Route
+from ipip.modes import EncapMode, PoolEncap
+from podroute.routing import FibPlanner, plan_fib
+
+ME = IPv4Address("198.18.0.11")
+SAME, OTHER = IPv4Address("198.18.0.12"), IPv4Address("198.18.1.12")
+LOCAL = (IPv4Network("198.18.0.0/24"),)
+POOLS = (PoolEncap(IPv4Network("10.0.0.0/16"), ipip=EncapMode.CROSS_SUBNET),
+         PoolEncap(IPv4Network("10.1.0.0/16"), vxlan=EncapMode.ALWAYS),
+         PoolEncap(IPv4Network("10.2.0.0/16")))
+
+
+def best(prefix: str, *hops: IPv4Address) -> tuple[IPv4Network, BestRoute]:
+    p = IPv4Network(prefix)
+    return p, BestRoute(p, tuple(hops), tuple(hops))
+
+
+def test_native_ipip_crosssubnet_and_vxlan():
+    planner = FibPlanner(node_ip=ME, pools=POOLS, local_subnets=LOCAL)
+    assert planner.plan(*best("10.0.1.0/26", SAME)) == (Route.via("10.0.1.0/26", SAME), frozenset())
+    assert planner.plan(*best("10.0.1.0/26", OTHER)) == (
+        Route.via("10.0.1.0/26", OTHER, ifname="tunl0", onlink=True), frozenset())
+    assert planner.plan(*best("10.1.1.0/26", SAME)) == (
+        Route.via("10.1.1.0/26", SAME, ifname="vxlan.podroute", onlink=True), frozenset({SAME}))
+    assert planner.plan(*best("10.2.1.0/26", OTHER)) == (Route.via("10.2.1.0/26", OTHER), frozenset())
+    # outside every pool (policy's import_extra): native
+    assert planner.plan(*best("172.16.0.0/26", OTHER)) == (Route.via("172.16.0.0/26", OTHER), frozenset())
+
+
+def test_own_next_hop_dropped_and_ecmp():
+    planner = FibPlanner(node_ip=ME, pools=POOLS, local_subnets=LOCAL)
+    assert planner.plan(*best("10.2.1.0/26", ME)) == (None, frozenset())
+    assert planner.plan(*best("10.2.1.0/26", ME, SAME)) == (Route.via("10.2.1.0/26", SAME), frozenset())
+    route, vteps = planner.plan(*best("10.1.1.0/26", OTHER, SAME))
+    assert route == Route.ecmp("10.1.1.0/26", (NextHop(SAME, "vxlan.podroute", onlink=True),
+                                                NextHop(OTHER, "vxlan.podroute", onlink=True)))
+    assert vteps == frozenset({SAME, OTHER})
+
+
+def test_plan_fib_is_the_planner_over_a_table():
+    table = dict([best("10.0.1.0/26", OTHER), best("10.2.1.0/26", ME), best("10.1.1.0/26", SAME)])
+    plan = plan_fib(table, node_ip=ME, pools=POOLS, local_subnets=LOCAL)
+    assert {str(r.dst) for r in plan.routes} == {"10.0.1.0/26", "10.1.1.0/26"}
+    assert plan.vxlan_next_hops == frozenset({SAME})
