@@ -78,14 +78,15 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.5), squeeze=False)
     for ax, r in zip(axes[0], runs):
-        for who, style in (("podroute", "-"), ("bird", "--")):
+        for who, style in (("podroute", "-"), ("bird", "--"), ("frr", ":")):
             s = r.get(who, {}).get("series_ms") or []
             if not s:
                 continue
             xs = [max(0.0, t) for t, _ in s]
             ys = [c for _, c in s]
             xs, ys = [0.0] + xs, [0] + ys
-            label = "podroute agent (felix + ExaBGP)" if who == "podroute" else "BIRD 2 (kernel protocol)"
+            label = {"podroute": "podroute agent (felix + ExaBGP)", "bird": "BIRD 2 (kernel protocol)",
+                     "frr": "FRR (zebra + bgpd)"}[who]
             ax.step(xs, ys, style, where="post", label=label)
         ax.set_title(f"BGP -> FIB convergence, N={r['n']:,}")
         ax.set_xlabel("ms since BGP session up")
@@ -98,9 +99,16 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def bgp_figures(r: dict) -> list[dict]:
-    n, p, b = r["n"], r["podroute"], r["bird"]
+    n, p, b, f = r["n"], r["podroute"], r["bird"], r.get("frr")
     target_conv = {10_000: ("<= 3x BIRD", 3.0)}.get(n, ("(report; 10k: <= 3x BIRD, 100k: <= 2x FRR)", None))
     out = []
+    if f is not None:
+        target_frr = ("<= 2x FRR", 2.0) if n >= 100_000 else ("(report; 100k: <= 2x FRR)", None)
+        for key, what in (("to_99_ms", "99"), ("to_100_ms", "100")):
+            out.append({"figure": f"bgp_conv_{what}pct_{n}_vs_frr", "unit": "ms", "higher_is_better": False,
+                        "podroute": p[key], "anchor": f[key], "anchor_name": "FRR zebra+bgpd",
+                        "target_ratio": target_frr[1], "target": target_frr[0],
+                        "detail": {"n": n, "frr_session_up": f["session_up"], "frr_rss_mb": f["rss_mb"]}})
     for key, what in (("to_99_ms", "99%"), ("to_100_ms", "100%")):
         out.append({"figure": f"bgp_conv_{what.rstrip('%')}pct_{n}", "unit": "ms", "higher_is_better": False,
                     "podroute": p[key], "anchor": b[key], "anchor_name": "BIRD kernel proto",
@@ -215,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         png = out / "convergence.png"
         plot(bgp_runs, png)
         (out / "bgp_series.json").write_text(json.dumps(
-            [{"n": r["n"], "podroute": r["podroute"]["series_ms"], "bird": r["bird"]["series_ms"]} for r in bgp_runs]))
+            [{"n": r["n"], "podroute": r["podroute"]["series_ms"], "bird": r["bird"]["series_ms"],
+              "frr": (r.get("frr") or {}).get("series_ms")} for r in bgp_runs]))
     summary = {"size": args.size, "started": t_start, "duration_s": time.time() - t_start,
                "figures": [{k: f.get(k) for k in ("figure", "unit", "podroute", "anchor", "anchor_name", "ratio",
                                                   "target", "pass")} for f in figs],

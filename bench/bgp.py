@@ -7,8 +7,9 @@ Layout (all inside fresh ``prb-<hex>`` namespaces, deleted afterwards):
           protocol, so its FIB is never touched
     pod   a real ``podroute node run`` agent (felix + ExaBGP speaker + CNI server), eth0
           198.18.0.11/24, pools 198.19.0.0/16 (its block 198.19.1.0/26) and 10.0.0.0/8
-    bird  the anchor: BIRD 2 with ``protocol kernel`` exporting into its namespace's FIB,
-          eth0 198.18.0.12/24
+    bird  the anchors, one after the other in the same namespace (eth0 198.18.0.12/24): BIRD 2
+          with ``protocol kernel`` exporting into the FIB, then FRR (zebra + bgpd; zebra
+          installs bgpd's best routes, rtm_protocol 186)
 
 The 10.0.0.0/8 /26s exist only as FIB entries (via 198.18.0.1) in isolated namespaces; no
 packet is ever sent to them. Receivers run one at a time (2 shared cores).
@@ -16,7 +17,9 @@ packet is ever sent to them. Receivers run one at a time (2 shared cores).
 Timing: the FIB is counted by an in-process rtnetlink dump (unicast routes of the receiver's
 protocol, 90 or BIRD's 12) every ~5 ms. t=0 is the receiver's own "session established"
 timestamp: the agent's status ``since`` (time.time() when ExaBGP reported ``up``) and BIRD's
-``show protocols`` since (``timeformat protocol iso long ms``). Withdraw: t=0 just before
+``show protocols`` since (``timeformat protocol iso long ms``). FRR reports its session's
+uptime in whole seconds only, so its t=0 is the source BIRD's Established time for that
+session (ms resolution; both ends establish within a round trip). Withdraw: t=0 just before
 ``birdc disable`` of the source's static protocol; done when the receiver's FIB has 0 of them.
 Memory: RSS (VmRSS) summed over the receiver's process tree once it holds all N routes.
 """
@@ -181,6 +184,59 @@ def _start_bird(ns: str, conf: Path, sock: Path, log: Path):
     return p
 
 
+FRR_ZEBRA, FRR_BGPD = "/usr/lib/frr/zebra", "/usr/lib/frr/bgpd"
+FRR_PROTO = 186  # RTPROT_BGP, what zebra stamps on bgpd's routes
+
+
+def _frr_bgpd_conf() -> str:
+    return "\n".join([
+        "frr defaults datacenter", "hostname bench-frr", f"router bgp {ASN}", f" bgp router-id {BIRD_IP}",
+        " no bgp ebgp-requires-policy", " no bgp default ipv4-unicast",
+        f" neighbor {SRC_IP} remote-as {ASN}", f" neighbor {SRC_IP} timers 10 30",
+        " address-family ipv4 unicast", f"  neighbor {SRC_IP} activate", " exit-address-family", ""])
+
+
+def _run_frr(ns: str, workdir: Path, src_sock: Path, src_ns: str, n: int, timeout: float) -> dict:
+    """FRR as the receiver: zebra (as its default user ``frr``, so its run directory is a
+    world-writable temporary directory of its own: the bench's work dir is private) and bgpd
+    (``-S``: as root, no user switch) over a private zserv socket. Returns
+    to_99_ms/to_100_ms/rss_mb/series; the directory's logs are copied to ``workdir/frr``."""
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="prb-frr-"))
+    os.chmod(d, 0o777)
+    zserv, vty = d / "zserv.api", d
+    (d / "zebra.conf").write_text("hostname bench-zebra\n")
+    (d / "bgpd.conf").write_text(_frr_bgpd_conf())
+    fc = FibCounter(ns, FRR_PROTO)
+    procs = []
+    try:
+        procs.append(N.popen([FRR_ZEBRA, "-z", str(zserv), "--vty_socket", str(vty), "-i", str(d / "zebra.pid"),
+                              "-f", str(d / "zebra.conf")], ns=ns, log=d / "zebra.out"))
+        deadline = time.monotonic() + 30
+        while not zserv.exists():
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                raise N.BenchError(f"zebra did not start: {(d / 'zebra.out').read_text()[-400:]}")
+            time.sleep(0.02)
+        series: list = []
+        procs.append(N.popen([FRR_BGPD, "-S", "-p", "0", "-z", str(zserv), "--vty_socket", str(vty),
+                              "-i", str(d / "bgpd.pid"), "-f", str(d / "bgpd.conf")], ns=ns, log=d / "bgpd.out"))
+        t_full = wait_count(fc, lambda c: c >= n, timeout, series)
+        since = bird_since(src_sock, src_ns, "r_bird")
+        if since is None:
+            raise N.BenchError("FRR receiver: source BIRD does not show its session Established")
+        rss = sum(tree_rss_mb(p.pid)[0] for p in procs)
+        t99 = next(t for t, c in series if c >= 0.99 * n)
+        return {"session_up": since, "to_99_ms": (t99 - since) * 1e3, "to_100_ms": (t_full - since) * 1e3,
+                "rss_mb": rss, "series_ms": [[round((t - since) * 1e3, 2), c] for t, c in series]}
+    finally:
+        fc.close()
+        for p in reversed(procs):
+            N.stop(p)
+        shutil.copytree(d, workdir / "frr", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.api", "*.vty"))
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _agent_conf(d: Path) -> Path:
     cfg = {
         "nodeName": "bench-pod", "nodeIP": POD_IP, "asn": ASN, "podCIDRs": ["198.19.1.0/26"],
@@ -260,6 +316,8 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
             birdc(src_sock, "enable", "s1", ns=spaces["src"])
         finally:
             fc.close()
+        # (c) FRR anchor, same namespace (BIRD is gone; its kernel routes went with it)
+        out["frr"] = _run_frr(spaces["bird"], workdir, src_sock, spaces["src"], n, timeout)
 
         # (a) podroute agent
         ad = workdir / "agent"
