@@ -212,8 +212,7 @@ class RouteTable:
             # Pairs (dst, have) straight from the dump, then desired dsts the kernel lacks: every
             # IPv4Network hash/eq is a Python-level call (~1.5 µs), so each dst is looked up once.
             desired = self._desired
-            pairs = [(dst, desired.get(dst), have if isinstance(have, tuple) else (have,))
-                     for dst, have in actual.items()]
+            pairs = [(dst, desired.get(dst), _as_tuple(have)) for dst, have in actual.items()]
             pairs += [(dst, want, ()) for dst, want in desired.items() if dst not in actual]
         else:
             pairs = [(dst, self._desired.get(dst), self._have(dst)) for dst in self._pending]
@@ -280,8 +279,7 @@ class RouteTable:
         return res
 
     def _have(self, dst: IPv4Network) -> tuple[Route, ...]:
-        have = self._actual.get(dst, ())
-        return have if isinstance(have, tuple) else (have,)
+        return _as_tuple(self._actual.get(dst, ()))
 
     def _op(self, action: str, route: Route) -> RouteOp:
         return RouteOp(action, route, self.table, self.protocol)  # type: ignore[arg-type]
@@ -302,3 +300,8 @@ class RouteTable:
                                 f"conflict: a route of another protocol holds {f.route.dst if f.route else '?'}"
                                 f" in table {self.table}; left alone ({f.message})", f.action)
         return f
+
+
+def _as_tuple(have: Route | tuple[Route, ...]) -> tuple[Route, ...]:
+    """An entry of RouteTable._actual as a tuple of routes."""
+    return have if isinstance(have, tuple) else (have,)
