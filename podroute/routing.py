@@ -17,21 +17,14 @@ each. Routes via our own node IP are dropped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from felix.routes import NextHop, Route
 from ipip.modes import Encapsulation, PoolEncap, route_encap
 
 TUNL0 = "tunl0"
 VXLAN_DEV = "vxlan.podroute"
-
-
-@dataclass(frozen=True)
-class FibPlan:
-    routes: tuple[Route, ...]
-    vxlan_next_hops: frozenset[IPv4Address]   # remote VTEPs needed (node IPs)
 
 
 def _hop(encap: Encapsulation, nh: IPv4Address) -> NextHop:
@@ -43,8 +36,7 @@ def _hop(encap: Encapsulation, nh: IPv4Address) -> NextHop:
 
 
 class FibPlanner:
-    """Maps one Loc-RIB entry at a time to its felix route: the per-prefix form of
-    :func:`plan_fib`, for the incremental BGP→FIB path.
+    """Maps one Loc-RIB entry at a time to its felix route (the incremental BGP→FIB path).
 
     Memoises what repeats across a table of blocks from a few hundred nodes: the pool that
     holds a prefix (by integer match, most specific pool first), and the encapsulation and
@@ -108,17 +100,3 @@ class FibPlanner:
 
 
 _NONE: frozenset[IPv4Address] = frozenset()
-
-
-def plan_fib(best: Mapping[IPv4Network, Any], *, node_ip: IPv4Address, pools: Sequence[PoolEncap],
-             local_subnets: Sequence[IPv4Network]) -> FibPlan:
-    """Map ``{prefix: BestRoute}`` to felix routes, choosing the encapsulation per next hop."""
-    planner = FibPlanner(node_ip=node_ip, pools=pools, local_subnets=local_subnets)
-    routes: list[Route] = []
-    vxlan: set[IPv4Address] = set()
-    for prefix, br in best.items():
-        route, vteps = planner.plan(prefix, br)
-        if route is not None:
-            routes.append(route)
-            vxlan |= vteps
-    return FibPlan(tuple(routes), frozenset(vxlan))

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address, IPv4Network
 from bgp.model import BestRoute
 from felix.routes import NextHop, Route
 from ipip.modes import EncapMode, PoolEncap
-from podroute.routing import FibPlanner, plan_fib
+from podroute.routing import FibPlanner
 
 ME = IPv4Address("198.18.0.11")
 SAME, OTHER = IPv4Address("198.18.0.12"), IPv4Address("198.18.1.12")
@@ -39,10 +39,3 @@ def test_own_next_hop_dropped_and_ecmp():
     assert route == Route.ecmp("10.1.1.0/26", (NextHop(SAME, "vxlan.podroute", onlink=True),
                                                 NextHop(OTHER, "vxlan.podroute", onlink=True)))
     assert vteps == frozenset({SAME, OTHER})
-
-
-def test_plan_fib_is_the_planner_over_a_table():
-    table = dict([best("10.0.1.0/26", OTHER), best("10.2.1.0/26", ME), best("10.1.1.0/26", SAME)])
-    plan = plan_fib(table, node_ip=ME, pools=POOLS, local_subnets=LOCAL)
-    assert {str(r.dst) for r in plan.routes} == {"10.0.1.0/26", "10.1.1.0/26"}
-    assert plan.vxlan_next_hops == frozenset({SAME})
