@@ -101,8 +101,12 @@ class NetnsNotFound(WiringError):
         self.netns = netns
 
 
+HOST_NS = "the host namespace"  # InterfaceExists.where for a name taken on the host side
+
+
 class InterfaceExists(WiringError):
-    """An interface name we must create is already taken (code 999)."""
+    """An interface name we must create is already taken (code 999). ``where``: the netns
+    path, or :data:`HOST_NS`."""
 
     def __init__(self, ifname: str, where: str, details: str = "") -> None:
         super().__init__(f"interface {ifname} already exists in {where}", details)

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
-from .errors import CNIError, InterfaceExists, NetnsNotFound, WiringError
+from .errors import HOST_NS, CNIError, InterfaceExists, NetnsNotFound, WiringError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 _macs = itertools.count(1)
@@ -31,6 +31,7 @@ class _HostLink:
     up: bool = False
     proxy_arp: int = 0
     forwarding: int = 0
+    retired: bool = False
 
 
 @dataclass
@@ -95,7 +96,7 @@ class FakeWiring:
         self._enter("create_veth_in_netns")
         self._need_ns(netns)
         if host_ifname in self.host_links:
-            raise InterfaceExists(host_ifname, "the host namespace")
+            raise InterfaceExists(host_ifname, HOST_NS)
         if (netns, pod_ifname) in self.pod_links:
             raise InterfaceExists(pod_ifname, netns)
         self.host_links[host_ifname] = _HostLink(peer=(netns, pod_ifname), mtu=mtu)
@@ -155,6 +156,22 @@ class FakeWiring:
             return False
         self._destroy_pair(link.host)
         return True
+
+    def retire_host_veth(self, host_ifname: str) -> bool:
+        self._enter("retire_host_veth")
+        link = self.host_links.get(host_ifname)
+        if link is None:
+            return False
+        link.up = False
+        link.retired = True
+        return True
+
+    def reap_retired(self) -> bool:
+        self._enter("reap_retired")
+        names = [n for n, link in self.host_links.items() if link.retired]
+        for n in names:
+            self._destroy_pair(n)
+        return bool(names)
 
     def host_veth(self, host_ifname: str) -> HostVethState | None:
         self._enter("host_veth")

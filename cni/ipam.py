@@ -87,19 +87,25 @@ class IPAM:
         Idempotent per handle (a second call returns the same address and keeps the
         original attrs). Raises IPAMExhausted (code 11) when every block is full.
         """
+        return self.claim(handle, attrs)[0].ip
+
+    def claim(self, handle: str, attrs: Mapping[str, Any] | None = None) -> tuple[Allocation, bool]:
+        """``(allocation, created)``: the allocation ``handle`` already holds (``created`` False,
+        its original attrs) or a new one with ``attrs`` (True), under one lock and one read.
+        Raises IPAMExhausted (code 11) when every block is full, IPAMError (5) on I/O."""
         with self._locked():
             blocks = self._load_all()
             for blk in blocks:
-                for ip, (h, _) in blk.allocations.items():
+                for ip, (h, old) in blk.allocations.items():
                     if h == handle:
-                        return ip
+                        return Allocation(h, ip, dict(old)), False
             for blk in blocks:
                 ip = self._pick(blk)
                 if ip is not None:
                     blk.allocations[ip] = (handle, dict(attrs or {}))
                     blk.next = (int(ip) - int(blk.cidr.network_address) + 1) % blk.cidr.num_addresses
                     self._save(blk)
-                    return ip
+                    return Allocation(handle, ip, dict(attrs or {})), True
         raise IPAMExhausted(f"no free address in IPAM blocks {', '.join(map(str, self._blocks))}",
                             f"{len(self._reserved)} reserved")
 

@@ -1,9 +1,17 @@
-"""The real :class:`cni.wiring.Wiring`: pyroute2 netlink + /proc/sys writes.
+"""The real :class:`cni.wiring.Wiring`: rtnetlink + /proc/sys writes.
 
-The only module of ``cni`` that imports pyroute2. Pod-namespace work runs in a
-short-lived thread that ``setns(2)``s into the CNI_NETNS path and opens its own netlink
-socket there (~1 ms; ``IPRoute(netns=...)`` forks a helper and would *create* a missing
-namespace). A missing netns path is :class:`~cni.errors.NetnsNotFound`, never created.
+The only module of ``cni`` that speaks netlink. ADD and DEL (the path a pod waits on) use
+:mod:`cni.rtnl`, our own request packer (an ADD is ~10 requests in 5 ``sendmsg`` calls, about
+1 ms of kernel time); CHECK's table reads use pyroute2, the only pyroute2 import of ``cni``.
+Pod-namespace sockets are opened by a short-lived thread that ``setns(2)``s into the
+CNI_NETNS path (a netlink socket stays in the netns it was created in; ``IPRoute(netns=...)``
+forks a helper and would *create* a missing namespace). A missing netns path is
+:class:`~cni.errors.NetnsNotFound`, never created.
+
+DEL retires the host veth (down, moved to link group :data:`RETIRED_GROUP`) instead of
+deleting it: unregistering a netdev waits for RCU grace periods with the RTNL held (~20 ms
+here, the bulk of a DEL). :meth:`NetlinkWiring.reap_retired` later deletes the whole group in
+one ``RTM_DELLINK`` (``ip link del group``), one unregister batch for any number of pods.
 
 "Host" is the namespace of the calling thread (the agent's), or ``host_netns`` (a netns
 path) when given, which tests use to run the host side inside a throwaway namespace.
@@ -24,13 +32,17 @@ from typing import Any, Callable, Iterator, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import (TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound, WiringError)
+from . import rtnl
+from .errors import (HOST_NS, TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound,
+                     WiringError)
+from .rtnl import Rtnl, RtnlError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 SCOPE_LINK = 253
 MAIN_TABLE = 254
+RETIRED_GROUP = 0x70727464  # IFLA_GROUP of retired host veths ("prtd"); never 0 (default group)
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR}
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -101,12 +113,12 @@ def _read_sysctl(kind: str, ifname: str, key: str) -> int:
         return int(f.read().strip())
 
 
-def _index(ipr: IPRoute, ifname: str) -> int | None:
-    """Index of ``ifname`` in the calling thread's netns (the one ``ipr`` was opened in).
+def _index(ifname: str) -> int | None:
+    """Index of ``ifname`` in the calling thread's netns.
 
-    SIOCGIFINDEX via ``socket.if_nametoindex`` (~20 µs) instead of pyroute2's
-    ``link_lookup``, which dumps and parses every link (~1.5 ms, several times per ADD).
-    The ioctl socket is created in the calling thread's namespace, as ``ipr`` was."""
+    SIOCGIFINDEX via ``socket.if_nametoindex`` (~20 µs; pyroute2's ``link_lookup`` dumps and
+    parses every link, ~1.5 ms). The ioctl socket is created in the calling thread's
+    namespace, so callers that opened a netlink socket in this thread see the same links."""
     try:
         return socket.if_nametoindex(ifname)
     except OSError:
@@ -119,11 +131,23 @@ def _link_info(ipr: IPRoute, idx: int) -> tuple[str, int, bool]:
             link.get_attr("IFLA_MTU")), bool(link["flags"] & 1))
 
 
-class NetlinkWiring:
-    """pyroute2-backed Wiring. ``host_netns``: optional netns path for the host side."""
+def _check(results: list, what: str, ok: frozenset[int] = frozenset()) -> None:
+    """Raise the first refused request of a transaction (errnos in ``ok`` are tolerated)."""
+    for r in results:
+        if isinstance(r, RtnlError) and r.errno not in ok:
+            raise _wrap(what, r) from r
 
-    def __init__(self, host_netns: str | None = None) -> None:
+
+class NetlinkWiring:
+    """rtnetlink-backed Wiring. ``host_netns``: optional netns path for the host side (tests
+    run the host side in a throwaway namespace); ``retired_group``: IFLA_GROUP for retired
+    host veths (non-zero, used by nothing else on the node)."""
+
+    def __init__(self, host_netns: str | None = None, retired_group: int = RETIRED_GROUP) -> None:
+        if not 0 < retired_group < 1 << 32:
+            raise ValueError(f"retired_group {retired_group} must be in 1..2**32-1")
         self.host_netns = host_netns
+        self.retired_group = retired_group
 
     @contextmanager
     def _ipr(self, what: str) -> Iterator[IPRoute]:
@@ -133,6 +157,23 @@ class NetlinkWiring:
         except CNIError:
             raise
         except (NetlinkError, OSError) as e:
+            raise _wrap(what, e) from e
+
+    @contextmanager
+    def _nl(self, what: str, netns: str | None = None) -> Iterator[Rtnl]:
+        """An Rtnl in the calling thread's netns, or in ``netns`` (opened by a helper thread)."""
+        try:
+            sock = Rtnl() if netns is None else run_in_netns(netns, Rtnl)
+        except CNIError:
+            raise
+        except OSError as e:
+            raise _wrap(what, e) from e
+        try:
+            with sock:
+                yield sock
+        except CNIError:
+            raise
+        except OSError as e:
             raise _wrap(what, e) from e
 
     def _host(self, fn: Callable[[], T]) -> T:
@@ -147,14 +188,13 @@ class NetlinkWiring:
         def work() -> None:
             fd = _open_netns(netns)
             try:
-                with self._ipr(f"create veth {host_ifname}") as ipr:
+                with self._nl(f"create veth {host_ifname}") as nl:
                     try:
-                        ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu,
-                                 peer={"ifname": pod_ifname, "net_ns_fd": fd, "mtu": mtu})
-                    except NetlinkError as e:
-                        if e.code == errno.EEXIST:
-                            if _index(ipr, host_ifname) is not None:
-                                raise InterfaceExists(host_ifname, "the host namespace") from e
+                        nl.call(rtnl.veth_new(nl.next_seq(), host_ifname, pod_ifname, fd, mtu))
+                    except RtnlError as e:
+                        if e.errno == errno.EEXIST:
+                            if nl.link(host_ifname) is not None:
+                                raise InterfaceExists(host_ifname, HOST_NS) from e
                             raise InterfaceExists(pod_ifname, netns) from e
                         raise
             finally:
@@ -162,30 +202,29 @@ class NetlinkWiring:
         self._host(work)
 
     def configure_pod_side(self, netns: str, pod_ifname: str, ip: IPv4Address, mtu: int) -> str:
-        def work() -> str:
-            with self._ipr(f"configure {pod_ifname} in {netns}") as ipr:
-                lo = _index(ipr, "lo")
-                if lo is not None:
-                    ipr.link("set", index=lo, state="up")
-                idx = _index(ipr, pod_ifname)
-                if idx is None:
-                    raise WiringError(f"interface {pod_ifname} not found in {netns}")
-                try:
-                    ipr.addr("add", index=idx, address=str(ip), prefixlen=32)
-                except NetlinkError as e:
-                    if e.code != errno.EEXIST:
-                        raise
-                ipr.link("set", index=idx, mtu=mtu, state="up")  # one RTM_NEWLINK for both
-                ipr.route("replace", dst=f"{GATEWAY}/32", oif=idx, scope=SCOPE_LINK)
-                ipr.route("replace", dst="0.0.0.0/0", gateway=str(GATEWAY), oif=idx)
-                return _link_info(ipr, idx)[0]
-        return run_in_netns(netns, work)
+        what = f"configure {pod_ifname} in {netns}"
+        with self._nl(what, netns) as nl:
+            link = nl.link(pod_ifname)
+            if link is None:
+                raise WiringError(f"interface {pod_ifname} not found in {netns}")
+            seq, idx = nl.next_seq, link.index
+            results = nl.transact([
+                rtnl.link_set(seq(), 1, up=True),  # lo is always ifindex 1 in a netns
+                rtnl.addr_add(seq(), idx, ip, 32),
+                rtnl.link_set(seq(), idx, up=True, mtu=mtu),
+                rtnl.route(seq(), "replace", GATEWAY, 32, idx, scope=SCOPE_LINK, proto=4),
+                rtnl.route(seq(), "replace", IPv4Address(0), 0, idx, gateway=GATEWAY, proto=4),
+            ])
+            _check(results, what, frozenset({errno.EEXIST}))
+            return link.mac
 
     def configure_host_side(self, host_ifname: str) -> str:
+        what = f"configure host veth {host_ifname}"
+
         def work() -> str:
-            with self._ipr(f"configure host veth {host_ifname}") as ipr:
-                idx = _index(ipr, host_ifname)
-                if idx is None:
+            with self._nl(what) as nl:
+                link = nl.link(host_ifname)
+                if link is None:
                     raise WiringError(f"host interface {host_ifname} not found")
                 try:
                     _write_sysctl("conf", host_ifname, "proxy_arp", "1")
@@ -193,59 +232,102 @@ class NetlinkWiring:
                     _write_sysctl("conf", host_ifname, "forwarding", "1")
                 except OSError as e:
                     raise _wrap(f"sysctl on {host_ifname}", e) from e
-                ipr.link("set", index=idx, state="up")
-                return _link_info(ipr, idx)[0]
+                nl.call(rtnl.link_set(nl.next_seq(), link.index, up=True))
+                return link.mac
         return self._host(work)
 
     def add_host_route(self, ip: IPv4Address, host_ifname: str, proto: int) -> None:
+        what = f"add route {ip}/32 dev {host_ifname}"
+
         def work() -> None:
-            with self._ipr(f"add route {ip}/32 dev {host_ifname}") as ipr:
-                idx = _index(ipr, host_ifname)
-                if idx is None:
-                    raise WiringError(f"cannot add route {ip}/32: host interface "
-                                      f"{host_ifname} not found")
-                ipr.route("replace", dst=f"{ip}/32", oif=idx, scope=SCOPE_LINK, proto=proto,
-                          table=MAIN_TABLE)
+            idx = _index(host_ifname)
+            if idx is None:
+                raise WiringError(f"cannot add route {ip}/32: host interface "
+                                  f"{host_ifname} not found")
+            with self._nl(what) as nl:
+                nl.call(rtnl.route(nl.next_seq(), "replace", ip, 32, idx, scope=SCOPE_LINK,
+                                   proto=proto, table=MAIN_TABLE))
         self._host(work)
 
     # -- DEL --------------------------------------------------------------------------------
 
     def delete_host_route(self, ip: IPv4Address, host_ifname: str, proto: int) -> bool:
         def work() -> bool:
-            with self._ipr(f"delete route {ip}/32 dev {host_ifname}") as ipr:
-                idx = _index(ipr, host_ifname)
-                if idx is None:
-                    return False  # the kernel removed it with the device
+            idx = _index(host_ifname)
+            if idx is None:
+                return False  # the kernel removed it with the device
+            with self._nl(f"delete route {ip}/32 dev {host_ifname}") as nl:
                 try:
-                    ipr.route("del", dst=f"{ip}/32", oif=idx, scope=SCOPE_LINK, proto=proto,
-                              table=MAIN_TABLE)
-                except NetlinkError as e:
-                    if e.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                    nl.call(rtnl.route(nl.next_seq(), "delete", ip, 32, idx, scope=SCOPE_LINK,
+                                       proto=proto, table=MAIN_TABLE))
+                except RtnlError as e:
+                    if e.errno in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
                         return False
                     raise
                 return True
         return self._host(work)
 
     def delete_host_veth(self, host_ifname: str) -> bool:
-        return self._host(lambda: _delete_link(self, f"delete host veth {host_ifname}", host_ifname))
+        return self._host(lambda: self._delete_link(f"delete host veth {host_ifname}", host_ifname))
 
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
+        what = f"delete {pod_ifname} in {netns}"
         try:
-            return run_in_netns(netns, lambda: _delete_link(self, f"delete {pod_ifname} in {netns}", pod_ifname))
+            return run_in_netns(netns, lambda: self._delete_link(what, pod_ifname))
         except NetnsNotFound:
             return False
+
+    def retire_host_veth(self, host_ifname: str) -> bool:
+        def work() -> bool:
+            idx = _index(host_ifname)
+            if idx is None:
+                return False
+            with self._nl(f"retire host veth {host_ifname}") as nl:
+                try:
+                    nl.call(rtnl.link_set(nl.next_seq(), idx, up=False, group=self.retired_group))
+                except RtnlError as e:
+                    if e.errno == errno.ENODEV:
+                        return False
+                    raise
+                return True
+        return self._host(work)
+
+    def reap_retired(self) -> bool:
+        def work() -> bool:
+            with self._nl(f"delete link group {self.retired_group}") as nl:
+                try:
+                    nl.call(rtnl.group_del(nl.next_seq(), self.retired_group))
+                except RtnlError as e:
+                    if e.errno == errno.ENODEV:  # no link in the group
+                        return False
+                    raise
+                return True
+        return self._host(work)
+
+    def _delete_link(self, what: str, ifname: str) -> bool:
+        """Delete ``ifname`` in the calling thread's namespace; False if it was already gone."""
+        with self._nl(what) as nl:
+            link = nl.link(ifname)
+            if link is None:
+                return False
+            try:
+                nl.call(rtnl.link_del(nl.next_seq(), link.index))
+            except RtnlError as e:
+                if e.errno == errno.ENODEV:
+                    return False
+                raise
+            return True
 
     # -- CHECK ------------------------------------------------------------------------------
 
     def host_veth(self, host_ifname: str) -> HostVethState | None:
         def work() -> HostVethState | None:
-            with self._ipr(f"read host veth {host_ifname}") as ipr:
-                idx = _index(ipr, host_ifname)
-                if idx is None:
-                    return None
-                mac, mtu, up = _link_info(ipr, idx)
+            with self._nl(f"read host veth {host_ifname}") as nl:
+                link = nl.link(host_ifname)
+            if link is None:
+                return None
             try:
-                return HostVethState(host_ifname, mac, mtu, up,
+                return HostVethState(host_ifname, link.mac, link.mtu, link.up,
                                      _read_sysctl("conf", host_ifname, "proxy_arp"),
                                      _read_sysctl("conf", host_ifname, "forwarding"))
             except FileNotFoundError:
@@ -257,7 +339,7 @@ class NetlinkWiring:
     def host_route_exists(self, ip: IPv4Address, host_ifname: str, proto: int) -> bool:
         def work() -> bool:
             with self._ipr(f"read routes of {host_ifname}") as ipr:
-                idx = _index(ipr, host_ifname)
+                idx = _index(host_ifname)
                 if idx is None:
                     return False
                 for r in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
@@ -271,7 +353,7 @@ class NetlinkWiring:
     def pod_iface(self, netns: str, pod_ifname: str) -> PodIfaceState | None:
         def work() -> PodIfaceState | None:
             with self._ipr(f"read {pod_ifname} in {netns}") as ipr:
-                idx = _index(ipr, pod_ifname)
+                idx = _index(pod_ifname)
                 if idx is None:
                     return None
                 mac, mtu, up = _link_info(ipr, idx)
@@ -290,17 +372,3 @@ class NetlinkWiring:
                 return PodIfaceState(pod_ifname, mac, mtu, up, addrs, gw_route, default_via)
         return run_in_netns(netns, work)
 
-
-def _delete_link(wiring: "NetlinkWiring", what: str, ifname: str) -> bool:
-    """Delete ``ifname`` in the calling thread's namespace; False if it was already gone."""
-    with wiring._ipr(what) as ipr:
-        idx = _index(ipr, ifname)
-        if idx is None:
-            return False
-        try:
-            ipr.link("del", index=idx)
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
-                return False
-            raise
-        return True

@@ -11,7 +11,8 @@ Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the refere
   Any failure rolls back everything created, in reverse order. Repeating an ADD with
   identical parameters returns the same result; a different one is an error.
 * DEL ("DEL: Remove container from network"): idempotent; a missing netns, link,
-  route or allocation is not an error. Always releases the IP.
+  route or allocation is not an error. Always releases the IP. The host veth is retired
+  (down, in a link group) and the pair deleted in batches by :meth:`CNIPlugin.reap`.
 * CHECK ("CHECK: Check container's networking is as expected"): allocation, host
   veth (up, proxy_arp=1), host route, pod address/MTU/routes; mismatch -> code 999
   with a message naming what is wrong.
@@ -20,8 +21,8 @@ Host veth name: ``host_prefix`` + first 11 hex digits of SHA-1 of
 ``"<K8S_POD_NAMESPACE>.<K8S_POD_NAME>"`` (Calico's scheme, own prefix), or of the
 container ID without Kubernetes args; at most 15 characters.
 
-Requests are serialised by one asyncio lock (wiring takes ~10-20 ms per pod); blocking
-work runs in worker threads, the WorkloadSink is called on the event loop thread.
+Requests are serialised by one asyncio lock; blocking work runs in worker threads (two hops
+per ADD, one per DEL), the WorkloadSink is called on the event loop thread.
 """
 from __future__ import annotations
 
@@ -29,18 +30,44 @@ import asyncio
 import hashlib
 import logging
 from ipaddress import IPv4Address
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, TypeVar
 
-from .errors import (INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError, InterfaceExists,
+from .errors import (HOST_NS, INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError, InterfaceExists,
                      InvalidConfig)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
 from .wiring import GATEWAY, Wiring
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 MAX_IFNAME = 15
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread. If the caller is cancelled meanwhile, the thread still
+    finishes (it cannot be stopped) and its own rollback or commit stands; the cancellation
+    is re-raised once it has. Non-CNI exceptions become code 999."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        try:
+            await fut
+        except BaseException:
+            pass
+        raise
+    except CNIError:
+        raise
+    except Exception as e:
+        raise CNIError(INTERNAL, f"{getattr(fn, '__name__', fn)} failed: {e}", repr(e)) from e
+
+
+def _log_task_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %r (retired veths stay until the next DEL or agent start)",
+                  task.get_name(), task.exception())
 
 
 class WorkloadSink(Protocol):
@@ -70,11 +97,13 @@ class CNIPlugin:
     ``mtu``: pod interface MTU in bytes (config ``"mtu"`` overrides per network);
     ``protocol``: route protocol of the host /32 routes (90 = podroute);
     ``workloads``: felix's sink (optional); ``host_prefix``: host veth name prefix
-    (1-4 chars, must not be Calico's ``cali``).
+    (1-4 chars, must not be Calico's ``cali``); ``reap_delay``: seconds between a DEL and the
+    batched deletion of retired veth pairs.
     """
 
     def __init__(self, *, ipam: IPAM, wiring: Wiring, mtu: int, protocol: int = 90,
-                 workloads: WorkloadSink | None = None, host_prefix: str = "prt") -> None:
+                 workloads: WorkloadSink | None = None, host_prefix: str = "prt",
+                 reap_delay: float = 0.2) -> None:
         if not host_prefix or len(host_prefix) > 4 or host_prefix.startswith("cali"):
             raise ValueError(f"host_prefix {host_prefix!r} must be 1-4 chars and not 'cali'")
         if not 68 <= mtu <= 65535:
@@ -87,7 +116,9 @@ class CNIPlugin:
         self.protocol = protocol
         self.workloads = workloads
         self.host_prefix = host_prefix
+        self.reap_delay = reap_delay
         self._lock = asyncio.Lock()
+        self._reaper: asyncio.Task | None = None
 
     # -- CNIHandler -------------------------------------------------------------------------
 
@@ -174,7 +205,10 @@ class CNIPlugin:
     # -- ADD --------------------------------------------------------------------------------
 
     async def add(self, req: CNIRequest) -> dict[str, Any]:
-        """CNI ADD. Returns the CNI result; raises CNIError (everything rolled back)."""
+        """CNI ADD. Returns the CNI result; raises CNIError (everything rolled back).
+
+        Two worker-thread hops: the IPAM claim, then the whole wiring (with its own rollback);
+        felix is told in between, on the loop thread, before the host route exists."""
         network, version, mtu = self._parse_config(req.config)
         _validate_ifname(req.ifname, "CNI_IFNAME")
         if not req.netns:
@@ -185,46 +219,55 @@ class CNIPlugin:
                  "netns": req.netns, "host_ifname": host_ifname, "mtu": mtu,
                  "pod_namespace": req.pod_namespace, "pod_name": req.pod_name}
 
-        existing = await self._call("IPAM lookup", self.ipam.get, handle)
-        if existing is not None:
-            return await self._repeat_add(req, existing.ip, existing.attrs, attrs, version)
-
-        undo: list[tuple[str, Callable[[], Any]]] = []
-        step = "IPAM allocation"
+        alloc, created = await self._call("IPAM allocation", self.ipam.claim, handle, attrs)
+        if not created:
+            return await self._repeat_add(req, alloc.ip, alloc.attrs, attrs, version)
+        ip = alloc.ip
+        ep = WorkloadEndpoint(req.container_id, req.ifname, host_ifname, ip, req.netns,
+                              req.pod_namespace, req.pod_name)
         try:
-            ip = await self._call(step, self.ipam.allocate, handle, attrs)
-            undo.append(("release IP", lambda: self.ipam.release(handle)))
-            ep = WorkloadEndpoint(req.container_id, req.ifname, host_ifname, ip, req.netns,
-                                  req.pod_namespace, req.pod_name)
-
-            step = "stale host veth check"
-            if await self._call(step, self.wiring.host_veth, host_ifname) is not None:
-                # Calico does the same: a veth with this pod's name is from a dead sandbox.
-                log.warning("ADD %s: deleting stale host veth %s", handle, host_ifname)
-                await self._call(step, self.wiring.delete_host_veth, host_ifname)
-
-            step = "create_veth_in_netns"
-            await self._call(step, self.wiring.create_veth_in_netns, host_ifname, req.netns,
-                             req.ifname, mtu)
-            undo.append(("delete veth", lambda: self.wiring.delete_host_veth(host_ifname)))
-
-            step = "configure_pod_side"
-            pod_mac = await self._call(step, self.wiring.configure_pod_side, req.netns,
-                                       req.ifname, ip, mtu)
-            step = "configure_host_side"
-            host_mac = await self._call(step, self.wiring.configure_host_side, host_ifname)
-
-            step = "workload_added"
             if self.workloads is not None:
                 self.workloads.workload_added(ep)
-                undo.append(("workload_removed", lambda: self.workloads.workload_removed(ep)))
+        except BaseException as e:
+            await asyncio.to_thread(self._release_quietly, handle)
+            raise CNIError(INTERNAL, f"ADD failed at workload_added: {e}", repr(e)) from e
+        try:
+            host_mac, pod_mac = await _in_thread(self._wire, req, handle, ip, host_ifname, mtu)
+        except BaseException:
+            if self.workloads is not None:
+                try:
+                    self.workloads.workload_removed(ep)
+                except Exception:
+                    log.exception("ADD %s rollback: workload_removed failed", handle)
+            raise
+        log.info("ADD %s: %s/32 on %s (host %s)", handle, ip, req.ifname, host_ifname)
+        return self._result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
 
+    def _wire(self, req: CNIRequest, handle: str, ip: IPv4Address, host_ifname: str,
+              mtu: int) -> tuple[str, str]:
+        """Worker thread: veth, both sides, host route -> (host MAC, pod MAC). On any failure
+        undoes what it did (and releases ``handle``'s IP), then raises CNIError naming the step."""
+        w = self.wiring
+        undo: list[tuple[str, Callable[[], Any]]] = [("release IP", lambda: self.ipam.release(handle))]
+        step = "create_veth_in_netns"
+        try:
+            self._create_veth(handle, req, host_ifname, mtu)
+            undo.append(("delete veth", lambda: w.delete_host_veth(host_ifname)))
+            step = "configure_pod_side"
+            pod_mac = w.configure_pod_side(req.netns, req.ifname, ip, mtu)
+            step = "configure_host_side"
+            host_mac = w.configure_host_side(host_ifname)
             step = "add_host_route"
             undo.append(("delete host route",
-                         lambda: self.wiring.delete_host_route(ip, host_ifname, self.protocol)))
-            await self._call(step, self.wiring.add_host_route, ip, host_ifname, self.protocol)
+                         lambda: w.delete_host_route(ip, host_ifname, self.protocol)))
+            w.add_host_route(ip, host_ifname, self.protocol)
+            return host_mac, pod_mac
         except BaseException as e:
-            await self._rollback(handle, undo)
+            for name, fn in reversed(undo):
+                try:
+                    fn()
+                except Exception:
+                    log.exception("ADD %s rollback: %s failed", handle, name)
             if isinstance(e, InterfaceExists):
                 raise CNIError(e.code, f"ADD failed at {step}: {e.msg}", e.details) from e
             if isinstance(e, CNIError):
@@ -233,18 +276,35 @@ class CNIPlugin:
             if isinstance(e, Exception):
                 raise CNIError(INTERNAL, f"ADD failed at {step}: {e}", repr(e)) from e
             raise
-        log.info("ADD %s: %s/32 on %s (host %s)", handle, ip, req.ifname, host_ifname)
-        return self._result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
 
-    async def _rollback(self, handle: str, undo: list[tuple[str, Callable[[], Any]]]) -> None:
-        for name, fn in reversed(undo):
+    def _create_veth(self, handle: str, req: CNIRequest, host_ifname: str, mtu: int) -> None:
+        """Create the pair; a name held by a retired pair (a DEL of this pod or netns not yet
+        reaped: the runtime's ADD-DEL-ADD retry) or by a dead sandbox's host veth is freed
+        first. Raises InterfaceExists if the name is still taken after that."""
+        w = self.wiring
+        reaped = stale_deleted = False
+        while True:
             try:
-                if name == "workload_removed":
-                    fn()  # felix's sink: on the loop thread
-                else:
-                    await asyncio.to_thread(fn)
-            except Exception:
-                log.exception("ADD %s rollback: %s failed", handle, name)
+                w.create_veth_in_netns(host_ifname, req.netns, req.ifname, mtu)
+                return
+            except InterfaceExists as e:
+                if not reaped:
+                    reaped = True
+                    if w.reap_retired():
+                        continue
+                if e.ifname == host_ifname and e.where == HOST_NS and not stale_deleted:
+                    # Calico does the same: a veth with this pod's name is from a dead sandbox.
+                    log.warning("ADD %s: deleting stale host veth %s", handle, host_ifname)
+                    w.delete_host_veth(host_ifname)
+                    stale_deleted = True
+                    continue
+                raise
+
+    def _release_quietly(self, handle: str) -> None:
+        try:
+            self.ipam.release(handle)
+        except Exception:
+            log.exception("rollback: releasing the IP of %s failed", handle)
 
     async def _repeat_add(self, req: CNIRequest, ip: IPv4Address, old: Mapping[str, Any],
                           new: Mapping[str, Any], version: str) -> dict[str, Any]:
@@ -267,50 +327,85 @@ class CNIPlugin:
 
     async def delete(self, req: CNIRequest) -> None:
         """CNI DEL. Idempotent; raises CNIError 999 only if an existing object could not be
-        removed (the IP is released regardless, and a retry finishes the job)."""
+        removed (the IP is released regardless, and a retry finishes the job).
+
+        On return the pod is detached: its host route is gone, its IP released, felix told,
+        and its host veth down in the retired group; the veth pair itself is deleted by
+        :meth:`reap` moments later, batched with other DELs (see :mod:`cni.netlink_wiring`)."""
         name = req.config.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidConfig("network configuration has no name")
         _validate_ifname(req.ifname, "CNI_IFNAME")
         handle = self.handle_key(name, req)
-        alloc = await self._call("IPAM lookup", self.ipam.get, handle)
-        attrs = dict(alloc.attrs) if alloc else {}
-        host_ifname = attrs.get("host_ifname") or self.host_ifname(req)
-        errors: list[str] = []
-
-        async def attempt(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-            try:
-                return await self._call(what, fn, *args)
-            except CNIError as e:
-                errors.append(f"{what}: {e.msg}")
-                return None
-
-        if alloc is not None:
-            await attempt("delete host route", self.wiring.delete_host_route, alloc.ip,
-                          host_ifname, self.protocol)
-        others = await self._call("IPAM lookup", self.ipam.allocations)
-        pair_gone = False
-        if not any(h != handle and a.attrs.get("host_ifname") == host_ifname
-                   for h, a in others.items()):
-            # Deleting one end of a veth deletes its peer: the pod's interface goes with it, and
-            # a second link deletion (another ~20 ms RCU-synchronised unregister) is saved.
-            pair_gone = bool(await attempt("delete host veth", self.wiring.delete_host_veth,
-                                           host_ifname))
-        if req.netns and not pair_gone:
-            await attempt("delete pod interface", self.wiring.delete_pod_iface, req.netns,
-                          req.ifname)
+        alloc, errors, retired = await _in_thread(self._unwire, req, handle)
         if alloc is not None and self.workloads is not None:
-            ep = self._endpoint_from_attrs(alloc.ip, attrs)
+            ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs)
             if ep is not None:
                 try:
                     self.workloads.workload_removed(ep)
                 except Exception as e:
                     log.exception("DEL %s: workload_removed failed", handle)
                     errors.append(f"workload_removed: {e}")
-        await self._call("IPAM release", self.ipam.release, handle)
+        if retired:
+            self._schedule_reap()
         if errors:
             raise CNIError(INTERNAL, f"DEL incomplete: {'; '.join(errors)}")
         log.info("DEL %s: done (ip %s)", handle, alloc.ip if alloc else None)
+
+    def _unwire(self, req: CNIRequest, handle: str) -> tuple[Any, list[str], bool]:
+        """Worker thread: -> (allocation or None, errors, host veth retired)."""
+        w = self.wiring
+        errors: list[str] = []
+
+        def attempt(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except CNIError as e:
+                errors.append(f"{what}: {e.msg}")
+            except Exception as e:
+                errors.append(f"{what}: {e!r}")
+            return None
+
+        try:
+            allocs = self.ipam.allocations()
+        except CNIError as e:
+            raise CNIError(e.code, f"DEL failed at IPAM lookup: {e.msg}", e.details) from e
+        alloc = allocs.get(handle)
+        attrs = dict(alloc.attrs) if alloc else {}
+        host_ifname = attrs.get("host_ifname") or self.host_ifname(req)
+        if alloc is not None:
+            attempt("delete host route", w.delete_host_route, alloc.ip, host_ifname, self.protocol)
+        retired = False
+        if not any(h != handle and a.attrs.get("host_ifname") == host_ifname
+                   for h, a in allocs.items()):
+            # The pair is ours alone. Retiring the host end detaches the pod at once; the
+            # deletion of both ends is batched by reap().
+            retired = bool(attempt("retire host veth", w.retire_host_veth, host_ifname))
+        if req.netns and not retired:
+            attempt("delete pod interface", w.delete_pod_iface, req.netns, req.ifname)
+        try:
+            self.ipam.release(handle)
+        except CNIError as e:
+            errors.append(f"IPAM release: {e.msg}")
+        return alloc, errors, retired
+
+    # -- retired veths ----------------------------------------------------------------------
+
+    def _schedule_reap(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_later(),
+                                                                  name="cni-reap")
+            self._reaper.add_done_callback(_log_task_failure)
+
+    async def _reap_later(self) -> None:
+        await asyncio.sleep(self.reap_delay)  # DELs come in bursts: one batch for the burst
+        await self.reap()
+
+    async def reap(self) -> bool:
+        """Delete every retired veth pair now (one netlink request for all); True if there
+        were some. Raises CNIError if the kernel refused. The agent calls it at start for
+        pairs retired by a previous run."""
+        return bool(await self._call("delete retired veths", self.wiring.reap_retired))
 
     # -- CHECK ------------------------------------------------------------------------------
 

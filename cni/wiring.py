@@ -78,6 +78,13 @@ class Wiring(Protocol):
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
         """Delete the pod end (and thus the pair); False if netns or link is missing."""
 
+    def retire_host_veth(self, host_ifname: str) -> bool:
+        """Take the host end down and mark it for :meth:`reap_retired` (the pod is detached
+        at once; the deletion is batched). False if it was not there."""
+
+    def reap_retired(self) -> bool:
+        """Delete every retired veth pair now; False if there was none."""
+
     def host_veth(self, host_ifname: str) -> HostVethState | None:
         """State of the host end, None if missing."""
 

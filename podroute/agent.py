@@ -387,7 +387,13 @@ class Agent:
                            own_portids=(lambda: (self.dataplane.portid,)) if portid is not None else None).run()
 
     async def _cni_server(self) -> None:
+        from cni.errors import CNIError
         from cni.server import CNIServer
+        try:
+            if await self.cni.reap():  # veth pairs a previous run retired but did not delete
+                log.info("deleted veth pairs retired by a previous run")
+        except CNIError as e:
+            log.warning("could not delete retired veth pairs: %s", e.msg)
         await CNIServer(self.cfg.paths.cni_socket, self.cni).run()
 
     # --- status -----------------------------------------------------------------------

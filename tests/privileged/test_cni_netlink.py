@@ -6,6 +6,7 @@ a thread setns'd into the host netns), and once in a subprocess started with
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import statistics
@@ -110,13 +111,72 @@ async def test_add_check_del_exact_wiring(host, plugin, make_netns):
         await plugin.handle(req("CHECK", pod))
     assert "proxy_arp=0" in ei.value.msg
 
-    # DEL removes everything; DEL again is fine
+    # DEL detaches at once (route gone, IP released, host end down in the retired group);
+    # the reaper's one group deletion removes both ends; DEL again is fine
     assert await plugin.handle(req("DEL", pod)) is None
-    assert host_links(host) == []
-    assert [l["ifname"] for l in ipj(pod, "link", "show")] == ["lo"]
     assert ipj(host, "route", "show", "proto", "90") == []
     assert plugin.ipam.allocations() == {}
+    (hl,) = [l for l in ipj(host, "-d", "link", "show") if l["ifname"] == veth]
+    assert "UP" not in hl["flags"] and hl["group"] == str(0x70727464)
+    assert await plugin.reap() is True
+    assert host_links(host) == []
+    assert [l["ifname"] for l in ipj(pod, "link", "show")] == ["lo"]
     assert await plugin.handle(req("DEL", pod)) is None
+    assert await plugin.reap() is False
+
+
+async def test_add_del_add_in_the_same_netns_before_reap(host, plugin, make_netns):
+    """The runtime's retry after a failed sandbox set-up: ADD, DEL, ADD with the same netns and
+    CNI_IFNAME while the first pair is only retired."""
+    pod = make_netns("cnip")
+    await plugin.handle(req("ADD", pod))
+    await plugin.handle(req("DEL", pod))
+    result = await plugin.handle(req("ADD", pod, cid="cid2"))
+    veth = result["interfaces"][0]["name"]
+    assert host_links(host) == [veth]
+    assert [l["ifname"] for l in ipj(pod, "link", "show")] == ["lo", "eth0"]
+    assert await plugin.handle(req("CHECK", pod, cid="cid2")) is None
+    assert await plugin.reap() is False
+
+
+def test_rtnl_batch_attributes_each_error_to_its_request(host):
+    """One sendmsg, four requests: each answer lands in its own slot (cni.rtnl.Rtnl.transact)."""
+    from cni import rtnl
+    from cni.netlink_wiring import run_in_netns
+    with run_in_netns(netns_path(host), rtnl.Rtnl) as nl:
+        idx = nl.link("dummy0").index
+        seq = nl.next_seq
+        res = nl.transact([
+            rtnl.link_set(seq(), 1, up=True),
+            rtnl.addr_add(seq(), 9999, IPv4Address("198.18.0.9"), 32),
+            rtnl.route(seq(), "replace", IPv4Address("198.19.8.0"), 26, idx,
+                       gateway=IPv4Address("198.18.9.1"), proto=90),
+            rtnl.link_get(seq(), "dummy0"),
+        ])
+        assert res[0] is None
+        assert isinstance(res[1], rtnl.RtnlError) and res[1].errno == errno.ENODEV
+        assert isinstance(res[2], rtnl.RtnlError) and res[2].errno == errno.ENETUNREACH
+        assert isinstance(res[3], rtnl.Link) and res[3].index == idx and res[3].up
+        assert nl.link("nosuch0") is None
+        with pytest.raises(rtnl.RtnlError) as ei:
+            nl.call(rtnl.addr_add(seq(), 9999, IPv4Address("198.18.0.9"), 32))
+        assert ei.value.errno == errno.ENODEV
+    assert ipj(host, "route", "show", "proto", "90") == []
+
+
+async def test_reap_deletes_a_burst_of_dels_in_one_request(host, plugin, make_netns):
+    pods = [make_netns("cnip") for _ in range(5)]
+    for i, pod in enumerate(pods):
+        await plugin.handle(req("ADD", pod, cid=f"c{i}", pod=f"p{i}"))
+    sh("ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep0p", ns=host)
+    for i, pod in enumerate(pods):
+        await plugin.handle(req("DEL", pod, cid=f"c{i}", pod=f"p{i}"))
+    assert len(host_links(host)) == 5
+    assert await plugin.reap() is True
+    assert host_links(host) == []
+    assert {"keep0", "keep0p", "dummy0"} <= {l["ifname"] for l in ipj(host, "link", "show")}
+    for pod in pods:
+        assert [l["ifname"] for l in ipj(pod, "link", "show")] == ["lo"]
 
 
 async def test_repeat_add_is_idempotent(host, plugin, make_netns):
@@ -250,6 +310,7 @@ BENCH = textwrap.dedent("""
                 for i, ns in enumerate(pods):
                     out["ptp_" + cmd.lower()].append(run_cni(["/usr/lib/cni/ptp"], cmd, f"p{i}", ns,
                                                              "eth2", pconf))
+        await plugin.reap()  # the pairs retired by the DELs above
         out["checks"] = checks
         out["left"] = len(plugin.ipam.allocations())
         print(json.dumps(out))

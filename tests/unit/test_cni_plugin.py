@@ -181,12 +181,46 @@ async def test_stale_host_veth_from_dead_sandbox_is_replaced(env):
 async def test_del_is_idempotent(env):
     plugin, wiring, ipam, sink = env
     await plugin.handle(req())
+    host = next(iter(wiring.host_links))
     assert await plugin.handle(req("DEL")) is None
+    # detached at once: no route, no IP, the host end down and retired; the pair goes at reap
+    assert wiring.routes == set() and ipam.allocations() == {}
+    assert wiring.host_links[host].retired and not wiring.host_links[host].up
+    assert await plugin.reap() is True
     assert_nothing_left(wiring, ipam)
     assert [e for e, _ in sink.events] == ["added", "removed"]
     assert await plugin.handle(req("DEL")) is None
     assert await plugin.handle(req("DEL", netns="")) is None
     assert [e for e, _ in sink.events] == ["added", "removed"]
+
+
+async def test_del_reaps_retired_pairs_by_itself_in_one_batch(env):
+    plugin, wiring, ipam, _ = env
+    plugin.reap_delay = 0.05
+    for i in range(3):
+        await plugin.handle(req(cid=f"c{i}", args={"K8S_POD_NAMESPACE": "d", "K8S_POD_NAME": f"p{i}"},
+                                ifname=f"eth{i}"))
+    for i in range(3):
+        await plugin.handle(req("DEL", cid=f"c{i}", args={"K8S_POD_NAMESPACE": "d", "K8S_POD_NAME": f"p{i}"},
+                                ifname=f"eth{i}"))
+    assert len(wiring.host_links) == 3 and wiring.calls.count("reap_retired") == 0
+    for _ in range(100):
+        if not wiring.host_links:
+            break
+        await asyncio.sleep(0.01)
+    assert_nothing_left(wiring, ipam)
+    assert wiring.calls.count("reap_retired") == 1
+
+
+async def test_add_again_before_reap_replaces_the_retired_veth(env):
+    plugin, wiring, ipam, _ = env
+    await plugin.handle(req())
+    await plugin.handle(req("DEL"))
+    result = await plugin.handle(req(cid="newsandbox"))
+    host = result["interfaces"][0]["name"]
+    assert not wiring.host_links[host].retired and wiring.host_links[host].up
+    assert len(ipam.allocations()) == 1
+    assert await plugin.reap() is False  # the retired pair was deleted by the ADD
 
 
 async def test_del_after_netns_gone_releases_ip(env):
@@ -195,6 +229,7 @@ async def test_del_after_netns_gone_releases_ip(env):
     wiring.remove_netns(NS)
     await plugin.handle(req("DEL"))
     assert_nothing_left(wiring, ipam)
+    assert "retire_host_veth" in wiring.calls and await plugin.reap() is False
 
 
 async def test_del_never_added_is_ok(env):
@@ -207,12 +242,13 @@ async def test_del_wiring_failure_still_releases_and_reports(env):
     plugin, wiring, ipam, _ = env
     await plugin.handle(req())
     wiring.fail_at("delete_pod_iface")
-    wiring.fail_at("delete_host_veth")
+    wiring.fail_at("retire_host_veth")
     with pytest.raises(CNIError) as ei:
         await plugin.handle(req("DEL"))
-    assert ei.value.code == 999 and "delete host veth" in ei.value.msg
+    assert ei.value.code == 999 and "retire host veth" in ei.value.msg
     assert ipam.allocations() == {}
     await plugin.handle(req("DEL"))  # the runtime's retry finishes the job
+    await plugin.reap()
     assert wiring.host_links == {}
 
 
