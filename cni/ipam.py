@@ -13,7 +13,8 @@ On disk (``state_dir``): one JSON file per block, ``block-<net>-<len>.json``::
 
 Files are written atomically (temp file + fsync + os.replace + directory fsync). Every
 operation takes an exclusive ``fcntl.flock`` on ``state_dir/ipam.lock`` and re-reads the
-files under it, so concurrent processes/threads never hand out the same address and an
+files under it (re-parsing one only if its bytes changed since this instance last read or
+wrote it), so concurrent processes/threads never hand out the same address and an
 agent restart loses nothing.
 """
 from __future__ import annotations
@@ -49,6 +50,10 @@ class _Block:
     allocations: dict[IPv4Address, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
+def _copy(blk: _Block) -> _Block:
+    return _Block(blk.cidr, blk.next, {ip: (h, dict(a)) for ip, (h, a) in blk.allocations.items()})
+
+
 class IPAM:
     """Allocator over ``blocks`` with state in ``state_dir`` (created if missing).
 
@@ -68,6 +73,7 @@ class IPAM:
         self._dir = Path(state_dir)
         self._reserved: set[IPv4Address] = {IPv4Address(r) for r in reserved}
         self._tlock = threading.Lock()  # flock is per open file description; serialise threads too
+        self._cache: dict[IPv4Network, tuple[bytes, _Block]] = {}  # file bytes -> parsed
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -172,12 +178,27 @@ class IPAM:
         return [self._load(c) for c in self._blocks]
 
     def _load(self, cidr: IPv4Network) -> _Block:
+        """The block as on disk now (a private copy). The file is read every time, but parsed
+        again only if its bytes differ from what this instance last read or wrote (the JSON and
+        address parsing, not the read, is what costs at a few hundred allocations)."""
         path = self._path(cidr)
         try:
-            raw = json.loads(path.read_text())
+            data = path.read_bytes()
         except FileNotFoundError:
             return _Block(cidr)
-        except (OSError, ValueError) as e:
+        except OSError as e:
+            raise IPAMError(f"cannot read IPAM state {path}", str(e)) from e
+        cached = self._cache.get(cidr)
+        if cached is None or cached[0] != data:
+            cached = (data, self._parse(path, cidr, data))
+            self._cache[cidr] = cached
+        return _copy(cached[1])
+
+    @staticmethod
+    def _parse(path: Path, cidr: IPv4Network, data: bytes) -> _Block:
+        try:
+            raw = json.loads(data)
+        except ValueError as e:
             raise IPAMError(f"cannot read IPAM state {path}", str(e)) from e
         try:
             if IPv4Network(raw["cidr"]) != cidr:
@@ -195,7 +216,10 @@ class IPAM:
         doc = {"cidr": str(blk.cidr), "next": blk.next,
                "allocations": {str(ip): {"handle": h, "attrs": a}
                                for ip, (h, a) in sorted(blk.allocations.items())}}
+        data = json.dumps(doc, indent=1, sort_keys=True).encode()
         try:
-            atomic_write(path, json.dumps(doc, indent=1, sort_keys=True).encode(), 0o644)
+            atomic_write(path, data, 0o644)
         except OSError as e:
+            self._cache.pop(blk.cidr, None)
             raise IPAMError(f"cannot write IPAM state {path}", str(e)) from e
+        self._cache[blk.cidr] = (data, _copy(blk))

@@ -94,7 +94,8 @@ class CNIServer:
 
     async def _answer(self, reader: asyncio.StreamReader) -> dict:
         try:
-            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            async with asyncio.timeout(READ_TIMEOUT):  # no extra task per request (wait_for's)
+                line = await reader.readline()
         except asyncio.TimeoutError:
             return CNIError(DECODING_FAILURE, "no request received").to_wire()
         except (asyncio.LimitOverrunError, ValueError):

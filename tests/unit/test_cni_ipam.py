@@ -126,3 +126,18 @@ def test_two_processes_never_share_an_ip(tmp_path):
     all_ips = results[0] + results[1]
     assert len(all_ips) == 80 and len(set(all_ips)) == 80
     assert len(IPAM(tmp_path, [IPv4Network("198.19.6.0/25")]).allocations()) == 80
+
+
+def test_cached_parse_sees_every_other_writer(tmp_path):
+    """Each instance re-parses a block file only when its bytes changed: interleaved writers
+    and a same-size hand edit are still seen."""
+    blk = IPv4Network("198.19.3.0/30")
+    a, b = IPAM(tmp_path, [blk]), IPAM(tmp_path, [blk])
+    ips = [a.allocate("h0"), b.allocate("h1"), a.allocate("h2"), b.allocate("h3")]
+    assert len(set(ips)) == 4
+    assert set(a.allocations()) == set(b.allocations()) == {"h0", "h1", "h2", "h3"}
+    path = next(tmp_path.glob("block-*.json"))
+    path.write_text(path.read_text().replace('"h3"', '"hX"'))  # same size, in place
+    assert "hX" in a.allocations() and "h3" not in b.allocations()
+    a.allocations()["hX"].attrs["mutated"] = True  # callers get copies
+    assert "mutated" not in a.allocations()["hX"].attrs
