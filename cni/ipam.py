@@ -11,7 +11,8 @@ On disk (``state_dir``): one JSON file per block, ``block-<net>-<len>.json``::
     {"cidr": "198.19.1.0/26", "next": 5,
      "allocations": {"198.19.1.4": {"handle": "<net>.<cid>.<ifname>", "attrs": {...}}}}
 
-Files are written atomically (temp file + fsync + os.replace + directory fsync). Every
+Files are written atomically (temp file + fsync + os.replace; see ``_save`` for why the
+directory is not fsynced). Every
 operation takes an exclusive ``fcntl.flock`` on ``state_dir/ipam.lock`` and re-reads the
 files under it (re-parsing one only if its bytes changed since this instance last read or
 wrote it), so concurrent processes/threads never hand out the same address and an
@@ -216,9 +217,12 @@ class IPAM:
         doc = {"cidr": str(blk.cidr), "next": blk.next,
                "allocations": {str(ip): {"handle": h, "attrs": a}
                                for ip, (h, a) in sorted(blk.allocations.items())}}
-        data = json.dumps(doc, indent=1, sort_keys=True).encode()
+        # Compact JSON: the indented form cost ~0.5 ms of a ~2.5 ms ADD at 50 pods (use jq to
+        # read it). No directory fsync: if a power loss undoes the rename, the file is the
+        # previous, consistent version, and every pod of this node died with it anyway.
+        data = json.dumps(doc, separators=(",", ":")).encode()
         try:
-            atomic_write(path, data, 0o644)
+            atomic_write(path, data, 0o644, sync_dir=False)
         except OSError as e:
             self._cache.pop(blk.cidr, None)
             raise IPAMError(f"cannot write IPAM state {path}", str(e)) from e
