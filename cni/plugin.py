@@ -46,9 +46,11 @@ MAX_IFNAME = 15
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread. If the caller is cancelled meanwhile, the thread still
-    finishes (it cannot be stopped) and its own rollback or commit stands; the cancellation
-    is re-raised once it has. Non-CNI exceptions become code 999."""
+    """``fn(*args)`` in a worker thread. If the caller is cancelled meanwhile (agent shutdown),
+    the thread still finishes (it cannot be stopped) and its own rollback or commit stands; the
+    cancellation is re-raised once it has. Nothing is leaked by that: a finished ADD is in the
+    IPAM state, which the runtime's retry (ADD is idempotent) or DEL and the next agent start
+    (felix's endpoints) all read. Non-CNI exceptions become code 999."""
     fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
     try:
         return await asyncio.shield(fut)
@@ -228,11 +230,13 @@ class CNIPlugin:
         try:
             if self.workloads is not None:
                 self.workloads.workload_added(ep)
-        except BaseException as e:
+        except Exception as e:
             await asyncio.to_thread(self._release_quietly, handle)
             raise CNIError(INTERNAL, f"ADD failed at workload_added: {e}", repr(e)) from e
         try:
             host_mac, pod_mac = await _in_thread(self._wire, req, handle, ip, host_ifname, mtu)
+        except asyncio.CancelledError:
+            raise  # agent shutdown: the thread's outcome stands (see _in_thread)
         except BaseException:
             if self.workloads is not None:
                 try:

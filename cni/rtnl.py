@@ -64,6 +64,7 @@ _RTA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _RECV = 65536
+REPLY_TIMEOUT = 10.0  # seconds to wait for the kernel's answers (TimeoutError after)
 
 
 class RtnlError(OSError):
@@ -219,7 +220,8 @@ class Rtnl:
 
     ``transact(msgs)`` sends the messages in one ``sendmsg`` and returns, per message in order,
     ``None`` (ACKed), a :class:`Link` (a RTM_GETLINK answer) or the :class:`RtnlError` the kernel
-    answered for that message. ``call`` is the one-message form that raises. Not thread-safe;
+    answered for that message; TimeoutError if answers stop for :data:`REPLY_TIMEOUT` s.
+    ``call`` is the one-message form that raises. Not thread-safe;
     use one per thread. Close it (``with``) when done.
     """
 
@@ -230,6 +232,7 @@ class Rtnl:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             self.sock.bind((0, 0))
+            self.sock.settimeout(REPLY_TIMEOUT)  # a missing answer is an error, not a hung ADD
         except OSError:
             self.sock.close()
             raise
