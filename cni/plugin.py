@@ -45,12 +45,12 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 MAX_IFNAME = 15
 
 
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread. If the caller is cancelled meanwhile (agent shutdown),
+async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; non-CNI exceptions become code 999 naming ``what``. If the caller is cancelled meanwhile (agent shutdown),
     the thread still finishes (it cannot be stopped) and its own rollback or commit stands; the
     cancellation is re-raised once it has. Nothing is leaked by that: a finished ADD is in the
     IPAM state, which the runtime's retry (ADD is idempotent) or DEL and the next agent start
-    (felix's endpoints) all read. Non-CNI exceptions become code 999."""
+    (felix's endpoints) all read."""
     fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
     try:
         return await asyncio.shield(fut)
@@ -62,8 +62,8 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
         raise
     except CNIError:
         raise
-    except Exception as e:
-        raise CNIError(INTERNAL, f"{getattr(fn, '__name__', fn)} failed: {e}", repr(e)) from e
+    except Exception as e:  # a bug or an unexpected OS error: still a CNI error
+        raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
 
 
 def _log_task_failure(task: asyncio.Task) -> None:
@@ -180,16 +180,6 @@ class CNIPlugin:
         except KeyError:
             return None
 
-    @staticmethod
-    async def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking step in a thread; non-CNI exceptions become code 999 naming ``what``."""
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except CNIError:
-            raise
-        except Exception as e:  # a bug or an unexpected OS error: still a CNI error
-            raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
-
     def _result(self, version: str, host_ifname: str, host_mac: str, ifname: str, pod_mac: str,
                 netns: str, ip: IPv4Address) -> dict[str, Any]:
         ipc: dict[str, Any] = {"address": f"{ip}/32", "gateway": str(GATEWAY), "interface": 1}
@@ -221,7 +211,7 @@ class CNIPlugin:
                  "netns": req.netns, "host_ifname": host_ifname, "mtu": mtu,
                  "pod_namespace": req.pod_namespace, "pod_name": req.pod_name}
 
-        alloc, created = await self._call("IPAM allocation", self.ipam.claim, handle, attrs)
+        alloc, created = await _in_thread("IPAM allocation", self.ipam.claim, handle, attrs)
         if not created:
             return await self._repeat_add(req, alloc.ip, alloc.attrs, attrs, version)
         ip = alloc.ip
@@ -231,10 +221,10 @@ class CNIPlugin:
             if self.workloads is not None:
                 self.workloads.workload_added(ep)
         except Exception as e:
-            await asyncio.to_thread(self._release_quietly, handle)
+            await _in_thread("IPAM release", self._release_quietly, handle)
             raise CNIError(INTERNAL, f"ADD failed at workload_added: {e}", repr(e)) from e
         try:
-            host_mac, pod_mac = await _in_thread(self._wire, req, handle, ip, host_ifname, mtu)
+            host_mac, pod_mac = await _in_thread("ADD wiring", self._wire, req, handle, ip, host_ifname, mtu)
         except asyncio.CancelledError:
             raise  # agent shutdown: the thread's outcome stands (see _in_thread)
         except BaseException:
@@ -322,8 +312,8 @@ class CNIPlugin:
         if problems:
             raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
                            f"already attached but broken: {'; '.join(problems)}; DEL it first")
-        host = await self._call("read host veth", self.wiring.host_veth, new["host_ifname"])
-        pod = await self._call("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
+        host = await _in_thread("read host veth", self.wiring.host_veth, new["host_ifname"])
+        pod = await _in_thread("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
         return self._result(version, new["host_ifname"], host.mac, req.ifname, pod.mac,
                             req.netns, ip)
 
@@ -341,7 +331,7 @@ class CNIPlugin:
             raise InvalidConfig("network configuration has no name")
         _validate_ifname(req.ifname, "CNI_IFNAME")
         handle = self.handle_key(name, req)
-        alloc, errors, retired = await _in_thread(self._unwire, req, handle)
+        alloc, errors, retired = await _in_thread("DEL", self._unwire, req, handle)
         if alloc is not None and self.workloads is not None:
             ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs)
             if ep is not None:
@@ -409,7 +399,7 @@ class CNIPlugin:
         """Delete every retired veth pair now (one netlink request for all); True if there
         were some. Raises CNIError if the kernel refused. The agent calls it at start for
         pairs retired by a previous run."""
-        return bool(await self._call("delete retired veths", self.wiring.reap_retired))
+        return bool(await _in_thread("delete retired veths", self.wiring.reap_retired))
 
     # -- CHECK ------------------------------------------------------------------------------
 
@@ -420,7 +410,7 @@ class CNIPlugin:
         if not req.netns:
             raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_NETNS is required for CHECK")
         handle = self.handle_key(network, req)
-        alloc = await self._call("IPAM lookup", self.ipam.get, handle)
+        alloc = await _in_thread("IPAM lookup", self.ipam.get, handle)
         if alloc is None:
             raise CNIError(INTERNAL, f"CHECK: no IP allocation for {handle}")
         host_ifname = alloc.attrs.get("host_ifname") or self.host_ifname(req)
@@ -436,7 +426,7 @@ class CNIPlugin:
     async def _problems(self, req: CNIRequest, ip: IPv4Address, host_ifname: str,
                         mtu: int) -> list[str]:
         problems: list[str] = []
-        host = await self._call("read host veth", self.wiring.host_veth, host_ifname)
+        host = await _in_thread("read host veth", self.wiring.host_veth, host_ifname)
         if host is None:
             problems.append(f"host veth {host_ifname} is missing")
         else:
@@ -444,11 +434,11 @@ class CNIPlugin:
                 problems.append(f"host veth {host_ifname} is down")
             if host.proxy_arp != 1:
                 problems.append(f"host veth {host_ifname} has proxy_arp={host.proxy_arp}, want 1")
-        if not await self._call("read host route", self.wiring.host_route_exists, ip,
+        if not await _in_thread("read host route", self.wiring.host_route_exists, ip,
                                 host_ifname, self.protocol):
             problems.append(f"host route {ip}/32 dev {host_ifname} scope link proto "
                             f"{self.protocol} is missing")
-        pod = await self._call("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
+        pod = await _in_thread("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
         if pod is None:
             problems.append(f"pod interface {req.ifname} is missing in {req.netns}")
         else:
