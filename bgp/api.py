@@ -296,7 +296,8 @@ def cmd_teardown(neighbor: IPv4Address, subcode: int = 2) -> str:
 
 
 class ApiSession:
-    """One connection of the relay: reads ExaBGP lines, dispatches events, sends commands.
+    """One API session with ExaBGP (its helper's pipes, handed over by the relay: see
+    bgp/handoff.py): reads ExaBGP lines, dispatches events, sends commands.
 
     ``on_event`` is called synchronously (in the reader task) for each parsed event, in
     order. :meth:`command` sends one line and returns when ExaBGP acks ``done``; raises
@@ -305,9 +306,11 @@ class ApiSession:
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_event: Callable[[Event], None], *, ack_timeout: float = 30.0) -> None:
+                 on_event: Callable[[Event], None], *, ack_timeout: float = 30.0,
+                 on_close: Callable[[], None] | None = None) -> None:
         self._reader = reader
         self._writer = writer
+        self._on_close = on_close
         self._on_event = on_event
         self._lock = asyncio.Lock()
         self._pending: asyncio.Future[str] | None = None
@@ -388,7 +391,13 @@ class ApiSession:
             await self.command(line)
 
     def close(self) -> None:
+        """Close the writer and run ``on_close`` (e.g. release the handed-over pipes)."""
         try:
             self._writer.close()
         except (OSError, RuntimeError):
             pass
+        if self._on_close is not None:
+            try:
+                self._on_close()
+            except (OSError, RuntimeError):
+                pass

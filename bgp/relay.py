@@ -1,20 +1,30 @@
-"""ExaBGP API helper: relay between ExaBGP's pipes and the speaker's unix socket.
+"""ExaBGP API helper: hands ExaBGP's pipes to the speaker, then waits as ``cat``.
 
 Run by ExaBGP as ``/usr/bin/python3 -I -S relay.py <unix socket path>`` (stdlib only, no
 imports of ours, so it starts in tens of milliseconds). ExaBGP writes events (one JSON object
 per line) to our stdin and reads commands (one per line) from our stdout.
 
-- stdin lines are forwarded to the socket; stdin is drained continuously even when the socket
-  is slow, because ExaBGP's writes to this pipe block its reactor (FACTS pitfall 4);
-- socket lines are written to stdout and flushed at once;
-- the relay exits when either side closes (exit 0 on ExaBGP closing stdin, 1 on socket loss or
-  connect failure) so ExaBGP respawns it and the speaker sees a new API session.
+Rather than copy bytes between those pipes and a socket for the life of the session (a
+Python process of ~10 MB RSS and one more hop per event), the helper:
+
+1. connects to the speaker's unix socket and sends :data:`HELLO` with its stdin and stdout
+   attached as SCM_RIGHTS (unix(7)): the speaker then reads events from, and writes commands
+   to, ExaBGP's own pipes;
+2. replaces itself (same PID, so ExaBGP still sees its helper alive) with ``cat`` reading the
+   socket, with stdout on /dev/null. Nothing is ever written to the socket, so ``cat`` exits
+   0 when the speaker closes the session (or dies), and ExaBGP respawns the helper: a new
+   session, as before. If ``cat`` cannot be run, this process waits for that EOF itself.
+
+Exit codes: 0 after the session ends, 1 if the socket cannot be reached or the hand-off fails
+(ExaBGP respawns the helper either way), 2 on bad usage.
 """
 import os
 import socket
 import sys
-import threading
 import time
+
+HELLO = b"podroute-relay 2\n"
+CAT = "/bin/cat"
 
 
 def _connect(path, attempts=50, delay=0.1):
@@ -29,7 +39,7 @@ def _connect(path, attempts=50, delay=0.1):
             s.close()
             time.sleep(delay)
     sys.stderr.write("relay: cannot connect to %s: %s\n" % (path, last))
-    sys.exit(1)
+    return None
 
 
 def main(argv):
@@ -37,48 +47,31 @@ def main(argv):
         sys.stderr.write("usage: relay.py <unix socket path>\n")
         return 2
     sock = _connect(argv[1])
-    done = threading.Event()
-    code = [0]
-
-    def stdin_to_socket():
-        # Reads stdin as fast as ExaBGP writes; sendall may block on a slow speaker but the
-        # kernel socket buffer plus the speaker's reader keep this short.
-        fd = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
-        try:
-            while True:
-                chunk = os.read(fd.fileno(), 65536)
-                if not chunk:
-                    code[0] = 0
-                    break
-                sock.sendall(chunk)
-        except OSError:
-            code[0] = 1
-        done.set()
-
-    def socket_to_stdout():
-        out = sys.stdout.buffer
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    code[0] = 1
-                    break
-                out.write(chunk)
-                out.flush()
-        except OSError:
-            code[0] = 1
-        done.set()
-
-    for target in (stdin_to_socket, socket_to_stdout):
-        threading.Thread(target=target, daemon=True).start()
-    done.wait()
+    if sock is None:
+        return 1
     try:
-        sock.close()
+        socket.send_fds(sock, [HELLO], [0, 1])
+    except OSError as exc:
+        sys.stderr.write("relay: hand-off failed: %s\n" % exc)
+        return 1
+    # Our copies of the pipes go: the speaker's are the only ones left besides ExaBGP's, so
+    # the speaker closing its ends is seen by ExaBGP (POLLHUP) and vice versa.
+    os.dup2(sock.fileno(), 0)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    sock.close()
+    try:
+        os.execv(CAT, [CAT])
     except OSError:
         pass
-    return code[0]
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    return 0
 
 
 if __name__ == "__main__":
-    # os._exit: daemon threads may still sit in blocking reads; nothing else needs cleanup.
-    os._exit(main(sys.argv))
+    sys.exit(main(sys.argv))

@@ -2,8 +2,9 @@
 
 Process layout: ``Speaker.run()`` serves a unix socket in ``state_dir`` and runs
 ``exabgp server <state_dir>/exabgp.conf`` as a child (in the caller's network namespace).
-ExaBGP runs bgp/relay.py as its API helper, which connects to that socket; each connection is
-one API session (:class:`bgp.api.ApiSession`).
+ExaBGP runs bgp/relay.py as its API helper, which connects to that socket and hands over its
+stdin/stdout pipes (bgp/handoff.py); each hand-off is one API session
+(:class:`bgp.api.ApiSession`) that reads and writes ExaBGP's pipes directly.
 
 Graceful restart on our side (RFC 4724, FACTS pitfall 1): neighbors use ``manual-eor``; on
 each new API session we replay the full announced set, and after every session "up" we send
@@ -50,6 +51,7 @@ from typing import Callable, Iterable, Mapping
 from . import api, reflector
 from .errors import BGPError, CommandRejected, ConfigError, ExaBGPExited
 from .exabgp_config import check_community, exabgp_env, redact, render_config
+from .handoff import PipeServer
 from .model import (BestRoute, ExportRoute, PathAttrs, PeerConfig, PeerStatus, SpeakerConfig,
                     SpeakerStatus)
 from .policy import ImportPolicy, RejectionCounter
@@ -346,12 +348,11 @@ class Speaker:
             self.socket_path.unlink(missing_ok=True)
         except OSError as exc:
             raise BGPError(f"cannot prepare state dir {self.config.state_dir}: {exc}") from exc
+        server = PipeServer(self.socket_path, self._on_connection)
         try:
-            server = await asyncio.start_unix_server(self._on_connection, path=str(self.socket_path),
-                                                     limit=4 * 1024 * 1024)
+            await server.start()
         except OSError as exc:
             raise BGPError(f"cannot serve {self.socket_path}: {exc}") from exc
-        os.chmod(self.socket_path, 0o600)
         self._running = True
         sync_task = asyncio.create_task(self._sync_loop(), name="bgp-sync")
         try:
@@ -526,11 +527,12 @@ class Speaker:
     # ---------------- API sessions ----------------
 
     async def _on_connection(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
+                             writer: asyncio.StreamWriter, close: Callable[[], None]) -> None:
         old = self._session
         if old is not None:
             old.close()
-        session = api.ApiSession(reader, writer, self._on_event, ack_timeout=self._ack_timeout)
+        session = api.ApiSession(reader, writer, self._on_event, ack_timeout=self._ack_timeout,
+                                 on_close=close)
         self._session = session
         self.sessions += 1
         self._needs_replay = True

@@ -8,13 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
+import time
 from ipaddress import IPv4Address as A, IPv4Network as N
 from pathlib import Path
 
 import pytest
 
+from bgp.handoff import PipeServer
 from bgp.model import PeerConfig, SpeakerConfig
+from bgp.relay import HELLO
 from bgp.speaker import Speaker
 from bgp.supervisor import Backoff
 
@@ -137,33 +139,70 @@ def relay(tmp_path):
         srv.close()
 
 
-def test_relay_copies_both_ways_and_exits_on_stdin_eof(relay):
+def test_relay_hands_over_its_pipes_then_waits_as_cat_until_the_socket_closes(relay):
     srv, proc = relay
     conn, _ = srv.accept()
     conn.settimeout(10)
-    # 2 MiB of events with nobody reading for a while: stdin must keep draining.
-    big = b'{"type": "update"}\n' * 110000
-    writer = threading.Thread(target=lambda: (proc.stdin.write(big), proc.stdin.flush()))
-    writer.start()
-    got = b""
-    while len(got) < len(big):
-        chunk = conn.recv(1 << 20)
-        assert chunk
-        got += chunk
-    writer.join(10)
-    assert got == big
-    conn.sendall(b"announce eor ipv4 unicast\n")
-    assert proc.stdout.readline() == b"announce eor ipv4 unicast\n"
-    proc.stdin.close()
-    assert proc.wait(10) == 0
-    assert conn.recv(10) == b""  # relay closed the socket
+    msg, fds, _f, _a = socket.recv_fds(conn, 64, 4)
+    assert msg == HELLO and len(fds) == 2
+    events, commands_ = os.fdopen(fds[0], "rb", buffering=0), os.fdopen(fds[1], "wb", buffering=0)
+    try:
+        # ExaBGP -> helper stdin arrives on the handed-over read end, and back the other way.
+        proc.stdin.write(b'{"type": "update"}\n')
+        proc.stdin.flush()
+        assert events.read(64) == b'{"type": "update"}\n'
+        commands_.write(b"announce eor ipv4 unicast\n")
+        assert proc.stdout.readline() == b"announce eor ipv4 unicast\n"
+        cat = os.path.realpath("/bin/cat")
+        for _ in range(200):  # the helper becomes cat (same PID) once the pipes are handed over
+            if os.path.realpath(f"/proc/{proc.pid}/exe") == cat:
+                break
+            time.sleep(0.01)
+        assert os.path.realpath(f"/proc/{proc.pid}/exe") == cat
+        assert proc.poll() is None
+        conn.close()  # the speaker ends the session: ExaBGP must see its helper exit
+        assert proc.wait(10) == 0
+    finally:
+        events.close()
+        commands_.close()
 
 
-def test_relay_exits_when_socket_closes(relay):
+def test_relay_exits_1_when_the_hand_off_fails(relay):
     srv, proc = relay
     conn, _ = srv.accept()
+    conn.shutdown(socket.SHUT_RDWR)
     conn.close()
-    assert proc.wait(10) == 1
+    assert proc.wait(10) in (0, 1)  # sent into a closing socket (0) or refused (1): never hangs
+
+
+async def test_pipe_server_rejects_a_connection_without_pipes_and_keeps_serving(tmp_path, caplog):
+    got = []
+
+    async def on_session(reader, writer, close):
+        got.append(await reader.readline())
+        close()
+    server = PipeServer(tmp_path / "s.sock", on_session)
+    await server.start()
+    try:
+        assert os.stat(tmp_path / "s.sock").st_mode & 0o777 == 0o600
+        r, w = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
+        w.write(HELLO)  # the right words but no SCM_RIGHTS
+        await w.drain()
+        assert await asyncio.wait_for(r.read(), 5) == b""  # closed by the server
+        assert "hand-off failed" in caplog.text
+        a, b = os.pipe()
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(tmp_path / "s.sock"))
+        socket.send_fds(c, [HELLO], [a, b])
+        os.write(b, b"hello\n")  # written to the pipe the server now reads
+        await wait_until(lambda: got == [b"hello\n"], 5, "session read")
+        c.close()
+        w.close()
+    finally:
+        for fd in (a, b):
+            os.close(fd)
+        server.close()
+        await server.wait_closed()
 
 
 async def test_stop_without_run_returns_at_once(tmp_path):
