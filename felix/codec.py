@@ -24,7 +24,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from .routes import NextHop, Route, RouteType, Scope
 
@@ -321,6 +321,64 @@ def iter_route_messages(buf, *, table: int | None, protocol: int | None,
                 cache.clear()
             cache[key] = route
         yield route
+
+
+_RTA_HDR = struct.Struct("=HH")
+_BE32 = struct.Struct(">I")
+
+
+def dst_key_of(buf, off: int, length: int) -> int:
+    """``felix.routes.dst_key`` of the route message at ``buf[off:off+length]`` without decoding
+    it: (network address << 6) | prefix length. The kernel puts RTA_DST right after RTA_TABLE in
+    its dumps (fib_dump_info), so that slot is tried first; any other layout walks the attributes.
+    Raises CodecError if truncated."""
+    plen = buf[off + _RTM_OFF + 1]
+    if not plen:
+        return 0
+    a = off + _ATTR_OFF + 8
+    if a + 8 <= off + length and _RTA_HDR.unpack_from(buf, a) == (8, RTA_DST):
+        return _BE32.unpack_from(buf, a + 4)[0] << 6 | plen
+    for atype, aoff, alen in _attrs(buf, off + _ATTR_OFF, off + length):
+        if atype == RTA_DST and alen >= 4:
+            return _BE32.unpack_from(buf, aoff)[0] << 6 | plen
+    raise CodecError("route message with a prefix length but no RTA_DST")
+
+
+def scan_route_messages(buf, *, table: int | None, protocol: int | None, ifname_of: IfNameOf,
+                        verified: Mapping[int, int], salt: int, unchanged: set[int],
+                        decoded: list[tuple[int, int, Route]]) -> None:
+    """Sort every IPv4 RTM_NEWROUTE in ``buf`` whose protocol and table match (None = any) into
+    ``unchanged`` or ``decoded``, without decoding the former.
+
+    A message's digest is ``hash((salt, body))`` over its bytes after nlmsghdr (rtmsg and every
+    attribute: next hops, device index, metric, flags). When ``verified`` maps the message's
+    :func:`dst_key_of` to that digest, the kernel holds exactly the bytes the caller already
+    checked, and only the key is added to ``unchanged``; otherwise ``(key, digest, route)`` is
+    appended to ``decoded``. ``salt`` must change whenever ``ifname_of``'s answers change (the
+    bytes carry device indexes, the Routes names). Raises CodecError if truncated.
+    """
+    verified_get = verified.get
+    for mtype, _flags, _seq, off, length in iter_messages(buf):
+        if mtype != RTM_NEWROUTE or length < _ATTR_OFF:
+            continue
+        base = off + _RTM_OFF
+        if buf[base] != AF_INET:
+            continue
+        if protocol is not None and buf[base + 5] != protocol:
+            continue
+        if table is not None:
+            t = buf[base + 4]
+            if table < 256:
+                if t != table:
+                    continue
+            elif t != RT_TABLE_COMPAT or route_table_of(buf, off, length) != table:
+                continue
+        key = dst_key_of(buf, off, length)
+        digest = hash((salt, bytes(buf[base:off + length])))
+        if verified_get(key) == digest:
+            unchanged.add(key)
+        else:
+            decoded.append((key, digest, decode_route(buf, off, length, ifname_of)[0]))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ talks to a ``netlinkshim.Interface``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
 
@@ -41,6 +41,16 @@ class RouteFailure:
     action: str = ""
 
 
+@dataclass
+class VerifiedDump:
+    """Result of ``RouteDataplane.dump_routes_verified``: ``unchanged`` holds the dst keys
+    (``felix.routes.dst_key``) of routes whose kernel state matched the caller's digest and were
+    not decoded; ``decoded`` is ``(dst key, digest, route)`` for every other route of ours."""
+
+    unchanged: set[int] = field(default_factory=set)
+    decoded: list[tuple[int, int, Route]] = field(default_factory=list)
+
+
 @runtime_checkable
 class RouteDataplane(Protocol):
     """What RouteTable needs from the kernel."""
@@ -48,6 +58,15 @@ class RouteDataplane(Protocol):
     def dump_routes(self, *, table: int, protocol: int) -> list[Route]:
         """All IPv4 routes in ``table`` whose rtm_protocol is ``protocol``.
         Raises felix.errors.DataplaneError when the dump fails (nothing partial is returned)."""
+        ...
+
+    def dump_routes_verified(self, *, table: int, protocol: int,
+                             verified: Mapping[int, int]) -> VerifiedDump:
+        """The same routes as dump_routes, sorted by whether they changed: a route whose dst key
+        maps in ``verified`` to its current digest (an opaque int this dataplane derives from
+        the route's full kernel state) is only counted as unchanged. Lets a no-op resync skip
+        decoding and comparing the whole table, with nothing cached but two ints per route.
+        Raises felix.errors.DataplaneError like dump_routes."""
         ...
 
     def write(self, ops: Sequence[RouteOp]) -> list[RouteFailure]:

@@ -9,14 +9,15 @@ test can see if RouteTable ever asked for that), "delete" matches protocol and f
 """
 from __future__ import annotations
 
+import copy
 import errno as E
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-from .dataplane import RouteFailure, RouteOp
+from .dataplane import RouteFailure, RouteOp, VerifiedDump
 from .errors import DataplaneError
-from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
+from .routes import MAIN_TABLE, PODROUTE_PROTO, Route, dst_key
 
 Match = "IPv4Network | str | Callable[[RouteOp], bool] | None"
 
@@ -105,8 +106,21 @@ class FakeDataplane:
             if f.times > 0:
                 f.times -= 1
                 raise DataplaneError(f.errno, f.message)
-        return [e.route for (t, _d, _m), e in sorted(self.routes.items(), key=lambda kv: (kv[0][1], kv[0][2]))
+        # Copies, as a kernel dump decodes new objects: identity must not leak through the fake.
+        return [copy.deepcopy(e.route) for (t, _d, _m), e in sorted(self.routes.items(), key=lambda kv: (kv[0][1], kv[0][2]))
                 if t == table and e.protocol == protocol]
+
+    def dump_routes_verified(self, *, table: int, protocol: int,
+                             verified: Mapping[int, int]) -> VerifiedDump:
+        """dump_routes sorted by ``verified`` (see RouteDataplane); the digest is hash(route)."""
+        out = VerifiedDump()
+        for route in self.dump_routes(table=table, protocol=protocol):
+            key, digest = dst_key(route.dst), hash(route)
+            if verified.get(key) == digest:
+                out.unchanged.add(key)
+            else:
+                out.decoded.append((key, digest, route))
+        return out
 
     def write(self, ops: Sequence[RouteOp]) -> list[RouteFailure]:
         ops = tuple(ops)

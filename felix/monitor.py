@@ -4,8 +4,10 @@ Calls ``on_change()`` when something may have moved the kernel away from desired
  - RTM_NEWROUTE / RTM_DELROUTE of our protocol in our table that is not an echo of our own
    writes. Echoes are recognised first by the originator: the kernel stamps a notification with
    the netlink port id of the socket whose request caused it (``nlmsg_pid``), so a message from
-   one of ``own_portids()`` is skipped without being decoded (at 100k routes this is the
-   difference between reading and decoding 100k echoes). Other messages are judged by the
+   one of ``own_portids()`` is dropped in the kernel by a socket filter (classic BPF,
+   ``felix.netlink.echo_filter``) before it is queued, so a 100k-route burst neither wakes us
+   100k times nor overruns the receive buffer (which would force a full resync); the few that
+   were queued before the filter caught up are skipped undecoded. Other messages are judged by the
    optional ``expected(route, deleted)`` callback (e.g. ``RouteTable.is_expected``); without it
    every such event counts;
  - any RTM_NEWLINK / RTM_DELLINK (the kernel flushes IPv4 routes of a downed/deleted device
@@ -24,7 +26,7 @@ import struct
 from typing import Callable, Collection
 
 from . import codec
-from .netlink import open_route_socket
+from .netlink import attach_echo_filter, open_route_socket
 from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
 
 log = logging.getLogger("felix.monitor")
@@ -34,7 +36,8 @@ _NLMSG_PID = struct.Struct("=I")  # nlmsghdr.nlmsg_pid, at offset 12
 class RouteMonitor:
     """See module doc. ``run()`` is a coroutine that returns only when cancelled (or on a socket
     error, raised as felix.errors.DataplaneError). ``ready`` is set once subscribed; ``changes``
-    counts on_change calls."""
+    counts on_change calls, ``datagrams`` the notifications read, ``echoes_skipped`` the echoes
+    that got past the kernel filter."""
 
     def __init__(self, on_change: Callable[[], None], *, protocol: int = PODROUTE_PROTO, table: int = MAIN_TABLE,
                  netns: str | None = None, expected: Callable[[Route, bool], bool] | None = None,
@@ -46,7 +49,9 @@ class RouteMonitor:
         self.netns = netns
         self._expected = expected
         self._own_portids = own_portids
+        self._filtered: tuple[int, ...] = ()
         self.echoes_skipped = 0
+        self.datagrams = 0
         self._log = log
         self._names: dict[int, str] = {}
         self.ready = asyncio.Event()
@@ -56,6 +61,8 @@ class RouteMonitor:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         sock = open_route_socket(self.netns, groups=codec.RTMGRP_IPV4_ROUTE | codec.RTMGRP_LINK)
+        self._filtered = ()
+        self._refilter(sock)
         try:
             missed = self._load_links(sock)
         except (OSError, codec.CodecError) as e:
@@ -106,6 +113,7 @@ class RouteMonitor:
 
     def _readable(self, sock: socket.socket, failed: asyncio.Future) -> None:
         changed = False
+        self._refilter(sock)
         for _ in range(1000):  # bounded: yield to the loop after 1000 datagrams
             try:
                 n = sock.recv_into(self._buf)
@@ -120,6 +128,7 @@ class RouteMonitor:
                     from .errors import DataplaneError
                     failed.set_exception(DataplaneError(e.errno or errno.EIO, f"netlink monitor: {e}"))
                 return
+            self.datagrams += 1
             try:
                 changed |= self._process(memoryview(self._buf)[:n])
             except codec.CodecError as e:
@@ -131,6 +140,20 @@ class RouteMonitor:
                 self._on_change()
             except Exception:  # noqa: BLE001 - a callback bug must not kill the monitor
                 self._log.exception("on_change callback failed")
+
+    def _refilter(self, sock: socket.socket) -> None:
+        """(Re)attach the echo filter when the writers' port ids changed (a reopened socket)."""
+        if self._own_portids is None:
+            return
+        own = tuple(sorted(self._own_portids()))
+        if own == self._filtered:
+            return
+        try:
+            attach_echo_filter(sock, own)
+            self._filtered = own
+        except (OSError, ValueError) as e:
+            self._log.warning("cannot attach the netlink echo filter (%s); skipping echoes in Python", e)
+            self._filtered = own
 
     def _process(self, view) -> bool:
         changed = False

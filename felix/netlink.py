@@ -16,12 +16,14 @@ import errno
 import logging
 import os
 import socket
+import struct
+import sys
 import threading
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from . import codec
-from .dataplane import RouteFailure, RouteOp
+from .dataplane import RouteFailure, RouteOp, VerifiedDump
 from .errors import DataplaneError
 from .routes import Route
 
@@ -102,6 +104,57 @@ def open_route_socket(netns: str | None = None, *, groups: int = 0, rcvbuf: int 
         raise DataplaneError(e.errno or errno.EIO, f"netlink socket (netns={netns}): {e}") from e
 
 
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
+# Classic BPF opcodes (<linux/filter.h>).
+_BPF_LD_H_ABS, _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x20, 0x15, 0x06
+_SOCK_FILTER = struct.Struct("=HBBI")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _as_loaded(value: int, size: int) -> int:
+    """A host-endian header field as a BPF absolute (big-endian) load reads it."""
+    return int.from_bytes(value.to_bytes(size, sys.byteorder), "big")
+
+
+def echo_filter(portids: Sequence[int]) -> bytes:
+    """A classic BPF program (struct sock_filter[], filter(2)/socket(7) SO_ATTACH_FILTER) that
+    drops RTM_NEWROUTE/RTM_DELROUTE notifications whose ``nlmsg_pid`` is one of ``portids``
+    (the echoes of our own writes: the kernel stamps a notification with the port id of the
+    socket whose request caused it) and passes everything else.
+
+    BPF absolute loads read big-endian; netlink headers are host-endian, so the constants are
+    the host values as a big-endian load sees them. A route notification is one message per
+    skb, so looking at the first header is enough. At most 250 port ids (ValueError)."""
+    if len(portids) > 250:
+        raise ValueError("too many port ids for one filter")
+    n = len(portids)
+    accept, drop = 4 + n, 5 + n
+    prog = [
+        (_BPF_LD_H_ABS, 0, 0, 4),                                           # nlmsg_type
+        (_BPF_JEQ_K, 1, 0, _as_loaded(codec.RTM_NEWROUTE, 2)),                     # -> 3
+        (_BPF_JEQ_K, 0, accept - 3, _as_loaded(codec.RTM_DELROUTE, 2)),            # else accept
+        (_BPF_LD_W_ABS, 0, 0, 12),                                          # nlmsg_pid
+    ]
+    for i, pid in enumerate(portids):
+        here = 4 + i
+        prog.append((_BPF_JEQ_K, drop - here - 1, 0, _as_loaded(pid, 4)))
+    prog += [(_BPF_RET_K, 0, 0, 0xFFFFFFFF), (_BPF_RET_K, 0, 0, 0)]
+    return b"".join(_SOCK_FILTER.pack(*ins) for ins in prog)
+
+
+def attach_echo_filter(sock: socket.socket, portids: Sequence[int]) -> None:
+    """Attach :func:`echo_filter` for ``portids`` to ``sock`` (replacing any earlier filter).
+    Raises OSError if the kernel refuses it."""
+    code = echo_filter(portids)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(len(code) // _SOCK_FILTER.size, ctypes.addressof(buf))
+    # The kernel copies the program during the call; buf only has to outlive it.
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+
+
 class _NoDevice(Exception):
     pass
 
@@ -133,7 +186,7 @@ class NetlinkDataplane:
         self._by_name: dict[str, int] = {}
         self._by_index: dict[int, str] = {}
         self._links_fresh = False
-        self._decoded: dict[bytes, Route] = {}
+        self._links_gen = 0  # salts route digests: they carry device indexes, Routes names
 
     @property
     def portid(self) -> int:
@@ -227,7 +280,7 @@ class NetlinkDataplane:
 
         self._dump_retrying(lambda seq: codec.encode_link_dump_request(seq=seq), collect)
         if names != self._by_index:
-            self._decoded.clear()  # cached decodes carry names from the old map
+            self._links_gen += 1
         self._by_index = names
         self._by_name = {v: k for k, v in names.items()}
         self._links_fresh = True
@@ -261,7 +314,7 @@ class NetlinkDataplane:
 
                 def on_chunk(view, s, last):
                     out.extend(codec.iter_route_messages(view, table=table, protocol=protocol,
-                                                         ifname_of=self._by_index.get, cache=self._decoded))
+                                                         ifname_of=self._by_index.get))
                 return on_chunk
 
             self._dump_retrying(
@@ -270,6 +323,36 @@ class NetlinkDataplane:
         except DataplaneError as e:
             if e.errno == errno.ENOENT:
                 return []
+            raise
+        except codec.CodecError as e:
+            raise DataplaneError(errno.EBADMSG, f"undecodable dump: {e}") from e
+
+    def dump_routes_verified(self, *, table: int, protocol: int,
+                             verified: Mapping[int, int]) -> VerifiedDump:
+        """See RouteDataplane.dump_routes_verified. The digest is ``hash((link map generation,
+        message bytes after nlmsghdr))`` (codec.scan_route_messages): Python's keyed SipHash, so
+        a changed route is taken for unchanged only on a 64-bit collision nobody can steer."""
+        try:
+            self.refresh_links()
+            out = VerifiedDump()
+
+            def collect(seq):
+                out.unchanged.clear()
+                out.decoded.clear()
+
+                def on_chunk(view, s, last):
+                    codec.scan_route_messages(view, table=table, protocol=protocol,
+                                              ifname_of=self._by_index.get, verified=verified,
+                                              salt=self._links_gen, unchanged=out.unchanged,
+                                              decoded=out.decoded)
+                return on_chunk
+
+            self._dump_retrying(
+                lambda seq: codec.encode_route_dump_request(seq=seq, table=table, protocol=protocol), collect)
+            return out
+        except DataplaneError as e:
+            if e.errno == errno.ENOENT:
+                return VerifiedDump()
             raise
         except codec.CodecError as e:
             raise DataplaneError(errno.EBADMSG, f"undecodable dump: {e}") from e

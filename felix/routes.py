@@ -213,4 +213,10 @@ def _replace_multipath(r: Route, mp: tuple[NextHop, ...]) -> Route:
     return new
 
 
-__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route"]
+def dst_key(dst: IPv4Network) -> int:
+    """A route destination as one int, (network address << 6) | prefix length: what the
+    dataplane can read from a kernel message without building an IPv4Network."""
+    return int(dst.network_address) << 6 | dst.prefixlen
+
+
+__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "dst_key"]

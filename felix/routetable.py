@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 from .dataplane import RouteDataplane, RouteFailure, RouteOp
 from .errors import DataplaneError, InvalidRoute
-from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
+from .routes import MAIN_TABLE, PODROUTE_PROTO, Route, dst_key
 
 OWNER_PRIORITY: Mapping[str, int] = MappingProxyType({"workloads": 300, "blocks": 200, "bgp": 100})
 """Who wins when owners want the same dst: workloads (local pod /32) > blocks (local block
@@ -28,7 +28,9 @@ block's blackhole beats a BGP-learned route for the same prefix."""
 @dataclass(frozen=True)
 class ApplyResult:
     """Outcome of one ``apply()``: ops that succeeded by kind, the failures (route None = the dump
-    failed), wall time in seconds, and whether the kernel was re-read (``full_sync``)."""
+    failed), wall time in seconds, whether the kernel was re-read (``full_sync``), and how many of
+    our kernel routes that re-read decoded and compared (``checked``; the rest were verified
+    unchanged by digest)."""
 
     added: int
     replaced: int
@@ -36,6 +38,7 @@ class ApplyResult:
     errors: tuple[RouteFailure, ...]
     duration_s: float
     full_sync: bool = False
+    checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -70,7 +73,11 @@ class RouteTable:
      - a failed dump writes nothing and leaves the table dirty;
      - duplicates of our route for one dst at other metrics are deleted; our routes of shapes felix
        would not create are replaced;
-     - ``ifname=None`` in a desired route accepts whatever device the kernel chose for the gateway.
+     - ``ifname=None`` in a desired route accepts whatever device the kernel chose for the gateway;
+     - a periodic full resync of a large table: a route the last dump found satisfying its desired
+       route is remembered as (dst key, digest of its kernel bytes) and, while neither side
+       changes, is counted and skipped by the next dump without being decoded; no decoded copy of
+       the table is kept between resyncs (at 100k routes a copy cost ~60 MB).
     Not handled: routes at a non-zero TOS, IPv6, routes added with ``ip route append`` that share
     (dst, metric) with ours (REPLACE would hit the first one).
 
@@ -97,7 +104,9 @@ class RouteTable:
         # tuple when several metrics exist (a 1-tuple per route would cost ~5 MB at 100k).
         self._actual: dict[IPv4Network, Route | tuple[Route, ...]] = {}
         self._pending: set[IPv4Network] = set()
-        self._satisfied: dict[tuple[int, int], tuple[Route, Route, bool]] = {}
+        # dst_key -> the dataplane's digest of the one kernel route that satisfied the desired
+        # route at the last full dump; dropped when either side changes. See apply().
+        self._verified: dict[int, int] = {}
         self._dirty = True
         self.last_result: ApplyResult | None = None
 
@@ -154,11 +163,15 @@ class RouteTable:
         if owner is None:
             if self._desired.pop(dst, None) is not None:
                 self._pending.add(dst)
+                if self._verified:
+                    self._verified.pop(dst_key(dst), None)
             return
         route = self._by_owner[owner][dst]
         if self._desired.get(dst) != route:
             self._desired[dst] = route
             self._pending.add(dst)
+            if self._verified:
+                self._verified.pop(dst_key(dst), None)
 
     def desired(self) -> Mapping[IPv4Network, Route]:
         """Read-only live view {dst: winning Route} after owner-priority resolution."""
@@ -195,53 +208,64 @@ class RouteTable:
         no changes in between writes nothing. Returns ApplyResult; never raises DataplaneError."""
         t0 = time.perf_counter()
         full = self._dirty
+        verified = self._verified
+        meta: dict[IPv4Network, tuple[int, int]] = {}
         if full:
             try:
-                current = self._dp.dump_routes(table=self.table, protocol=self.protocol)
+                dump = self._dp.dump_routes_verified(table=self.table, protocol=self.protocol,
+                                                     verified=verified)
             except DataplaneError as e:
                 self._log.warning("route dump failed, nothing written: %s", e)
                 res = ApplyResult(0, 0, 0, (RouteFailure(None, e.errno, f"dump failed: {e.message}", "dump"),),
                                   time.perf_counter() - t0, True)
                 self.last_result = res
                 return res
-            actual: dict[IPv4Network, Route | tuple[Route, ...]] = {}
-            for r in current:
-                prev = actual.get(r.dst)
-                actual[r.dst] = r if prev is None else (prev + (r,) if isinstance(prev, tuple) else (prev, r))
-            self._actual = actual
-            # Pairs (dst, have) straight from the dump, then desired dsts the kernel lacks: every
-            # IPv4Network hash/eq is a Python-level call (~1.5 µs), so each dst is looked up once.
+            # Verified routes the kernel still holds byte for byte keep their entry (the desired
+            # Route object itself) and are not looked at again: neither side changed since.
+            unchanged, old = dump.unchanged, self._actual
+            if len(unchanged) != len(verified):
+                self._verified = verified = {k: verified[k] for k in unchanged}
+            if len(unchanged) == len(old):
+                actual = old  # verified keys are a subset of old's dsts: all of them are intact
+            else:
+                actual = {dst: e for dst, e in old.items() if dst_key(dst) in unchanged} if unchanged else {}
             desired = self._desired
-            pairs = [(dst, desired.get(dst), _as_tuple(have)) for dst, have in actual.items()]
+            for key, digest, r in dump.decoded:
+                # Keyed by the desired route's own dst object where there is one: the decoded
+                # IPv4Network would otherwise stay alive as the key (~250 bytes per route).
+                want = desired.get(r.dst)
+                dst = r.dst if want is None else want.dst
+                prev = actual.get(dst)
+                actual[dst] = r if prev is None else (prev + (r,) if isinstance(prev, tuple) else (prev, r))
+                meta[dst] = (key, digest)
+                if prev is not None:
+                    verified.pop(key, None)  # a second route appeared next to a verified one
+            self._actual = actual
+            # Decoded dsts, then desired dsts the kernel lacks: every IPv4Network hash/eq is a
+            # Python-level call, so each dst is looked up once.
+            pairs = [(dst, desired.get(dst), _as_tuple(actual[dst])) for dst in meta]
             pairs += [(dst, want, ()) for dst, want in desired.items() if dst not in actual]
         else:
             pairs = [(dst, self._desired.get(dst), self._have(dst)) for dst in self._pending]
         deletes: list[RouteOp] = []
         sets: list[RouteOp] = []
-        sat = self._satisfied
-        if len(sat) > 4 * len(self._desired) + 1024:
-            sat.clear()
         for dst, want, have in pairs:  # unordered: sorting 10k IPv4Networks costs ~75 ms
             if want is None:
                 deletes.extend(self._op("delete", r) for r in have)
                 continue
             keep = None
             for r in have:
-                # satisfied_by() memoized per (desired, actual) object pair: the dataplane's decode
-                # cache hands back the same Route object for unchanged kernel bytes, so a no-op
-                # resync costs a dict probe per route. The entry holds both objects, so an id()
-                # is never reused while its entry exists.
-                hit = sat.get((id(want), id(r)))
-                if hit is None:
-                    ok = want.satisfied_by(r)
-                    sat[(id(want), id(r))] = (want, r, ok)
-                else:
-                    ok = hit[2]
-                if ok:
+                if want is r or want.satisfied_by(r):
                     keep = r
                     break
             if keep is not None:
                 deletes.extend(self._op("delete", r) for r in have if r is not keep)
+                if len(have) == 1 and dst in meta:
+                    # Nothing to write: remember the kernel's bytes, and hold the desired object
+                    # instead of the decoded one (a resync then costs no memory per route).
+                    key, digest = meta[dst]
+                    verified[key] = digest
+                    self._actual[dst] = want
                 continue
             same_metric = any(r.metric == want.metric for r in have)
             deletes.extend(self._op("delete", r) for r in have if r.metric != want.metric)
@@ -271,7 +295,7 @@ class RouteTable:
         else:
             self._dirty = False
         res = ApplyResult(counts["add"], counts["replace"], counts["delete"], tuple(failures),
-                          time.perf_counter() - t0, full)
+                          time.perf_counter() - t0, full, len(meta))
         if res.changes or failures:
             self._log.info("apply: +%d ~%d -%d, %d errors, %.1f ms%s", res.added, res.replaced, res.deleted,
                            len(failures), res.duration_s * 1e3, " (full sync)" if full else "")
@@ -286,6 +310,8 @@ class RouteTable:
 
     def _record(self, op: RouteOp) -> None:
         r = op.route
+        if self._verified:
+            self._verified.pop(dst_key(r.dst), None)
         have = tuple(x for x in self._have(r.dst) if x.metric != r.metric)
         if op.action != "delete":
             have += (r,)

@@ -121,6 +121,36 @@ def test_hand_deleted_routes_restored(ns, dp):
     assert len(got) == 50 and set(got.values()) == {"198.18.0.2"}
 
 
+def test_verified_resync_decodes_nothing_until_the_kernel_or_the_links_change(ns, dp):
+    """A resync after one that found every route satisfied decodes none of them (digest of
+    the kernel's bytes per dst); a hand edit or a changed device map is still seen."""
+    routes = [Route.via(n, "198.18.0.2", "d0") for n in nets(50)]
+    routes.append(Route.via(nets(51)[50], "198.18.0.2"))     # device left to the kernel
+    table = RouteTable(dp)
+    table.set_routes("bgp", routes)
+    assert table.apply().added == 51
+    for expect_checked in (51, 0):
+        table.mark_dirty()
+        res = table.apply()
+        assert res.full_sync and res.changes == 0 and res.checked == expect_checked
+    sh("ip", "route", "replace", str(routes[10].dst), "via", "198.18.0.66", "proto", "90", ns=ns)
+    sh("ip", "route", "change", str(routes[11].dst), "via", "198.18.0.2", "dev", "d0", "onlink",
+       "proto", "90", ns=ns)                                    # only a flag differs
+    sh("ip", "route", "del", str(routes[12].dst), "proto", "90", ns=ns)
+    table.mark_dirty()
+    res = table.apply()
+    assert (res.added, res.replaced, res.errors, res.checked) == (1, 2, (), 2)
+    table.mark_dirty()
+    table.apply()
+    # A new device changes the ifindex -> name map: every decode is redone, nothing rewritten.
+    sh("ip", "link", "add", "x9", "type", "veth", "peer", "name", "x9p", ns=ns)
+    table.mark_dirty()
+    res = table.apply()
+    assert res.checked == 51 and res.changes == 0
+    got = {r["dst"]: r["gateway"] for r in kernel_routes(ns, "proto", "90")}
+    assert len(got) == 51 and set(got.values()) == {"198.18.0.2"}
+
+
 def test_error_attribution_in_one_batch(ns, dp):
     good = [Route.via(n, "198.18.0.2", "d0") for n in nets(200)]
     nodev = Route.device("198.19.100.0/26", "nosuchdev")
@@ -206,10 +236,16 @@ async def test_monitor_sees_hand_deletion_and_ignores_own_writes(ns, dp):
             await task
 
 
-async def test_monitor_skips_own_echoes_by_port_id_but_not_hand_edits(ns, dp):
-    """With ``own_portids`` the echoes of our writes are skipped undecoded (nlmsg_pid is the
-    writer's port id); a hand edit (ip's own socket) is still drift, even when ``expected``
-    would not be consulted for it."""
+@pytest.mark.parametrize("kernel_filter", [True, False], ids=["bpf", "python"])
+async def test_monitor_drops_own_echoes_but_not_hand_edits(ns, dp, monkeypatch, kernel_filter):
+    """With ``own_portids`` the echoes of our writes (nlmsg_pid is the writer's port id) are
+    dropped by the socket's BPF filter before they are queued, or, if the filter cannot be
+    attached, skipped undecoded; a hand edit (ip's own socket) is still drift, even when
+    ``expected`` would not be consulted for it."""
+    if not kernel_filter:
+        def refuse(sock, portids):
+            raise OSError(1, "refused for the test")
+        monkeypatch.setattr("felix.monitor.attach_echo_filter", refuse)
     table = RouteTable(dp)
     routes = [Route.via(n, "198.18.0.2", "d0") for n in nets(300)]
     table.set_routes("bgp", routes)
@@ -225,11 +261,20 @@ async def test_monitor_skips_own_echoes_by_port_id_but_not_hand_edits(ns, dp):
     try:
         await asyncio.wait_for(mon.ready.wait(), 2)
         assert table.apply().added == 300
-        assert await _wait_for(lambda: mon.echoes_skipped >= 300, 2.0)
+        table.set_routes("bgp", routes[:200])
+        assert table.apply().deleted == 100
+        if kernel_filter:
+            await asyncio.sleep(0.3)
+            assert mon.datagrams == 0 and mon.echoes_skipped == 0       # never reached us
+        else:
+            assert await _wait_for(lambda: mon.echoes_skipped >= 400, 2.0)
         assert calls == [] and judged == []                             # nothing decoded or judged
         sh("ip", "route", "replace", str(routes[3].dst), "via", "198.18.0.3", "proto", "90", ns=ns)
         assert await _wait_for(lambda: calls, 1.0)                      # changed by hand: drift
         assert [str(r.dst) for r in judged] == [str(routes[3].dst)]
+        n = len(calls)
+        sh("ip", "route", "del", str(routes[5].dst), "proto", "90", ns=ns)
+        assert await _wait_for(lambda: len(calls) > n, 1.0)             # deleted by hand: drift
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

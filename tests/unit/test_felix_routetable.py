@@ -229,3 +229,52 @@ def test_invalid_input_rejected(table):
     with pytest.raises(InvalidRoute):
         table.set_route("bgp", "198.19.0.0/26")
     assert table.desired() == {}
+
+
+def _verified_table(dp, table, count=30):
+    """A table whose routes a full resync has seen satisfied: the next resync decodes none."""
+    routes = [via(n) for n in nets(count)]
+    table.set_routes("bgp", routes)
+    assert table.apply().added == count
+    table.mark_dirty()
+    assert table.apply().checked == count       # first re-read: every route decoded and compared
+    table.mark_dirty()
+    res = table.apply()
+    assert res.full_sync and res.checked == 0 and res.changes == 0
+    return routes
+
+
+def test_resync_skips_verified_routes_but_repairs_any_drift_in_them(dp, table):
+    routes = _verified_table(dp, table)
+    from felix.fake import FakeEntry
+    dp.delete_by_hand(routes[3].dst)
+    dp.routes[(254, routes[4].dst, 0)].route = via(routes[4].dst, "198.18.0.99")   # changed by hand
+    dp.routes[(254, routes[5].dst, 7)] = FakeEntry(90, Route.via(routes[5].dst, "198.18.0.2", metric=7))
+    table.mark_dirty()
+    res = table.apply()
+    assert (res.added, res.replaced, res.deleted) == (1, 1, 1)
+    assert res.checked == 2                       # the changed route and the extra one; the rest skipped
+    assert dp.ours() == {r.dst: r for r in routes}
+    table.mark_dirty()
+    assert table.apply().checked == 3             # what was just written is checked once more
+    table.mark_dirty()
+    assert table.apply().checked == 0
+
+
+def test_resync_after_a_desired_change_to_a_verified_route_writes_it(dp, table):
+    routes = _verified_table(dp, table)
+    moved = via(routes[0].dst, "198.18.0.3")
+    table.set_route("bgp", moved)
+    table.remove_route("bgp", routes[1].dst)
+    table.mark_dirty()                            # a full resync, not the incremental path
+    res = table.apply()
+    assert (res.added, res.replaced, res.deleted) == (0, 1, 1)
+    assert dp.ours()[moved.dst] == moved and routes[1].dst not in dp.ours()
+
+
+def test_resync_keeps_no_decoded_copy_of_verified_routes(dp, table):
+    routes = _verified_table(dp, table)
+    # The table holds the desired objects themselves (key and value), not what the dump decoded.
+    assert all(table._actual[r.dst] is r for r in routes)
+    keys = {id(k) for k in table._actual}
+    assert all(id(r.dst) in keys for r in routes)
