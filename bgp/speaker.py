@@ -24,7 +24,9 @@ a restarted BIRD never sets it, and a pod route's next hop is the originating no
 restarting peer (a route reflector is not in the forwarding path).
 
 Import: every received path is kept pre-policy (an Adj-RIB-In like BIRD's import table) so
-a policy change (:meth:`Speaker.set_expected_next_hops`) re-evaluates without a refresh.
+a policy change (:meth:`Speaker.set_expected_next_hops`) re-evaluates without a refresh. The
+policy only accepts or rejects, so the accepted paths are the RIB's own; only the rejected
+ones are held apart.
 
 Route reflection (RFC 4456, see bgp/reflector.py) when ``route_reflector_cluster_id`` is set:
 reflected paths are announced per neighbor; the sync loop diffs them like announcements.
@@ -166,8 +168,10 @@ class Speaker:
             cluster_id=config.route_reflector_cluster_id)
         self._rejections = RejectionCounter()
         self._rib = Rib(config.local_as)
-        # Pre-policy Adj-RIB-In: peer -> prefix -> attrs (next hop inside).
-        self._received: dict[IPv4Address, dict[IPv4Network, PathAttrs]] = {}
+        # The pre-policy Adj-RIB-In is the RIB's accepted paths (import policy accepts or rejects,
+        # it never rewrites attributes) plus the rejected ones kept here: peer -> prefix -> attrs.
+        # One copy per route, not two (at 100k routes a second table costs ~5 MB and ~20 ms).
+        self._rejected: dict[IPv4Address, dict[IPv4Network, PathAttrs]] = {}
         for p in config.peers:
             self._rib.set_peer(p.address, p.asn)
         # Route reflection: what ExaBGP holds per neighbor (prefix -> command line sent).
@@ -314,7 +318,12 @@ class Speaker:
 
     def received_routes(self, peer: IPv4Address) -> Mapping[IPv4Network, PathAttrs]:
         """``peer``'s pre-policy Adj-RIB-In (a copy; empty for an unknown peer)."""
-        return dict(self._received.get(peer, {}))
+        return self._pre_policy(peer)
+
+    def _pre_policy(self, peer: IPv4Address) -> dict[IPv4Network, PathAttrs]:
+        out = self._rib.adj_rib_in(peer)
+        out.update(self._rejected.get(peer, {}))
+        return dict(out)
 
     def tick(self) -> None:
         """Apply graceful-restart timer expiries due at ``clock()`` (RFC 4724 §4.2): a
@@ -769,7 +778,8 @@ class Speaker:
             if restart is None or restart <= 0:
                 self._flush_peer(ev.peer)
                 return
-            p.stale = set(self._received.get(ev.peer, {}))
+            p.stale = set(self._rib.peer_prefixes(ev.peer))
+            p.stale.update(self._rejected.get(ev.peer, {}))
             p.stale_deadline = self._clock() + restart
             self.log.info("peer %s down with graceful restart: keeping %d routes as stale "
                           "for %d s", ev.peer, len(p.stale), restart)
@@ -808,9 +818,9 @@ class Speaker:
         stale, p.stale, p.stale_deadline = p.stale, set(), None
         if not stale:
             return
-        received = self._received.get(peer, {})
+        rejected = self._rejected.get(peer, {})
         for prefix in stale:
-            received.pop(prefix, None)
+            rejected.pop(prefix, None)
         self._rejections.clear(peer, stale)
         if self._rib.update(peer, (), stale):
             self._schedule_routes()
@@ -819,23 +829,28 @@ class Speaker:
     def _on_update(self, ev: api.UpdateEvent) -> None:
         peer = ev.peer
         p = self._peers[peer]
-        received = self._received.setdefault(peer, {})
-        for prefix in ev.withdrawn:
-            received.pop(prefix, None)
-        p.stale.difference_update(ev.withdrawn)
-        self._rejections.clear(peer, ev.withdrawn)
-        for prefix, nh, attrs in ev.announced:
-            received[prefix] = attrs  # attrs.next_hop == nh
-            p.stale.discard(prefix)   # re-announced: replaces the stale path (RFC 4724 §4.2)
-        self._evaluate(peer, [pfx for pfx, _, _ in ev.announced], list(ev.withdrawn))
+        rejected = self._rejected.get(peer)
+        if ev.withdrawn:
+            if rejected:
+                for prefix in ev.withdrawn:
+                    rejected.pop(prefix, None)
+            if p.stale:
+                p.stale.difference_update(ev.withdrawn)
+            self._rejections.clear(peer, ev.withdrawn)
+        if p.stale:
+            # Re-announced: replaces the stale path (RFC 4724 §4.2).
+            p.stale.difference_update(pfx for pfx, _nh, _a in ev.announced)
+        # attrs.next_hop == nh in every announced tuple
+        self._evaluate(peer, [(pfx, attrs) for pfx, _nh, attrs in ev.announced], ev.withdrawn)
 
-    def _evaluate(self, peer: IPv4Address, prefixes: list[IPv4Network],
+    def _evaluate(self, peer: IPv4Address, routes: list[tuple[IPv4Network, PathAttrs]],
                   withdrawn: list[IPv4Network]) -> None:
-        """Run import policy on ``prefixes`` of ``peer``'s pre-policy table and apply the
-        result (accepted → RIB; rejected → counted and implicitly withdrawn)."""
+        """Run import policy on ``routes`` (prefix, attrs) just received from (or kept
+        pre-policy for) ``peer`` and apply the result (accepted → RIB; rejected → kept
+        apart, counted and implicitly withdrawn)."""
         cfg = self._peer_cfgs.get(peer)
         p = self._peers[peer]
-        received = self._received.get(peer, {})
+        rejected = self._rejected.get(peer)
         enforce = cfg.enforces_next_hop(self.config.local_as) if cfg else False
         limit = cfg.max_prefixes if cfg else None
         # The peer's accepted set after this UPDATE, tracked as a live view of the Adj-RIB-In
@@ -849,10 +864,7 @@ class Speaker:
             return prefix in added or (prefix in table and prefix not in gone)
         accepted: list[tuple[IPv4Network, PathAttrs]] = []
         withdraw = list(withdrawn)
-        for prefix in prefixes:
-            attrs = received.get(prefix)
-            if attrs is None:
-                continue
+        for prefix, attrs in routes:
             reason = self._policy.check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce)
             if reason is None and limit is not None and not present(prefix) and size >= limit:
                 reason = "max_prefixes"
@@ -863,7 +875,8 @@ class Speaker:
                     self._teardown.add(peer)
                     self._wake.set()
             if reason is None:
-                self._rejections.clear(peer, (prefix,))
+                if rejected and rejected.pop(prefix, None) is not None:
+                    self._rejections.clear(peer, (prefix,))
                 accepted.append((prefix, attrs))
                 if not present(prefix):
                     size += 1
@@ -872,6 +885,9 @@ class Speaker:
                 self.log.debug("rejected %s via %s from %s: %s", prefix, attrs.next_hop, peer,
                                reason)
                 self._rejections.reject(peer, prefix, reason)
+                if rejected is None:
+                    rejected = self._rejected[peer] = {}
+                rejected[prefix] = attrs
                 withdraw.append(prefix)  # implicit withdraw of an earlier accepted path
                 if present(prefix):
                     size -= 1
@@ -883,13 +899,14 @@ class Speaker:
             self._wake.set()
 
     def _reapply_policy(self) -> None:
-        for peer, received in self._received.items():
-            if peer in self._peers:
-                self._evaluate(peer, sorted(received), [])
+        for peer in list(self._peers):
+            routes = self._pre_policy(peer)
+            if routes:
+                self._evaluate(peer, sorted(routes.items()), [])
 
     def _flush_peer(self, peer: IPv4Address) -> None:
         self._rejections.flush_peer(peer)
-        self._received.pop(peer, None)
+        self._rejected.pop(peer, None)
         p = self._peers.get(peer)
         if p is not None:
             p.stale, p.stale_deadline = set(), None

@@ -287,13 +287,11 @@ def _unchecked(cls, **fields):
 
 
 def iter_route_messages(buf, *, table: int | None, protocol: int | None,
-                        ifname_of: IfNameOf, cache: dict | None = None) -> Iterator[Route]:
+                        ifname_of: IfNameOf) -> Iterator[Route]:
     """Decode every IPv4 RTM_NEWROUTE in ``buf`` whose protocol and table match (None = any).
 
     The family/protocol/table tests read the raw rtmsg bytes, so foreign routes cost ~1 µs each.
-    ``cache`` (optional, caller-owned dict) memoizes raw message body -> Route; the caller must
-    clear it whenever ``ifname_of``'s answers change. It makes a resync of an unchanged FIB ~10x
-    cheaper (decoding is the bottleneck, FACTS-kernel.md).
+    (A resync uses :func:`scan_route_messages`, which skips what it already verified.)
     """
     for mtype, _flags, _seq, off, length in iter_messages(buf):
         if mtype != RTM_NEWROUTE or length < _ATTR_OFF:
@@ -310,17 +308,7 @@ def iter_route_messages(buf, *, table: int | None, protocol: int | None,
                     continue
             elif t != RT_TABLE_COMPAT or route_table_of(buf, off, length) != table:
                 continue
-        if cache is None:
-            yield decode_route(buf, off, length, ifname_of)[0]
-            continue
-        key = bytes(buf[base:off + length])
-        route = cache.get(key)
-        if route is None:
-            route = decode_route(buf, off, length, ifname_of)[0]
-            if len(cache) >= 1 << 20:
-                cache.clear()
-            cache[key] = route
-        yield route
+        yield decode_route(buf, off, length, ifname_of)[0]
 
 
 _RTA_HDR = struct.Struct("=HH")
@@ -346,15 +334,15 @@ def dst_key_of(buf, off: int, length: int) -> int:
 
 def scan_route_messages(buf, *, table: int | None, protocol: int | None, ifname_of: IfNameOf,
                         verified: Mapping[int, int], salt: int, unchanged: set[int],
-                        decoded: list[tuple[int, int, Route]]) -> None:
+                        changed: Callable[[int, int, Route], None]) -> None:
     """Sort every IPv4 RTM_NEWROUTE in ``buf`` whose protocol and table match (None = any) into
-    ``unchanged`` or ``decoded``, without decoding the former.
+    ``unchanged`` or ``changed``, without decoding the former.
 
     A message's digest is ``hash((salt, body))`` over its bytes after nlmsghdr (rtmsg and every
     attribute: next hops, device index, metric, flags). When ``verified`` maps the message's
     :func:`dst_key_of` to that digest, the kernel holds exactly the bytes the caller already
-    checked, and only the key is added to ``unchanged``; otherwise ``(key, digest, route)`` is
-    appended to ``decoded``. ``salt`` must change whenever ``ifname_of``'s answers change (the
+    checked, and only the key is added to ``unchanged``; otherwise ``changed(key, digest,
+    route)`` is called with the decoded route. ``salt`` must change whenever ``ifname_of``'s answers change (the
     bytes carry device indexes, the Routes names). Raises CodecError if truncated.
     """
     verified_get = verified.get
@@ -378,7 +366,7 @@ def scan_route_messages(buf, *, table: int | None, protocol: int | None, ifname_
         if verified_get(key) == digest:
             unchanged.add(key)
         else:
-            decoded.append((key, digest, decode_route(buf, off, length, ifname_of)[0]))
+            changed(key, digest, decode_route(buf, off, length, ifname_of)[0])
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ talks to a ``netlinkshim.Interface``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
@@ -41,14 +41,17 @@ class RouteFailure:
     action: str = ""
 
 
-@dataclass
-class VerifiedDump:
-    """Result of ``RouteDataplane.dump_routes_verified``: ``unchanged`` holds the dst keys
-    (``felix.routes.dst_key``) of routes whose kernel state matched the caller's digest and were
-    not decoded; ``decoded`` is ``(dst key, digest, route)`` for every other route of ours."""
+class RouteSink(Protocol):
+    """Receives the routes a verified dump decodes, as it reads them (so each can be judged and
+    dropped at once instead of the table being held decoded)."""
 
-    unchanged: set[int] = field(default_factory=set)
-    decoded: list[tuple[int, int, Route]] = field(default_factory=list)
+    def restart(self) -> None:
+        """The dump starts (again, after an interrupted attempt): forget everything delivered."""
+        ...
+
+    def route(self, key: int, digest: int, route: Route) -> None:
+        """One route of ours whose digest did not match: its dst key, digest, decoded form."""
+        ...
 
 
 @runtime_checkable
@@ -60,13 +63,14 @@ class RouteDataplane(Protocol):
         Raises felix.errors.DataplaneError when the dump fails (nothing partial is returned)."""
         ...
 
-    def dump_routes_verified(self, *, table: int, protocol: int,
-                             verified: Mapping[int, int]) -> VerifiedDump:
-        """The same routes as dump_routes, sorted by whether they changed: a route whose dst key
-        maps in ``verified`` to its current digest (an opaque int this dataplane derives from
-        the route's full kernel state) is only counted as unchanged. Lets a no-op resync skip
-        decoding and comparing the whole table, with nothing cached but two ints per route.
-        Raises felix.errors.DataplaneError like dump_routes."""
+    def dump_routes_verified(self, *, table: int, protocol: int, verified: Mapping[int, int],
+                             sink: RouteSink) -> set[int]:
+        """The same routes as dump_routes, sorted by whether they changed. A route whose dst key
+        (``felix.routes.dst_key``) maps in ``verified`` to its current digest (an opaque int this
+        dataplane derives from the route's full kernel state) is not decoded: its key is in the
+        returned set. Every other route goes to ``sink.route(key, digest, route)`` while the dump
+        is read. Lets a no-op resync skip decoding and comparing the whole table, with nothing
+        cached but two ints per route. Raises felix.errors.DataplaneError like dump_routes."""
         ...
 
     def write(self, ops: Sequence[RouteOp]) -> list[RouteFailure]:

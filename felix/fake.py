@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .dataplane import RouteFailure, RouteOp, VerifiedDump
+from .dataplane import RouteFailure, RouteOp, RouteSink
 from .errors import DataplaneError
 from .routes import MAIN_TABLE, PODROUTE_PROTO, Route, dst_key
 
@@ -110,17 +110,19 @@ class FakeDataplane:
         return [copy.deepcopy(e.route) for (t, _d, _m), e in sorted(self.routes.items(), key=lambda kv: (kv[0][1], kv[0][2]))
                 if t == table and e.protocol == protocol]
 
-    def dump_routes_verified(self, *, table: int, protocol: int,
-                             verified: Mapping[int, int]) -> VerifiedDump:
+    def dump_routes_verified(self, *, table: int, protocol: int, verified: Mapping[int, int],
+                             sink: RouteSink) -> set[int]:
         """dump_routes sorted by ``verified`` (see RouteDataplane); the digest is hash(route)."""
-        out = VerifiedDump()
-        for route in self.dump_routes(table=table, protocol=protocol):
+        unchanged: set[int] = set()
+        routes = self.dump_routes(table=table, protocol=protocol)
+        sink.restart()
+        for route in routes:
             key, digest = dst_key(route.dst), hash(route)
             if verified.get(key) == digest:
-                out.unchanged.add(key)
+                unchanged.add(key)
             else:
-                out.decoded.append((key, digest, route))
-        return out
+                sink.route(key, digest, route)
+        return unchanged
 
     def write(self, ops: Sequence[RouteOp]) -> list[RouteFailure]:
         ops = tuple(ops)

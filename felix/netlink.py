@@ -23,7 +23,7 @@ import time
 from typing import Mapping, Sequence
 
 from . import codec
-from .dataplane import RouteFailure, RouteOp, VerifiedDump
+from .dataplane import RouteFailure, RouteOp, RouteSink
 from .errors import DataplaneError
 from .routes import Route
 
@@ -327,32 +327,33 @@ class NetlinkDataplane:
         except codec.CodecError as e:
             raise DataplaneError(errno.EBADMSG, f"undecodable dump: {e}") from e
 
-    def dump_routes_verified(self, *, table: int, protocol: int,
-                             verified: Mapping[int, int]) -> VerifiedDump:
+    def dump_routes_verified(self, *, table: int, protocol: int, verified: Mapping[int, int],
+                             sink: RouteSink) -> set[int]:
         """See RouteDataplane.dump_routes_verified. The digest is ``hash((link map generation,
         message bytes after nlmsghdr))`` (codec.scan_route_messages): Python's keyed SipHash, so
         a changed route is taken for unchanged only on a 64-bit collision nobody can steer."""
         try:
             self.refresh_links()
-            out = VerifiedDump()
+            unchanged: set[int] = set()
 
             def collect(seq):
-                out.unchanged.clear()
-                out.decoded.clear()
+                unchanged.clear()
+                sink.restart()
 
                 def on_chunk(view, s, last):
                     codec.scan_route_messages(view, table=table, protocol=protocol,
                                               ifname_of=self._by_index.get, verified=verified,
-                                              salt=self._links_gen, unchanged=out.unchanged,
-                                              decoded=out.decoded)
+                                              salt=self._links_gen, unchanged=unchanged,
+                                              changed=sink.route)
                 return on_chunk
 
             self._dump_retrying(
                 lambda seq: codec.encode_route_dump_request(seq=seq, table=table, protocol=protocol), collect)
-            return out
+            return unchanged
         except DataplaneError as e:
             if e.errno == errno.ENOENT:
-                return VerifiedDump()
+                sink.restart()
+                return set()
             raise
         except codec.CodecError as e:
             raise DataplaneError(errno.EBADMSG, f"undecodable dump: {e}") from e

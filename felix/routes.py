@@ -147,6 +147,30 @@ class Route:
         return cls(dst=dst, gateway=gw, ifname=ifname, onlink=onlink, metric=metric)  # type: ignore[arg-type]
 
     @classmethod
+    def via_hop(cls, dst: IPv4Network, hop: NextHop, *, metric: int = 0) -> "Route":
+        """``dst via hop.gateway [dev hop.ifname] [onlink]`` from an already validated NextHop
+        (a NextHop's fields were checked when it was built): the BGP->FIB path builds one
+        Route per learned prefix from a few hundred shared hops, and re-validating each was a
+        third of its cost. Raises InvalidRoute unless ``dst`` is an IPv4Network, ``hop`` a
+        NextHop with a gateway and ``metric`` a u32."""
+        if type(hop) is not NextHop or hop.gateway is None or hop.weight != 1:
+            raise InvalidRoute("hop", f"expected a NextHop with a gateway and weight 1, got {hop!r}")
+        if not isinstance(dst, IPv4Network):
+            raise InvalidRoute("dst", f"expected IPv4Network, got {type(dst).__name__}")
+        if type(metric) is not int or not 0 <= metric <= 0xFFFFFFFF:
+            raise InvalidRoute("metric", f"must be a u32, got {metric!r}")
+        r = _new(cls)
+        _set_dst(r, dst)
+        _set_type(r, RouteType.UNICAST)
+        _set_gateway(r, hop.gateway)
+        _set_ifname(r, hop.ifname)
+        _set_scope(r, Scope.UNIVERSE)
+        _set_onlink(r, hop.onlink)
+        _set_multipath(r, ())
+        _set_metric(r, metric)
+        return r
+
+    @classmethod
     def blackhole(cls, dst: IPv4Network | str, *, metric: int = 0) -> "Route":
         """``blackhole dst`` (RTN_BLACKHOLE, Calico's local-block route). Raises InvalidRoute."""
         return cls(dst=dst, type=RouteType.BLACKHOLE, metric=metric)  # type: ignore[arg-type]
@@ -195,6 +219,14 @@ class Route:
         if self.metric:
             parts += ["metric", str(self.metric)]
         return " ".join(p for p in parts if p)
+
+
+# Slot setters of the frozen Route (member descriptors bypass the frozen __setattr__).
+_new = object.__new__
+_set_dst, _set_type, _set_gateway, _set_ifname = (Route.__dict__[f].__set__ for f in
+                                                  ("dst", "type", "gateway", "ifname"))
+_set_scope, _set_onlink, _set_multipath, _set_metric = (Route.__dict__[f].__set__ for f in
+                                                        ("scope", "onlink", "multipath", "metric"))
 
 
 def _replace_ifname(r: Route, ifname: str | None) -> Route:

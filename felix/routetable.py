@@ -209,41 +209,42 @@ class RouteTable:
         t0 = time.perf_counter()
         full = self._dirty
         verified = self._verified
-        meta: dict[IPv4Network, tuple[int, int]] = {}
+        checked = 0
         if full:
+            sink = _ResyncSink(self._desired)
             try:
-                dump = self._dp.dump_routes_verified(table=self.table, protocol=self.protocol,
-                                                     verified=verified)
+                unchanged = self._dp.dump_routes_verified(table=self.table, protocol=self.protocol,
+                                                          verified=verified, sink=sink)
             except DataplaneError as e:
                 self._log.warning("route dump failed, nothing written: %s", e)
                 res = ApplyResult(0, 0, 0, (RouteFailure(None, e.errno, f"dump failed: {e.message}", "dump"),),
                                   time.perf_counter() - t0, True)
                 self.last_result = res
                 return res
+            checked = sink.count
             # Verified routes the kernel still holds byte for byte keep their entry (the desired
             # Route object itself) and are not looked at again: neither side changed since.
-            unchanged, old = dump.unchanged, self._actual
+            old = self._actual
             if len(unchanged) != len(verified):
                 self._verified = verified = {k: verified[k] for k in unchanged}
             if len(unchanged) == len(old):
                 actual = old  # verified keys are a subset of old's dsts: all of them are intact
             else:
                 actual = {dst: e for dst, e in old.items() if dst_key(dst) in unchanged} if unchanged else {}
-            desired = self._desired
-            for key, digest, r in dump.decoded:
-                # Keyed by the desired route's own dst object where there is one: the decoded
-                # IPv4Network would otherwise stay alive as the key (~250 bytes per route).
-                want = desired.get(r.dst)
-                dst = r.dst if want is None else want.dst
+            verified.update(sink.verified)
+            for dst, entry in sink.fresh.items():
                 prev = actual.get(dst)
-                actual[dst] = r if prev is None else (prev + (r,) if isinstance(prev, tuple) else (prev, r))
-                meta[dst] = (key, digest)
-                if prev is not None:
-                    verified.pop(key, None)  # a second route appeared next to a verified one
+                if prev is None:
+                    actual[dst] = entry
+                else:  # another route appeared next to a verified one
+                    actual[dst] = _as_tuple(prev) + _as_tuple(entry)
+                    verified.pop(dst_key(dst), None)
+                    sink.needs.add(dst)
             self._actual = actual
-            # Decoded dsts, then desired dsts the kernel lacks: every IPv4Network hash/eq is a
-            # Python-level call, so each dst is looked up once.
-            pairs = [(dst, desired.get(dst), _as_tuple(actual[dst])) for dst in meta]
+            # Dsts the sink could not settle, then desired dsts the kernel lacks: every
+            # IPv4Network hash/eq is a Python-level call, so each dst is looked up once.
+            desired = self._desired
+            pairs = [(dst, desired.get(dst), _as_tuple(actual[dst])) for dst in sink.needs]
             pairs += [(dst, want, ()) for dst, want in desired.items() if dst not in actual]
         else:
             pairs = [(dst, self._desired.get(dst), self._have(dst)) for dst in self._pending]
@@ -260,12 +261,6 @@ class RouteTable:
                     break
             if keep is not None:
                 deletes.extend(self._op("delete", r) for r in have if r is not keep)
-                if len(have) == 1 and dst in meta:
-                    # Nothing to write: remember the kernel's bytes, and hold the desired object
-                    # instead of the decoded one (a resync then costs no memory per route).
-                    key, digest = meta[dst]
-                    verified[key] = digest
-                    self._actual[dst] = want
                 continue
             same_metric = any(r.metric == want.metric for r in have)
             deletes.extend(self._op("delete", r) for r in have if r.metric != want.metric)
@@ -295,7 +290,7 @@ class RouteTable:
         else:
             self._dirty = False
         res = ApplyResult(counts["add"], counts["replace"], counts["delete"], tuple(failures),
-                          time.perf_counter() - t0, full, len(meta))
+                          time.perf_counter() - t0, full, checked)
         if res.changes or failures:
             self._log.info("apply: +%d ~%d -%d, %d errors, %.1f ms%s", res.added, res.replaced, res.deleted,
                            len(failures), res.duration_s * 1e3, " (full sync)" if full else "")
@@ -326,6 +321,45 @@ class RouteTable:
                                 f"conflict: a route of another protocol holds {f.route.dst if f.route else '?'}"
                                 f" in table {self.table}; left alone ({f.message})", f.action)
         return f
+
+
+class _ResyncSink:
+    """Judges each route a full dump decodes as it arrives (felix.dataplane.RouteSink).
+
+    A route that is the only one at its dst and satisfies the desired route is settled at once:
+    ``fresh`` holds the desired Route object for it (keyed by the desired dst object) and
+    ``verified`` its digest, so the decoded objects die immediately and a table-sized re-read
+    never holds a decoded copy of the table. Anything else (no desired route, not satisfied,
+    several routes at one dst) goes to ``needs`` for apply()'s diff, with the decoded routes
+    in ``fresh``."""
+
+    def __init__(self, desired: Mapping[IPv4Network, Route]) -> None:
+        self._desired = desired
+        self.restart()
+
+    def restart(self) -> None:
+        self.fresh: dict[IPv4Network, Route | tuple[Route, ...]] = {}
+        self.verified: dict[int, int] = {}
+        self.needs: set[IPv4Network] = set()
+        self.count = 0
+
+    def route(self, key: int, digest: int, r: Route) -> None:
+        self.count += 1
+        want = self._desired.get(r.dst)
+        # Keyed by the desired route's own dst object where there is one: the decoded
+        # IPv4Network would otherwise stay alive as the key (~250 bytes per route).
+        dst = r.dst if want is None else want.dst
+        prev = self.fresh.get(dst)
+        if prev is None:
+            if want is not None and want.satisfied_by(r):
+                self.fresh[dst] = want
+                self.verified[key] = digest
+                return
+            self.fresh[dst] = r
+        else:
+            self.fresh[dst] = _as_tuple(prev) + (r,)
+            self.verified.pop(key, None)
+        self.needs.add(dst)
 
 
 def _as_tuple(have: Route | tuple[Route, ...]) -> tuple[Route, ...]:

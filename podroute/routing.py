@@ -81,8 +81,7 @@ class FibPlanner:
             if nh == self.node_ip:
                 return None, _NONE
             hop, vx = self._hop(pool_i, prefix, nh)
-            return Route.via(prefix, hop.gateway, ifname=hop.ifname, onlink=hop.onlink), \
-                (frozenset((nh,)) if vx else _NONE)
+            return Route.via_hop(prefix, hop), (frozenset((nh,)) if vx else _NONE)
         hops, vxlan = [], []
         for nh in sorted({nh for nh in next_hops if nh != self.node_ip}):
             hop, vx = self._hop(pool_i, prefix, nh)
@@ -92,8 +91,7 @@ class FibPlanner:
         if not hops:
             return None, _NONE
         if len(hops) == 1:
-            h = hops[0]
-            route = Route.via(prefix, h.gateway, ifname=h.ifname, onlink=h.onlink)
+            route = Route.via_hop(prefix, hops[0])
         else:
             route = Route.ecmp(prefix, tuple(hops))
         return route, frozenset(vxlan)

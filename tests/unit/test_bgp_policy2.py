@@ -84,7 +84,13 @@ async def test_wrong_next_hop_counted_and_reevaluated(tmp_path):
     assert set(sp.best_routes()) == {B5}
     assert B5 in sp._rib.adj_rib_in(BIRD)              # BIRD's path now accepted
     assert N("198.19.6.0/26") not in sp._rib.adj_rib_in(BIRD)
-    assert N("198.19.5.0/26") in sp.received_routes(BIRD)
+    # Pre-policy: the accepted path and the one now rejected, with their attributes.
+    assert set(sp.received_routes(BIRD)) == {B5, N("198.19.6.0/26")}
+    assert sp.received_routes(BIRD)[N("198.19.6.0/26")].next_hop == A("198.18.0.6")
+    # Withdrawing the rejected path forgets it, counts included.
+    sp._on_event(api.UpdateEvent(BIRD, withdrawn=[N("198.19.6.0/26")]))
+    assert set(sp.received_routes(BIRD)) == {B5}
+    assert {p.address: p for p in sp.status().peers}[BIRD].rejected_by_reason == ()
 
 
 async def test_max_prefixes_reject(tmp_path):

@@ -73,3 +73,19 @@ def test_str_is_ip_route_like():
     assert str(Route.via("198.19.0.0/26", "198.18.0.2", "tunl0", onlink=True)) == \
         "198.19.0.0/26 via 198.18.0.2 dev tunl0 onlink"
     assert str(Route.blackhole("198.19.1.0/26")) == "blackhole 198.19.1.0/26"
+
+
+def test_via_hop_equals_via_and_checks_what_it_is_given():
+    dst = IPv4Network("10.1.2.0/26")
+    for hop in (NextHop("198.18.0.2"), NextHop("198.18.0.2", "tunl0", onlink=True)):
+        fast = Route.via_hop(dst, hop, metric=7)
+        slow = Route.via(dst, hop.gateway, hop.ifname, hop.onlink, metric=7)
+        assert fast == slow and hash(fast) == hash(slow) and str(fast) == str(slow)
+    with pytest.raises(InvalidRoute):
+        Route.via_hop("10.1.2.0/26", NextHop("198.18.0.2"))
+    with pytest.raises(InvalidRoute):
+        Route.via_hop(dst, NextHop("198.18.0.2", weight=3))
+    with pytest.raises(InvalidRoute):
+        Route.via_hop(dst, NextHop("198.18.0.2"), metric=-1)
+    with pytest.raises(InvalidRoute):
+        Route.via_hop(dst, ("198.18.0.2", None))
