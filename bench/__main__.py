@@ -128,6 +128,8 @@ def memory_figure(r: dict) -> dict:
             "podroute": p["rss_mb"], "anchor": b["rss_mb"], "anchor_name": "BIRD RSS",
             "target_ratio": None, "target": "<= 150 MB at 100k", "target_abs_mb": 150.0 if n >= 100_000 else None,
             "detail": {"n": n, "podroute_processes": p["rss_parts"], "bird_processes": b["rss_parts"],
+                       "podroute_converged_mb": p.get("rss_mb_converged"),
+                       "podroute_after_resync_mb": p.get("rss_mb_after_resync"),
                        "calico_node_published_mib": "250-300"}}
 
 
