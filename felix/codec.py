@@ -286,13 +286,9 @@ def _unchecked(cls, **fields):
     return obj
 
 
-def iter_route_messages(buf, *, table: int | None, protocol: int | None,
-                        ifname_of: IfNameOf) -> Iterator[Route]:
-    """Decode every IPv4 RTM_NEWROUTE in ``buf`` whose protocol and table match (None = any).
-
-    The family/protocol/table tests read the raw rtmsg bytes, so foreign routes cost ~1 µs each.
-    (A resync uses :func:`scan_route_messages`, which skips what it already verified.)
-    """
+def _our_route_messages(buf, table: int | None, protocol: int | None) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each IPv4 RTM_NEWROUTE in ``buf`` of ``protocol`` in ``table`` (None =
+    any), judged on the raw rtmsg bytes so foreign routes cost ~1 µs each."""
     for mtype, _flags, _seq, off, length in iter_messages(buf):
         if mtype != RTM_NEWROUTE or length < _ATTR_OFF:
             continue
@@ -308,6 +304,17 @@ def iter_route_messages(buf, *, table: int | None, protocol: int | None,
                     continue
             elif t != RT_TABLE_COMPAT or route_table_of(buf, off, length) != table:
                 continue
+        yield off, length
+
+
+def iter_route_messages(buf, *, table: int | None, protocol: int | None,
+                        ifname_of: IfNameOf) -> Iterator[Route]:
+    """Decode every IPv4 RTM_NEWROUTE in ``buf`` whose protocol and table match (None = any).
+
+    The family/protocol/table tests read the raw rtmsg bytes, so foreign routes cost ~1 µs each.
+    (A resync uses :func:`scan_route_messages`, which skips what it already verified.)
+    """
+    for off, length in _our_route_messages(buf, table, protocol):
         yield decode_route(buf, off, length, ifname_of)[0]
 
 
@@ -346,23 +353,9 @@ def scan_route_messages(buf, *, table: int | None, protocol: int | None, ifname_
     bytes carry device indexes, the Routes names). Raises CodecError if truncated.
     """
     verified_get = verified.get
-    for mtype, _flags, _seq, off, length in iter_messages(buf):
-        if mtype != RTM_NEWROUTE or length < _ATTR_OFF:
-            continue
-        base = off + _RTM_OFF
-        if buf[base] != AF_INET:
-            continue
-        if protocol is not None and buf[base + 5] != protocol:
-            continue
-        if table is not None:
-            t = buf[base + 4]
-            if table < 256:
-                if t != table:
-                    continue
-            elif t != RT_TABLE_COMPAT or route_table_of(buf, off, length) != table:
-                continue
+    for off, length in _our_route_messages(buf, table, protocol):
         key = dst_key_of(buf, off, length)
-        digest = hash((salt, bytes(buf[base:off + length])))
+        digest = hash((salt, bytes(buf[off + _RTM_OFF:off + length])))
         if verified_get(key) == digest:
             unchanged.add(key)
         else:

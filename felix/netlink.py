@@ -305,56 +305,43 @@ class NetlinkDataplane:
         """See RouteDataplane.dump_routes. Re-reads the link map first so decoded names are current;
         the kernel filters by table/protocol (NETLINK_GET_STRICT_CHK), and the codec filters again.
         A table that does not exist yet (ENOENT) is empty."""
-        try:
-            self.refresh_links()
-            out: list[Route] = []
-
-            def collect(seq):
-                out.clear()
-
-                def on_chunk(view, s, last):
-                    out.extend(codec.iter_route_messages(view, table=table, protocol=protocol,
-                                                         ifname_of=self._by_index.get))
-                return on_chunk
-
-            self._dump_retrying(
-                lambda seq: codec.encode_route_dump_request(seq=seq, table=table, protocol=protocol), collect)
-            return out
-        except DataplaneError as e:
-            if e.errno == errno.ENOENT:
-                return []
-            raise
-        except codec.CodecError as e:
-            raise DataplaneError(errno.EBADMSG, f"undecodable dump: {e}") from e
+        out: list[Route] = []
+        self._route_dump(table, protocol, out.clear, lambda view: out.extend(
+            codec.iter_route_messages(view, table=table, protocol=protocol, ifname_of=self._by_index.get)))
+        return out
 
     def dump_routes_verified(self, *, table: int, protocol: int, verified: Mapping[int, int],
                              sink: RouteSink) -> set[int]:
         """See RouteDataplane.dump_routes_verified. The digest is ``hash((link map generation,
         message bytes after nlmsghdr))`` (codec.scan_route_messages): Python's keyed SipHash, so
         a changed route is taken for unchanged only on a 64-bit collision nobody can steer."""
+        unchanged: set[int] = set()
+
+        def restart() -> None:
+            unchanged.clear()
+            sink.restart()
+        self._route_dump(table, protocol, restart, lambda view: codec.scan_route_messages(
+            view, table=table, protocol=protocol, ifname_of=self._by_index.get, verified=verified,
+            salt=self._links_gen, unchanged=unchanged, changed=sink.route))
+        return unchanged
+
+    def _route_dump(self, table: int, protocol: int, restart, scan) -> None:
+        """Dump our routes: ``restart()`` before each attempt (a dump interrupted by ENOBUFS or
+        EINTR starts over), ``scan(chunk)`` per received chunk. A missing table (ENOENT) is an
+        empty dump. Raises DataplaneError."""
         try:
             self.refresh_links()
-            unchanged: set[int] = set()
 
             def collect(seq):
-                unchanged.clear()
-                sink.restart()
-
-                def on_chunk(view, s, last):
-                    codec.scan_route_messages(view, table=table, protocol=protocol,
-                                              ifname_of=self._by_index.get, verified=verified,
-                                              salt=self._links_gen, unchanged=unchanged,
-                                              changed=sink.route)
-                return on_chunk
+                restart()
+                return lambda view, s, last: scan(view)
 
             self._dump_retrying(
                 lambda seq: codec.encode_route_dump_request(seq=seq, table=table, protocol=protocol), collect)
-            return unchanged
         except DataplaneError as e:
-            if e.errno == errno.ENOENT:
-                sink.restart()
-                return set()
-            raise
+            if e.errno != errno.ENOENT:
+                raise
+            restart()
         except codec.CodecError as e:
             raise DataplaneError(errno.EBADMSG, f"undecodable dump: {e}") from e
 
