@@ -321,9 +321,9 @@ class Speaker:
         return self._pre_policy(peer)
 
     def _pre_policy(self, peer: IPv4Address) -> dict[IPv4Network, PathAttrs]:
-        out = self._rib.adj_rib_in(peer)
+        out = dict(self._rib.adj_rib_in(peer))
         out.update(self._rejected.get(peer, {}))
-        return dict(out)
+        return out
 
     def tick(self) -> None:
         """Apply graceful-restart timer expiries due at ``clock()`` (RFC 4724 §4.2): a
