@@ -24,6 +24,14 @@ class Prefix(IPv4Network):
     def __hash__(self) -> int:
         return self._hash
 
+    def __eq__(self, other: object) -> bool:
+        # Dictionary probes with an equal Prefix that is not the stored object (a withdrawal
+        # parsed anew, for one) land here: ipaddress's __eq__ costs four Python-level calls.
+        if type(other) is Prefix:
+            return (self._hash == other._hash and self._prefixlen == other._prefixlen
+                    and self.network_address._ip == other.network_address._ip)
+        return IPv4Network.__eq__(self, other)
+
     def __reduce__(self):
         return (Prefix, (str(self),))
 
@@ -32,13 +40,16 @@ def _build(net: int, plen: int) -> Prefix:
     # What IPv4Network((net, plen)) stores, without re-parsing: CPython's ipaddress keeps
     # network_address, netmask and _prefixlen in the instance dict (3.3 to 3.13).
     # _SELF_CHECK below proves it on this interpreter, else the public constructor is used.
-    netmask, length = _make_netmask(plen)
-    mask = int(netmask)
-    if net & mask != net:
+    if not 0 <= plen <= 32:
+        raise ValueError("prefix length outside 0..32")
+    netmask, mask = _MASKS[plen]
+    if net & mask != net:  # also catches net outside 0..2**32-1 (mask has 32 bits)
         raise ValueError("host bits set")
+    addr = _new(IPv4Address)
+    _set_ip(addr, net)
     p = _new(Prefix)
-    p.network_address = IPv4Address(net)
-    p.netmask, p._prefixlen = netmask, length
+    p.network_address = addr
+    p.netmask, p._prefixlen = netmask, plen
     p._hash = hash(net ^ mask)
     return p
 
@@ -62,6 +73,10 @@ def _self_check() -> bool:
 
 _make_netmask = IPv4Network._make_netmask
 _new = object.__new__
+# IPv4Address keeps its value in the slot _ip (CPython 3.3 to 3.13); its __init__ re-checks
+# type and range in Python, which _build already did.
+_set_ip = IPv4Address.__dict__["_ip"].__set__
+_MASKS = [(_make_netmask(n)[0], int(_make_netmask(n)[0])) for n in range(33)]
 _SELF_CHECK = _self_check()
 if not _SELF_CHECK:
     _build = _build_public  # noqa: F811

@@ -99,6 +99,8 @@ class RouteTable:
         self.batch_size = batch_size
         self._log = log
         self._by_owner: dict[str, dict[IPv4Network, Route]] = {}
+        self._ranked: list[dict[IPv4Network, Route]] = []
+        self._ranked_names: list[str] = []
         self._desired: dict[IPv4Network, Route] = {}
         # Our routes in the kernel per dst: the Route itself in the common case of one, a
         # tuple when several metrics exist (a 1-tuple per route would cost ~5 MB at 100k).
@@ -127,6 +129,7 @@ class RouteTable:
             self._by_owner[owner] = new
         else:
             self._by_owner.pop(owner, None)
+        self._rank()
         for dst in changed:
             self._resolve(dst)
 
@@ -134,10 +137,16 @@ class RouteTable:
         """Add or replace ``owner``'s desired route for ``route.dst``. Writes nothing."""
         if not isinstance(route, Route):
             raise InvalidRoute("route", f"expected Route, got {type(route).__name__}")
-        routes = self._by_owner.setdefault(owner, {})
-        if routes.get(route.dst) != route:
-            routes[route.dst] = route
-            self._resolve(route.dst)
+        routes = self._by_owner.get(owner)
+        if routes is None:
+            routes = self._by_owner[owner] = {}
+            self._rank()
+        dst = route.dst
+        old = routes.get(dst)
+        if old is route or (old is not None and old == route):
+            return
+        routes[dst] = route
+        self._resolve(dst)
 
     def remove_route(self, owner: str, dst: IPv4Network) -> None:
         """Drop ``owner``'s desired route for ``dst`` (no-op if it had none). Writes nothing."""
@@ -147,27 +156,34 @@ class RouteTable:
         if routes and routes.pop(dst, None) is not None:
             if not routes:
                 del self._by_owner[owner]
+                self._rank()
             self._resolve(dst)
 
+    def _rank(self) -> None:
+        # Owners' tables, highest priority first (ties: name order), rebuilt when an owner
+        # appears or disappears: the winner for a dst is the first table holding it.
+        self._ranked_names = sorted(self._by_owner, key=lambda o: (-OWNER_PRIORITY.get(o, 0), o))
+        self._ranked = [self._by_owner[o] for o in self._ranked_names]
+
     def _winner(self, dst: IPv4Network) -> str | None:
-        best: tuple[int, str] | None = None
-        for owner, routes in self._by_owner.items():
+        for name, routes in zip(self._ranked_names, self._ranked):
             if dst in routes:
-                key = (OWNER_PRIORITY.get(owner, 0), owner)
-                if best is None or key[0] > best[0] or (key[0] == best[0] and key[1] < best[1]):
-                    best = key
-        return None if best is None else best[1]
+                return name
+        return None
 
     def _resolve(self, dst: IPv4Network) -> None:
-        owner = self._winner(dst)
-        if owner is None:
+        for routes in self._ranked:
+            route = routes.get(dst)
+            if route is not None:
+                break
+        else:
             if self._desired.pop(dst, None) is not None:
                 self._pending.add(dst)
                 if self._verified:
                     self._verified.pop(dst_key(dst), None)
             return
-        route = self._by_owner[owner][dst]
-        if self._desired.get(dst) != route:
+        cur = self._desired.get(dst)
+        if cur is not route and cur != route:
             self._desired[dst] = route
             self._pending.add(dst)
             if self._verified:
@@ -246,10 +262,31 @@ class RouteTable:
             desired = self._desired
             pairs = [(dst, desired.get(dst), _as_tuple(actual[dst])) for dst in sink.needs]
             pairs += [(dst, want, ()) for dst, want in desired.items() if dst not in actual]
-        else:
-            pairs = [(dst, self._desired.get(dst), self._have(dst)) for dst in self._pending]
         deletes: list[RouteOp] = []
         sets: list[RouteOp] = []
+        if not full:
+            # Incremental: one lookup per side per changed dst, and the usual shapes (nothing
+            # there yet, or exactly one route of ours) decided inline; a 10k-route burst spends
+            # most of apply() here. Several routes at one dst take the general path below.
+            pairs = []
+            want_of, have_of = self._desired.get, self._actual.get
+            table, proto = self.table, self.protocol
+            for dst in self._pending:
+                want, have = want_of(dst), have_of(dst)
+                if have is None:
+                    if want is not None:
+                        sets.append(RouteOp("add", want, table, proto))
+                elif type(have) is tuple:
+                    pairs.append((dst, want, have))
+                elif want is None:
+                    deletes.append(RouteOp("delete", have, table, proto))
+                elif want is have or want.satisfied_by(have):
+                    pass
+                elif want.metric == have.metric:
+                    sets.append(RouteOp("replace", want, table, proto))
+                else:
+                    deletes.append(RouteOp("delete", have, table, proto))
+                    sets.append(RouteOp("add", want, table, proto))
         for dst, want, have in pairs:  # unordered: sorting 10k IPv4Networks costs ~75 ms
             if want is None:
                 deletes.extend(self._op("delete", r) for r in have)
@@ -269,19 +306,22 @@ class RouteTable:
         failures: list[RouteFailure] = []
         counts = {"add": 0, "replace": 0, "delete": 0}
         ops = deletes + sets
+        record = self._record
         for start in range(0, len(ops), self.batch_size):
             chunk = ops[start:start + self.batch_size]
             try:
                 failed = self._dp.write(chunk)
             except DataplaneError as e:
                 failed = [RouteFailure(op.route, e.errno, e.message, op.action) for op in chunk]
-            bad = {(f.action, f.route) for f in failed}
-            for op in chunk:
-                if (op.action, op.route) in bad:
-                    continue
+            if failed:
+                bad = {(f.action, f.route) for f in failed}
+                done = [op for op in chunk if (op.action, op.route) not in bad]
+                failures.extend(self._explain(f) for f in failed)
+            else:
+                done = chunk
+            for op in done:
                 counts[op.action] += 1
-                self._record(op)
-            failures.extend(self._explain(f) for f in failed)
+                record(op)
         self._pending = {f.route.dst for f in failures if f.route is not None}
         if failures:
             self._dirty = True
@@ -305,9 +345,18 @@ class RouteTable:
 
     def _record(self, op: RouteOp) -> None:
         r = op.route
+        dst = r.dst
         if self._verified:
-            self._verified.pop(dst_key(r.dst), None)
-        have = tuple(x for x in self._have(r.dst) if x.metric != r.metric)
+            self._verified.pop(dst_key(dst), None)
+        cur = self._actual.get(dst)
+        if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
+            # The common case: this op's route is, or was, our only route at dst.
+            if op.action != "delete":
+                self._actual[dst] = r
+            elif cur is not None:
+                del self._actual[dst]
+            return
+        have = tuple(x for x in _as_tuple(cur) if x.metric != r.metric)
         if op.action != "delete":
             have += (r,)
         if have:

@@ -36,3 +36,18 @@ def test_fast_builder_is_proven_on_this_interpreter_and_public_one_agrees():
         assert a == b == net and hash(a) == hash(b) == hash(net)
     with pytest.raises(ValueError):
         P._build(int(IPv4Network("10.0.0.0/8").network_address) + 1, 8)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_fast_eq_agrees_with_ipaddress(a, alen, b, blen):
+    x, y = (IPv4Network((a, alen), strict=False), IPv4Network((b, blen), strict=False))
+    px, py = P.parse(str(x)), P.parse(str(y))
+    assert (px == py) == (x == y) and (px == y) == (x == y) and (x == py) == (x == y)
+    assert (px != py) == (x != y)
+    assert px == P.parse(str(x)) and px is not P.parse(str(x))
+
+
+def test_build_rejects_out_of_range_values():
+    for net, plen in ((0, 33), (0, -1), (2**32, 0), (-64, 26), (2**32 + 64, 26)):
+        with pytest.raises(ValueError):
+            P._build(net, plen)
