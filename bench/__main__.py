@@ -114,11 +114,13 @@ def bgp_figures(r: dict) -> list[dict]:
                     "podroute": p[key], "anchor": b[key], "anchor_name": "BIRD kernel proto",
                     "target_ratio": target_conv[1], "target": target_conv[0],
                     "detail": {"n": n, "podroute_session_up": p["session_up"], "bird_session_up": b["session_up"],
-                               "podroute_last_apply": p.get("last_apply")}})
+                               "podroute_last_apply": p.get("last_apply"),
+                               "podroute_cpu_ms_from_first_route": p.get("cpu_ms_announce")}})
     out.append({"figure": f"bgp_withdraw_{n}", "unit": "ms", "higher_is_better": False,
                 "podroute": p["withdraw_ms"], "anchor": b["withdraw_ms"], "anchor_name": "BIRD kernel proto",
                 "target_ratio": 3.0, "target": "<= 3x BIRD",
-                "detail": {"n": n, "podroute_series": p["withdraw_series_ms"], "bird_series": b["withdraw_series_ms"]}})
+                "detail": {"n": n, "podroute_series": p["withdraw_series_ms"], "bird_series": b["withdraw_series_ms"],
+                           "podroute_cpu_ms": p.get("cpu_ms_withdraw")}})
     return out
 
 
@@ -212,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         N.cleanup()
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_WORK"):  # logs and configs of every daemon, for a post-mortem
+            print(f"bench: work directory kept: {work}", file=sys.stderr)
+        else:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
 
     for f in figs:
         f["ratio"] = ratio(f)

@@ -76,16 +76,21 @@ class FibCounter:
         self.sock.close()
 
 
-def wait_count(counter: FibCounter, pred, timeout: float, series: list | None = None) -> float:
-    """Poll until ``pred(count)``; append (time.time(), count) to ``series``. Returns time.time()
+def wait_count(counter: FibCounter, pred, timeout: float, series: list | None = None,
+               on_change=None) -> float:
+    """Poll until ``pred(count)``; append (time.time(), count) to ``series``; call
+    ``on_change(count)`` on the first sample and whenever the count changes. Returns time.time()
     of the first satisfying sample. Raises BenchError on timeout."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
         n = counter.count()
         now = time.time()
-        if series is not None and n != last:
-            series.append((now, n))
+        if n != last:
+            if series is not None:
+                series.append((now, n))
+            if on_change is not None:
+                on_change(n)
             last = n
         if pred(n):
             return now
@@ -127,6 +132,27 @@ def tree_rss_mb(pid: int) -> tuple[float, dict[str, float]]:
                 total += mb
                 parts[f"{cmd} [{p}]"] = round(mb, 1)
     return total, parts
+
+
+def tree_cpu_ms(pid: int) -> dict[str, float]:
+    """CPU time (ms, /proc/PID/schedstat: time on a CPU) of ``pid`` and each descendant,
+    keyed by process name."""
+    kids = _children()
+    todo, out = [pid], {}
+    while todo:
+        p = todo.pop()
+        todo.extend(kids.get(p, []))
+        try:
+            ns_on_cpu = int(Path(f"/proc/{p}/schedstat").read_text().split()[0])
+            name = Path(f"/proc/{p}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        out[name] = out.get(name, 0.0) + ns_on_cpu / 1e6
+    return out
+
+
+def _cpu_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: round(b[k] - a.get(k, 0.0), 1) for k in b}
 
 
 # --- BIRD helpers --------------------------------------------------------------------------------
@@ -331,10 +357,16 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
             ap = N.popen([sys.executable, "-m", "podroute.cli", "node", "run", "--config", str(cfgp)],
                          ns=spaces["pod"], log=ad / "agent.log",
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+            cpu_marks: list[dict[str, float]] = []
+
+            def mark(c: int) -> None:  # CPU used from the first learned route in the FIB on
+                if c and not cpu_marks:
+                    cpu_marks.append(tree_cpu_ms(ap.pid))
             try:
-                t_full = wait_count(fc, lambda c: c >= n, timeout, series)
+                t_full = wait_count(fc, lambda c: c >= n, timeout, series, on_change=mark)
             except N.BenchError as e:
                 raise N.BenchError(f"podroute agent: {e}; log tail: {(ad / 'agent.log').read_text()[-800:]}")
+            cpu_announce = _cpu_delta(cpu_marks[0], tree_cpu_ms(ap.pid)) if cpu_marks else {}
             # the agent's status lists every best route (100k entries at full size): allow it time
             st = None
             deadline = time.monotonic() + 60
@@ -364,10 +396,14 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
             rss_sync, parts_sync = tree_rss_mb(ap.pid)
             rss, parts = max((rss_conv, parts_conv), (rss_sync, parts_sync), key=lambda x: x[0])
             wseries = []
+            cpu0 = tree_cpu_ms(ap.pid)
             tw = time.time()
             birdc(src_sock, "disable", "s1", ns=spaces["src"])
             t_w = wait_count(fc, lambda c: c == 0, timeout, wseries)
+            cpu_withdraw = _cpu_delta(cpu0, tree_cpu_ms(ap.pid))
             out["podroute"] = _summ(n, since, series, t_full, tw, wseries, t_w, rss, parts)
+            out["podroute"]["cpu_ms_announce"] = cpu_announce
+            out["podroute"]["cpu_ms_withdraw"] = cpu_withdraw
             out["podroute"]["rss_mb_converged"] = rss_conv
             out["podroute"]["rss_mb_after_resync"] = rss_sync
             out["podroute"]["last_apply"] = (_agent_status(ad) or {}).get("fib", {}).get("last_apply")

@@ -73,18 +73,25 @@ class ImportPolicy:
                 return "originator_loop"
             if self.cluster_id is not None and self.cluster_id in attrs.cluster_list:
                 return "cluster_loop"
-        if prefix.prefixlen == 0:
+        try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
+            net, plen = prefix.network_address._ip, prefix._prefixlen
+        except AttributeError:
+            net, plen = int(prefix.network_address), prefix.prefixlen
+        if plen == 0:
             if not self.accept_default:
                 return "default"
             return "own_next_hop" if next_hop == self.node_ip else None
         pools, own, node_ip, owners = self._ranges
-        net, plen = int(prefix.network_address), prefix.prefixlen
-        if not any(plen >= pl and net & mask == pnet for pnet, mask, pl in pools):
+        for pnet, mask, pl in pools:
+            if plen >= pl and net & mask == pnet:
+                break
+        else:
             return "outside_pool"
+        pmask = _MASKS[plen]
         for onet, omask, opl in own:  # overlap: the shorter of the two masks matches both
-            if (net & omask == onet) if plen >= opl else (onet & int(prefix.netmask) == net):
+            if (net & omask == onet) if plen >= opl else (onet & pmask == net):
                 return "own_block"
-        if node_ip & int(prefix.netmask) == net:
+        if node_ip & pmask == net:
             return "own_node_ip"
         if next_hop == self.node_ip:
             return "own_next_hop"

@@ -141,19 +141,37 @@ class Rib:
                 hit = single.get(id(c))
                 if hit is None or hit[0] is not c:
                     hit = single[id(c)] = (c, (c.attrs.next_hop,), (c.peer,))
-                new = BestRoute(prefix, hit[1], hit[2], c.attrs.as_path)
-            else:
-                new = best_route(prefix, cands, self.local_as)
+                old = loc.get(prefix)
+                if old is not None and old.next_hops == hit[1] and old.peers == hit[2] \
+                        and old.as_path == c.attrs.as_path:
+                    continue
+                new = _new(BestRoute)
+                _set_prefix(new, prefix)
+                _set_next_hops(new, hit[1])
+                _set_peers(new, hit[2])
+                _set_as_path(new, c.attrs.as_path)
+                loc[prefix] = new
+                changed.add(prefix)
+                continue
+            new = best_route(prefix, cands, self.local_as)
             old = loc.get(prefix)
             if new is None:
                 if old is not None:
-                    del self._loc[prefix]
+                    del loc[prefix]
                     changed.add(prefix)
-            elif new != old:
-                self._loc[prefix] = new
+            elif old is None or new != old:
+                loc[prefix] = new
                 changed.add(prefix)
         self._changed |= changed
         return changed
+
+
+# A Loc-RIB entry per learned prefix is built in _recompute's one-path case; the frozen
+# dataclass __init__ (object.__setattr__ per field) was a fifth of that loop. BestRoute's
+# fields are the values given, nothing to validate.
+_new = object.__new__
+_set_prefix, _set_next_hops, _set_peers, _set_as_path = (
+    BestRoute.__dict__[f].__set__ for f in ("prefix", "next_hops", "peers", "as_path"))
 
 
 def _path_len(attrs: PathAttrs) -> int:

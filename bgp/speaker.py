@@ -856,7 +856,8 @@ class Speaker:
         # The peer's accepted set after this UPDATE, tracked as a live view of the Adj-RIB-In
         # plus this batch's delta: O(batch), never a copy of a 100k-route table per UPDATE.
         table = self._rib.peer_prefixes(peer)
-        gone = {w for w in withdrawn if w in table}
+        # Only the prefix limit reads the size: withdrawals cost a lookup each otherwise.
+        gone = {w for w in withdrawn if w in table} if limit is not None else set()
         added: set[IPv4Network] = set()
         size = len(table) - len(gone)
 
@@ -864,8 +865,20 @@ class Speaker:
             return prefix in added or (prefix in table and prefix not in gone)
         accepted: list[tuple[IPv4Network, PathAttrs]] = []
         withdraw = list(withdrawn)
+        check = self._policy.check
+        if limit is None and not rejected:
+            # No prefix limit and nothing rejected before: the size bookkeeping and the
+            # earlier-rejection lookups below have nothing to do (the common case).
+            accept = accepted.append
+            for i, (prefix, attrs) in enumerate(routes):
+                if check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce) is not None:
+                    routes = routes[i:]
+                    break
+                accept((prefix, attrs))
+            else:
+                routes = []
         for prefix, attrs in routes:
-            reason = self._policy.check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce)
+            reason = check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce)
             if reason is None and limit is not None and not present(prefix) and size >= limit:
                 reason = "max_prefixes"
                 if cfg is not None and cfg.max_prefixes_action == "teardown" \

@@ -183,7 +183,7 @@ class RouteTable:
                     self._verified.pop(dst_key(dst), None)
             return
         cur = self._desired.get(dst)
-        if cur is not route and cur != route:
+        if cur is None or (cur is not route and cur != route):
             self._desired[dst] = route
             self._pending.add(dst)
             if self._verified:

@@ -52,17 +52,22 @@ class FibPlanner:
         # in practice; the config check rejects overlapping pools).
         self._pools = [(int(p.cidr.network_address), int(p.cidr.netmask), p.cidr.prefixlen, p)
                        for p in pools]
-        self._hops: dict[tuple[int, IPv4Address], tuple[NextHop, bool]] = {}
+        # (pool index, next hop as int) -> (NextHop, is VXLAN). Keyed by int: an
+        # IPv4Address hashes through hex() in Python, ~0.4 µs per learned route.
+        self._hops: dict[tuple[int, int], tuple[NextHop, bool]] = {}
 
     def _pool_index(self, prefix: IPv4Network) -> int:
-        net, plen = int(prefix.network_address), prefix.prefixlen
+        try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
+            net, plen = prefix.network_address._ip, prefix._prefixlen  # type: ignore[attr-defined]
+        except AttributeError:
+            net, plen = int(prefix.network_address), prefix.prefixlen
         for i, (pnet, pmask, plen_pool, _p) in enumerate(self._pools):
             if plen >= plen_pool and net & pmask == pnet:
                 return i
         return -1
 
     def _hop(self, pool_i: int, prefix: IPv4Network, nh: IPv4Address) -> tuple[NextHop, bool]:
-        key = (pool_i, nh)
+        key = (pool_i, int(nh))
         hit = self._hops.get(key)
         if hit is None:
             # Outside every pool (policy may import extra ranges): routed natively.

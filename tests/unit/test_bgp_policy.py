@@ -84,3 +84,26 @@ async def test_accepted_route_later_rejected_is_withdrawn(tmp_path):
     await asyncio.sleep(0)
     assert calls[-1] == {}
     assert dict(sp.status().peers[0].rejected_by_reason) == {"own_next_hop": 1}
+
+
+async def test_one_update_accepted_rejected_accepted_without_prefix_limit(tmp_path):
+    # No max_prefixes and no earlier rejection: the speaker's fast loop accepts until the
+    # first rejection, then the general loop takes over for the rest of the UPDATE.
+    calls: list = []
+    sp = make_speaker(tmp_path, calls)
+    a, bad, c, own = N("198.19.1.0/26"), N("203.0.113.0/24"), N("198.19.2.0/26"), N("198.19.3.0/26")
+    attrs = PathAttrs(BIRD)
+    sp._on_event(api.UpdateEvent(BIRD, [(a, BIRD, attrs), (bad, BIRD, attrs), (c, BIRD, attrs),
+                                        (own, BIRD, attrs)]))
+    await asyncio.sleep(0)
+    assert set(calls[-1]) == {a, c}
+    peer = sp.status().peers[0]
+    assert (peer.prefixes_received, peer.prefixes_accepted, peer.prefixes_rejected) == (4, 2, 2)
+    assert dict(peer.rejected_by_reason) == {"outside_pool": 1, "own_block": 1}
+    # A later UPDATE with rejections on record takes the general loop; re-announcing the
+    # same paths changes nothing in the Loc-RIB (no delta handed on).
+    before = len(calls)
+    sp._on_event(api.UpdateEvent(BIRD, [(a, BIRD, attrs), (c, BIRD, attrs)]))
+    await asyncio.sleep(0)
+    assert len(calls) == before and set(sp.best_routes()) == {a, c}
+    assert sp.status().peers[0].prefixes_rejected == 2
