@@ -3,7 +3,9 @@
 A debugging and test driver (the agent uses :class:`bgp.speaker.Speaker` directly). It runs
 in the calling process's network namespace (start it with ``ip netns exec`` / ``nsenter``).
 
-Config JSON: the SpeakerConfig fields (plus optional ``exabgp_speed``, default 0.1), addresses/prefixes as strings, ``peers`` as a list of
+Config JSON: the SpeakerConfig fields (plus optional ``exabgp_speed``, default 0.1;
+``exabgp_python`` defaults to this interpreter when it can import exabgp, ``null`` turns the
+launcher off), addresses/prefixes as strings, ``peers`` as a list of
 PeerConfig objects. stdout gets one JSON object per line: ``{"routes": {prefix: {...}}}`` on
 every Loc-RIB change and ``{"status": {...}}`` in answer to ``status`` on stdin. stdin
 commands: ``status``, ``announce P1 P2 ...`` (replaces the set), ``peers <JSON list of
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -89,6 +92,8 @@ def _emit(obj: dict) -> None:
 async def _main(path: str) -> int:
     raw = json.loads(Path(path).read_text())
     speed = float(raw.pop("exabgp_speed", 0.1))
+    if "exabgp_python" not in raw and importlib.util.find_spec("exabgp") is not None:
+        raw["exabgp_python"] = sys.executable  # the withdrawal fast path (exabgp_launch.py)
     cfg = load_config(raw)
     speaker = Speaker(cfg, lambda rib: _emit({"routes": _jsonable(dict(rib))}),
                       exabgp_speed=speed)

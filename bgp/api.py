@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Union
 
 from .errors import BGPError, CommandRejected, ExaBGPExited
 from .model import PathAttrs
-from .prefix import parse as parse_prefix
+from .prefix import parse as parse_prefix, unpack_nlri
 
 log = logging.getLogger("bgp.api")
 
@@ -33,18 +33,24 @@ _ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
 # One ``announce attributes ... nlri`` line carries at most this many prefixes (lines up to
 # 1 MiB are accepted; 500 keeps each ack quick).
 BULK_CHUNK = 500
+# The key bgp/exabgp_launch.py renders a pure withdrawal under: {"ipv4 unicast": "<hex of the
+# Withdrawn Routes field>"} (kept in step with exabgp_launch.KEY by a unit test).
+WITHDRAW_RAW = "withdraw-raw"
 
 
 @dataclass(frozen=True)
 class UpdateEvent:
     """Routes received from ``peer`` in one UPDATE (RFC 4271 §4.3).
 
-    ``announced``: (prefix, next hop, attrs) per NLRI; ``withdrawn``: prefixes.
+    ``announced``: (prefix, next hop, attrs) per NLRI; ``withdrawn``: prefixes;
+    ``undecoded``: the withdrawals came as raw wire bytes (bgp/exabgp_launch.py), not as
+    ExaBGP's decoded JSON.
     """
 
     peer: IPv4Address
     announced: list[tuple[IPv4Network, IPv4Address, PathAttrs]] = field(default_factory=list)
     withdrawn: list[IPv4Network] = field(default_factory=list)
+    undecoded: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,9 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
                     continue
                 seen.add(prefix)
             announced.append((prefix, nh, attrs))
+    raw = upd.get(WITHDRAW_RAW)
+    if raw is not None:  # bgp/exabgp_launch.py: a pure withdrawal, undecoded
+        return UpdateEvent(peer, announced, unpack_nlri(bytes.fromhex(raw["ipv4 unicast"])), True)
     withdrawn = [_prefix(e) for e in upd.get("withdraw", {}).get("ipv4 unicast", [])]
     return UpdateEvent(peer, announced, withdrawn)
 

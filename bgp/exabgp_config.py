@@ -16,6 +16,7 @@ from .model import MAX_PREFIXES_ACTIONS, PeerConfig, SpeakerConfig
 
 PROCESS_NAME = "podroute"
 RELAY_PATH = Path(__file__).resolve().parent / "relay.py"
+LAUNCH_PATH = Path(__file__).resolve().parent / "exabgp_launch.py"
 # ExaBGP's tokenizer splits on whitespace and treats ; { } as syntax: keep passwords simple.
 _PASSWORD_OK = re.compile(r'^[A-Za-z0-9!#$%&()*+,\-./:<=>?@\[\]^_`|~]{1,80}$')
 _COMMUNITY_OK = re.compile(r'^(\d{1,5}):(\d{1,5})$')

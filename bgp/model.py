@@ -76,7 +76,10 @@ class SpeakerConfig:
     ``node_ip``: learned routes with this next hop are rejected (our own routes reflected back);
     ``graceful_restart_time``: seconds advertised in the GR capability (RFC 4724 §3);
     ``state_dir``: where the rendered config and the relay socket live;
-    ``exabgp_bin``: the ExaBGP executable (name on PATH or absolute path).
+    ``exabgp_bin``: the ExaBGP executable (name on PATH or absolute path);
+    ``exabgp_python``: when set, ExaBGP runs as ``<exabgp_python> bgp/exabgp_launch.py
+    server <conf>`` instead, so pure withdrawals reach the speaker undecoded (that module's
+    docstring has the measurements); exabgp must be importable by that interpreter.
 
     Import policy additions: ``import_extra``: further ranges accepted besides the pools;
     ``accept_default``: accept 0.0.0.0/0 (rejected as ``default`` otherwise);
@@ -104,6 +107,7 @@ class SpeakerConfig:
     graceful_restart_time: int = 120
     state_dir: Path = field(kw_only=True)
     exabgp_bin: str = "exabgp"
+    exabgp_python: str | None = None
     import_extra: tuple[IPv4Network, ...] = ()
     accept_default: bool = False
     expected_next_hops: Mapping[IPv4Network, IPv4Address] = field(default_factory=dict)
@@ -177,6 +181,9 @@ class PeerStatus:
     # Routes currently reflected to this peer (route-reflector mode, RFC 4456).
     reflected_routes: int = 0
     rr_client: bool = False
+    # Withdrawn prefixes that arrived undecoded through bgp/exabgp_launch.py's fast path,
+    # since the speaker started (0 with the plain exabgp entry point).
+    withdrawn_undecoded: int = 0
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,27 @@ if not _SELF_CHECK:
     _build = _build_public  # noqa: F811
 
 
+def unpack_nlri(field: bytes) -> list[Prefix]:
+    """Decode an IPv4 NLRI or Withdrawn Routes field (RFC 4271 §4.3: one octet of prefix
+    length in bits, then the fewest octets that hold it) into Prefixes, in wire order.
+    Trailing bits past the length are ignored, as §4.3 says they are irrelevant. Raises
+    ValueError naming the offset on a length over 32 or a prefix running past the end."""
+    out: list[Prefix] = []
+    append = out.append
+    i, end = 0, len(field)
+    while i < end:
+        plen = field[i]
+        k = (plen + 7) >> 3
+        j = i + 1 + k
+        if plen > 32 or j > end:
+            raise ValueError(f"malformed NLRI at octet {i}: prefix length {plen}, "
+                             f"{end - i - 1} octets left")
+        append(_build((int.from_bytes(field[i + 1:j], "big") << (32 - 8 * k)) & _MASKS[plen][1],
+                      plen))
+        i = j
+    return out
+
+
 def parse(text: str) -> Prefix:
     """``"a.b.c.d/len"`` (canonical dotted quad, no host bits: what ExaBGP prints for an
     NLRI) as a :class:`Prefix`, ~3x faster than ``IPv4Network(text)``. Raises ValueError

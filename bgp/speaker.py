@@ -52,7 +52,7 @@ from typing import Callable, Iterable, Mapping
 
 from . import api, reflector
 from .errors import BGPError, CommandRejected, ConfigError, ExaBGPExited
-from .exabgp_config import check_community, exabgp_env, redact, render_config
+from .exabgp_config import LAUNCH_PATH, check_community, exabgp_env, redact, render_config
 from .handoff import PipeServer
 from .model import (BestRoute, ExportRoute, PathAttrs, PeerConfig, PeerStatus, SpeakerConfig,
                     SpeakerStatus)
@@ -90,7 +90,7 @@ def _die_with_parent() -> None:
 class _Peer:
     __slots__ = ("address", "asn", "state", "since", "last_error", "eor_received",
                  "gr_advertised", "gr_time", "stale", "stale_deadline", "teardowns",
-                 "teardown_sent")
+                 "teardown_sent", "withdrawn_undecoded")
 
     def __init__(self, address: IPv4Address, asn: int) -> None:
         self.address = address
@@ -109,6 +109,7 @@ class _Peer:
         self.stale_deadline: float | None = None
         self.teardowns = 0
         self.teardown_sent = False
+        self.withdrawn_undecoded = 0
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -300,7 +301,8 @@ class Speaker:
                 gr_restart_time=p.gr_time if p.gr_advertised else None,
                 max_prefixes_teardowns=p.teardowns,
                 reflected_routes=self._refl_count.get(addr, 0),
-                rr_client=bool(cfg and cfg.rr_client)))
+                rr_client=bool(cfg and cfg.rr_client),
+                withdrawn_undecoded=p.withdrawn_undecoded))
         proc = self._proc
         return SpeakerStatus(
             peers=tuple(peers),
@@ -464,6 +466,8 @@ class Speaker:
     # ---------------- ExaBGP child ----------------
 
     def _exabgp_argv(self) -> list[str]:
+        if self.config.exabgp_python:
+            return [self.config.exabgp_python, str(LAUNCH_PATH), "server", str(self.config_path)]
         exe = self.config.exabgp_bin
         if os.sep not in exe:
             found = shutil.which(exe)
@@ -830,18 +834,26 @@ class Speaker:
         peer = ev.peer
         p = self._peers[peer]
         rejected = self._rejected.get(peer)
-        if ev.withdrawn:
+        withdrawn = ev.withdrawn
+        if withdrawn:
+            if ev.undecoded:
+                p.withdrawn_undecoded += len(withdrawn)
+            # A withdrawal is parsed into new Prefix objects. Swapping each for the one the
+            # Loc-RIB holds makes the ~6 dictionary probes per route downstream (Adj-RIB-In,
+            # Loc-RIB, delta, felix) hit on identity instead of calling Prefix.__eq__.
+            get = self._rib.loc_rib_view().get
+            withdrawn = [b.prefix if (b := get(w)) is not None else w for w in withdrawn]
             if rejected:
-                for prefix in ev.withdrawn:
+                for prefix in withdrawn:
                     rejected.pop(prefix, None)
             if p.stale:
-                p.stale.difference_update(ev.withdrawn)
-            self._rejections.clear(peer, ev.withdrawn)
+                p.stale.difference_update(withdrawn)
+            self._rejections.clear(peer, withdrawn)
         if p.stale:
             # Re-announced: replaces the stale path (RFC 4724 §4.2).
             p.stale.difference_update(pfx for pfx, _nh, _a in ev.announced)
         # attrs.next_hop == nh in every announced tuple
-        self._evaluate(peer, [(pfx, attrs) for pfx, _nh, attrs in ev.announced], ev.withdrawn)
+        self._evaluate(peer, [(pfx, attrs) for pfx, _nh, attrs in ev.announced], withdrawn)
 
     def _evaluate(self, peer: IPv4Address, routes: list[tuple[IPv4Network, PathAttrs]],
                   withdrawn: list[IPv4Network]) -> None:

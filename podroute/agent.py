@@ -46,6 +46,14 @@ def _exabgp_bin() -> str:
     return str(local) if local.exists() else (shutil.which("exabgp") or "exabgp")
 
 
+def _exabgp_python() -> str | None:
+    # ExaBGP under bgp/exabgp_launch.py (pure withdrawals undecoded) when this interpreter
+    # has it, which is how it is installed: in the agent's own environment.
+    import importlib.util
+    import sys
+    return sys.executable if importlib.util.find_spec("exabgp") is not None else None
+
+
 class Agent:
     """One node's podroute agent. ``await run()`` until SIGTERM/SIGINT or a task crash.
 
@@ -250,6 +258,7 @@ class Agent:
                            listen_address=cfg.listen_address, listen_port=cfg.listen_port,
                            graceful_restart_time=cfg.graceful_restart_time,
                            state_dir=cfg.paths.state_dir / "bgp", exabgp_bin=_exabgp_bin(),
+                           exabgp_python=_exabgp_python(),
                            import_extra=cfg.import_extra, accept_default=cfg.accept_default,
                            expected_next_hops=agent._expected_next_hops(),
                            export_extra=tuple(ExportRoute(s.cidr, s.communities) for s in cfg.service_cidrs),
@@ -410,7 +419,7 @@ class Agent:
                           "prefixes_rejected": p.prefixes_rejected, "info": p.last_error or "",
                           "stale_routes": p.stale_routes, "gr_restart_time": p.gr_restart_time,
                           "rr_client": p.rr_client, "reflected_routes": p.reflected_routes,
-                          "eor_received": p.eor_received,
+                          "eor_received": p.eor_received, "withdrawn_undecoded": p.withdrawn_undecoded,
                           "passive": peer_cfg[p.address].passive if p.address in peer_cfg else None})
             for reason, n in p.rejected_by_reason:
                 rejections[reason] = rejections.get(reason, 0) + n

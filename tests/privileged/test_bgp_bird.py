@@ -237,6 +237,27 @@ def test_speaker_against_bird(lab):
     assert OWN_BLOCK not in bird.show_route()
 
 
+def test_bird_withdrawal_arrives_undecoded(lab):
+    """BIRD withdraws everything it sent (its static protocol disabled): the UPDATE carries
+    only Withdrawn Routes, so ExaBGP (run under bgp/exabgp_launch.py) hands it on undecoded;
+    every route goes, rejected ones included, on the same session, and comes back after."""
+    bird, driver, _ = lab
+    driver.wait_for(_pool_routes_ok, 30, "the two pool routes")
+    st = driver.poll_status(lambda s: s["peers"][0]["prefixes_received"] == 4, 10, "4 received")
+    since = st["peers"][0]["since"]
+    assert st["peers"][0]["withdrawn_undecoded"] == 0
+    bird.birdc("disable", "s1")
+    driver.wait_for(lambda m: m.get("routes") == {}, 10, "routes withdrawn")
+    st = driver.poll_status(lambda s: s["peers"][0]["prefixes_received"] == 0, 10, "0 received")
+    peer = st["peers"][0]
+    assert peer["withdrawn_undecoded"] == 4        # 2 accepted + default + outside the pool
+    assert peer["prefixes_rejected"] == 0 and peer["state"] == "established"
+    bird.birdc("enable", "s1")
+    driver.wait_for(_pool_routes_ok, 15, "routes back")
+    st = driver.status()
+    assert st["peers"][0]["since"] == since and st["exabgp_restarts"] == 0
+
+
 def test_graceful_restart_of_bird(lab):
     """RFC 4724 §4.2 against a real BIRD: kill -9 and restart within its 3 s restart time:
     the routes never leave on_routes and the stale marks go at BIRD's End-of-RIB; then kill

@@ -229,3 +229,20 @@ async def test_missing_exabgp_binary_keeps_retrying_and_reports(tmp_path):
     assert "failed to start" in sp.status().last_exit
     await asyncio.wait_for(sp.stop(), 5)
     await asyncio.wait_for(run, 5)
+
+
+def test_exabgp_python_runs_the_launcher(tmp_path):
+    from bgp.exabgp_config import LAUNCH_PATH
+    base = dict(router_id=NODE, local_as=64512, local_address=NODE,
+                peers=(PeerConfig(BIRD, 64512),), announce=(), import_pools=(),
+                own_blocks=(), node_ip=NODE, state_dir=tmp_path)
+    sp = Speaker(SpeakerConfig(**base, exabgp_python=sys.executable), lambda r: None)
+    assert sp._exabgp_argv() == [sys.executable, str(LAUNCH_PATH), "server", str(sp.config_path)]
+    assert Speaker(SpeakerConfig(**base, exabgp_bin="/x/exabgp"),
+                   lambda r: None)._exabgp_argv()[0] == "/x/exabgp"
+    # The launcher starts ExaBGP with the fast path installed (no "fast path off" line),
+    # from any working directory, with bgp/ off sys.path.
+    out = subprocess.run([sys.executable, str(LAUNCH_PATH), "version"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ExaBGP : 5.0." in out.stdout
+    assert "fast path off" not in out.stdout + out.stderr

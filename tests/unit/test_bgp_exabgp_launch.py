@@ -1,0 +1,151 @@
+"""bgp/exabgp_launch.py: the pure-withdrawal fast path inside ExaBGP, against ExaBGP's own
+decoder and JSON encoder as the oracle (in process), and bgp.prefix.unpack_nlri."""
+import json
+import struct
+from ipaddress import IPv4Network
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bgp import api, exabgp_launch
+from bgp.prefix import unpack_nlri
+
+exabgp = pytest.importorskip("exabgp")
+from exabgp.bgp.message.direction import Direction  # noqa: E402
+from exabgp.bgp.message.notification import Notify  # noqa: E402
+from exabgp.bgp.message.open.capability.negotiated import Negotiated  # noqa: E402
+from exabgp.bgp.message.update import EOR, Update  # noqa: E402
+from exabgp.bgp.neighbor import Neighbor  # noqa: E402
+from exabgp.environment import getenv  # noqa: E402
+from exabgp.logger import log  # noqa: E402
+from exabgp.reactor.api.response.json import JSON  # noqa: E402
+from exabgp.version import json as json_version  # noqa: E402
+
+log.init(getenv())
+
+prefixes = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(
+    lambda t: IPv4Network(t, strict=False)), min_size=1, max_size=60)
+
+
+def field(nets) -> bytes:
+    """RFC 4271 §4.3 encoding of ``nets`` (length octet, then the fewest octets)."""
+    out = b""
+    for n in nets:
+        k = (n.prefixlen + 7) // 8
+        out += bytes([n.prefixlen]) + n.network_address.packed[:k]
+    return out
+
+
+def withdraw_body(raw: bytes) -> bytes:
+    return struct.pack("!H", len(raw)) + raw + b"\x00\x00"
+
+
+def negotiated(adj_rib_in: bool = False) -> Negotiated:
+    nb = Neighbor()
+    nb["adj-rib-in"] = adj_rib_in
+    return Negotiated(nb)
+
+
+def as_line(update) -> str:
+    """The API line the speaker would read for ``update`` (envelope trimmed to what
+    bgp.api reads)."""
+    message = JSON(json_version)._update(update)["message"]
+    return ('{"exabgp": "5.0.0", "type": "update", "neighbor": {"address": '
+            '{"local": "198.18.0.2", "peer": "198.18.0.1"}, "direction": "receive", '
+            f'"message": {message}}}}}')
+
+
+def decode(body: bytes, neg: Negotiated):
+    return Update.unpack_message(body, Direction.IN, neg)
+
+
+@pytest.fixture
+def patched():
+    assert exabgp_launch.install() is None
+    yield
+    exabgp_launch.uninstall()
+
+
+def test_key_matches_the_parser():
+    assert exabgp_launch.KEY == api.WITHDRAW_RAW
+
+
+def test_install_is_idempotent_and_uninstall_restores():
+    before = (Update.__dict__["unpack_message"], JSON.__dict__["_update"])
+    assert exabgp_launch.install() is None and exabgp_launch.install() is None
+    assert Update.__dict__["unpack_message"] is not before[0]
+    exabgp_launch.uninstall()
+    assert (Update.__dict__["unpack_message"], JSON.__dict__["_update"]) == before
+    exabgp_launch.uninstall()  # not installed: no-op
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefixes)
+def test_raw_withdrawal_parses_to_what_exabgps_decoder_gives(nets):
+    body = withdraw_body(field(nets))
+    reference = api.parse_line(as_line(decode(body, negotiated())))
+    assert exabgp_launch.install() is None
+    try:
+        update = decode(body, negotiated())
+        fast = api.parse_line(as_line(update))
+    finally:
+        exabgp_launch.uninstall()
+    assert type(update).__name__ == "RawWithdraw" and update.nlris == []
+    assert isinstance(fast, api.UpdateEvent) and fast.undecoded and not reference.undecoded
+    assert fast.withdrawn == reference.withdrawn == nets
+    assert [str(p) for p in fast.withdrawn] == [str(n) for n in nets]
+    assert fast.announced == reference.announced == []
+
+
+def test_announcement_eor_and_mixed_updates_take_exabgps_path(patched):
+    neg = negotiated()
+    assert isinstance(decode(b"\x00\x00\x00\x00", neg), EOR)
+    # withdraw 10.0.0.0/26 and announce 10.0.1.0/26 (ORIGIN IGP, NEXT_HOP 198.18.0.1)
+    attrs = bytes([0x40, 1, 1, 0, 0x40, 3, 4, 198, 18, 0, 1])
+    w = field([IPv4Network("10.0.0.0/26")])
+    body = struct.pack("!H", len(w)) + w + struct.pack("!H", len(attrs)) + attrs + \
+        field([IPv4Network("10.0.1.0/26")])
+    mixed = decode(body, neg)
+    assert type(mixed) is Update
+    ev = api.parse_line(as_line(mixed))
+    assert [str(p) for p in ev.withdrawn] == ["10.0.0.0/26"] and not ev.undecoded
+    assert [(str(p), str(nh)) for p, nh, _a in ev.announced] == [("10.0.1.0/26", "198.18.0.1")]
+
+
+def test_adj_rib_in_on_keeps_exabgps_decoder(patched):
+    body = withdraw_body(field([IPv4Network("10.0.0.0/26")]))
+    assert type(decode(body, negotiated(adj_rib_in=True))) is Update
+
+
+@pytest.mark.parametrize("raw", [bytes([33, 10, 0, 0, 0, 0]),      # length over 32
+                                 bytes([26, 10, 0, 0]),             # prefix cut short
+                                 bytes([26, 10, 0, 0, 0, 24])])     # a trailing length octet
+def test_malformed_withdrawal_gets_exabgps_notification(patched, raw):
+    with pytest.raises(Notify) as fast:
+        decode(withdraw_body(raw), negotiated())
+    exabgp_launch.uninstall()
+    with pytest.raises(Notify) as ref:
+        decode(withdraw_body(raw), negotiated())
+    assert (fast.value.code, fast.value.subcode) == (ref.value.code, ref.value.subcode)
+
+
+@given(prefixes)
+def test_unpack_nlri_round_trip(nets):
+    assert unpack_nlri(field(nets)) == nets
+
+
+def test_unpack_nlri_ignores_trailing_bits_and_names_bad_offsets():
+    # 10.0.0.77/26 on the wire: the bits past /26 are irrelevant (RFC 4271 §4.3)
+    assert [str(p) for p in unpack_nlri(bytes([26, 10, 0, 0, 77, 0]))] == ["10.0.0.64/26",
+                                                                           "0.0.0.0/0"]
+    with pytest.raises(ValueError, match="octet 5: prefix length 33"):
+        unpack_nlri(bytes([24, 10, 0, 0, 0, 33, 1, 2, 3, 4, 5]))
+    with pytest.raises(ValueError, match="octet 0: prefix length 26, 2 octets left"):
+        unpack_nlri(bytes([26, 10, 0]))
+
+
+def test_parse_line_rejects_bad_raw_field():
+    line = json.dumps({"type": "update", "neighbor": {"address": {"peer": "198.18.0.1"},
+                       "message": {"update": {api.WITHDRAW_RAW: {"ipv4 unicast": "1a0a00"}}}}})
+    with pytest.raises(api.BGPError, match="malformed NLRI"):
+        api.parse_line(line)
