@@ -248,7 +248,10 @@ def _replace_multipath(r: Route, mp: tuple[NextHop, ...]) -> Route:
 def dst_key(dst: IPv4Network) -> int:
     """A route destination as one int, (network address << 6) | prefix length: what the
     dataplane can read from a kernel message without building an IPv4Network."""
-    return int(dst.network_address) << 6 | dst.prefixlen
+    try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
+        return dst.network_address._ip << 6 | dst._prefixlen
+    except AttributeError:
+        return int(dst.network_address) << 6 | dst.prefixlen
 
 
 __all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "dst_key"]

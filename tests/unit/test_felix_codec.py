@@ -225,3 +225,30 @@ def test_delete_carries_only_identity(route, table):
     attrs = {t for t, _o, _n in codec._attrs(msg, 28, len(msg))}
     assert attrs <= {codec.RTA_DST, codec.RTA_TABLE, codec.RTA_PRIORITY}
     assert (codec.RTA_TABLE in attrs) == (table > 255)
+
+
+@settings(max_examples=600, deadline=None)
+@given(routes(), st.sampled_from([254, 253, 1, 255, 256, 1000]), st.integers(1, 255),
+       st.sampled_from(["add", "replace", "delete"]), st.booleans(), st.integers(1, 2**32 - 1))
+def test_fast_shapes_encode_the_same_bytes_as_the_general_encoder(route, table, proto, action, ack, seq):
+    kw = dict(seq=seq, ifindex=IDX.__getitem__, table=table, protocol=proto, pid=7, ack=ack)
+    assert codec.encode_route(action, route, **kw) == codec.encode_route_general(action, route, **kw)
+
+
+def test_fast_shapes_are_the_ones_a_bgp_burst_uses():
+    # Proves the property test above covers the fast path: these shapes skip the general one.
+    called = []
+    orig = codec.encode_route_general
+    codec.encode_route_general = lambda *a, **k: called.append(a) or orig(*a, **k)
+    try:
+        dst = IPv4Network("10.1.2.64/26")
+        for action, route in (("delete", Route.via(dst, IPv4Address("198.18.0.1"))),
+                              ("add", Route.via(dst, IPv4Address("198.18.0.1"))),
+                              ("replace", Route.via(dst, IPv4Address("198.18.0.1"), sorted(IDX)[0],
+                                                    onlink=True))):
+            codec.encode_route(action, route, seq=1, ifindex=IDX.__getitem__)
+    finally:
+        codec.encode_route_general = orig
+    assert called == []
+    with pytest.raises(ValueError, match="unknown action"):
+        codec.encode_route("frob", Route.via(dst, IPv4Address("198.18.0.1")), seq=1, ifindex=IDX.__getitem__)
