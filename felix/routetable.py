@@ -178,16 +178,12 @@ class RouteTable:
                 break
         else:
             if self._desired.pop(dst, None) is not None:
-                self._pending.add(dst)
-                if self._verified:
-                    self._verified.pop(dst_key(dst), None)
+                self._pending.add(dst)  # its digest goes at the top of apply()
             return
         cur = self._desired.get(dst)
         if cur is None or (cur is not route and cur != route):
             self._desired[dst] = route
             self._pending.add(dst)
-            if self._verified:
-                self._verified.pop(dst_key(dst), None)
 
     def desired(self) -> Mapping[IPv4Network, Route]:
         """Read-only live view {dst: winning Route} after owner-priority resolution."""
@@ -226,6 +222,15 @@ class RouteTable:
         full = self._dirty
         verified = self._verified
         checked = 0
+        if verified and self._pending:
+            # A digest certifies "the kernel route satisfied the desired one at the last dump".
+            # Every pending dst's desired route changed since: its digest goes here, once per
+            # dst and before either path (a full dump must decode it again). Nothing else
+            # needs dropping: incremental writes are all to pending dsts, and a full sync
+            # writes only dsts its dump could not settle, which are never verified.
+            pop = verified.pop
+            for dst in self._pending:
+                pop(dst_key(dst), None)
         if full:
             sink = _ResyncSink(self._desired)
             try:
@@ -346,8 +351,6 @@ class RouteTable:
     def _record(self, op: RouteOp) -> None:
         r = op.route
         dst = r.dst
-        if self._verified:
-            self._verified.pop(dst_key(dst), None)
         cur = self._actual.get(dst)
         if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
             # The common case: this op's route is, or was, our only route at dst.

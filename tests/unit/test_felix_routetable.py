@@ -272,6 +272,19 @@ def test_resync_after_a_desired_change_to_a_verified_route_writes_it(dp, table):
     assert dp.ours()[moved.dst] == moved and routes[1].dst not in dp.ours()
 
 
+def test_incremental_writes_drop_exactly_their_digests(dp, table):
+    from felix.routes import dst_key
+    routes = _verified_table(dp, table)
+    table.remove_route("bgp", routes[0].dst)
+    table.set_route("bgp", via(routes[1].dst, "198.18.0.3"))
+    res = table.apply()
+    assert not res.full_sync and (res.replaced, res.deleted) == (1, 1)
+    assert set(table._verified) == {dst_key(r.dst) for r in routes[2:]}
+    table.mark_dirty()
+    res = table.apply()
+    assert res.changes == 0 and res.checked == 1  # only the replaced route is decoded again
+
+
 def test_resync_keeps_no_decoded_copy_of_verified_routes(dp, table):
     routes = _verified_table(dp, table)
     # The table holds the desired objects themselves (key and value), not what the dump decoded.
