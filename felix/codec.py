@@ -74,7 +74,8 @@ _FLAGS = {
     "replace": NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
     "delete": NLM_F_REQUEST | NLM_F_ACK,
 }
-_DEL_FLAGS, _DEL_FLAGS_NOACK = NLM_F_REQUEST | NLM_F_ACK, NLM_F_REQUEST
+_DEL_FLAGS = _FLAGS["delete"]
+_DEL_FLAGS_NOACK = _DEL_FLAGS & ~NLM_F_ACK
 
 IfIndexOf = Callable[[str], int]
 IfNameOf = Callable[[int], "str | None"]
