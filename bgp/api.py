@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Union
 
 from .errors import BGPError, CommandRejected, ExaBGPExited
 from .model import PathAttrs
-from .prefix import parse as parse_prefix, unpack_nlri
+from .prefix import parse as parse_prefix, unpack_keys
 
 log = logging.getLogger("bgp.api")
 
@@ -42,15 +42,20 @@ WITHDRAW_RAW = "withdraw-raw"
 class UpdateEvent:
     """Routes received from ``peer`` in one UPDATE (RFC 4271 §4.3).
 
-    ``announced``: (prefix, next hop, attrs) per NLRI; ``withdrawn``: prefixes;
-    ``undecoded``: the withdrawals came as raw wire bytes (bgp/exabgp_launch.py), not as
-    ExaBGP's decoded JSON.
+    ``announced``: (prefix, next hop, attrs) per NLRI; ``withdrawn``: prefixes from
+    ExaBGP's decoded JSON; ``withdrawn_keys``: instead of those, the prefix keys
+    (``bgp.prefix``) of withdrawals that came as raw wire bytes (bgp/exabgp_launch.py).
     """
 
     peer: IPv4Address
     announced: list[tuple[IPv4Network, IPv4Address, PathAttrs]] = field(default_factory=list)
     withdrawn: list[IPv4Network] = field(default_factory=list)
-    undecoded: bool = False
+    withdrawn_keys: list[int] | None = None
+
+    @property
+    def undecoded(self) -> bool:
+        """The withdrawals arrived as raw wire bytes (``withdrawn_keys``)."""
+        return self.withdrawn_keys is not None
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
             announced.append((prefix, nh, attrs))
     raw = upd.get(WITHDRAW_RAW)
     if raw is not None:  # bgp/exabgp_launch.py: a pure withdrawal, undecoded
-        return UpdateEvent(peer, announced, unpack_nlri(bytes.fromhex(raw["ipv4 unicast"])), True)
+        return UpdateEvent(peer, announced, withdrawn_keys=unpack_keys(bytes.fromhex(raw["ipv4 unicast"])))
     withdrawn = [_prefix(e) for e in upd.get("withdraw", {}).get("ipv4 unicast", [])]
     return UpdateEvent(peer, announced, withdrawn)
 

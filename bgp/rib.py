@@ -18,6 +18,7 @@ here and take part in selection like any other: the forwarding state they descri
 """
 from __future__ import annotations
 
+from collections import abc
 from types import MappingProxyType
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping
 
 from .model import BestRoute, PathAttrs
+from .prefix import Prefix, from_key, key_of
 
 DEFAULT_LOCAL_PREF = 100
 
@@ -42,17 +44,21 @@ class Candidate:
 class Rib:
     """Adj-RIB-In per peer plus the Loc-RIB. ``local_as`` decides iBGP vs eBGP.
 
-    All mutators return the set of prefixes whose best route may have changed; read the
-    result with :meth:`loc_rib`. Not thread-safe (used from one event loop).
+    Tables are keyed by prefix key (``bgp.prefix``: ``1 << length | network >> (32 - length)``), the one int
+    every table on the BGP->FIB path shares; the prefix object itself is the Loc-RIB entry's
+    ``BestRoute.prefix``. Mutators return the Loc-RIB delta they caused, ``{key: new
+    BestRoute, or None when gone}``. Not thread-safe (used from one event loop).
     """
 
     def __init__(self, local_as: int) -> None:
         self.local_as = local_as
-        self._adj_in: dict[IPv4Address, dict[IPv4Network, Candidate]] = {}
+        self._adj_in: dict[IPv4Address, dict[int, Candidate]] = {}
         self._peer_asn: dict[IPv4Address, int] = {}
         self._peer_rid: dict[IPv4Address, IPv4Address] = {}
-        self._loc: dict[IPv4Network, BestRoute] = {}
-        self._changed: set[IPv4Network] = set()   # Loc-RIB changes not yet taken
+        # Every key of any Adj-RIB-In has an entry here (selection over a non-empty set of
+        # paths always yields one): the prefix object of a learned key is loc[key].prefix.
+        self._loc: dict[int, BestRoute] = {}
+        self._changed: dict[int, BestRoute | None] = {}  # Loc-RIB changes not yet taken
 
     def set_peer(self, peer: IPv4Address, asn: int, router_id: IPv4Address | None = None) -> None:
         """Record the peer's ASN (from config) and BGP identifier (from its OPEN)."""
@@ -60,25 +66,30 @@ class Rib:
         if router_id is not None:
             self._peer_rid[peer] = router_id
 
-    def peer_prefixes(self, peer: IPv4Address) -> Mapping[IPv4Network, Candidate]:
-        """``peer``'s accepted paths as a live read-only view (O(1); for membership/size)."""
+    def peer_keys(self, peer: IPv4Address) -> Mapping[int, Candidate]:
+        """``peer``'s accepted paths by prefix key, as a live read-only view (O(1))."""
         return MappingProxyType(self._adj_in.get(peer, {}))
 
     def adj_rib_in(self, peer: IPv4Address) -> Mapping[IPv4Network, PathAttrs]:
-        return {p: c.attrs for p, c in self._adj_in.get(peer, {}).items()}
+        """``peer``'s accepted paths by prefix (a copy)."""
+        loc = self._loc
+        return {loc[k].prefix: c.attrs for k, c in self._adj_in.get(peer, {}).items()}
 
     def update(self, peer: IPv4Address, announced: Iterable[tuple[IPv4Network, PathAttrs]] = (),
-               withdrawn: Iterable[IPv4Network] = ()) -> set[IPv4Network]:
-        """Apply one UPDATE's accepted announcements and withdrawals from ``peer``.
+               withdrawn: Iterable[int] = ()) -> dict[int, BestRoute | None]:
+        """Apply one UPDATE's accepted announcements (prefix, attrs) and withdrawals (prefix
+        keys) from ``peer``.
 
         An announcement replaces the peer's previous path for that prefix (implicit
-        withdraw, RFC 4271 §3.1). Returns the prefixes whose Loc-RIB entry changed.
+        withdraw, RFC 4271 §3.1). Returns the Loc-RIB delta (class doc).
         """
         table = self._adj_in.setdefault(peer, {})
-        touched: set[IPv4Network] = set()
-        for prefix in withdrawn:
-            if table.pop(prefix, None) is not None:
-                touched.add(prefix)
+        # key -> the announced prefix object, or None (withdrawn: the Loc-RIB has the object)
+        touched: dict[int, IPv4Network | None] = {}
+        pop = table.pop
+        for key in withdrawn:
+            if pop(key, None) is not None:
+                touched[key] = None
         asn = self._peer_asn.get(peer, self.local_as)
         rid = self._peer_rid.get(peer)
         # One UPDATE carries one attribute set for all its NLRI: share one Candidate per
@@ -88,60 +99,80 @@ class Rib:
             c = shared.get(id(attrs))
             if c is None or c.attrs is not attrs:
                 c = shared[id(attrs)] = Candidate(peer, asn, rid, attrs)
-            table[prefix] = c
-            touched.add(prefix)
-        return self._recompute(touched)
+            key = prefix._key if type(prefix) is Prefix else key_of(prefix)  # type: ignore[attr-defined]
+            table[key] = c
+            touched[key] = prefix
+        return self._recompute(touched, table)
 
-    def prefixes(self) -> set[IPv4Network]:
+    def prefixes(self) -> list[IPv4Network]:
         """Every prefix some peer offers a path for."""
-        out: set[IPv4Network] = set()
-        for t in self._adj_in.values():
-            out.update(t)
-        return out
+        return [b.prefix for b in self._loc.values()]
 
     def best_path(self, prefix: IPv4Network) -> Candidate | None:
         """The single path a route reflector advertises for ``prefix`` (first after the
         tie-break of step 7), or None."""
-        cands = [t[prefix] for t in self._adj_in.values() if prefix in t]
+        key = key_of(prefix)
+        cands = [t[key] for t in self._adj_in.values() if key in t]
         pool = select(cands, self.local_as)
         return pool[0] if pool else None
 
-    def flush_peer(self, peer: IPv4Address) -> set[IPv4Network]:
+    def flush_peer(self, peer: IPv4Address) -> dict[int, BestRoute | None]:
         """Drop every path from ``peer`` (session down: ExaBGP sends no withdraws, FACTS
-        pitfall 2). Returns the prefixes whose Loc-RIB entry changed."""
+        pitfall 2). Returns the Loc-RIB delta."""
         table = self._adj_in.pop(peer, {})
-        return self._recompute(set(table))
+        return self._recompute(dict.fromkeys(table))
 
-    def loc_rib(self) -> Mapping[IPv4Network, BestRoute]:
-        """The current best routes (a copy)."""
-        return dict(self._loc)
+    def loc_rib(self) -> dict[IPv4Network, BestRoute]:
+        """The current best routes by prefix (a copy)."""
+        return {b.prefix: b for b in self._loc.values()}
 
     def loc_rib_view(self) -> Mapping[IPv4Network, BestRoute]:
-        """The current best routes as a live read-only view (O(1); no copy)."""
-        return MappingProxyType(self._loc)
+        """The current best routes by prefix, as a live read-only view (O(1); no copy)."""
+        return _PrefixView(self._loc)
 
-    def take_changes(self) -> dict[IPv4Network, BestRoute | None]:
-        """The Loc-RIB delta since the last call: prefix → new best route, or None if gone.
+    def take_changes(self) -> dict[int, BestRoute | None]:
+        """The Loc-RIB delta since the last call: prefix key -> new best route, or None if
+        gone (the prefix object is ``BestRoute.prefix``).
 
         Lets consumers (the FIB) work in O(changes) rather than O(table) per update batch.
         """
-        changed, self._changed = self._changed, set()
-        return {p: self._loc.get(p) for p in changed}
+        changed, self._changed = self._changed, {}
+        return changed
 
-    def _recompute(self, prefixes: set[IPv4Network]) -> set[IPv4Network]:
-        changed: set[IPv4Network] = set()
+    def _recompute(self, touched: Mapping[int, IPv4Network | None],
+                   withdrawn_from: dict[int, Candidate] | None = None) -> dict[int, BestRoute | None]:
+        # ``withdrawn_from``: the table update() popped the None-valued keys from, so a
+        # withdrawn key is known to be absent there without another probe.
+        changed: dict[int, BestRoute | None] = {}
         tables = list(self._adj_in.values())
         loc = self._loc
         # (next hops, peers) tuples shared by every prefix of one Candidate (one UPDATE).
         single: dict[int, tuple[Candidate, tuple, tuple]] = {}
-        for prefix in prefixes:
-            cands = [t[prefix] for t in tables if prefix in t]
-            if len(cands) == 1:  # the common case: one path, nothing to select
-                c = cands[0]
+        one = tables[0] if len(tables) == 1 else None
+        for key, prefix in touched.items():
+            if one is not None:  # one peer (a ToR, a reflector): nothing to select
+                c = None if prefix is None and one is withdrawn_from else one.get(key)
+                if c is None:
+                    if loc.pop(key, None) is not None:
+                        changed[key] = None
+                    continue
+                cands = None
+            else:
+                cands = [t[key] for t in tables if key in t]
+                if len(cands) == 1:
+                    c = cands[0]
+                    cands = None
+                elif not cands:
+                    if loc.pop(key, None) is not None:
+                        changed[key] = None
+                    continue
+            old = loc.get(key)
+            if prefix is None:  # withdrawn by this peer, other paths remain
+                prefix = old.prefix if old is not None else from_key(key)
+            if cands is None:  # the common case: one path, nothing to select
                 hit = single.get(id(c))
                 if hit is None or hit[0] is not c:
                     hit = single[id(c)] = (c, (c.attrs.next_hop,), (c.peer,))
-                old = loc.get(prefix)
                 if old is not None and old.next_hops == hit[1] and old.peers == hit[2] \
                         and old.as_path == c.attrs.as_path:
                     continue
@@ -150,20 +181,41 @@ class Rib:
                 _set_next_hops(new, hit[1])
                 _set_peers(new, hit[2])
                 _set_as_path(new, c.attrs.as_path)
-                loc[prefix] = new
-                changed.add(prefix)
-                continue
-            new = best_route(prefix, cands, self.local_as)
-            old = loc.get(prefix)
-            if new is None:
-                if old is not None:
-                    del loc[prefix]
-                    changed.add(prefix)
-            elif old is None or new != old:
-                loc[prefix] = new
-                changed.add(prefix)
-        self._changed |= changed
+            else:
+                new = best_route(prefix, cands, self.local_as)
+                if old is not None and new == old:
+                    continue
+            loc[key] = new
+            changed[key] = new
+        if changed:
+            self._changed.update(changed)
         return changed
+
+
+class _PrefixView(abc.Mapping):
+    """A read-only live view of a key-indexed table of BestRoutes, indexed by prefix."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict[int, BestRoute]) -> None:
+        self._d = d
+
+    def __getitem__(self, prefix: IPv4Network) -> BestRoute:
+        if not isinstance(prefix, IPv4Network):
+            raise KeyError(prefix)
+        return self._d[key_of(prefix)]
+
+    def __contains__(self, prefix: object) -> bool:
+        return isinstance(prefix, IPv4Network) and key_of(prefix) in self._d
+
+    def __iter__(self):
+        return (b.prefix for b in self._d.values())
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def values(self):
+        return self._d.values()
 
 
 # A Loc-RIB entry per learned prefix is built in _recompute's one-path case; the frozen

@@ -57,6 +57,7 @@ from .handoff import PipeServer
 from .model import (BestRoute, ExportRoute, PathAttrs, PeerConfig, PeerStatus, SpeakerConfig,
                     SpeakerStatus)
 from .policy import ImportPolicy, RejectionCounter
+from .prefix import from_key, key_of
 from .rib import Rib
 from .supervisor import Backoff, terminate
 
@@ -103,9 +104,9 @@ class _Peer:
         # mid-session); gr_time None = capability absent or time missing.
         self.gr_advertised: bool | None = None
         self.gr_time: int | None = None
-        # Prefixes kept from the previous session (RFC 4724 §4.2) and when they expire
-        # (speaker clock).
-        self.stale: set[IPv4Network] = set()
+        # Keys (bgp.prefix) of the prefixes kept from the previous session (RFC 4724 §4.2)
+        # and when they expire (speaker clock).
+        self.stale: set[int] = set()
         self.stale_deadline: float | None = None
         self.teardowns = 0
         self.teardown_sent = False
@@ -125,7 +126,8 @@ class Speaker:
     ``on_routes(loc_rib)`` receives the full Loc-RIB (prefix → BestRoute) after each change,
     coalesced to at most one call per event-loop pass. It runs in the event loop and must not
     block. With ``on_changes`` given instead, it receives only the delta since the previous
-    call (prefix → new BestRoute, or None when withdrawn): O(changes), not O(table), which
+    call (prefix key → new BestRoute, or None when withdrawn; bgp.prefix has the key, the
+    BestRoute its prefix): O(changes), not O(table), which
     is what keeps a 100k-route table converging in linear time. Timing knobs (seconds) are keyword-only; ``exabgp_speed`` is
     ``exabgp.reactor.speed``; ``clock`` (monotonic seconds) drives the graceful-restart
     timers (tests pass a fake one and call :meth:`tick`).
@@ -133,7 +135,7 @@ class Speaker:
 
     def __init__(self, config: SpeakerConfig,
                  on_routes: Callable[[Mapping[IPv4Network, BestRoute]], None] | None = None, *,
-                 on_changes: Callable[[Mapping[IPv4Network, BestRoute | None]], None] | None = None,
+                 on_changes: Callable[[Mapping[int, BestRoute | None]], None] | None = None,
                  log: logging.Logger = logging.getLogger("bgp.speaker"),
                  exabgp_speed: float = 0.1, ack_timeout: float = 30.0,
                  kill_timeout: float = 5.0, backoff: Backoff | None = None,
@@ -287,7 +289,7 @@ class Speaker:
         """A snapshot: per-peer state and counters, ExaBGP pid/restarts/last exit."""
         peers = []
         for addr, p in self._peers.items():
-            adj = self._rib.adj_rib_in(addr)
+            adj = self._rib.peer_keys(addr)
             accepted = len(adj)
             rejected = self._rejections.count(addr)
             cfg = self._peer_cfgs.get(addr)
@@ -782,8 +784,8 @@ class Speaker:
             if restart is None or restart <= 0:
                 self._flush_peer(ev.peer)
                 return
-            p.stale = set(self._rib.peer_prefixes(ev.peer))
-            p.stale.update(self._rejected.get(ev.peer, {}))
+            p.stale = set(self._rib.peer_keys(ev.peer))
+            p.stale.update(key_of(q) for q in self._rejected.get(ev.peer, {}))
             p.stale_deadline = self._clock() + restart
             self.log.info("peer %s down with graceful restart: keeping %d routes as stale "
                           "for %d s", ev.peer, len(p.stale), restart)
@@ -823,9 +825,10 @@ class Speaker:
         if not stale:
             return
         rejected = self._rejected.get(peer, {})
-        for prefix in stale:
-            rejected.pop(prefix, None)
-        self._rejections.clear(peer, stale)
+        gone = [q for q in rejected if key_of(q) in stale]
+        for prefix in gone:
+            del rejected[prefix]
+        self._rejections.clear(peer, gone)
         if self._rib.update(peer, (), stale):
             self._schedule_routes()
         self._wake.set()
@@ -834,32 +837,33 @@ class Speaker:
         peer = ev.peer
         p = self._peers[peer]
         rejected = self._rejected.get(peer)
-        withdrawn = ev.withdrawn
+        # Withdrawals as prefix keys: a raw withdrawal (bgp/exabgp_launch.py) never becomes
+        # objects; the rest of the pipeline is keyed by them too (bgp.prefix).
+        withdrawn = ev.withdrawn_keys
+        if withdrawn is not None:
+            p.withdrawn_undecoded += len(withdrawn)
+        else:
+            withdrawn = [key_of(w) for w in ev.withdrawn]
         if withdrawn:
-            if ev.undecoded:
-                p.withdrawn_undecoded += len(withdrawn)
-            # A withdrawal is parsed into new Prefix objects. Swapping each for the one the
-            # Loc-RIB holds makes the ~6 dictionary probes per route downstream (Adj-RIB-In,
-            # Loc-RIB, delta, felix) hit on identity instead of calling Prefix.__eq__.
-            get = self._rib.loc_rib_view().get
-            withdrawn = [b.prefix if (b := get(w)) is not None else w for w in withdrawn]
-            if rejected:
-                for prefix in withdrawn:
-                    rejected.pop(prefix, None)
+            if rejected or self._rejections.count(peer):
+                gone = [from_key(k) for k in withdrawn]
+                if rejected:
+                    for prefix in gone:
+                        rejected.pop(prefix, None)
+                self._rejections.clear(peer, gone)
             if p.stale:
                 p.stale.difference_update(withdrawn)
-            self._rejections.clear(peer, withdrawn)
         if p.stale:
             # Re-announced: replaces the stale path (RFC 4724 §4.2).
-            p.stale.difference_update(pfx for pfx, _nh, _a in ev.announced)
+            p.stale.difference_update(key_of(pfx) for pfx, _nh, _a in ev.announced)
         # attrs.next_hop == nh in every announced tuple
         self._evaluate(peer, [(pfx, attrs) for pfx, _nh, attrs in ev.announced], withdrawn)
 
     def _evaluate(self, peer: IPv4Address, routes: list[tuple[IPv4Network, PathAttrs]],
-                  withdrawn: list[IPv4Network]) -> None:
+                  withdrawn: list[int]) -> None:
         """Run import policy on ``routes`` (prefix, attrs) just received from (or kept
-        pre-policy for) ``peer`` and apply the result (accepted → RIB; rejected → kept
-        apart, counted and implicitly withdrawn)."""
+        pre-policy for) ``peer`` and apply the result with the ``withdrawn`` prefix keys
+        (accepted → RIB; rejected → kept apart, counted and implicitly withdrawn)."""
         cfg = self._peer_cfgs.get(peer)
         p = self._peers[peer]
         rejected = self._rejected.get(peer)
@@ -867,14 +871,14 @@ class Speaker:
         limit = cfg.max_prefixes if cfg else None
         # The peer's accepted set after this UPDATE, tracked as a live view of the Adj-RIB-In
         # plus this batch's delta: O(batch), never a copy of a 100k-route table per UPDATE.
-        table = self._rib.peer_prefixes(peer)
+        table = self._rib.peer_keys(peer)
         # Only the prefix limit reads the size: withdrawals cost a lookup each otherwise.
         gone = {w for w in withdrawn if w in table} if limit is not None else set()
-        added: set[IPv4Network] = set()
+        added: set[int] = set()
         size = len(table) - len(gone)
 
-        def present(prefix: IPv4Network) -> bool:
-            return prefix in added or (prefix in table and prefix not in gone)
+        def present(key: int) -> bool:
+            return key in added or (key in table and key not in gone)
         accepted: list[tuple[IPv4Network, PathAttrs]] = []
         withdraw = list(withdrawn)
         check = self._policy.check
@@ -891,7 +895,8 @@ class Speaker:
                 routes = []
         for prefix, attrs in routes:
             reason = check(prefix, attrs.next_hop, attrs, enforce_next_hop=enforce)
-            if reason is None and limit is not None and not present(prefix) and size >= limit:
+            key = key_of(prefix)
+            if reason is None and limit is not None and not present(key) and size >= limit:
                 reason = "max_prefixes"
                 if cfg is not None and cfg.max_prefixes_action == "teardown" \
                         and not p.teardown_sent:
@@ -903,9 +908,9 @@ class Speaker:
                 if rejected and rejected.pop(prefix, None) is not None:
                     self._rejections.clear(peer, (prefix,))
                 accepted.append((prefix, attrs))
-                if not present(prefix):
+                if not present(key):
                     size += 1
-                    added.add(prefix)
+                    added.add(key)
             else:
                 self.log.debug("rejected %s via %s from %s: %s", prefix, attrs.next_hop, peer,
                                reason)
@@ -913,11 +918,11 @@ class Speaker:
                 if rejected is None:
                     rejected = self._rejected[peer] = {}
                 rejected[prefix] = attrs
-                withdraw.append(prefix)  # implicit withdraw of an earlier accepted path
-                if present(prefix):
+                withdraw.append(key)  # implicit withdraw of an earlier accepted path
+                if present(key):
                     size -= 1
-                    added.discard(prefix)
-                    gone.add(prefix)
+                    added.discard(key)
+                    gone.add(key)
         if self._rib.update(peer, accepted, withdraw):
             self._schedule_routes()
         if self.config.route_reflector_cluster_id is not None:

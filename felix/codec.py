@@ -378,18 +378,18 @@ _BE32 = struct.Struct(">I")
 
 def dst_key_of(buf, off: int, length: int) -> int:
     """``felix.routes.dst_key`` of the route message at ``buf[off:off+length]`` without decoding
-    it: (network address << 6) | prefix length. The kernel puts RTA_DST right after RTA_TABLE in
+    it (``1 << length | network >> (32 - length)``). The kernel puts RTA_DST right after RTA_TABLE in
     its dumps (fib_dump_info), so that slot is tried first; any other layout walks the attributes.
     Raises CodecError if truncated."""
     plen = buf[off + _RTM_OFF + 1]
     if not plen:
-        return 0
+        return 1
     a = off + _ATTR_OFF + 8
     if a + 8 <= off + length and _RTA_HDR.unpack_from(buf, a) == (8, RTA_DST):
-        return _BE32.unpack_from(buf, a + 4)[0] << 6 | plen
+        return 1 << plen | _BE32.unpack_from(buf, a + 4)[0] >> (32 - plen)
     for atype, aoff, alen in _attrs(buf, off + _ATTR_OFF, off + length):
         if atype == RTA_DST and alen >= 4:
-            return _BE32.unpack_from(buf, aoff)[0] << 6 | plen
+            return 1 << plen | _BE32.unpack_from(buf, aoff)[0] >> (32 - plen)
     raise CodecError("route message with a prefix length but no RTA_DST")
 
 

@@ -14,7 +14,7 @@ from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
 Action = Literal["add", "replace", "delete"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteOp:
     """One write. ``action``:
      - ``"add"``     RTM_NEWROUTE NLM_F_CREATE|NLM_F_EXCL: fails with EEXIST if *any* route (any
@@ -28,6 +28,24 @@ class RouteOp:
     route: Route
     table: int = MAIN_TABLE
     protocol: int = PODROUTE_PROTO
+
+
+# Slot setters of the frozen RouteOp: a 100k-route burst builds one op per route, and the
+# frozen dataclass __init__ (object.__setattr__ per field) was most of that cost.
+_new = object.__new__
+_set_action, _set_route, _set_table, _set_protocol = (
+    RouteOp.__dict__[f].__set__ for f in ("action", "route", "table", "protocol"))
+
+
+def new_op(action: Action, route: Route, table: int, protocol: int) -> RouteOp:
+    """``RouteOp(action, route, table, protocol)`` without the dataclass __init__, for
+    values the caller already holds checked (felix.routetable's own table and protocol)."""
+    op = _new(RouteOp)
+    _set_action(op, action)
+    _set_route(op, route)
+    _set_table(op, table)
+    _set_protocol(op, protocol)
+    return op
 
 
 @dataclass(frozen=True)

@@ -370,22 +370,25 @@ class NetlinkDataplane:
         failures: list[RouteFailure] = []
         pending: dict[int, RouteOp] = {}
         msgs: list[bytes] = []
-        encoded: list[tuple[int, RouteOp]] = []
+        add_msg = msgs.append
+        encode, ifindex = codec.encode_route, self._ifindex_for_write
+        seq = self._seq
+        last_seq, last_op = 0, None
         for op in ops:
-            seq = self._next_seq()
+            seq = (seq + 1) & 0xFFFFFFFF or 1  # _next_seq(), inline: one op per route
             try:
-                msgs.append(codec.encode_route(op.action, op.route, seq=seq, ifindex=self._ifindex_for_write,
-                                               table=op.table, protocol=op.protocol, ack=False))
+                add_msg(encode(op.action, op.route, seq=seq, ifindex=ifindex, table=op.table,
+                               protocol=op.protocol, ack=False))
             except _NoDevice as e:
                 failures.append(RouteFailure(op.route, errno.ENODEV, f"no device named {e.args[0]!r}", op.action))
                 continue
             pending[seq] = op
-            encoded.append((seq, op))
-        if not msgs:
+            last_seq, last_op = seq, op
+        self._seq = seq
+        if last_op is None:
             return failures
-        last_seq, last_op = encoded[-1]
-        msgs[-1] = codec.encode_route(last_op.action, last_op.route, seq=last_seq, ifindex=self._ifindex_for_write,
-                                      table=last_op.table, protocol=last_op.protocol)
+        msgs[-1] = encode(last_op.action, last_op.route, seq=last_seq, ifindex=ifindex,
+                          table=last_op.table, protocol=last_op.protocol)
         payload = b"".join(msgs)
         try:
             sent = self._sock.send(payload)

@@ -246,12 +246,19 @@ def _replace_multipath(r: Route, mp: tuple[NextHop, ...]) -> Route:
 
 
 def dst_key(dst: IPv4Network) -> int:
-    """A route destination as one int, (network address << 6) | prefix length: what the
-    dataplane can read from a kernel message without building an IPv4Network."""
+    """A route destination as one int, ``1 << length | network >> (32 - length)``: the
+    prefix's number in a complete binary trie numbered like a heap (unique per prefix, 1 for
+    0.0.0.0/0). What the dataplane reads from a kernel message without building an
+    IPv4Network, and what felix's tables are keyed by. Consecutive blocks of one length get
+    consecutive keys, so an int-keyed dict (int hash = the int) spreads them over its slots
+    with no collisions; ``network << 6 | length`` put every /26 of a 100k-route table on
+    one slot in 64 and measured 2x slower per lookup."""
     try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
-        return dst.network_address._ip << 6 | dst._prefixlen
+        plen = dst._prefixlen
+        return 1 << plen | dst.network_address._ip >> (32 - plen)
     except AttributeError:
-        return int(dst.network_address) << 6 | dst.prefixlen
+        plen = dst.prefixlen
+        return 1 << plen | int(dst.network_address) >> (32 - plen)
 
 
 __all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "dst_key"]

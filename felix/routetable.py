@@ -11,10 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from collections import abc
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from .dataplane import RouteDataplane, RouteFailure, RouteOp
+from .dataplane import RouteDataplane, RouteFailure, RouteOp, new_op as _op
 from .errors import DataplaneError, InvalidRoute
 from .routes import MAIN_TABLE, PODROUTE_PROTO, Route, dst_key
 
@@ -78,6 +79,9 @@ class RouteTable:
        route is remembered as (dst key, digest of its kernel bytes) and, while neither side
        changes, is counted and skipped by the next dump without being decoded; no decoded copy of
        the table is kept between resyncs (at 100k routes a copy cost ~60 MB).
+     - large tables: every table here is keyed by ``dst_key`` (one int per dst), not by the
+       IPv4Network: an int hashes and compares in C, an IPv4Network calls Python per probe
+       and, at 100k routes, misses the cache on the object before the probe starts.
     Not handled: routes at a non-zero TOS, IPv6, routes added with ``ip route append`` that share
     (dst, metric) with ours (REPLACE would hit the first one).
 
@@ -98,17 +102,20 @@ class RouteTable:
         self.table = table
         self.batch_size = batch_size
         self._log = log
-        self._by_owner: dict[str, dict[IPv4Network, Route]] = {}
-        self._ranked: list[dict[IPv4Network, Route]] = []
+        # Every table is keyed by dst_key(dst) (class doc).
+        self._by_owner: dict[str, dict[int, Route]] = {}
+        self._ranked: list[dict[int, Route]] = []
         self._ranked_names: list[str] = []
-        self._desired: dict[IPv4Network, Route] = {}
+        self._desired: dict[int, Route] = {}
         # Our routes in the kernel per dst: the Route itself in the common case of one, a
         # tuple when several metrics exist (a 1-tuple per route would cost ~5 MB at 100k).
-        self._actual: dict[IPv4Network, Route | tuple[Route, ...]] = {}
-        self._pending: set[IPv4Network] = set()
+        self._actual: dict[int, Route | tuple[Route, ...]] = {}
+        # Changed dsts since the last apply -> their desired route now (None: none).
+        self._pending: dict[int, Route | None] = {}
         # dst_key -> the dataplane's digest of the one kernel route that satisfied the desired
         # route at the last full dump; dropped when either side changes. See apply().
         self._verified: dict[int, int] = {}
+        self._unverified: set[int] = set()  # dsts changed since: their digests go at the next dump
         self._dirty = True
         self.last_result: ApplyResult | None = None
 
@@ -116,13 +123,14 @@ class RouteTable:
     def set_routes(self, owner: str, routes: Iterable[Route]) -> None:
         """Replace all desired routes of ``owner``. Raises InvalidRoute on a non-Route item or two
         routes for the same dst (state unchanged then). Writes nothing."""
-        new: dict[IPv4Network, Route] = {}
+        new: dict[int, Route] = {}
         for r in routes:
             if not isinstance(r, Route):
                 raise InvalidRoute("route", f"expected Route, got {type(r).__name__}")
-            if r.dst in new and new[r.dst] != r:
+            key = dst_key(r.dst)
+            if key in new and new[key] != r:
                 raise InvalidRoute("dst", f"owner {owner!r} gave two routes for {r.dst}")
-            new[r.dst] = r
+            new[key] = r
         old = self._by_owner.get(owner, {})
         changed = {d for d in old.keys() | new.keys() if old.get(d) != new.get(d)}
         if new:
@@ -133,31 +141,43 @@ class RouteTable:
         for dst in changed:
             self._resolve(dst)
 
-    def set_route(self, owner: str, route: Route) -> None:
-        """Add or replace ``owner``'s desired route for ``route.dst``. Writes nothing."""
+    def set_route(self, owner: str, route: Route, key: int | None = None) -> None:
+        """Add or replace ``owner``'s desired route for ``route.dst``. Writes nothing.
+
+        ``key``: ``dst_key(route.dst)`` when the caller already holds that int (the BGP path
+        passes its Loc-RIB key, so one int object per route serves every table); checked
+        against the route, InvalidRoute if it differs."""
         if not isinstance(route, Route):
             raise InvalidRoute("route", f"expected Route, got {type(route).__name__}")
+        if key is None:
+            key = dst_key(route.dst)
+        elif key != dst_key(route.dst):
+            raise InvalidRoute("dst", f"key {key!r} is not the dst key of {route.dst}")
         routes = self._by_owner.get(owner)
         if routes is None:
             routes = self._by_owner[owner] = {}
             self._rank()
-        dst = route.dst
-        old = routes.get(dst)
+        old = routes.get(key)
         if old is route or (old is not None and old == route):
             return
-        routes[dst] = route
-        self._resolve(dst)
+        routes[key] = route
+        self._resolve(key)
 
-    def remove_route(self, owner: str, dst: IPv4Network) -> None:
-        """Drop ``owner``'s desired route for ``dst`` (no-op if it had none). Writes nothing."""
+    def remove_route(self, owner: str, dst: IPv4Network | str) -> None:
+        """Drop ``owner``'s desired route for ``dst`` (no-op if it had none). Writes nothing.
+        Raises ValueError on text that is not an IPv4 network."""
         if not isinstance(dst, IPv4Network):
             dst = IPv4Network(dst)
+        self.remove_key(owner, dst_key(dst))
+
+    def remove_key(self, owner: str, key: int) -> None:
+        """``remove_route`` by ``dst_key(dst)`` (the BGP path holds keys, not prefixes)."""
         routes = self._by_owner.get(owner)
-        if routes and routes.pop(dst, None) is not None:
+        if routes and routes.pop(key, None) is not None:
             if not routes:
                 del self._by_owner[owner]
                 self._rank()
-            self._resolve(dst)
+            self._resolve(key, routes)
 
     def _rank(self) -> None:
         # Owners' tables, highest priority first (ties: name order), rebuilt when an owner
@@ -165,37 +185,41 @@ class RouteTable:
         self._ranked_names = sorted(self._by_owner, key=lambda o: (-OWNER_PRIORITY.get(o, 0), o))
         self._ranked = [self._by_owner[o] for o in self._ranked_names]
 
-    def _winner(self, dst: IPv4Network) -> str | None:
+    def _winner(self, key: int) -> str | None:
         for name, routes in zip(self._ranked_names, self._ranked):
-            if dst in routes:
+            if key in routes:
                 return name
         return None
 
-    def _resolve(self, dst: IPv4Network) -> None:
+    def _resolve(self, key: int, without: dict[int, Route] | None = None) -> None:
+        # ``without``: the owner table ``key`` was just popped from (a sure miss; at 100k
+        # routes a probe of the BGP owner's table is a cache miss).
         for routes in self._ranked:
-            route = routes.get(dst)
+            if routes is without:
+                continue
+            route = routes.get(key)
             if route is not None:
                 break
         else:
-            if self._desired.pop(dst, None) is not None:
-                self._pending.add(dst)  # its digest goes at the top of apply()
+            if self._desired.pop(key, None) is not None:
+                self._pending[key] = None
             return
-        cur = self._desired.get(dst)
+        cur = self._desired.get(key)
         if cur is None or (cur is not route and cur != route):
-            self._desired[dst] = route
-            self._pending.add(dst)
+            self._desired[key] = route
+            self._pending[key] = route
 
     def desired(self) -> Mapping[IPv4Network, Route]:
         """Read-only live view {dst: winning Route} after owner-priority resolution."""
-        return MappingProxyType(self._desired)
+        return _DstView(self._desired)
 
     def owned(self, owner: str) -> Mapping[IPv4Network, Route]:
         """The routes ``owner`` asked for (read-only view), whether or not they won priority."""
-        return MappingProxyType(self._by_owner.get(owner, {}))
+        return _DstView(self._by_owner.get(owner, {}))
 
-    def owner_of(self, dst: IPv4Network) -> str | None:
+    def owner_of(self, dst: IPv4Network | str) -> str | None:
         """The owner whose route for ``dst`` won, or None."""
-        return self._winner(dst if isinstance(dst, IPv4Network) else IPv4Network(dst))
+        return self._winner(dst_key(dst if isinstance(dst, IPv4Network) else IPv4Network(dst)))
 
     def mark_dirty(self) -> None:
         """Make the next apply() re-read our routes from the kernel and diff everything."""
@@ -209,7 +233,7 @@ class RouteTable:
         """For the monitor: True if a kernel notification about our ``route`` (``deleted`` =
         RTM_DELROUTE) is consistent with desired state (an echo of our own write), False if it
         means drift that needs an apply."""
-        want = self._desired.get(route.dst)
+        want = self._desired.get(dst_key(route.dst))
         if deleted:
             return want is None or not want.satisfied_by(route)
         return want is not None and want.satisfied_by(route)
@@ -224,13 +248,18 @@ class RouteTable:
         checked = 0
         if verified and self._pending:
             # A digest certifies "the kernel route satisfied the desired one at the last dump".
-            # Every pending dst's desired route changed since: its digest goes here, once per
-            # dst and before either path (a full dump must decode it again). Nothing else
-            # needs dropping: incremental writes are all to pending dsts, and a full sync
-            # writes only dsts its dump could not settle, which are never verified.
+            # Every pending dst's desired route changed since, so its digest must not be
+            # trusted by the next dump, the digests' only reader. Dropping them is left to
+            # that dump: at 100k routes a pop per withdrawn dst here was a tenth of a
+            # withdrawal's convergence (each a cache miss on a key the dump allocated).
+            # Nothing else needs dropping: incremental writes are all to pending dsts, and a
+            # full sync writes only dsts its dump could not settle, which are never verified.
+            self._unverified.update(self._pending)
+        if full and self._unverified:
             pop = verified.pop
-            for dst in self._pending:
-                pop(dst_key(dst), None)
+            for key in self._unverified:
+                pop(key, None)
+            self._unverified = set()
         if full:
             sink = _ResyncSink(self._desired)
             try:
@@ -251,50 +280,76 @@ class RouteTable:
             if len(unchanged) == len(old):
                 actual = old  # verified keys are a subset of old's dsts: all of them are intact
             else:
-                actual = {dst: e for dst, e in old.items() if dst_key(dst) in unchanged} if unchanged else {}
+                actual = {k: e for k, e in old.items() if k in unchanged} if unchanged else {}
             verified.update(sink.verified)
-            for dst, entry in sink.fresh.items():
-                prev = actual.get(dst)
+            for key, entry in sink.fresh.items():
+                prev = actual.get(key)
                 if prev is None:
-                    actual[dst] = entry
+                    actual[key] = entry
                 else:  # another route appeared next to a verified one
-                    actual[dst] = _as_tuple(prev) + _as_tuple(entry)
-                    verified.pop(dst_key(dst), None)
-                    sink.needs.add(dst)
+                    actual[key] = _as_tuple(prev) + _as_tuple(entry)
+                    verified.pop(key, None)
+                    sink.needs.add(key)
             self._actual = actual
-            # Dsts the sink could not settle, then desired dsts the kernel lacks: every
-            # IPv4Network hash/eq is a Python-level call, so each dst is looked up once.
+            # Dsts the sink could not settle, then desired dsts the kernel lacks.
             desired = self._desired
-            pairs = [(dst, desired.get(dst), _as_tuple(actual[dst])) for dst in sink.needs]
-            pairs += [(dst, want, ()) for dst, want in desired.items() if dst not in actual]
+            pairs = [(key, desired.get(key), _as_tuple(actual[key])) for key in sink.needs]
+            pairs += [(key, want, ()) for key, want in desired.items() if key not in actual]
+        # ``cleared``: deletes whose _actual entry the incremental loop already removed (one
+        # probe instead of a get there and a pop after the write); put back if they fail.
+        cleared: list[RouteOp] = []
         deletes: list[RouteOp] = []
         sets: list[RouteOp] = []
+        cleared_keys: list[int] = []
+        del_keys: list[int] = []
+        set_keys: list[int] = []
         if not full:
             # Incremental: one lookup per side per changed dst, and the usual shapes (nothing
             # there yet, or exactly one route of ours) decided inline; a 10k-route burst spends
             # most of apply() here. Several routes at one dst take the general path below.
             pairs = []
-            want_of, have_of = self._desired.get, self._actual.get
-            table, proto = self.table, self.protocol
-            for dst in self._pending:
-                want, have = want_of(dst), have_of(dst)
+            actual = self._actual
+            have_of, take = actual.get, actual.pop
+            op, table, proto = _op, self.table, self.protocol
+            add_set, add_del, add_clr = sets.append, deletes.append, cleared.append
+            add_skey, add_dkey, add_ckey = set_keys.append, del_keys.append, cleared_keys.append
+            for key, want in self._pending.items():
+                if want is None:  # withdrawn: the common shape of a burst of withdrawals
+                    have = take(key, None)
+                    if have is None:
+                        continue
+                    if type(have) is tuple:
+                        actual[key] = have
+                        pairs.append((key, None, have))
+                        continue
+                    add_clr(op("delete", have, table, proto))
+                    add_ckey(key)
+                    continue
+                have = have_of(key)
                 if have is None:
                     if want is not None:
-                        sets.append(RouteOp("add", want, table, proto))
+                        add_set(op("add", want, table, proto))
+                        add_skey(key)
                 elif type(have) is tuple:
-                    pairs.append((dst, want, have))
+                    pairs.append((key, want, have))
                 elif want is None:
-                    deletes.append(RouteOp("delete", have, table, proto))
+                    add_del(op("delete", have, table, proto))
+                    add_dkey(key)
                 elif want is have or want.satisfied_by(have):
                     pass
                 elif want.metric == have.metric:
-                    sets.append(RouteOp("replace", want, table, proto))
+                    add_set(op("replace", want, table, proto))
+                    add_skey(key)
                 else:
-                    deletes.append(RouteOp("delete", have, table, proto))
-                    sets.append(RouteOp("add", want, table, proto))
-        for dst, want, have in pairs:  # unordered: sorting 10k IPv4Networks costs ~75 ms
+                    add_del(op("delete", have, table, proto))
+                    add_dkey(key)
+                    add_set(op("add", want, table, proto))
+                    add_skey(key)
+        for key, want, have in pairs:
             if want is None:
-                deletes.extend(self._op("delete", r) for r in have)
+                for r in have:
+                    deletes.append(self._op("delete", r))
+                    del_keys.append(key)
                 continue
             keep = None
             for r in have:
@@ -302,32 +357,54 @@ class RouteTable:
                     keep = r
                     break
             if keep is not None:
-                deletes.extend(self._op("delete", r) for r in have if r is not keep)
+                for r in have:
+                    if r is not keep:
+                        deletes.append(self._op("delete", r))
+                        del_keys.append(key)
                 continue
             same_metric = any(r.metric == want.metric for r in have)
-            deletes.extend(self._op("delete", r) for r in have if r.metric != want.metric)
+            for r in have:
+                if r.metric != want.metric:
+                    deletes.append(self._op("delete", r))
+                    del_keys.append(key)
             sets.append(self._op("replace" if same_metric else "add", want))
+            set_keys.append(key)
 
         failures: list[RouteFailure] = []
+        failed_keys: list[int] = []
         counts = {"add": 0, "replace": 0, "delete": 0}
-        ops = deletes + sets
+        ops = cleared + deletes + sets
+        keys = cleared_keys + del_keys + set_keys
+        n_cleared = len(cleared)
         record = self._record
-        for start in range(0, len(ops), self.batch_size):
-            chunk = ops[start:start + self.batch_size]
+        size = self.batch_size
+        for start in range(0, len(ops), size):
+            chunk = ops[start:start + size]
             try:
                 failed = self._dp.write(chunk)
             except DataplaneError as e:
                 failed = [RouteFailure(op.route, e.errno, e.message, op.action) for op in chunk]
+            chunk_keys = keys[start:start + size]
+            pre = min(max(n_cleared - start, 0), len(chunk))  # leading ops already cleared
             if failed:
                 bad = {(f.action, f.route) for f in failed}
-                done = [op for op in chunk if (op.action, op.route) not in bad]
                 failures.extend(self._explain(f) for f in failed)
+                for j, (key, op) in enumerate(zip(chunk_keys, chunk)):
+                    if (op.action, op.route) in bad:
+                        failed_keys.append(key)
+                        if j < pre:  # still there, as far as we know
+                            self._actual[key] = op.route
+                    else:
+                        counts[op.action] += 1
+                        if j >= pre:
+                            record(key, op)
             else:
-                done = chunk
-            for op in done:
-                counts[op.action] += 1
-                record(op)
-        self._pending = {f.route.dst for f in failures if f.route is not None}
+                counts["delete"] += pre
+                for key, op in zip(chunk_keys[pre:], chunk[pre:]):
+                    counts[op.action] += 1
+                    record(key, op)
+        desired = self._desired
+        self._pending = {key: desired.get(key) for key in failed_keys}
         if failures:
             self._dirty = True
             self._log.warning("apply: %d of %d route ops failed, first: %s %s: %s", len(failures), len(ops),
@@ -342,30 +419,26 @@ class RouteTable:
         self.last_result = res
         return res
 
-    def _have(self, dst: IPv4Network) -> tuple[Route, ...]:
-        return _as_tuple(self._actual.get(dst, ()))
-
     def _op(self, action: str, route: Route) -> RouteOp:
-        return RouteOp(action, route, self.table, self.protocol)  # type: ignore[arg-type]
+        return _op(action, route, self.table, self.protocol)
 
-    def _record(self, op: RouteOp) -> None:
+    def _record(self, key: int, op: RouteOp) -> None:
         r = op.route
-        dst = r.dst
-        cur = self._actual.get(dst)
-        if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
-            # The common case: this op's route is, or was, our only route at dst.
-            if op.action != "delete":
-                self._actual[dst] = r
-            elif cur is not None:
-                del self._actual[dst]
-            return
-        have = tuple(x for x in _as_tuple(cur) if x.metric != r.metric)
-        if op.action != "delete":
-            have += (r,)
-        if have:
-            self._actual[r.dst] = have[0] if len(have) == 1 else have
+        actual = self._actual
+        # The common case is one probe: this op's route is, or was, our only route at dst.
+        if op.action == "delete":
+            cur = actual.pop(key, None)
+            if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
+                return
+            have = tuple(x for x in _as_tuple(cur) if x.metric != r.metric)
         else:
-            self._actual.pop(r.dst, None)
+            cur = actual.get(key)
+            if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
+                actual[key] = r
+                return
+            have = tuple(x for x in _as_tuple(cur) if x.metric != r.metric) + (r,)
+        if have:
+            actual[key] = have[0] if len(have) == 1 else have
 
     def _explain(self, f: RouteFailure) -> RouteFailure:
         if f.errno == E.EEXIST and f.action == "add":
@@ -379,41 +452,64 @@ class _ResyncSink:
     """Judges each route a full dump decodes as it arrives (felix.dataplane.RouteSink).
 
     A route that is the only one at its dst and satisfies the desired route is settled at once:
-    ``fresh`` holds the desired Route object for it (keyed by the desired dst object) and
-    ``verified`` its digest, so the decoded objects die immediately and a table-sized re-read
-    never holds a decoded copy of the table. Anything else (no desired route, not satisfied,
-    several routes at one dst) goes to ``needs`` for apply()'s diff, with the decoded routes
-    in ``fresh``."""
+    ``fresh`` holds the desired Route object for it and ``verified`` its digest, so the
+    decoded objects die immediately and a table-sized re-read never holds a decoded copy of
+    the table. Anything else (no desired route, not satisfied, several routes at one dst)
+    goes to ``needs`` for apply()'s diff, with the decoded routes in ``fresh``. All keyed
+    by dst_key."""
 
-    def __init__(self, desired: Mapping[IPv4Network, Route]) -> None:
+    def __init__(self, desired: Mapping[int, Route]) -> None:
         self._desired = desired
         self.restart()
 
     def restart(self) -> None:
-        self.fresh: dict[IPv4Network, Route | tuple[Route, ...]] = {}
+        self.fresh: dict[int, Route | tuple[Route, ...]] = {}
         self.verified: dict[int, int] = {}
-        self.needs: set[IPv4Network] = set()
+        self.needs: set[int] = set()
         self.count = 0
 
     def route(self, key: int, digest: int, r: Route) -> None:
         self.count += 1
-        want = self._desired.get(r.dst)
-        # Keyed by the desired route's own dst object where there is one: the decoded
-        # IPv4Network would otherwise stay alive as the key (~250 bytes per route).
-        dst = r.dst if want is None else want.dst
-        prev = self.fresh.get(dst)
+        want = self._desired.get(key)
+        prev = self.fresh.get(key)
         if prev is None:
             if want is not None and want.satisfied_by(r):
-                self.fresh[dst] = want
+                self.fresh[key] = want
                 self.verified[key] = digest
                 return
-            self.fresh[dst] = r
+            self.fresh[key] = r
         else:
-            self.fresh[dst] = _as_tuple(prev) + (r,)
+            self.fresh[key] = _as_tuple(prev) + (r,)
             self.verified.pop(key, None)
-        self.needs.add(dst)
+        self.needs.add(key)
 
 
 def _as_tuple(have: Route | tuple[Route, ...]) -> tuple[Route, ...]:
     """An entry of RouteTable._actual as a tuple of routes."""
     return have if isinstance(have, tuple) else (have,)
+
+
+class _DstView(abc.Mapping):
+    """A read-only live view of a dst_key-indexed table of Routes, indexed by dst."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict[int, Route]) -> None:
+        self._d = d
+
+    def __getitem__(self, dst: IPv4Network) -> Route:
+        if not isinstance(dst, IPv4Network):
+            raise KeyError(dst)
+        return self._d[dst_key(dst)]
+
+    def __contains__(self, dst: object) -> bool:
+        return isinstance(dst, IPv4Network) and dst_key(dst) in self._d
+
+    def __iter__(self):
+        return (r.dst for r in self._d.values())
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def values(self):
+        return self._d.values()

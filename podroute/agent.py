@@ -65,7 +65,7 @@ class Agent:
                  speaker_factory: Any = None, start_monitor: bool = True, ipip_dataplane: Any = None) -> None:
         from cni.ipam import IPAM
         from cni.plugin import CNIPlugin
-        from felix.routes import Route
+        from felix.routes import Route, dst_key
         from felix.routetable import RouteTable
         from ipip.modes import Encapsulation, PoolEncap
 
@@ -79,7 +79,7 @@ class Agent:
         self.monitor_triggers = 0
         self.last_apply: dict[str, Any] | None = None
         self._vxlan_users: dict[Any, int] = {}      # remote VTEP (node IP) -> routes using it
-        self._route_vxlan: dict[Any, frozenset[Any]] = {}
+        self._route_vxlan: dict[int, frozenset[Any]] = {}  # dst key -> VTEPs its route uses
 
         if dataplane is None:
             from felix.netlink import NetlinkDataplane
@@ -113,7 +113,7 @@ class Agent:
         # Graceful restart: keep what BGP installed last time until BGP re-converges.
         self._stale_until: float | None = None
         stale = self._stale_bgp_routes()
-        self._stale = {r.dst: r for r in stale}
+        self._stale = {dst_key(r.dst): r for r in stale}
         if stale:
             self._stale_until = time.monotonic() + cfg.graceful_restart_time
             self.routes.set_routes("bgp", stale)
@@ -290,26 +290,28 @@ class Agent:
         self.routes.remove_route("workloads", ipaddress.IPv4Network(f"{ep.ip}/32"))
         self.kick()
 
-    def _on_bgp_changes(self, delta: Mapping[Any, Any]) -> None:
-        """Loc-RIB delta (prefix -> BestRoute, or None when gone) into felix, per prefix."""
+    def _on_bgp_changes(self, delta: Mapping[int, Any]) -> None:
+        """Loc-RIB delta (prefix key -> BestRoute, or None when gone) into felix, per prefix.
+        The speaker's prefix key and felix's dst_key are the same int (network << 6 |
+        length), so it indexes felix's tables as it is."""
         vxlan_changed = False
         plan = self._planner.plan
-        set_route, remove_route = self.routes.set_route, self.routes.remove_route
+        set_route, remove_key = self.routes.set_route, self.routes.remove_key
         route_vxlan, stale = self._route_vxlan, self._stale
-        for prefix, best in delta.items():
-            route, vteps = plan(prefix, best) if best is not None else (None, _NO_VTEPS)
-            old_vteps = route_vxlan.pop(prefix, _NO_VTEPS) if route_vxlan else _NO_VTEPS
+        for key, best in delta.items():
+            route, vteps = plan(best.prefix, best) if best is not None else (None, _NO_VTEPS)
+            old_vteps = route_vxlan.pop(key, _NO_VTEPS) if route_vxlan else _NO_VTEPS
             if vteps:
-                route_vxlan[prefix] = vteps
+                route_vxlan[key] = vteps
             if vteps != old_vteps:
                 vxlan_changed |= self._count_vteps(old_vteps, vteps)
             if stale:
                 # Re-announced (replaces the stale route) or explicitly gone: no longer stale.
-                stale.pop(prefix, None)
+                stale.pop(key, None)
             if route is not None:
-                set_route("bgp", route)
+                set_route("bgp", route, key)
             else:
-                remove_route("bgp", prefix)
+                remove_key("bgp", key)
         if vxlan_changed and self.vxlan is not None:
             from ipip.vxlan import VTEP, vtep_mac
             self.vxlan.set_remote_vteps({str(nh): VTEP(nh, nh, vtep_mac(str(nh))) for nh in self._vxlan_users})
@@ -339,8 +341,8 @@ class Agent:
             return
         # What BGP re-announced left self._stale in _on_bgp_changes: the rest is gone.
         gone = list(self._stale)
-        for dst in gone:
-            self.routes.remove_route("bgp", dst)
+        for key in gone:
+            self.routes.remove_key("bgp", key)
         log.info("BGP converged after restart; stale routes released",
                  extra={"kv": {"removed": len(gone)}})
         self._stale_until = None

@@ -51,3 +51,28 @@ def test_build_rejects_out_of_range_values():
     for net, plen in ((0, 33), (0, -1), (2**32, 0), (-64, 26), (2**32 + 64, 26)):
         with pytest.raises(ValueError):
             P._build(net, plen)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_key_is_the_heap_number_and_round_trips(addr, plen):
+    net = IPv4Network((addr, plen), strict=False)
+    p = P.parse(str(net))
+    key = P.key_of(net)
+    assert key == p.key == P.key_of(p) == (1 << plen | int(net.network_address) >> (32 - plen))
+    assert type(key) is int and 1 <= key < 2**33 and key.bit_length() - 1 == plen
+    back = P.from_key(key)
+    assert back == net and str(back) == str(net) and back.key == key and hash(back) == hash(net)
+
+
+def test_keys_are_unique_and_consecutive_for_consecutive_blocks():
+    nets = [IPv4Network((0xC6130000 + i * 64, 26)) for i in range(300)]
+    keys = [P.key_of(n) for n in nets]
+    assert keys == list(range(keys[0], keys[0] + 300))     # dense: no dict slot collisions
+    every = {P.key_of(IPv4Network((a << (32 - n), n))) for n in range(0, 9) for a in range(1 << n)}
+    assert len(every) == sum(1 << n for n in range(9))    # one key per prefix, lengths 0..8
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**33, 1.0, "5", True])
+def test_from_key_rejects_what_no_prefix_has(bad):
+    with pytest.raises(ValueError, match="not a prefix key"):
+        P.from_key(bad)

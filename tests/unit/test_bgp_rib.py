@@ -6,6 +6,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 from hypothesis import given, strategies as st
 
 from bgp.model import PathAttrs
+from bgp.prefix import key_of as K, parse
 from bgp.rib import Rib
 
 P = N("198.19.1.0/26")
@@ -26,11 +27,31 @@ def attrs(nh: A, **kw) -> PathAttrs:
 
 def test_single_path_and_withdraw():
     rib = rib_with((R1, LOCAL_AS))
-    assert rib.update(R1, [(P, attrs(R1))]) == {P}
+    assert rib.update(R1, [(P, attrs(R1))]).keys() == {K(P)}
     best = rib.loc_rib()[P]
     assert best.next_hops == (R1,) and best.peers == (R1,)
-    assert rib.update(R1, withdrawn=[P]) == {P}
+    assert rib.update(R1, withdrawn=[K(P)]) == {K(P): None}
     assert rib.loc_rib() == {}
+    assert rib.take_changes() == {K(P): None}      # the latest state of each changed key
+    assert rib.take_changes() == {}
+
+
+def test_tables_are_keyed_by_int_and_keep_the_announced_prefix_object():
+    rib = rib_with((R1, LOCAL_AS), (R2, LOCAL_AS))
+    p = parse("198.19.7.0/26")
+    rib.update(R1, [(p, attrs(R1, local_pref=200))])
+    rib.update(R2, [(P, attrs(R2))])
+    rib.update(R2, [(N("198.19.7.0/26"), attrs(R2))])     # a plain IPv4Network works too
+    assert set(rib._loc) == {K(p), K(P)} and all(type(k) is int for k in rib._loc)
+    assert rib.loc_rib()[p].prefix is p
+    delta = rib.update(R1, withdrawn=[K(p)])            # falls back to R2's path ...
+    assert delta[K(p)].next_hops == (R2,) and delta[K(p)].prefix is p   # ... same object
+    view = rib.loc_rib_view()
+    assert view[N("198.19.7.0/26")].next_hops == (R2,) and P in view and len(view) == 2
+    assert N("198.19.9.0/26") not in view and "x" not in view
+    assert sorted(map(str, view)) == ["198.19.1.0/26", "198.19.7.0/26"]
+    assert rib.adj_rib_in(R2) == {P: attrs(R2), p: attrs(R2)}
+    assert rib.update(R1, withdrawn=[K(p)]) == {}       # nothing of R1's left there
 
 
 def test_highest_local_pref_wins():
@@ -83,10 +104,10 @@ def test_flush_peer_falls_back_and_removes():
     rib.update(R1, [(P, attrs(R1, local_pref=300)), (q, attrs(R1))])
     rib.update(R2, [(P, attrs(R2))])
     assert rib.loc_rib()[P].next_hops == (R1,)
-    assert rib.flush_peer(R1) == {P, q}
+    assert rib.flush_peer(R1).keys() == {K(P), K(q)}
     assert rib.loc_rib()[P].next_hops == (R2,) and q not in rib.loc_rib()
     assert rib.adj_rib_in(R1) == {}
-    assert rib.flush_peer(R1) == set()
+    assert rib.flush_peer(R1) == {}
 
 
 def test_implicit_withdraw_replaces_path():
@@ -100,7 +121,7 @@ def test_implicit_withdraw_replaces_path():
 def test_unchanged_update_reports_no_change():
     rib = rib_with((R1, LOCAL_AS))
     rib.update(R1, [(P, attrs(R1))])
-    assert rib.update(R1, [(P, attrs(R1))]) == set()
+    assert rib.update(R1, [(P, attrs(R1))]) == {}
 
 
 @given(st.lists(st.tuples(st.sampled_from([R1, R2, R3]), st.integers(0, 3),

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from felix import codec
-from felix.routes import NextHop, Route
+from felix.routes import NextHop, Route, dst_key
 
 IDX = {"lo": 1, "d0p": 2, "d0": 3}
 NAMES = {v: k for k, v in IDX.items()}
@@ -210,6 +210,7 @@ def test_roundtrip(route, table, proto, action):
     dump = request_to_dump(msg, table)
     decoded, t, p = codec.decode_route(dump, 0, len(dump), NAMES.get)
     assert (decoded, t, p) == (route, table, proto)
+    assert codec.dst_key_of(dump, 0, len(dump)) == dst_key(route.dst)
     assert list(codec.iter_route_messages(dump, table=table, protocol=proto, ifname_of=NAMES.get)) == [route]
     assert list(codec.iter_route_messages(dump, table=table, protocol=proto % 255 + 1, ifname_of=NAMES.get)) == []
 

@@ -210,6 +210,29 @@ def test_is_expected_for_monitor(table):
     assert not table.is_expected(via(a, "198.18.0.77"), deleted=False)
 
 
+def test_a_failed_delete_in_a_burst_keeps_the_route_known_and_is_retried(dp, table):
+    """Withdrawals drop their cache entry before the write (one probe each); a delete that
+    then fails must put it back, whichever chunk it lands in, while the rest are counted."""
+    from felix.routes import dst_key
+    old = [via(n) for n in nets(300)]
+    table.set_routes("bgp", old)
+    table.apply()
+    for r in old[:250]:
+        table.remove_route("bgp", r.dst)
+    new = [via(n) for n in nets(60, start=1000)]
+    for r in new:
+        table.set_route("bgp", r)
+    stuck = old[150].dst
+    dp.fail_next(errno.ETIMEDOUT, match=stuck)
+    res = table.apply()
+    assert not res.full_sync and (res.added, res.deleted) == (60, 249)
+    assert [(f.route.dst, f.errno, f.action) for f in res.errors] == [(stuck, errno.ETIMEDOUT, "delete")]
+    assert table._actual[dst_key(stuck)] == old[150] and len(table._actual) == 50 + 60 + 1
+    assert stuck in dp.ours() and table.dirty
+    res = table.apply()                                  # the next apply deletes it
+    assert res.deleted == 1 and res.errors == () and dp.ours() == {r.dst: r for r in old[250:] + new}
+
+
 def test_write_exception_marks_all_chunk_ops_failed(dp, table, monkeypatch):
     from felix.errors import DataplaneError
 
@@ -279,15 +302,45 @@ def test_incremental_writes_drop_exactly_their_digests(dp, table):
     table.set_route("bgp", via(routes[1].dst, "198.18.0.3"))
     res = table.apply()
     assert not res.full_sync and (res.replaced, res.deleted) == (1, 1)
-    assert set(table._verified) == {dst_key(r.dst) for r in routes[2:]}
+    # Dropped lazily, by the next dump (their only reader), not on the convergence path.
+    assert table._unverified == {dst_key(r.dst) for r in routes[:2]}
     table.mark_dirty()
     res = table.apply()
     assert res.changes == 0 and res.checked == 1  # only the replaced route is decoded again
+    assert set(table._verified) == {dst_key(r.dst) for r in routes[1:]} and not table._unverified
+
+
+def test_a_withdrawn_route_put_back_by_hand_byte_for_byte_is_still_removed(dp, table):
+    from felix.fake import FakeEntry
+    routes = _verified_table(dp, table)
+    gone = routes[0]
+    table.remove_route("bgp", gone.dst)
+    assert table.apply().deleted == 1 and gone.dst not in dp.ours()
+    dp.routes[(254, gone.dst, 0)] = FakeEntry(90, gone)   # same bytes, same digest as verified
+    table.mark_dirty()
+    res = table.apply()
+    assert res.deleted == 1 and gone.dst not in dp.ours() and res.checked == 1
 
 
 def test_resync_keeps_no_decoded_copy_of_verified_routes(dp, table):
     routes = _verified_table(dp, table)
-    # The table holds the desired objects themselves (key and value), not what the dump decoded.
-    assert all(table._actual[r.dst] is r for r in routes)
-    keys = {id(k) for k in table._actual}
-    assert all(id(r.dst) in keys for r in routes)
+    # The table holds the desired Route objects themselves under int keys, nothing decoded.
+    from felix.routes import dst_key
+    assert all(table._actual[dst_key(r.dst)] is r for r in routes)
+    assert all(type(k) is int for k in table._actual) and len(table._actual) == len(routes)
+
+
+def test_key_api_matches_the_dst_api(dp, table):
+    from felix.errors import InvalidRoute
+    from felix.routes import dst_key
+    a, b = nets(2)
+    table.set_route("bgp", via(a), dst_key(a))
+    table.set_route("bgp", via(b))
+    with pytest.raises(InvalidRoute, match="not the dst key"):
+        table.set_route("bgp", via(a), dst_key(b))
+    assert table.desired()[a] == via(a) and b in table.desired() and "x" not in table.desired()
+    assert sorted(table.owned("bgp")) == [a, b] and table.owner_of(str(a)) == "bgp"
+    table.apply()
+    table.remove_key("bgp", dst_key(a))
+    table.remove_route("bgp", str(b))
+    assert table.apply().deleted == 2 and dp.ours() == {} and len(table.desired()) == 0

@@ -39,3 +39,18 @@ def test_own_next_hop_dropped_and_ecmp():
     assert route == Route.ecmp("10.1.1.0/26", (NextHop(SAME, "vxlan.podroute", onlink=True),
                                                 NextHop(OTHER, "vxlan.podroute", onlink=True)))
     assert vteps == frozenset({SAME, OTHER})
+
+
+def test_the_speakers_prefix_key_is_felixs_dst_key():
+    """The agent hands the Loc-RIB delta's keys to felix as they are (agent._on_bgp_changes)."""
+    from hypothesis import given, strategies as st
+
+    from bgp.prefix import key_of, parse, unpack_keys
+    from felix.routes import dst_key
+
+    @given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+    def check(addr, plen):
+        net = IPv4Network((addr, plen), strict=False)
+        wire = bytes([plen]) + int(net.network_address).to_bytes(4, "big")[:(plen + 7) // 8]
+        assert key_of(net) == key_of(parse(str(net))) == dst_key(net) == unpack_keys(wire)[0]
+    check()
