@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Union
 
 from .errors import BGPError, CommandRejected, ExaBGPExited
 from .model import PathAttrs
-from .prefix import parse as parse_prefix, unpack_keys
+from .prefix import parse as parse_prefix, unpack_keys, unpack_nlri
 
 log = logging.getLogger("bgp.api")
 
@@ -33,9 +33,11 @@ _ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
 # One ``announce attributes ... nlri`` line carries at most this many prefixes (lines up to
 # 1 MiB are accepted; 500 keeps each ack quick).
 BULK_CHUNK = 500
-# The key bgp/exabgp_launch.py renders a pure withdrawal under: {"ipv4 unicast": "<hex of the
-# Withdrawn Routes field>"} (kept in step with exabgp_launch.KEY by a unit test).
+# The keys bgp/exabgp_launch.py renders a pure withdrawal and a pure announcement under:
+# {"ipv4 unicast": "<hex of the Withdrawn Routes field>"} and {"ipv4 unicast": {"<next hop>":
+# "<hex of the NLRI field>"}} (kept in step with exabgp_launch.KEY/KEY_ANNOUNCE by a unit test).
 WITHDRAW_RAW = "withdraw-raw"
+ANNOUNCE_RAW = "announce-raw"
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,21 @@ class UpdateEvent:
 
     ``announced``: (prefix, next hop, attrs) per NLRI; ``withdrawn``: prefixes from
     ExaBGP's decoded JSON; ``withdrawn_keys``: instead of those, the prefix keys
-    (``bgp.prefix``) of withdrawals that came as raw wire bytes (bgp/exabgp_launch.py).
+    (``bgp.prefix``) of withdrawals that came as raw wire bytes (bgp/exabgp_launch.py);
+    ``announced_raw``: the announcements came as raw wire bytes (their prefixes decoded here,
+    their attributes by ExaBGP).
     """
 
     peer: IPv4Address
     announced: list[tuple[IPv4Network, IPv4Address, PathAttrs]] = field(default_factory=list)
     withdrawn: list[IPv4Network] = field(default_factory=list)
     withdrawn_keys: list[int] | None = None
+    announced_raw: bool = False
 
     @property
     def undecoded(self) -> bool:
-        """The withdrawals arrived as raw wire bytes (``withdrawn_keys``)."""
-        return self.withdrawn_keys is not None
+        """The prefixes arrived as raw wire bytes (``withdrawn_keys`` or ``announced_raw``)."""
+        return self.withdrawn_keys is not None or self.announced_raw
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,13 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
         return None
     attr = upd.get("attribute", {})
     announced: list[tuple[IPv4Network, IPv4Address, PathAttrs]] = []
+    raw = upd.get(ANNOUNCE_RAW)
+    if raw is not None:  # bgp/exabgp_launch.py: a pure announcement, NLRI undecoded
+        for nh_str, nlri in raw["ipv4 unicast"].items():
+            nh = IPv4Address(nh_str)
+            attrs = parse_attrs(attr, nh)
+            announced.extend((p, nh, attrs) for p in unpack_nlri(bytes.fromhex(nlri)))
+        return UpdateEvent(peer, announced, announced_raw=True)
     by_hop = upd.get("announce", {}).get("ipv4 unicast", {})
     seen: set[IPv4Network] | None = set() if len(by_hop) > 1 else None
     for nh_str, entries in by_hop.items():

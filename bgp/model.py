@@ -181,9 +181,10 @@ class PeerStatus:
     # Routes currently reflected to this peer (route-reflector mode, RFC 4456).
     reflected_routes: int = 0
     rr_client: bool = False
-    # Withdrawn prefixes that arrived undecoded through bgp/exabgp_launch.py's fast path,
-    # since the speaker started (0 with the plain exabgp entry point).
+    # Withdrawn and announced prefixes that arrived undecoded through bgp/exabgp_launch.py's
+    # fast path, since the speaker started (0 with the plain exabgp entry point).
     withdrawn_undecoded: int = 0
+    announced_undecoded: int = 0
 
 
 @dataclass(frozen=True)

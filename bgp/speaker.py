@@ -91,7 +91,7 @@ def _die_with_parent() -> None:
 class _Peer:
     __slots__ = ("address", "asn", "state", "since", "last_error", "eor_received",
                  "gr_advertised", "gr_time", "stale", "stale_deadline", "teardowns",
-                 "teardown_sent", "withdrawn_undecoded")
+                 "teardown_sent", "withdrawn_undecoded", "announced_undecoded")
 
     def __init__(self, address: IPv4Address, asn: int) -> None:
         self.address = address
@@ -111,6 +111,7 @@ class _Peer:
         self.teardowns = 0
         self.teardown_sent = False
         self.withdrawn_undecoded = 0
+        self.announced_undecoded = 0
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -304,7 +305,8 @@ class Speaker:
                 max_prefixes_teardowns=p.teardowns,
                 reflected_routes=self._refl_count.get(addr, 0),
                 rr_client=bool(cfg and cfg.rr_client),
-                withdrawn_undecoded=p.withdrawn_undecoded))
+                withdrawn_undecoded=p.withdrawn_undecoded,
+                announced_undecoded=p.announced_undecoded))
         proc = self._proc
         return SpeakerStatus(
             peers=tuple(peers),
@@ -839,6 +841,8 @@ class Speaker:
         rejected = self._rejected.get(peer)
         # Withdrawals as prefix keys: a raw withdrawal (bgp/exabgp_launch.py) never becomes
         # objects; the rest of the pipeline is keyed by them too (bgp.prefix).
+        if ev.announced_raw:
+            p.announced_undecoded += len(ev.announced)
         withdrawn = ev.withdrawn_keys
         if withdrawn is not None:
             p.withdrawn_undecoded += len(withdrawn)

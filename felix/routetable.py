@@ -255,6 +255,11 @@ class RouteTable:
             # Nothing else needs dropping: incremental writes are all to pending dsts, and a
             # full sync writes only dsts its dump could not settle, which are never verified.
             self._unverified.update(self._pending)
+            if len(self._unverified) > len(verified):
+                # More changed than verified (churn between resyncs): the set would outgrow
+                # the table it guards. Forget every digest; the next dump decodes it all.
+                verified.clear()
+                self._unverified = set()
         if full and self._unverified:
             pop = verified.pop
             for key in self._unverified:

@@ -422,6 +422,7 @@ class Agent:
                           "stale_routes": p.stale_routes, "gr_restart_time": p.gr_restart_time,
                           "rr_client": p.rr_client, "reflected_routes": p.reflected_routes,
                           "eor_received": p.eor_received, "withdrawn_undecoded": p.withdrawn_undecoded,
+                          "announced_undecoded": p.announced_undecoded,
                           "passive": peer_cfg[p.address].passive if p.address in peer_cfg else None})
             for reason, n in p.rejected_by_reason:
                 rejections[reason] = rejections.get(reason, 0) + n

@@ -237,15 +237,17 @@ def test_speaker_against_bird(lab):
     assert OWN_BLOCK not in bird.show_route()
 
 
-def test_bird_withdrawal_arrives_undecoded(lab):
-    """BIRD withdraws everything it sent (its static protocol disabled): the UPDATE carries
-    only Withdrawn Routes, so ExaBGP (run under bgp/exabgp_launch.py) hands it on undecoded;
-    every route goes, rejected ones included, on the same session, and comes back after."""
+def test_bird_updates_arrive_undecoded(lab):
+    """BIRD's announcements carry only NLRI and its withdrawal of everything (its static
+    protocol disabled) only Withdrawn Routes, so ExaBGP (run under bgp/exabgp_launch.py)
+    hands both on undecoded; every route goes, rejected ones included, on the same session,
+    and comes back after."""
     bird, driver, _ = lab
     driver.wait_for(_pool_routes_ok, 30, "the two pool routes")
     st = driver.poll_status(lambda s: s["peers"][0]["prefixes_received"] == 4, 10, "4 received")
     since = st["peers"][0]["since"]
     assert st["peers"][0]["withdrawn_undecoded"] == 0
+    assert st["peers"][0]["announced_undecoded"] == 4
     bird.birdc("disable", "s1")
     driver.wait_for(lambda m: m.get("routes") == {}, 10, "routes withdrawn")
     st = driver.poll_status(lambda s: s["peers"][0]["prefixes_received"] == 0, 10, "0 received")
@@ -254,8 +256,9 @@ def test_bird_withdrawal_arrives_undecoded(lab):
     assert peer["prefixes_rejected"] == 0 and peer["state"] == "established"
     bird.birdc("enable", "s1")
     driver.wait_for(_pool_routes_ok, 15, "routes back")
-    st = driver.status()
+    st = driver.poll_status(lambda s: s["peers"][0]["prefixes_received"] == 4, 10, "4 again")
     assert st["peers"][0]["since"] == since and st["exabgp_restarts"] == 0
+    assert st["peers"][0]["announced_undecoded"] == 8
 
 
 def test_graceful_restart_of_bird(lab):

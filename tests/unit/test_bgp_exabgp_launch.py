@@ -66,8 +66,9 @@ def patched():
     exabgp_launch.uninstall()
 
 
-def test_key_matches_the_parser():
+def test_keys_match_the_parser():
     assert exabgp_launch.KEY == api.WITHDRAW_RAW
+    assert exabgp_launch.KEY_ANNOUNCE == api.ANNOUNCE_RAW
 
 
 def test_install_is_idempotent_and_uninstall_restores():
@@ -98,7 +99,7 @@ def test_raw_withdrawal_parses_to_what_exabgps_decoder_gives(nets):
     assert fast.announced == reference.announced == []
 
 
-def test_announcement_eor_and_mixed_updates_take_exabgps_path(patched):
+def test_eor_and_mixed_updates_take_exabgps_path(patched):
     neg = negotiated()
     assert isinstance(decode(b"\x00\x00\x00\x00", neg), EOR)
     # withdraw 10.0.0.0/26 and announce 10.0.1.0/26 (ORIGIN IGP, NEXT_HOP 198.18.0.1)
@@ -116,6 +117,93 @@ def test_announcement_eor_and_mixed_updates_take_exabgps_path(patched):
 def test_adj_rib_in_on_keeps_exabgps_decoder(patched):
     body = withdraw_body(field([IPv4Network("10.0.0.0/26")]))
     assert type(decode(body, negotiated(adj_rib_in=True))) is Update
+    body = announce_body(path_attrs(0, (65001,), "198.18.0.1"), field([IPv4Network("10.0.0.0/26")]))
+    assert type(decode(body, negotiated(adj_rib_in=True))) is Update
+
+
+def path_attrs(origin, as_path, next_hop, med=None, local_pref=None, communities=()) -> bytes:
+    """ORIGIN, AS_PATH (one AS_SEQUENCE of 2-octet ASNs), NEXT_HOP and the optional MED,
+    LOCAL_PREF and COMMUNITIES, encoded as RFC 4271 §4.3 / RFC 1997 give them."""
+    seg = bytes([2, len(as_path)]) + b"".join(struct.pack("!H", a) for a in as_path) if as_path else b""
+    out = bytes([0x40, 1, 1, origin]) + bytes([0x40, 2, len(seg)]) + seg
+    out += bytes([0x40, 3, 4]) + IPv4Network(next_hop).network_address.packed
+    if med is not None:
+        out += bytes([0x80, 4, 4]) + struct.pack("!I", med)
+    if local_pref is not None:
+        out += bytes([0x40, 5, 4]) + struct.pack("!I", local_pref)
+    if communities:
+        out += bytes([0xC0, 8, 4 * len(communities)]) + b"".join(struct.pack("!I", c) for c in communities)
+    return out
+
+
+def announce_body(attrs: bytes, nlri: bytes) -> bytes:
+    return b"\x00\x00" + struct.pack("!H", len(attrs)) + attrs + nlri
+
+
+attribute_sets = st.builds(
+    path_attrs, st.integers(0, 2), st.lists(st.integers(1, 65535), max_size=4).map(tuple),
+    st.sampled_from(["198.18.0.1", "198.18.7.200", "10.1.2.3"]),
+    st.none() | st.integers(0, 2**32 - 1), st.none() | st.integers(0, 2**32 - 1),
+    st.lists(st.integers(0, 2**32 - 1), max_size=3).map(tuple))
+
+
+@settings(max_examples=150, deadline=None)
+@given(attribute_sets, prefixes)
+def test_raw_announcement_parses_to_what_exabgps_decoder_gives(attrs, nets):
+    body = announce_body(attrs, field(nets))
+    reference = api.parse_line(as_line(decode(body, negotiated())))
+    assert exabgp_launch.install() is None
+    try:
+        update = decode(body, negotiated())
+        fast = api.parse_line(as_line(update))
+    finally:
+        exabgp_launch.uninstall()
+    assert type(update).__name__ == "RawAnnounce" and update.nlris == []
+    assert fast.announced_raw and fast.undecoded and not reference.undecoded
+    assert [(str(p), nh, a) for p, nh, a in fast.announced] == \
+        [(str(p), nh, a) for p, nh, a in reference.announced]
+    assert [p.key for p, _nh, _a in fast.announced] == unpack_keys(field(nets))
+    assert fast.withdrawn == reference.withdrawn == [] and fast.withdrawn_keys is None
+
+
+@pytest.mark.parametrize("attrs", [
+    bytes([0x40, 1, 1, 0, 0x40, 2, 0]),                                 # no NEXT_HOP
+    bytes([0x80, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 198, 18, 0, 1]),      # ORIGIN flags: RFC 7606
+    bytes([0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 198, 18, 0, 1,        # MED length 3: RFC 7606
+           0x80, 4, 3, 0, 0, 1]),
+    bytes([0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 198, 18, 0, 1,        # + MP_UNREACH IPv6
+           0x80, 15, 3, 0, 2, 1]),
+])
+def test_announcements_exabgp_would_not_pass_as_is_take_its_path(attrs):
+    """Treat-as-withdraw, a missing NEXT_HOP, MP attributes: ExaBGP's decoder and JSON decide,
+    patched or not (the same Update, or the same NOTIFICATION)."""
+    body = announce_body(attrs, field([IPv4Network("10.0.0.0/26")]))
+
+    def outcome():
+        try:
+            update = decode(body, negotiated())
+        except Notify as exc:
+            return ("notify", exc.code, exc.subcode)
+        return (type(update).__name__, as_line(update))
+    reference = outcome()
+    assert exabgp_launch.install() is None
+    try:
+        fast = outcome()
+    finally:
+        exabgp_launch.uninstall()
+    assert fast == reference and fast[0] != "RawAnnounce"
+
+
+@pytest.mark.parametrize("nlri", [bytes([33, 10, 0, 0, 0, 0]), bytes([26, 10, 0, 0]),
+                                  bytes([26, 10, 0, 0, 0, 24])])
+def test_malformed_announcement_gets_exabgps_notification(patched, nlri):
+    body = announce_body(path_attrs(0, (65001,), "198.18.0.1"), nlri)
+    with pytest.raises(Notify) as fast:
+        decode(body, negotiated())
+    exabgp_launch.uninstall()
+    with pytest.raises(Notify) as ref:
+        decode(body, negotiated())
+    assert (fast.value.code, fast.value.subcode) == (ref.value.code, ref.value.subcode)
 
 
 @pytest.mark.parametrize("raw", [bytes([33, 10, 0, 0, 0, 0]),      # length over 32

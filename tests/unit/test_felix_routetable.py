@@ -344,3 +344,18 @@ def test_key_api_matches_the_dst_api(dp, table):
     table.remove_key("bgp", dst_key(a))
     table.remove_route("bgp", str(b))
     assert table.apply().deleted == 2 and dp.ours() == {} and len(table.desired()) == 0
+
+
+def test_churn_beyond_the_verified_table_forgets_every_digest(dp, table):
+    routes = _verified_table(dp, table)                  # 30 verified
+    for r in routes[:20]:
+        table.remove_route("bgp", r.dst)
+    table.apply()
+    assert len(table._unverified) == 20 and len(table._verified) == 30
+    for r in [via(n) for n in nets(11, start=500)]:      # 31 changed dsts > 30 digests
+        table.set_route("bgp", r)
+    table.apply()
+    assert table._verified == {} and not table._unverified
+    table.mark_dirty()
+    res = table.apply()
+    assert res.changes == 0 and res.checked == 21        # everything decoded once more
