@@ -479,6 +479,9 @@ class _ResyncSink:
         prev = self.fresh.get(key)
         if prev is None:
             if want is not None and want.satisfied_by(r):
+                # Under the desired dst's own key object: the one the other tables hold
+                # (felix.routes.dst_key), so the int the dump allocated dies here.
+                key = dst_key(want.dst)
                 self.fresh[key] = want
                 self.verified[key] = digest
                 return

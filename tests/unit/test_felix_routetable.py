@@ -359,3 +359,26 @@ def test_churn_beyond_the_verified_table_forgets_every_digest(dp, table):
     table.mark_dirty()
     res = table.apply()
     assert res.changes == 0 and res.checked == 21        # everything decoded once more
+
+
+class _Keyed(IPv4Network):
+    """A dst that carries its key, as bgp.prefix.Prefix does."""
+
+    def __init__(self, address, key=None):
+        super().__init__(address)
+        from felix.routes import dst_key
+        self._key = dst_key(IPv4Network(address)) if key is None else key
+
+
+def test_a_dst_that_carries_its_key_gives_every_table_that_int_object(dp, table):
+    from felix.routes import dst_key
+    routes = [via(_Keyed(n)) for n in nets(30)]
+    table.set_routes("bgp", routes)
+    table.apply()
+    table.mark_dirty()
+    table.apply()                                       # the dump verifies them all
+    want = {id(r.dst._key) for r in routes}
+    assert {id(k) for k in table._verified} == want and {id(k) for k in table._desired} == want
+    assert {id(k) for k in table._actual} == want
+    liar = _Keyed("198.19.0.0/26", key=12345)            # a wrong carried key is not trusted
+    assert dst_key(liar) == dst_key(IPv4Network("198.19.0.0/26")) != 12345
