@@ -22,8 +22,8 @@ from socket import inet_aton, inet_ntoa
 class Prefix(IPv4Network):
     """An immutable ``IPv4Network`` that carries its key (see module doc) from construction.
     Raises ValueError (``AddressValueError``/``NetmaskValueError``) like IPv4Network on bad
-    text. Its hash is IPv4Network's, computed from the key on demand: the pipeline's tables
-    are keyed by the key itself, and a cached hash would cost another int per route."""
+    text. Its hash is IPv4Network's own, computed on each call: the pipeline's tables are
+    keyed by the key itself, and a cached hash would cost another int per route."""
 
     def __init__(self, address, strict: bool = True) -> None:
         super().__init__(address, strict)

@@ -44,9 +44,9 @@ class Candidate:
 class Rib:
     """Adj-RIB-In per peer plus the Loc-RIB. ``local_as`` decides iBGP vs eBGP.
 
-    Tables are keyed by prefix key (``bgp.prefix``: ``1 << length | network >> (32 - length)``), the one int
-    every table on the BGP->FIB path shares; the prefix object itself is the Loc-RIB entry's
-    ``BestRoute.prefix``. Mutators return the Loc-RIB delta they caused, ``{key: new
+    Tables are keyed by prefix key (``bgp.prefix``: ``1 << length | network >> (32 -
+    length)``), the one int every table on the BGP->FIB path shares; the prefix object itself
+    is the Loc-RIB entry's ``BestRoute.prefix``. Mutators return the Loc-RIB delta they caused, ``{key: new
     BestRoute, or None when gone}``. Not thread-safe (used from one event loop).
     """
 
