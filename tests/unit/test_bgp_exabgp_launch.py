@@ -59,6 +59,18 @@ def decode(body: bytes, neg: Negotiated):
     return Update.unpack_message(body, Direction.IN, neg)
 
 
+def decoded_both_ways(body: bytes):
+    """(the patched decode of ``body``, its API event, the unpatched decode's API event)."""
+    reference = api.parse_line(as_line(decode(body, negotiated())))
+    assert exabgp_launch.install() is None
+    try:
+        update = decode(body, negotiated())
+        fast = api.parse_line(as_line(update))
+    finally:
+        exabgp_launch.uninstall()
+    return update, fast, reference
+
+
 @pytest.fixture
 def patched():
     assert exabgp_launch.install() is None
@@ -83,14 +95,7 @@ def test_install_is_idempotent_and_uninstall_restores():
 @settings(max_examples=150, deadline=None)
 @given(prefixes)
 def test_raw_withdrawal_parses_to_what_exabgps_decoder_gives(nets):
-    body = withdraw_body(field(nets))
-    reference = api.parse_line(as_line(decode(body, negotiated())))
-    assert exabgp_launch.install() is None
-    try:
-        update = decode(body, negotiated())
-        fast = api.parse_line(as_line(update))
-    finally:
-        exabgp_launch.uninstall()
+    update, fast, reference = decoded_both_ways(withdraw_body(field(nets)))
     assert type(update).__name__ == "RawWithdraw" and update.nlris == []
     assert isinstance(fast, api.UpdateEvent) and fast.undecoded and not reference.undecoded
     assert fast.withdrawn == [] and reference.withdrawn == nets
@@ -150,14 +155,7 @@ attribute_sets = st.builds(
 @settings(max_examples=150, deadline=None)
 @given(attribute_sets, prefixes)
 def test_raw_announcement_parses_to_what_exabgps_decoder_gives(attrs, nets):
-    body = announce_body(attrs, field(nets))
-    reference = api.parse_line(as_line(decode(body, negotiated())))
-    assert exabgp_launch.install() is None
-    try:
-        update = decode(body, negotiated())
-        fast = api.parse_line(as_line(update))
-    finally:
-        exabgp_launch.uninstall()
+    update, fast, reference = decoded_both_ways(announce_body(attrs, field(nets)))
     assert type(update).__name__ == "RawAnnounce" and update.nlris == []
     assert fast.announced_raw and fast.undecoded and not reference.undecoded
     assert [(str(p), nh, a) for p, nh, a in fast.announced] == \
