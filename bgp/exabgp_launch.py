@@ -114,7 +114,7 @@ def install() -> str | None:
                 else:  # 2 zero bytes, 2 + a bytes of attributes, then the NLRI
                     a = (data[2] << 8) | data[3]
                     field = data[4 + a:]
-                    if a and field and n > 4 + a and _check_nlri(field):
+                    if a and field and _check_nlri(field):
                         attributes = Attributes.unpack(data[4:4 + a], direction, negotiated)
                         hop = attributes.get(next_hop)
                         if hop is not None and not any(code in attributes for code in mp) \
