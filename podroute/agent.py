@@ -292,8 +292,8 @@ class Agent:
 
     def _on_bgp_changes(self, delta: Mapping[int, Any]) -> None:
         """Loc-RIB delta (prefix key -> BestRoute, or None when gone) into felix, per prefix.
-        The speaker's prefix key and felix's dst_key are the same int (network << 6 |
-        length), so it indexes felix's tables as it is."""
+        The speaker's prefix key and felix's dst_key are the same int (1 << length |
+        network >> (32 - length)), so it indexes felix's tables as it is."""
         vxlan_changed = False
         plan = self._planner.plan
         set_route, remove_key = self.routes.set_route, self.routes.remove_key
