@@ -121,6 +121,8 @@ class CNIPlugin:
         self.reap_delay = reap_delay
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        # handle -> the result object of the latest successful ADD for it (see abandon()).
+        self._answers: dict[str, CNIResult] = {}
 
     # -- CNIHandler -------------------------------------------------------------------------
 
@@ -128,7 +130,9 @@ class CNIPlugin:
         """Dispatch one request. Raises CNIError with the CNI code on failure."""
         async with self._lock:
             if req.command == "ADD":
-                return await self.add(req)
+                result = await self.add(req)
+                self._answers[self.handle_key(req.config["name"], req)] = result
+                return result
             if req.command == "DEL":
                 await self.delete(req)
                 return None
@@ -136,6 +140,24 @@ class CNIPlugin:
                 await self.check(req)
                 return None
         raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"unknown CNI_COMMAND {req.command!r}")
+
+    async def abandon(self, req: CNIRequest, result: CNIResult) -> None:
+        """Roll back the ADD ``req`` that was answered with ``result`` but whose caller is
+        gone (see :mod:`cni.server`): a DEL of that attachment, unless a later ADD for the same
+        attachment has answered since (its caller holds that answer). Never raises: a failed
+        rollback is logged, and the restart reconciler or a CNI GC finishes it."""
+        async with self._lock:
+            handle = self.handle_key(req.config["name"], req)
+            if self._answers.get(handle) is not result:
+                log.info("ADD %s: caller gone, but a later ADD answered for it; kept", handle)
+                return
+            try:
+                await self.delete(req)
+            except CNIError as e:
+                log.error("ADD %s: rollback after the caller went away incomplete: %s",
+                          handle, e.msg)
+                return
+            log.warning("ADD %s: rolled back, its caller went away before the answer", handle)
 
     def endpoints(self) -> list[WorkloadEndpoint]:
         """Current workloads, from the IPAM state (rebuilds felix's desired state at start)."""
@@ -331,6 +353,7 @@ class CNIPlugin:
             raise InvalidConfig("network configuration has no name")
         _validate_ifname(req.ifname, "CNI_IFNAME")
         handle = self.handle_key(name, req)
+        self._answers.pop(handle, None)
         alloc, errors, retired = await _in_thread("DEL", self._unwire, req, handle)
         if alloc is not None and self.workloads is not None:
             ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs)

@@ -5,6 +5,14 @@ with mode 0600 (only root may wire pods); a stale socket file from a previous ag
 removed at start. A handler exception never kills the server: a :class:`CNIError`
 becomes ``{"ok": false, "code", "msg", "details"}``, anything else is logged and
 answered with code 999.
+
+An ADD whose caller has gone away is rolled back, not completed: once the handler has
+returned, the connection is checked for the peer having closed it (POLLHUP on the unix
+socket: EOF in both directions; a half-close, ``shutdown(SHUT_WR)`` after the request,
+still gets its answer), and then the answer's write is checked. Either way the server
+hands the result to :meth:`CNIHandler.abandon`, which undoes the attachment as a DEL would
+unless a later ADD has answered for it meanwhile. The runtime saw an error for that ADD
+(the shim's timeout or dropped connection, code 11), so nobody would ever DEL it.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 import stat
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +39,11 @@ class CNIHandler(Protocol):
         """Return the CNI result (None for DEL/CHECK) or raise CNIError."""
         ...
 
+    async def abandon(self, req: CNIRequest, result: CNIResult) -> None:
+        """The caller of the ADD ``req``, answered with ``result``, is gone: roll it back.
+        Never raises."""
+        ...
+
 
 class CNIServer:
     """Serves ``handler`` on ``socket_path`` until cancelled (``run()``).
@@ -42,6 +56,7 @@ class CNIServer:
         self.handler = handler
         self.ready = asyncio.Event()
         self.served = 0
+        self.abandoned = 0  # ADDs rolled back because their caller had gone
 
     def _remove_stale(self) -> None:
         try:
@@ -78,9 +93,17 @@ class CNIServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            resp = await self._answer(reader)
-            writer.write(json.dumps(resp, separators=(",", ":")).encode() + b"\n")
-            await writer.drain()
+            req, resp = await self._answer(reader)
+            if req is not None and req.command == "ADD" and resp.get("ok"):
+                if _peer_gone(writer):
+                    await self._abandon(req, resp, "closed the connection while ADD ran")
+                    return
+                try:
+                    await self._write(writer, resp)
+                except (ConnectionError, OSError) as e:
+                    await self._abandon(req, resp, f"did not take the answer ({e!r})")
+                return
+            await self._write(writer, resp)
         except (ConnectionError, asyncio.IncompleteReadError) as e:
             log.warning("CNI client went away: %s", e)
         except Exception:
@@ -92,29 +115,62 @@ class CNIServer:
             except Exception:
                 pass
 
-    async def _answer(self, reader: asyncio.StreamReader) -> dict:
+    @staticmethod
+    async def _write(writer: asyncio.StreamWriter, resp: dict) -> None:
+        writer.write(json.dumps(resp, separators=(",", ":")).encode() + b"\n")
+        await writer.drain()
+        if writer.transport.is_closing():
+            # Not closed by us yet: the send failed and the transport closed itself, which
+            # drain() does not report when the whole answer fitted in one send attempt.
+            raise ConnectionResetError("the connection closed while the answer was written")
+
+    async def _abandon(self, req: CNIRequest, resp: dict, why: str) -> None:
+        self.abandoned += 1
+        log.warning("CNI ADD %s/%s: caller %s; rolling the ADD back", req.container_id[:12],
+                    req.ifname, why)
+        try:
+            await self.handler.abandon(req, resp["result"])
+        except Exception:
+            log.exception("CNI ADD %s/%s: rollback of the abandoned ADD failed",
+                          req.container_id[:12], req.ifname)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[CNIRequest | None, dict]:
+        """-> (the request, or None if none could be decoded; the wire answer)."""
         try:
             async with asyncio.timeout(READ_TIMEOUT):  # no extra task per request (wait_for's)
                 line = await reader.readline()
         except asyncio.TimeoutError:
-            return CNIError(DECODING_FAILURE, "no request received").to_wire()
+            return None, CNIError(DECODING_FAILURE, "no request received").to_wire()
         except (asyncio.LimitOverrunError, ValueError):
-            return CNIError(DECODING_FAILURE, f"request larger than {MAX_REQUEST} bytes").to_wire()
+            return None, CNIError(DECODING_FAILURE,
+                                  f"request larger than {MAX_REQUEST} bytes").to_wire()
         try:
             req = CNIRequest.from_wire(json.loads(line))
         except CNIError as e:
-            return e.to_wire()
+            return None, e.to_wire()
         except ValueError as e:
-            return CNIError(DECODING_FAILURE, "request is not valid JSON", str(e)).to_wire()
+            return None, CNIError(DECODING_FAILURE, "request is not valid JSON", str(e)).to_wire()
         self.served += 1
         try:
             result = await self.handler.handle(req)
         except CNIError as e:
             log.warning("CNI %s %s/%s: code %d: %s", req.command, req.container_id[:12],
                         req.ifname, e.code, e.msg)
-            return e.to_wire()
+            return req, e.to_wire()
         except Exception as e:
             log.exception("CNI %s %s: handler crashed", req.command, req.container_id[:12])
-            return CNIError(INTERNAL, f"podroute agent failed to handle {req.command}: {e!r}",
-                            type(e).__name__).to_wire()
-        return {"ok": True, "result": result}
+            return req, CNIError(INTERNAL, f"podroute agent failed to handle {req.command}: {e!r}",
+                                 type(e).__name__).to_wire()
+        return req, {"ok": True, "result": result}
+
+
+def _peer_gone(writer: asyncio.StreamWriter) -> bool:
+    """True if the peer has closed its end completely (POLLHUP on a unix stream socket: both
+    directions shut down), as opposed to a half-close after sending its request."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return True
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLIN)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in p.poll(0))
+
