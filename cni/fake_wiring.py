@@ -179,7 +179,7 @@ class FakeWiring:
         if link is None:
             return None
         return HostVethState(host_ifname, link.mac, link.mtu, link.up, link.proxy_arp,
-                             link.forwarding)
+                             link.forwarding, link.retired)
 
     def host_route_exists(self, ip: IPv4Address, host_ifname: str, proto: int) -> bool:
         self._enter("host_route_exists")
@@ -193,6 +193,10 @@ class FakeWiring:
             return None
         return PodIfaceState(pod_ifname, link.mac, link.mtu, link.up, tuple(link.addresses),
                              link.gateway_route, link.default_via)
+
+    def list_host_veths(self, prefix: str) -> dict[str, bool]:
+        self._enter("list_host_veths")
+        return {n: link.retired for n, link in self.host_links.items() if n.startswith(prefix)}
 
 
 __all__ = ["FakeWiring", "CNIError"]

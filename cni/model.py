@@ -3,8 +3,9 @@
 Wire format (one JSON line each way over the agent's unix socket; documented in
 full in :mod:`cni.shim`)::
 
-    request  {"command": "ADD"|"DEL"|"CHECK", "containerID": str, "netns": str,
+    request  {"command": "ADD"|"DEL"|"CHECK"|"GC", "containerID": str, "netns": str,
               "ifName": str, "args": {str: str}, "path": str, "config": {...}}
+             (GC: containerID and ifName may be empty; it is about a whole network)
     response {"ok": true, "result": {...} | null}
            | {"ok": false, "code": int, "msg": str, "details": str}
 """
@@ -19,7 +20,8 @@ from .errors import DECODING_FAILURE, INVALID_ENVIRONMENT_VARIABLES, CNIError
 #: The CNI result object (CNI spec 1.0.0 "Success" section) or None for DEL/CHECK.
 CNIResult = dict[str, Any] | None
 
-COMMANDS = ("ADD", "DEL", "CHECK")
+COMMANDS = ("ADD", "DEL", "CHECK", "GC")
+_NO_ATTACHMENT = ("GC",)  # verbs about a whole network: no container ID or ifname (CNI 1.1)
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,13 @@ class CNIRequest:
             raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"unknown CNI_COMMAND {command!r}")
         cid = obj.get("containerID")
         ifname = obj.get("ifName")
-        if not isinstance(cid, str) or not cid:
-            raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_CONTAINERID is required")
-        if not isinstance(ifname, str) or not ifname:
-            raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_IFNAME is required")
+        if command in _NO_ATTACHMENT:
+            cid, ifname = (cid if isinstance(cid, str) else ""), (ifname if isinstance(ifname, str) else "")
+        else:
+            if not isinstance(cid, str) or not cid:
+                raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_CONTAINERID is required")
+            if not isinstance(ifname, str) or not ifname:
+                raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_IFNAME is required")
         netns = obj.get("netns") or ""
         if not isinstance(netns, str):
             raise CNIError(DECODING_FAILURE, "netns must be a string")

@@ -329,7 +329,8 @@ class NetlinkWiring:
             try:
                 return HostVethState(host_ifname, link.mac, link.mtu, link.up,
                                      _read_sysctl("conf", host_ifname, "proxy_arp"),
-                                     _read_sysctl("conf", host_ifname, "forwarding"))
+                                     _read_sysctl("conf", host_ifname, "forwarding"),
+                                     link.group == self.retired_group)
             except FileNotFoundError:
                 return None
             except (OSError, ValueError) as e:
@@ -348,6 +349,20 @@ class NetlinkWiring:
                             and r["scope"] == SCOPE_LINK):
                         return True
                 return False
+        return self._host(work)
+
+    def list_host_veths(self, prefix: str) -> dict[str, bool]:
+        def work() -> dict[str, bool]:
+            out: dict[str, bool] = {}
+            with self._ipr("list host veths") as ipr:
+                for link in ipr.get_links():
+                    name = link.get_attr("IFLA_IFNAME") or ""
+                    info = link.get_attr("IFLA_LINKINFO")
+                    if not name.startswith(prefix) or info is None \
+                            or info.get_attr("IFLA_INFO_KIND") != "veth":
+                        continue
+                    out[name] = link.get_attr("IFLA_GROUP") == self.retired_group
+            return out
         return self._host(work)
 
     def pod_iface(self, netns: str, pod_ifname: str) -> PodIfaceState | None:

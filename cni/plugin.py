@@ -32,10 +32,11 @@ import logging
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
-from .errors import (HOST_NS, INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError, InterfaceExists,
-                     InvalidConfig)
+from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
+                     CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
+from .reconcile import Reconciler, finish
 from .wiring import GATEWAY, Wiring
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 MAX_IFNAME = 15
+GC_VERSION = "1.1.0"  # CNI spec 1.1.0 introduced GC; older configs must not get it
 
 
 async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -139,6 +141,9 @@ class CNIPlugin:
             if req.command == "CHECK":
                 await self.check(req)
                 return None
+            if req.command == "GC":
+                await self.gc(req)
+                return None
         raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"unknown CNI_COMMAND {req.command!r}")
 
     async def abandon(self, req: CNIRequest, result: CNIResult) -> None:
@@ -218,7 +223,7 @@ class CNIPlugin:
 
     # -- ADD --------------------------------------------------------------------------------
 
-    async def add(self, req: CNIRequest) -> dict[str, Any]:
+    async def add(self, req: CNIRequest, readd: bool = True) -> dict[str, Any]:
         """CNI ADD. Returns the CNI result; raises CNIError (everything rolled back).
 
         Two worker-thread hops: the IPAM claim, then the whole wiring (with its own rollback);
@@ -235,7 +240,7 @@ class CNIPlugin:
 
         alloc, created = await _in_thread("IPAM allocation", self.ipam.claim, handle, attrs)
         if not created:
-            return await self._repeat_add(req, alloc.ip, alloc.attrs, attrs, version)
+            return await self._repeat_add(req, alloc.ip, alloc.attrs, attrs, version, readd)
         ip = alloc.ip
         ep = WorkloadEndpoint(req.container_id, req.ifname, host_ifname, ip, req.netns,
                               req.pod_namespace, req.pod_name)
@@ -323,17 +328,39 @@ class CNIPlugin:
             log.exception("rollback: releasing the IP of %s failed", handle)
 
     async def _repeat_add(self, req: CNIRequest, ip: IPv4Address, old: Mapping[str, Any],
-                          new: Mapping[str, Any], version: str) -> dict[str, Any]:
+                          new: Mapping[str, Any], version: str,
+                          readd: bool = True) -> dict[str, Any]:
+        """ADD for an attachment IPAM already has: the same result if it is whole; repaired in
+        place if it is half-wired (:func:`cni.reconcile.finish`); else rolled back and added
+        afresh (once: ``readd``). Different parameters are an error (code 999)."""
         keys = ("netns", "host_ifname", "mtu")
         diff = [k for k in keys if old.get(k) != new.get(k)]
         if diff:
             raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
                            f"already attached with different {', '.join(diff)}; DEL it first",
                            f"existing {dict((k, old.get(k)) for k in keys)}")
-        problems = await self._problems(req, ip, new["host_ifname"], int(new["mtu"]))
+        try:
+            problems = await self._problems(req, ip, new["host_ifname"], int(new["mtu"]))
+        except NetnsNotFound:
+            await self.delete(req)  # code 3 tells the runtime not to DEL: nothing may stay
+            raise
         if problems:
-            raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
-                           f"already attached but broken: {'; '.join(problems)}; DEL it first")
+            # Half-wired (a crash mid-ADD, or something removed a piece): a runtime retries
+            # the ADD and will not DEL for us, so complete it, or start it over.
+            handle = self.handle_key(new["network"], req)
+            why = "; ".join(problems)
+            try:
+                await _in_thread("repair", finish, self.wiring, ip, dict(old), self.protocol,
+                                 int(new["mtu"]))
+                log.warning("ADD %s: repeated for a broken attachment (%s); repaired", handle, why)
+            except CNIError as e:
+                if not readd:
+                    raise CNIError(e.code, f"ADD {handle}: attachment still broken after a "
+                                   f"rollback and a new ADD: {e.msg}", e.details) from e
+                log.warning("ADD %s: repeated for a broken attachment (%s); repair failed (%s); "
+                            "rolling back and adding again", handle, why, e.msg)
+                await self.delete(req)
+                return await self.add(req, readd=False)
         host = await _in_thread("read host veth", self.wiring.host_veth, new["host_ifname"])
         pod = await _in_thread("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
         return self._result(version, new["host_ifname"], host.mac, req.ifname, pod.mac,
@@ -423,6 +450,33 @@ class CNIPlugin:
         were some. Raises CNIError if the kernel refused. The agent calls it at start for
         pairs retired by a previous run."""
         return bool(await _in_thread("delete retired veths", self.wiring.reap_retired))
+
+    # -- GC ---------------------------------------------------------------------------------
+
+    async def gc(self, req: CNIRequest) -> None:
+        """CNI GC (spec 1.1.0 "GC: Clean up any stale resources"): release the IP, host veth
+        and route of every attachment of this network not listed in the config's
+        ``cni.dev/valid-attachments`` (``[{"containerID", "ifname"}]``; libcni also sends it
+        as ``cni.dev/attachments``). Only for cniVersion 1.1.0 configs (else code 1); a missing
+        or malformed list is code 7. Goes on past errors and reports them together (999)."""
+        name = req.config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidConfig("network configuration has no name")
+        if req.config.get("cniVersion") != GC_VERSION:
+            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"GC needs cniVersion {GC_VERSION}, config "
+                           f"has {req.config.get('cniVersion')!r}")
+        key = next((k for k in ("cni.dev/valid-attachments", "cni.dev/attachments")
+                    if k in req.config), None)
+        if key is None:
+            raise InvalidConfig("GC needs cni.dev/valid-attachments in the configuration")
+        listed = req.config[key] if req.config[key] is not None else []  # Go's nil slice
+        if not isinstance(listed, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("containerID"), str)
+                and isinstance(x.get("ifname"), str) for x in listed):
+            raise InvalidConfig(f"{key} must be a list of {{containerID, ifname}} strings")
+        report = await Reconciler(self).gc(name, [(x["containerID"], x["ifname"]) for x in listed])
+        if report.errors:
+            raise CNIError(INTERNAL, f"GC incomplete: {'; '.join(report.errors)}")
 
     # -- CHECK ------------------------------------------------------------------------------
 

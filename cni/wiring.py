@@ -25,7 +25,8 @@ GATEWAY = IPv4Address("169.254.1.1")  # Calico's link-local next hop answered by
 
 @dataclass(frozen=True)
 class HostVethState:
-    """The host end as seen for CHECK: ``mtu`` in bytes, sysctl values as ints."""
+    """The host end as seen for CHECK: ``mtu`` in bytes, sysctl values as ints; ``retired``:
+    taken down by a DEL and waiting for :meth:`Wiring.reap_retired`."""
 
     ifname: str
     mac: str
@@ -33,6 +34,7 @@ class HostVethState:
     up: bool
     proxy_arp: int
     forwarding: int
+    retired: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,7 @@ class Wiring(Protocol):
 
     def pod_iface(self, netns: str, pod_ifname: str) -> PodIfaceState | None:
         """State of the pod end, None if missing. Raises NetnsNotFound."""
+
+    def list_host_veths(self, prefix: str) -> dict[str, bool]:
+        """Every host veth whose name starts with ``prefix`` -> True if it is retired (see
+        :meth:`retire_host_veth`). For the restart reconciler (:mod:`cni.reconcile`)."""

@@ -399,7 +399,12 @@ class Agent:
 
     async def _cni_server(self) -> None:
         from cni.errors import CNIError
+        from cni.reconcile import Reconciler
         from cni.server import CNIServer
+        try:  # before the server accepts: no request may see a half-finished pod
+            await Reconciler(self.cni).run()
+        except CNIError as e:
+            log.warning("could not reconcile IPAM records with the dataplane: %s", e.msg)
         try:
             if await self.cni.reap():  # veth pairs a previous run retired but did not delete
                 log.info("deleted veth pairs retired by a previous run")
