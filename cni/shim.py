@@ -15,7 +15,9 @@ Behaviour (mirrors the reference plugins' ``skel`` package):
   success -> the result JSON on stdout (nothing for DEL/CHECK), exit 0;
   failure -> the spec's error JSON ``{"cniVersion", "code", "msg", "details"}`` on
   stdout, exit 1 (CNI spec 1.0.0 "Error" section).
-* Anything else (including CNI 1.1's STATUS/GC, which we do not advertise) -> code 4.
+* ``GC`` (CNI 1.1, only for a 1.1.0 config, else code 1): forwarded like the others; the
+  config carries ``cni.dev/valid-attachments`` and no attachment env var is required.
+* Anything else -> code 4.
 
 Error codes produced here (CNI spec 1.0.0 "Well-known Error Codes"):
 1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0),
@@ -111,7 +113,7 @@ def dumps(obj):
     raise TypeError("cannot encode %r as JSON" % type(obj).__name__)
 
 SPEC_VERSION = "1.0.0"
-SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_SOCKET = "/run/podroute/cni.sock"
 DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 2.0
@@ -129,7 +131,7 @@ _REQUIRED_ENV = {
     "CNI_CONTAINERID": ("ADD", "DEL", "CHECK"),
     "CNI_NETNS": ("ADD", "CHECK"),
     "CNI_IFNAME": ("ADD", "DEL", "CHECK"),
-    "CNI_PATH": ("ADD", "DEL", "CHECK"),
+    "CNI_PATH": ("ADD", "DEL", "CHECK", "GC"),
 }
 
 
@@ -201,6 +203,9 @@ def build_request(env, conf):
     if command == "CHECK" and _version_tuple(conf["cniVersion"]) < (0, 4, 0):
         raise ShimError(E_INCOMPATIBLE_VERSION,
                         "config version %s does not allow CHECK" % conf["cniVersion"])
+    if command == "GC" and _version_tuple(conf["cniVersion"]) < (1, 1, 0):
+        raise ShimError(E_INCOMPATIBLE_VERSION,
+                        "config version %s does not allow GC" % conf["cniVersion"])
     return {
         "command": command,
         "containerID": env.get("CNI_CONTAINERID", ""),
@@ -263,7 +268,7 @@ def dispatch(env, stdin_data):
         if command == "VERSION":
             return dumps({"cniVersion": SPEC_VERSION,
                                "supportedVersions": SUPPORTED_VERSIONS}), 0
-        if command not in ("ADD", "DEL", "CHECK"):
+        if command not in ("ADD", "DEL", "CHECK", "GC"):
             raise ShimError(E_INVALID_ENV, "unknown CNI_COMMAND: %s" % command)
         conf = parse_config(stdin_data)
         version = conf["cniVersion"]

@@ -92,7 +92,7 @@ def sockdir():
 def test_version_answered_locally():
     rc, out, _ = run_shim({"CNI_COMMAND": "VERSION"}, '{"cniVersion":"1.0.0"}')
     assert rc == 0
-    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}
+    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
 
 
 def test_malformed_json_is_code_6(sockdir):
