@@ -1,0 +1,135 @@
+"""The restart reconciler and CNI GC on real wiring, in throwaway namespaces: the broken
+states a kill -9 mid-ADD leaves are made by hand with iproute2 (an IP with no veth; a veth
+down with no route; our veth with no record), then one reconcile pass must leave only whole,
+working pods. The host side runs in its own netns (``NetlinkWiring(host_netns=...)``)."""
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from cni.ipam import IPAM
+from cni.model import CNIRequest
+from cni.netlink_wiring import NetlinkWiring
+from cni.plugin import CNIPlugin
+from cni.reconcile import FINISHED, KEPT, ROLLED_BACK, Reconciler
+from nsutil import netns_path, sh
+
+pytestmark = pytest.mark.privileged
+
+CONF = {"cniVersion": "1.0.0", "name": "podnet", "type": "podroute"}
+BLOCK = IPv4Network("198.19.9.0/26")
+
+
+def ipj(ns: str, *args: str):
+    return json.loads(sh("ip", "-j", *args, ns=ns).stdout or "[]")
+
+
+def links(ns: str) -> list[str]:
+    return sorted(l["ifname"] for l in ipj(ns, "link", "show"))
+
+
+def proto90(ns: str) -> set[tuple[str, str]]:
+    return {(r["dst"], r["dev"]) for r in ipj(ns, "route", "show", "proto", "90")}
+
+
+@pytest.fixture
+def host(make_netns):
+    ns = make_netns("rech")
+    # no dummy driver on this kernel: a veth pair kept inside the host netns stands in
+    sh("ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p", ns=ns)
+    sh("ip", "addr", "add", "198.18.0.1/24", "dev", "dummy0", ns=ns)
+    sh("ip", "link", "set", "dummy0p", "up", ns=ns)
+    sh("ip", "link", "set", "dummy0", "up", ns=ns)
+    # proxy ARP answers for 169.254.1.1 only if the host routes it via another interface
+    sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "dummy0", ns=ns)
+    return ns
+
+
+@pytest.fixture
+def plugin(host, tmp_path):
+    ipam = IPAM(tmp_path / "ipam", [BLOCK])
+    return CNIPlugin(ipam=ipam, wiring=NetlinkWiring(host_netns=netns_path(host)), mtu=1400,
+                     reap_delay=0.0)
+
+
+def req(command: str, netns: str, cid: str, pod: str, **conf) -> CNIRequest:
+    return CNIRequest(command, cid, netns, "eth0", {"K8S_POD_NAMESPACE": "default",
+                                                    "K8S_POD_NAME": pod}, "/opt/cni/bin",
+                      {**CONF, **conf})
+
+
+def record(plugin: CNIPlugin, cid: str, netns: str, host_ifname: str) -> IPv4Address:
+    """The IPAM claim an ADD makes first (a kill -9 right after it leaves only this)."""
+    attrs = {"network": "podnet", "container_id": cid, "ifname": "eth0", "netns": netns,
+             "host_ifname": host_ifname, "mtu": 1400, "pod_namespace": None, "pod_name": None}
+    return plugin.ipam.claim(f"podnet.{cid}.eth0", attrs)[0].ip
+
+
+async def test_reconcile_repairs_the_three_broken_states(host, plugin, make_netns):
+    pod_a, pod_b, ghost = make_netns("reca"), make_netns("recb"), make_netns("recg")
+    # 1. an IP with no veth
+    ip_a = record(plugin, "cida", netns_path(pod_a), "prtreca0000001")
+    # 2. a veth down with no route (killed after the pod side, before the host side)
+    ip_b = record(plugin, "cidb", netns_path(pod_b), "prtrecb0000001")
+    sh("ip", "link", "add", "prtrecb0000001", "mtu", "1400", "type", "veth", "peer", "name",
+       "eth0", "mtu", "1400", "netns", pod_b, ns=host)
+    sh("ip", "addr", "add", f"{ip_b}/32", "dev", "eth0", ns=pod_b)
+    sh("ip", "link", "set", "eth0", "up", ns=pod_b)
+    sh("ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link", ns=pod_b)
+    sh("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0", ns=pod_b)
+    # 3. our veth with no record (its pod end in a netns nobody knows)
+    sh("ip", "link", "add", "prtorphan00001", "type", "veth", "peer", "name", "eth0",
+       "netns", ghost, ns=host)
+    # and an IP whose netns is gone: nobody owns it
+    ip_c = record(plugin, "cidc", "/var/run/netns/prt-recgone-000000", "prtrecc0000001")
+    assert "prtrecb0000001" in links(host) and proto90(host) == set()
+
+    report = await Reconciler(plugin).run()
+
+    assert report.handles(FINISHED) == ["podnet.cida.eth0", "podnet.cidb.eth0"]
+    assert report.handles(ROLLED_BACK) == ["podnet.cidc.eth0"]
+    assert report.orphan_veths == ("prtorphan00001",) and report.errors == ()
+    assert links(host) == ["dummy0", "dummy0p", "lo", "prtreca0000001", "prtrecb0000001"]
+    assert links(ghost) == ["lo"]
+    assert proto90(host) == {(str(ip_a), "prtreca0000001"), (str(ip_b), "prtrecb0000001")}
+    assert set(plugin.ipam.allocations()) == {"podnet.cida.eth0", "podnet.cidb.eth0"}
+    assert ip_c not in {a.ip for a in plugin.ipam.allocations().values()}
+    for cid, pod in (("cida", pod_a), ("cidb", pod_b)):
+        assert await plugin.handle(req("CHECK", netns_path(pod), cid, "ignored")) is None
+    p = sh("ping", "-c", "2", "-i", "0.2", "-W", "2", str(ip_b), ns=pod_a, check=False, timeout=20)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    again = await Reconciler(plugin).run()  # a second pass finds nothing to do
+    assert again.handles(KEPT) == ["podnet.cida.eth0", "podnet.cidb.eth0"]
+    assert again.orphan_veths == () and again.handles(FINISHED) == []
+
+
+async def test_retried_add_repairs_a_broken_pod(host, plugin, make_netns):
+    pod = make_netns("recr")
+    first = await plugin.handle(req("ADD", netns_path(pod), "cid1", "web-0"))
+    veth, ip = first["interfaces"][0]["name"], first["ips"][0]["address"].split("/")[0]
+    sh("ip", "route", "del", f"{ip}/32", "dev", veth, ns=host)
+    sh("ip", "link", "set", veth, "down", ns=host)
+    again = await plugin.handle(req("ADD", netns_path(pod), "cid1", "web-0"))
+    assert again["ips"] == first["ips"] and again["interfaces"] == first["interfaces"]
+    assert proto90(host) == {(ip, veth)}
+    assert await plugin.handle(req("CHECK", netns_path(pod), "cid1", "web-0")) is None
+
+
+async def test_gc_removes_attachments_the_runtime_no_longer_lists(host, plugin, make_netns):
+    pod1, pod2 = make_netns("gc1"), make_netns("gc2")
+    r1 = await plugin.handle(req("ADD", netns_path(pod1), "cid1", "web-1"))
+    r2 = await plugin.handle(req("ADD", netns_path(pod2), "cid2", "web-2"))
+    gc = CNIRequest("GC", "", "", "", {}, "/opt/cni/bin",
+                    {**CONF, "cniVersion": "1.1.0",
+                     "cni.dev/valid-attachments": [{"containerID": "cid1", "ifname": "eth0"}]})
+    assert await plugin.handle(gc) is None
+    await plugin.reap()
+    v1, v2 = r1["interfaces"][0]["name"], r2["interfaces"][0]["name"]
+    assert v2 not in links(host) and v1 in links(host)
+    assert links(pod2) == ["lo"]
+    assert proto90(host) == {(r1["ips"][0]["address"].split("/")[0], v1)}
+    assert set(plugin.ipam.allocations()) == {"podnet.cid1.eth0"}
+    assert await plugin.handle(req("CHECK", netns_path(pod1), "cid1", "web-1")) is None
