@@ -6,13 +6,15 @@ removed at start. A handler exception never kills the server: a :class:`CNIError
 becomes ``{"ok": false, "code", "msg", "details"}``, anything else is logged and
 answered with code 999.
 
-An ADD whose caller has gone away is rolled back, not completed: once the handler has
-returned, the connection is checked for the peer having closed it (POLLHUP on the unix
-socket: EOF in both directions; a half-close, ``shutdown(SHUT_WR)`` after the request,
-still gets its answer), and then the answer's write is checked. Either way the server
-hands the result to :meth:`CNIHandler.abandon`, which undoes the attachment as a DEL would
-unless a later ADD has answered for it meanwhile. The runtime saw an error for that ADD
-(the shim's timeout or dropped connection, code 11), so nobody would ever DEL it.
+An ADD whose caller has gone away is not done, or is rolled back. The connection is
+checked for the peer having closed it (POLLHUP on the unix socket: EOF in both directions;
+a half-close, ``shutdown(SHUT_WR)`` after the request, still gets its answer) before the
+handler starts (a request queued while the agent was stopped: the ADD is skipped), and
+again once the handler has returned; then the answer's write is checked. A caller found
+gone after the ADD ran gets its result handed to :meth:`CNIHandler.abandon`, which undoes
+the attachment as a DEL would unless a later ADD has answered for it meanwhile. The runtime
+saw an error for that ADD (the shim's timeout or dropped connection, code 11), so nobody
+would ever DEL it.
 """
 from __future__ import annotations
 
@@ -93,7 +95,9 @@ class CNIServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            req, resp = await self._answer(reader)
+            req, resp = await self._answer(reader, writer)
+            if resp is None:
+                return  # an ADD whose caller had already gone: not done at all
             if req is not None and req.command == "ADD" and resp.get("ok"):
                 if _peer_gone(writer):
                     await self._abandon(req, resp, "closed the connection while ADD ran")
@@ -134,8 +138,10 @@ class CNIServer:
             log.exception("CNI ADD %s/%s: rollback of the abandoned ADD failed",
                           req.container_id[:12], req.ifname)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[CNIRequest | None, dict]:
-        """-> (the request, or None if none could be decoded; the wire answer)."""
+    async def _answer(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> tuple[CNIRequest | None, dict | None]:
+        """-> (the request, or None if none could be decoded; the wire answer, or None for an
+        ADD not started because its caller had already gone)."""
         try:
             async with asyncio.timeout(READ_TIMEOUT):  # no extra task per request (wait_for's)
                 line = await reader.readline()
@@ -151,6 +157,12 @@ class CNIServer:
         except ValueError as e:
             return None, CNIError(DECODING_FAILURE, "request is not valid JSON", str(e)).to_wire()
         self.served += 1
+        if req.command == "ADD" and _peer_gone(writer):
+            # Queued while the agent was stopped or busy, and the shim gave up meanwhile.
+            self.abandoned += 1
+            log.warning("CNI ADD %s/%s: caller gone before the ADD started; not done",
+                        req.container_id[:12], req.ifname)
+            return req, None
         try:
             result = await self.handler.handle(req)
         except CNIError as e:

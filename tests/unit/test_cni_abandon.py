@@ -157,3 +157,19 @@ async def test_abandon_keeps_an_attachment_a_later_add_answered_for(env):
     assert ipam.get("podnet.c0ffee.eth0") is not None and len(wiring.routes) == 1
     await plugin.abandon(add_req(), second)
     assert ipam.allocations() == {} and wiring.routes == set() and sink.workloads == {}
+
+
+async def test_add_queued_while_its_caller_gave_up_is_not_done_at_all(env):
+    """The agent was stopped: the shim connected (kernel backlog), sent its ADD, timed out and
+    closed, all before the server accepted. Nothing may be wired or allocated."""
+    plugin, wiring, ipam, sink = env
+    wiring.release.set()
+    with tempfile.TemporaryDirectory(prefix="cniab-", dir="/tmp") as d:
+        server, task, path = await run_server(plugin, d)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(path))  # no await in between: the server has not accepted yet
+        s.sendall(json.dumps(add_req().to_wire()).encode() + b"\n")
+        s.close()
+        await wait_until(lambda: server.abandoned == 1, "the skipped ADD")
+        assert wiring.calls == [] and ipam.allocations() == {} and sink.workloads == {}
+        await stop(task)
