@@ -59,7 +59,8 @@ class CNIRequest:
         cid = obj.get("containerID")
         ifname = obj.get("ifName")
         if command in _NO_ATTACHMENT:
-            cid, ifname = (cid if isinstance(cid, str) else ""), (ifname if isinstance(ifname, str) else "")
+            cid = cid if isinstance(cid, str) else ""
+            ifname = ifname if isinstance(ifname, str) else ""
         else:
             if not isinstance(cid, str) or not cid:
                 raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_CONTAINERID is required")

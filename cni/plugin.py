@@ -32,8 +32,8 @@ import logging
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
-from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
-                     CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
+from .errors import (HOST_NS, INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError, InterfaceExists,
+                     InvalidConfig, NetnsNotFound)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
 from .reconcile import Reconciler, finish
@@ -44,7 +44,6 @@ T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 MAX_IFNAME = 15
-GC_VERSION = "1.1.0"  # CNI spec 1.1.0 introduced GC; older configs must not get it
 
 
 async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -141,8 +140,8 @@ class CNIPlugin:
             if req.command == "CHECK":
                 await self.check(req)
                 return None
-            if req.command == "GC":
-                await self.gc(req)
+            if req.command == "GC":  # CNI 1.1: see cni.reconcile
+                await Reconciler(self).gc_request(req)
                 return None
         raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"unknown CNI_COMMAND {req.command!r}")
 
@@ -450,33 +449,6 @@ class CNIPlugin:
         were some. Raises CNIError if the kernel refused. The agent calls it at start for
         pairs retired by a previous run."""
         return bool(await _in_thread("delete retired veths", self.wiring.reap_retired))
-
-    # -- GC ---------------------------------------------------------------------------------
-
-    async def gc(self, req: CNIRequest) -> None:
-        """CNI GC (spec 1.1.0 "GC: Clean up any stale resources"): release the IP, host veth
-        and route of every attachment of this network not listed in the config's
-        ``cni.dev/valid-attachments`` (``[{"containerID", "ifname"}]``; libcni also sends it
-        as ``cni.dev/attachments``). Only for cniVersion 1.1.0 configs (else code 1); a missing
-        or malformed list is code 7. Goes on past errors and reports them together (999)."""
-        name = req.config.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidConfig("network configuration has no name")
-        if req.config.get("cniVersion") != GC_VERSION:
-            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"GC needs cniVersion {GC_VERSION}, config "
-                           f"has {req.config.get('cniVersion')!r}")
-        key = next((k for k in ("cni.dev/valid-attachments", "cni.dev/attachments")
-                    if k in req.config), None)
-        if key is None:
-            raise InvalidConfig("GC needs cni.dev/valid-attachments in the configuration")
-        listed = req.config[key] if req.config[key] is not None else []  # Go's nil slice
-        if not isinstance(listed, list) or not all(
-                isinstance(x, dict) and isinstance(x.get("containerID"), str)
-                and isinstance(x.get("ifname"), str) for x in listed):
-            raise InvalidConfig(f"{key} must be a list of {{containerID, ifname}} strings")
-        report = await Reconciler(self).gc(name, [(x["containerID"], x["ifname"]) for x in listed])
-        if report.errors:
-            raise CNIError(INTERNAL, f"GC incomplete: {'; '.join(report.errors)}")
 
     # -- CHECK ------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
-from .errors import INTERNAL, CNIError, NetnsNotFound, WiringError
+from .errors import (INCOMPATIBLE_CNI_VERSION, INTERNAL, CNIError, InvalidConfig, NetnsNotFound,
+                     WiringError)
 from .ipam import Allocation
 from .model import CNIRequest
 from .wiring import GATEWAY, Wiring
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KEPT, FINISHED, ROLLED_BACK, FAILED = "kept", "finished", "rolled back", "failed"
+GC_VERSION = "1.1.0"  # CNI spec 1.1.0 introduced GC; older configs must not get it
+GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # libcni sends both
 _REQUIRED = ("network", "container_id", "ifname", "netns", "host_ifname")
 
 
@@ -141,7 +144,7 @@ def _del_request(alloc: Allocation) -> CNIRequest | None:
     """The DEL that removes ``alloc``, or None if its attrs do not name the attachment its
     handle is (a record from another writer: only its IP can be released)."""
     a = alloc.attrs
-    if not all(isinstance(a.get(k), str) and a.get(k) for k in ("network", "container_id", "ifname")):
+    if not all(isinstance(a.get(k), str) and a.get(k) for k in _REQUIRED[:3]):
         return None
     if alloc.handle != f"{a['network']}.{a['container_id']}.{a['ifname']}":
         return None
@@ -186,6 +189,31 @@ class Reconciler:
         report = Report(tuple(outcomes), tuple(removed), tuple(errors))
         _log_summary("reconcile", report)
         return report
+
+    async def gc_request(self, req: CNIRequest) -> None:
+        """The ``GC`` verb: ``req.config`` names the network and lists the attachments the
+        runtime still has in ``cni.dev/valid-attachments`` (``[{"containerID", "ifname"}]``;
+        ``null`` is an empty list, Go's nil slice; libcni also sends it as
+        ``cni.dev/attachments``). Raises CNIError 1 for a config older than 1.1.0, 7 for a
+        missing name or a missing or malformed list (never read as "nothing is valid"), 999
+        naming every failure when the pass went on past some."""
+        name = req.config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidConfig("network configuration has no name")
+        if req.config.get("cniVersion") != GC_VERSION:
+            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"GC needs cniVersion {GC_VERSION}, config "
+                           f"has {req.config.get('cniVersion')!r}")
+        key = next((k for k in GC_KEYS if k in req.config), None)
+        if key is None:
+            raise InvalidConfig(f"GC needs {GC_KEYS[0]} in the network configuration")
+        listed = req.config[key] if req.config[key] is not None else []
+        if not isinstance(listed, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("containerID"), str)
+                and isinstance(x.get("ifname"), str) for x in listed):
+            raise InvalidConfig(f"{key} must be a list of {{containerID, ifname}} strings")
+        report = await self.gc(name, [(x["containerID"], x["ifname"]) for x in listed])
+        if report.errors:
+            raise CNIError(INTERNAL, f"GC incomplete: {'; '.join(report.errors)}")
 
     async def gc(self, network: str, valid: Iterable[tuple[str, str]]) -> Report:
         """CNI GC for ``network``: roll back every record of that network whose
