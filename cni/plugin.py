@@ -9,10 +9,13 @@ Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the refere
   link``, ``default via 169.254.1.1``) and the host end (proxy ARP, forwarding, up),
   tell felix (``workload_added``), install ``<ip>/32 dev <veth> scope link proto 90``.
   Any failure rolls back everything created, in reverse order. Repeating an ADD with
-  identical parameters returns the same result; a different one is an error.
+  identical parameters returns the same result, after completing the attachment if it is
+  half-wired (:mod:`cni.reconcile`); a different netns or MTU is an error. An ADD whose
+  caller went away before the answer is rolled back (:meth:`CNIPlugin.abandon`).
 * DEL ("DEL: Remove container from network"): idempotent; a missing netns, link,
   route or allocation is not an error. Always releases the IP. The host veth is retired
   (down, in a link group) and the pair deleted in batches by :meth:`CNIPlugin.reap`.
+* GC (CNI spec 1.1.0 "GC: Clean up any stale resources"): see :mod:`cni.reconcile`.
 * CHECK ("CHECK: Check container's networking is as expected"): allocation, host
   veth (up, proxy_arp=1), host route, pod address/MTU/routes; mismatch -> code 999
   with a message naming what is wrong.
@@ -331,15 +334,17 @@ class CNIPlugin:
                           readd: bool = True) -> dict[str, Any]:
         """ADD for an attachment IPAM already has: the same result if it is whole; repaired in
         place if it is half-wired (:func:`cni.reconcile.finish`); else rolled back and added
-        afresh (once: ``readd``). Different parameters are an error (code 999)."""
-        keys = ("netns", "host_ifname", "mtu")
+        afresh (once: ``readd``). A different netns or MTU is an error (code 999). The host
+        veth is the one the record names, whatever name this ADD would have picked."""
+        keys = ("netns", "mtu")
         diff = [k for k in keys if old.get(k) != new.get(k)]
         if diff:
             raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
                            f"already attached with different {', '.join(diff)}; DEL it first",
                            f"existing {dict((k, old.get(k)) for k in keys)}")
+        host_ifname = old.get("host_ifname") or new["host_ifname"]
         try:
-            problems = await self._problems(req, ip, new["host_ifname"], int(new["mtu"]))
+            problems = await self._problems(req, ip, host_ifname, int(new["mtu"]))
         except NetnsNotFound:
             await self.delete(req)  # code 3 tells the runtime not to DEL: nothing may stay
             raise
@@ -349,8 +354,8 @@ class CNIPlugin:
             handle = self.handle_key(new["network"], req)
             why = "; ".join(problems)
             try:
-                await _in_thread("repair", finish, self.wiring, ip, dict(old), self.protocol,
-                                 int(new["mtu"]))
+                await _in_thread("repair", finish, self.wiring, ip,
+                                 {**new, "host_ifname": host_ifname}, self.protocol, int(new["mtu"]))
                 log.warning("ADD %s: repeated for a broken attachment (%s); repaired", handle, why)
             except CNIError as e:
                 if not readd:
@@ -360,9 +365,9 @@ class CNIPlugin:
                             "rolling back and adding again", handle, why, e.msg)
                 await self.delete(req)
                 return await self.add(req, readd=False)
-        host = await _in_thread("read host veth", self.wiring.host_veth, new["host_ifname"])
+        host = await _in_thread("read host veth", self.wiring.host_veth, host_ifname)
         pod = await _in_thread("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
-        return self._result(version, new["host_ifname"], host.mac, req.ifname, pod.mac,
+        return self._result(version, host_ifname, host.mac, req.ifname, pod.mac,
                             req.netns, ip)
 
     # -- DEL --------------------------------------------------------------------------------

@@ -181,6 +181,17 @@ async def test_repeated_add_for_a_broken_attachment_repairs_it(env, upto):
     whole(wiring, ip, host)
 
 
+async def test_repeated_add_uses_the_host_veth_the_record_names(env):
+    """A record written under another host veth naming (an upgrade between ADD and its retry)
+    is still the same attachment."""
+    plugin, wiring, ipam, sink = env
+    handle, ip, host = crashed_add(plugin, "pod", host="prtoldnaming01")
+    result = await plugin.handle(req())
+    assert result["interfaces"][0]["name"] == "prtoldnaming01"
+    whole(wiring, ip, "prtoldnaming01")
+    assert set(wiring.host_links) == {"prtoldnaming01"}
+
+
 async def test_repeated_add_whose_repair_fails_starts_over(env):
     plugin, wiring, ipam, sink = env
     handle, ip, host = crashed_add(plugin, "route")
