@@ -338,17 +338,15 @@ class NetlinkWiring:
         return self._host(work)
 
     def host_route_exists(self, ip: IPv4Address, host_ifname: str, proto: int) -> bool:
+        # A kernel-filtered dump of the routes through that veth: CHECK, a repeated ADD and the
+        # restart reconciler ask this per pod, and the main table may hold 100k BGP routes.
         def work() -> bool:
-            with self._ipr(f"read routes of {host_ifname}") as ipr:
-                idx = _index(host_ifname)
-                if idx is None:
-                    return False
-                for r in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-                    if (r.get_attr("RTA_DST") == str(ip) and r["dst_len"] == 32
-                            and r.get_attr("RTA_OIF") == idx and r["proto"] == proto
-                            and r["scope"] == SCOPE_LINK):
-                        return True
+            idx = _index(host_ifname)
+            if idx is None:
                 return False
+            with self._nl(f"read routes of {host_ifname}") as nl:
+                return any(r.dst == IPv4Address(ip) and r.dst_len == 32 and r.scope == SCOPE_LINK
+                           for r in nl.routes(oif=idx, protocol=proto, table=MAIN_TABLE))
         return self._host(work)
 
     def list_host_veths(self, prefix: str) -> dict[str, bool]:

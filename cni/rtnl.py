@@ -38,11 +38,14 @@ NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLM_F_REPLACE = 0x100
 NLM_F_ACK_TLVS = 0x200  # in an NLMSG_ERROR: extended-ACK attributes follow
+NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10  # on a dump's messages: the table changed meanwhile, dump again
+NETLINK_GET_STRICT_CHK = 12
 NLMSGERR_ATTR_MSG = 1
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR = 20
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
@@ -161,7 +164,51 @@ def route(seq: int, action: str, dst: IPv4Address, dst_len: int, oif: int, *,
     return _msg(kind, flags, seq, body)
 
 
+def route_dump(seq: int, *, oif: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
+    """``ip route show table <table> proto <protocol> dev <oif>``: an RTM_GETROUTE dump that
+    the kernel filters itself on a socket with NETLINK_GET_STRICT_CHK (it still walks the whole
+    table, in-kernel: milliseconds at 100k routes where a pyroute2 dump took seconds)."""
+    body = (_RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, protocol, 0, 0, 0)
+            + _attr(RTA_TABLE, _U32.pack(table)) + _attr(RTA_OIF, _U32.pack(oif)))
+    return _NLMSGHDR.pack(16 + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
 # -- replies ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One IPv4 RTM_NEWROUTE of a dump: ``dst``/``dst_len``, ``oif`` (0 if none), ``protocol``,
+    ``scope``, ``table`` (RTA_TABLE, else the header's)."""
+
+    dst: IPv4Address
+    dst_len: int
+    oif: int
+    protocol: int
+    scope: int
+    table: int
+
+
+def parse_route(buf: bytes, off: int, end: int) -> RouteEntry | None:
+    """Decode the rtmsg + attributes at ``buf[off:end]``; None if it is not IPv4."""
+    family, dst_len, _, _, table, protocol, scope, _, _ = _RTMSG.unpack_from(buf, off)
+    if family != socket.AF_INET:
+        return None
+    dst, oif = IPv4Address(0), 0
+    pos = off + _RTMSG.size
+    while pos + 4 <= end:
+        n, kind = _RTA.unpack_from(buf, pos)
+        if n < 4:
+            break
+        kind &= 0x3FFF
+        if kind == RTA_DST and n >= 8:
+            dst = IPv4Address(bytes(buf[pos + 4:pos + 8]))
+        elif kind == RTA_OIF:
+            oif = _U32.unpack_from(buf, pos + 4)[0]
+        elif kind == RTA_TABLE:
+            table = _U32.unpack_from(buf, pos + 4)[0]
+        pos += (n + 3) & ~3
+    return RouteEntry(dst, dst_len, oif, protocol, scope, table)
+
 
 @dataclass(frozen=True)
 class Link:
@@ -285,6 +332,48 @@ class Rtnl:
         if isinstance(res, RtnlError):
             raise res
         return res
+
+    def routes(self, *, oif: int, protocol: int, table: int = RT_TABLE_MAIN,
+               attempts: int = 3) -> list[RouteEntry]:
+        """IPv4 routes of ``table`` and ``protocol`` through ``oif``. The kernel filters them
+        (strict checking is switched on for this socket: use a socket of its own for dumps);
+        they are filtered again here for kernels that do not. An interrupted dump (the table
+        changed meanwhile) is repeated, ``attempts`` times at most, then RtnlError EINTR."""
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass  # older kernel: it sends the whole table, the filter below still holds
+        for _ in range(attempts):
+            seq = self.next_seq()
+            self.sock.sendall(route_dump(seq, oif=oif, protocol=protocol, table=table))
+            out: list[RouteEntry] = []
+            interrupted = done = False
+            while not done:
+                buf = self.sock.recv(_RECV)
+                off = 0
+                while off + 16 <= len(buf):
+                    length, kind, flags, mseq, _ = _NLMSGHDR.unpack_from(buf, off)
+                    if length < 16:
+                        break
+                    end = off + length
+                    if mseq == seq:
+                        interrupted |= bool(flags & NLM_F_DUMP_INTR)
+                        if kind == NLMSG_DONE:
+                            done = True
+                        elif kind == NLMSG_ERROR:
+                            err = _ack_error(buf, off + 16, end, flags)
+                            if err is not None:
+                                raise err
+                            done = True
+                        elif kind == RTM_NEWROUTE:
+                            r = parse_route(buf, off + 16, end)
+                            if r is not None and r.oif == oif and r.protocol == protocol \
+                                    and r.table == table:
+                                out.append(r)
+                    off += (length + 3) & ~3
+            if not interrupted:
+                return out
+        raise RtnlError(_errno.EINTR, f"route dump interrupted {attempts} times")
 
     def link(self, ifname: str) -> Link | None:
         """The link called ``ifname`` in this socket's netns, or None (ENODEV)."""

@@ -133,3 +133,29 @@ async def test_gc_removes_attachments_the_runtime_no_longer_lists(host, plugin, 
     assert proto90(host) == {(r1["ips"][0]["address"].split("/")[0], v1)}
     assert set(plugin.ipam.allocations()) == {"podnet.cid1.eth0"}
     assert await plugin.handle(req("CHECK", netns_path(pod1), "cid1", "web-1")) is None
+
+
+def test_host_route_exists_is_exact_among_many_routes(host):
+    """The kernel-filtered dump answers for exactly ``ip/32 dev veth scope link proto 90`` in
+    the main table, whatever else is there."""
+    w = NetlinkWiring(host_netns=netns_path(host))
+    sh("ip", "link", "add", "prtrt00000001", "type", "veth", "peer", "name", "prtrt0000000p",
+       ns=host)
+    for dev in ("prtrt00000001", "prtrt0000000p"):
+        sh("ip", "link", "set", dev, "up", ns=host)
+    batch = "\n".join(f"route add 198.18.{1 + i // 250}.{i % 250}/32 dev dummy0 proto 186"
+                      for i in range(3000))
+    sh("ip", "-batch", "-", ns=host, input=batch + "\n")
+    for args in (["198.19.9.5/32", "dev", "prtrt00000001", "scope", "link", "proto", "90"],
+                 ["198.19.9.6/32", "dev", "prtrt0000000p", "scope", "link", "proto", "90"],
+                 ["198.19.9.7/32", "dev", "prtrt00000001", "scope", "link", "proto", "91"],
+                 ["198.19.9.8/32", "dev", "prtrt00000001", "scope", "link", "proto", "90",
+                  "table", "100"],
+                 ["198.19.9.9/32", "dev", "prtrt00000001", "scope", "global", "proto", "90"]):
+        sh("ip", "route", "add", *args, ns=host)
+    found = {ip: w.host_route_exists(IPv4Address(ip), "prtrt00000001", 90)
+             for ip in ("198.19.9.5", "198.19.9.6", "198.19.9.7", "198.19.9.8", "198.19.9.9",
+                        "198.18.1.1")}
+    assert found == {"198.19.9.5": True, "198.19.9.6": False, "198.19.9.7": False,
+                     "198.19.9.8": False, "198.19.9.9": False, "198.18.1.1": False}
+    assert w.host_route_exists(IPv4Address("198.19.9.5"), "prtnosuchdev1", 90) is False
