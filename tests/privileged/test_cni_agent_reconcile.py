@@ -1,0 +1,102 @@
+"""A real agent (``podroute node run``) started over the state a kill -9 mid-ADD leaves:
+its CNI server comes up only after the restart reconciler has finished the half-wired pod,
+released the IP nobody owns and removed our veth with no record."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cni.ipam import IPAM
+from nsutil import netns_path, sh
+
+pytestmark = pytest.mark.privileged
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK = IPv4Network("198.19.9.64/26")
+TUNNEL = BLOCK.network_address  # the agent reserves its block's first address
+
+
+def ipj(ns: str, *args: str):
+    return json.loads(sh("ip", "-j", *args, ns=ns).stdout or "[]")
+
+
+def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"agent exited with {proc.returncode} before {what}:\n"
+                        f"{log.read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def node(make_netns):
+    ns = make_netns("recn")
+    sh("ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p", ns=ns)
+    sh("ip", "addr", "add", "198.18.0.11/24", "dev", "dummy0", ns=ns)
+    sh("ip", "link", "set", "dummy0p", "up", ns=ns)
+    sh("ip", "link", "set", "dummy0", "up", ns=ns)
+    sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "dummy0", ns=ns)
+    return ns
+
+
+def test_agent_start_reconciles_before_serving(node, make_netns, tmp_path):
+    pod_a, ghost = make_netns("reca"), make_netns("recg")
+    state, run = tmp_path / "state", tmp_path / "run"
+    cfg = {"nodeName": "recon-1", "nodeIP": "198.18.0.11", "asn": 64512,
+           "podCIDRs": [str(BLOCK)],
+           "ipPools": [{"cidr": "198.19.0.0/16", "blockSize": 26, "ipipMode": "Never",
+                        "vxlanMode": "Never"}],
+           "mtu": 1400, "peers": [], "resyncInterval": 30,
+           "paths": {"stateDir": str(state), "runDir": str(run)}}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(cfg))
+    # An agent with no peers does not create its BGP state dir itself (noticed, not ours).
+    (state / "bgp").mkdir(parents=True)
+    ipam = IPAM(state / "ipam", [BLOCK], reserved=[TUNNEL])
+
+    def claim(cid: str, netns: str, host: str) -> IPv4Address:
+        attrs = {"network": "podroute", "container_id": cid, "ifname": "eth0", "netns": netns,
+                 "host_ifname": host, "mtu": 1400, "pod_namespace": None, "pod_name": None}
+        return ipam.claim(f"podroute.{cid}.eth0", attrs)[0].ip
+
+    ip_a = claim("cida", netns_path(pod_a), "prtagenta00001")  # killed right after the claim
+    claim("cidc", "/var/run/netns/prt-recgone-000000", "prtagentc00001")  # its netns is gone
+    sh("ip", "link", "add", "prtorphan00001", "type", "veth", "peer", "name", "eth0",
+       "netns", ghost, ns=node)  # our veth, no record
+
+    log = tmp_path / "agent.log"
+    proc = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-m", "podroute.cli",
+                             "node", "run", "--config", str(tmp_path / "node.yaml")],
+                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for("the CNI socket", (run / "cni.sock").exists, 60, proc, log)
+        links = {l["ifname"] for l in ipj(node, "link", "show")}
+        assert "prtagenta00001" in links and "prtorphan00001" not in links
+        assert [l["ifname"] for l in ipj(ghost, "link", "show")] == ["lo"]
+        assert set(ipam.allocations()) == {"podroute.cida.eth0"}
+        routes = {(r["dst"], r.get("dev")) for r in ipj(node, "route", "show", "proto", "90")}
+        assert (str(ip_a), "prtagenta00001") in routes
+        (eth0,) = [l for l in ipj(pod_a, "addr", "show") if l["ifname"] == "eth0"]
+        assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == [str(ip_a)]
+        text = log.read_text(errors="replace")
+        assert "finished" in text and "rolled back" in text and "no IPAM record" in text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
