@@ -1,6 +1,10 @@
-"""A real agent (``podroute node run``) started over the state a kill -9 mid-ADD leaves:
-its CNI server comes up only after the restart reconciler has finished the half-wired pod,
-released the IP nobody owns and removed our veth with no record."""
+"""A real agent (``podroute node run``) and the real shim, as issue 14 item 4 reproduced it:
+
+* started over the state a kill -9 mid-ADD leaves, its CNI server comes up only after the
+  restart reconciler has finished the half-wired pod, released the IP nobody owns and removed
+  our veth with no record;
+* SIGSTOPped for longer than the shim's timeout (the runtime gets code 11), it must not wire
+  that ADD once it runs again."""
 from __future__ import annotations
 
 import json
@@ -40,6 +44,39 @@ def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen, log: Path)
         time.sleep(0.05)
 
 
+def write_config(tmp_path: Path) -> tuple[Path, Path]:
+    """node.yaml for a one-node agent with no peers -> (state dir, run dir)."""
+    state, run = tmp_path / "state", tmp_path / "run"
+    cfg = {"nodeName": "recon-1", "nodeIP": "198.18.0.11", "asn": 64512,
+           "podCIDRs": [str(BLOCK)],
+           "ipPools": [{"cidr": "198.19.0.0/16", "blockSize": 26, "ipipMode": "Never",
+                        "vxlanMode": "Never"}],
+           "mtu": 1400, "peers": [], "resyncInterval": 30,
+           "paths": {"stateDir": str(state), "runDir": str(run)}}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(cfg))
+    # An agent with no peers does not create its BGP state dir itself (noticed, not ours).
+    (state / "bgp").mkdir(parents=True)
+    return state, run
+
+
+def start_agent(ns: str, tmp_path: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "podroute.cli",
+                             "node", "run", "--config", str(tmp_path / "node.yaml")],
+                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_agent(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 @pytest.fixture
 def node(make_netns):
     ns = make_netns("recn")
@@ -53,16 +90,7 @@ def node(make_netns):
 
 def test_agent_start_reconciles_before_serving(node, make_netns, tmp_path):
     pod_a, ghost = make_netns("reca"), make_netns("recg")
-    state, run = tmp_path / "state", tmp_path / "run"
-    cfg = {"nodeName": "recon-1", "nodeIP": "198.18.0.11", "asn": 64512,
-           "podCIDRs": [str(BLOCK)],
-           "ipPools": [{"cidr": "198.19.0.0/16", "blockSize": 26, "ipipMode": "Never",
-                        "vxlanMode": "Never"}],
-           "mtu": 1400, "peers": [], "resyncInterval": 30,
-           "paths": {"stateDir": str(state), "runDir": str(run)}}
-    (tmp_path / "node.yaml").write_text(yaml.safe_dump(cfg))
-    # An agent with no peers does not create its BGP state dir itself (noticed, not ours).
-    (state / "bgp").mkdir(parents=True)
+    state, run = write_config(tmp_path)
     ipam = IPAM(state / "ipam", [BLOCK], reserved=[TUNNEL])
 
     def claim(cid: str, netns: str, host: str) -> IPv4Address:
@@ -76,10 +104,7 @@ def test_agent_start_reconciles_before_serving(node, make_netns, tmp_path):
        "netns", ghost, ns=node)  # our veth, no record
 
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-m", "podroute.cli",
-                             "node", "run", "--config", str(tmp_path / "node.yaml")],
-                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = start_agent(node, tmp_path, log)
     try:
         wait_for("the CNI socket", (run / "cni.sock").exists, 60, proc, log)
         links = {l["ifname"] for l in ipj(node, "link", "show")}
@@ -93,10 +118,31 @@ def test_agent_start_reconciles_before_serving(node, make_netns, tmp_path):
         text = log.read_text(errors="replace")
         assert "finished" in text and "rolled back" in text and "no IPAM record" in text
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_agent(proc)
+
+
+def test_add_abandoned_while_the_agent_was_stopped_is_not_wired(node, make_netns, tmp_path):
+    pod = make_netns("recs")
+    state, run = write_config(tmp_path)
+    log = tmp_path / "agent.log"
+    proc = start_agent(node, tmp_path, log)
+    try:
+        wait_for("the CNI socket", (run / "cni.sock").exists, 60, proc, log)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        conf = {"cniVersion": "1.0.0", "name": "podroute", "type": "podroute",
+                "agentSocket": str(run / "cni.sock"), "agentTimeout": 1}
+        shim = subprocess.run(
+            ["/usr/bin/python3", "-I", "-S", str(ROOT / "cni" / "shim.py")],
+            input=json.dumps(conf), capture_output=True, text=True, timeout=30,
+            env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "stopped1", "CNI_NETNS": netns_path(pod),
+                 "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"})
+        assert shim.returncode == 1 and json.loads(shim.stdout)["code"] == 11  # the runtime's view
+        os.killpg(proc.pid, signal.SIGCONT)
+        wait_for("the agent to take up the abandoned ADD",
+                 lambda: "stopped1" in log.read_text(errors="replace"), 30, proc, log)
+        assert IPAM(state / "ipam", [BLOCK], reserved=[TUNNEL]).allocations() == {}
+        assert not [l for l in ipj(node, "link", "show") if l["ifname"].startswith("prt")]
+        assert [l["ifname"] for l in ipj(pod, "link", "show")] == ["lo"]
+        assert ipj(node, "route", "show", "proto", "90", "scope", "link") == []
+    finally:
+        stop_agent(proc)
