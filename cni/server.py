@@ -58,7 +58,7 @@ class CNIServer:
         self.handler = handler
         self.ready = asyncio.Event()
         self.served = 0
-        self.abandoned = 0  # ADDs rolled back because their caller had gone
+        self.abandoned = 0  # ADDs skipped or rolled back because their caller had gone
 
     def _remove_stale(self) -> None:
         try:
@@ -185,4 +185,3 @@ def _peer_gone(writer: asyncio.StreamWriter) -> bool:
     p = select.poll()
     p.register(sock.fileno(), select.POLLIN)
     return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in p.poll(0))
-

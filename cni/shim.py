@@ -20,7 +20,7 @@ Behaviour (mirrors the reference plugins' ``skel`` package):
 * Anything else -> code 4.
 
 Error codes produced here (CNI spec 1.0.0 "Well-known Error Codes"):
-1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0),
+1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0, GC older than 1.1.0),
 4 missing/invalid CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS (ADD/CHECK), CNI_IFNAME,
 CNI_PATH, malformed CNI_ARGS, 6 stdin is not a JSON object, 7 config lacks
 ``cniVersion``/``name`` or has a bad ``agentSocket``/``agentTimeout``, 11 the agent is
