@@ -146,3 +146,49 @@ def test_add_abandoned_while_the_agent_was_stopped_is_not_wired(node, make_netns
         assert ipj(node, "route", "show", "proto", "90", "scope", "link") == []
     finally:
         stop_agent(proc)
+
+
+def run_shim(command: str, conf: dict, **env: str) -> tuple[int, dict | None]:
+    p = subprocess.run(["/usr/bin/python3", "-I", "-S", str(ROOT / "cni" / "shim.py")],
+                       input=json.dumps(conf), capture_output=True, text=True, timeout=60,
+                       env={"CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin", **env})
+    return p.returncode, (json.loads(p.stdout) if p.stdout.strip() else None)
+
+
+def test_gc_against_a_live_agent(node, make_netns, tmp_path):
+    """CNI 1.1 GC through the shim and a running agent: the attachment the runtime no longer
+    lists loses its IP, host veth and route; the listed one keeps working."""
+    pods = {cid: make_netns("gcp") for cid in ("keep1", "stale1")}
+    state, run = write_config(tmp_path)
+    log = tmp_path / "agent.log"
+    proc = start_agent(node, tmp_path, log)
+    try:
+        wait_for("the CNI socket", (run / "cni.sock").exists, 60, proc, log)
+        conf = {"cniVersion": "1.0.0", "name": "podroute", "type": "podroute",
+                "agentSocket": str(run / "cni.sock")}
+        results = {}
+        for cid, pod in pods.items():
+            rc, results[cid] = run_shim("ADD", conf, CNI_CONTAINERID=cid,
+                                        CNI_NETNS=netns_path(pod), CNI_IFNAME="eth0")
+            assert rc == 0, results[cid]
+        gc_conf = {**conf, "cniVersion": "1.1.0",
+                   "cni.dev/valid-attachments": [{"containerID": "keep1", "ifname": "eth0"}]}
+        assert run_shim("GC", gc_conf) == (0, None)
+        stale_veth = results["stale1"]["interfaces"][0]["name"]
+        keep_veth = results["keep1"]["interfaces"][0]["name"]
+        keep_ip = results["keep1"]["ips"][0]["address"].split("/")[0]
+        wait_for("the stale veth pair to be deleted",
+                 lambda: stale_veth not in {l["ifname"] for l in ipj(node, "link", "show")},
+                 10, proc, log)
+        assert [l["ifname"] for l in ipj(pods["stale1"], "link", "show")] == ["lo"]
+        assert set(IPAM(state / "ipam", [BLOCK], reserved=[TUNNEL]).allocations()) == {
+            "podroute.keep1.eth0"}
+        routes = {(r["dst"], r["dev"]) for r in ipj(node, "route", "show", "proto", "90",
+                                                    "scope", "link")}
+        assert routes == {(keep_ip, keep_veth)}
+        rc, out = run_shim("CHECK", {**conf, "prevResult": results["keep1"]},
+                           CNI_CONTAINERID="keep1", CNI_NETNS=netns_path(pods["keep1"]),
+                           CNI_IFNAME="eth0")
+        assert (rc, out) == (0, None)
+    finally:
+        stop_agent(proc)
