@@ -360,6 +360,8 @@ class Speaker:
         if self.config.peers:
             self._write_config(render_config(self.config, self.socket_path, self._relay_python))
         try:
+            # Without peers no config is rendered, and the relay socket still needs the dir.
+            Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
             self.socket_path.unlink(missing_ok=True)
         except OSError as exc:
             raise BGPError(f"cannot prepare state dir {self.config.state_dir}: {exc}") from exc

@@ -246,3 +246,17 @@ def test_exabgp_python_runs_the_launcher(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ExaBGP : 5.0." in out.stdout
     assert "fast path off" not in out.stdout + out.stderr
+
+
+async def test_run_without_peers_creates_its_state_dir(tmp_path):
+    # The first node of a mesh has no peer yet: no config is rendered, and the relay socket
+    # still needs its directory (it used to crash the agent at start).
+    state = tmp_path / "state" / "bgp"
+    cfg = SpeakerConfig(router_id=NODE, local_as=64512, local_address=NODE, peers=(), announce=(),
+                        import_pools=(), own_blocks=(), node_ip=NODE, state_dir=state)
+    sp = Speaker(cfg, lambda r: None)
+    run = asyncio.create_task(sp.run())
+    await wait_until(lambda: sp.socket_path.exists() or run.done(), 5, "the relay socket")
+    assert not run.done(), run.exception()
+    await asyncio.wait_for(sp.stop(), 5)
+    await asyncio.wait_for(run, 5)
