@@ -6,7 +6,11 @@ The only module of ``cni`` that speaks netlink. ADD and DEL (the path a pod wait
 Pod-namespace sockets are opened by a short-lived thread that ``setns(2)``s into the
 CNI_NETNS path (a netlink socket stays in the netns it was created in; ``IPRoute(netns=...)``
 forks a helper and would *create* a missing namespace). A missing netns path is
-:class:`~cni.errors.NetnsNotFound`, never created.
+:class:`~cni.errors.NetnsNotFound`, never created. An existing path that is not a network
+namespace (filesystem type not ``NSFS_MAGIC``, as the reference plugins' ``ns.IsNSorErr``
+checks; or an nsfs file of another namespace type) is :class:`~cni.errors.NotANetns`
+(code 4), checked on the descriptor that is then used, and so is the agent's own namespace
+given as a pod's. DEL treats both like a namespace that is gone.
 
 DEL retires the host veth (down, moved to link group :data:`RETIRED_GROUP`) instead of
 deleting it: unregistering a netdev waits for RCU grace periods with the RTNL held (~20 ms
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -34,7 +39,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
 from .errors import (HOST_NS, TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound,
-                     WiringError)
+                     NotANetns, WiringError)
 from .rtnl import Rtnl, RtnlError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
@@ -42,6 +47,10 @@ T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 SCOPE_LINK = 253
 MAIN_TABLE = 254
+NSFS_MAGIC = 0x6E736673  # statfs f_type of namespace files (linux/magic.h)
+NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file (Linux 4.11+)
+_STATFS_SIZE = 256  # bytes; struct statfs is 120 on 64-bit Linux, f_type its first field
+_IS_HOST = "it is the host's own network namespace"
 RETIRED_GROUP = 0x70727464  # IFLA_GROUP of retired host veths ("prtd"); never 0 (default group)
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR}
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,19 +73,64 @@ def _wrap(what: str, e: BaseException) -> CNIError:
                        code=TRY_AGAIN_LATER if code in _TRANSIENT else 999)
 
 
-def _open_netns(path: str) -> int:
+def _fs_type(fd: int) -> int:
+    """statfs(2) ``f_type`` of the file open at ``fd``. Raises OSError."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _check_netns_fd(path: str, fd: int) -> None:
+    """Raise NotANetns unless ``fd`` is a network namespace file."""
+    fs = _fs_type(fd)
+    if fs != NSFS_MAGIC:
+        raise NotANetns(path, f"not a namespace file (filesystem type {fs:#x}, want nsfs "
+                              f"{NSFS_MAGIC:#x}); was its bind mount removed?")
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return  # kernel without NS_GET_NSTYPE: setns(CLONE_NEWNET) still refuses other types
+    if kind != CLONE_NEWNET:
+        raise NotANetns(path, f"a namespace of another type (CLONE_NEW* {kind:#x})")
+
+
+def _open_netns(path: str) -> int:
+    """An O_RDONLY descriptor of the network namespace at ``path``. Raises NetnsNotFound,
+    NotANetns (exists but is no network namespace) or WiringError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as e:
         raise NetnsNotFound(path, str(e)) from e
     except OSError as e:
         raise _wrap(f"open network namespace {path}", e) from e
+    try:
+        _check_netns_fd(path, fd)
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise _wrap(f"statfs network namespace {path}", e) from e
+        raise
+    return fd
 
 
-def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+def _same_file(fd: int, path: str) -> bool:
+    a, b = os.fstat(fd), os.stat(path)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def run_in_netns(path: str, fn: Callable[[], T], not_host: str | None = None) -> T:
     """Run ``fn`` in a fresh thread switched into the netns at ``path``; return its result
-    or re-raise its exception. Raises NetnsNotFound / WiringError if setns fails."""
+    or re-raise its exception. Raises NetnsNotFound / NotANetns / WiringError if setns fails;
+    NotANetns also if ``not_host`` (a netns path) names the same namespace as ``path``."""
     fd = _open_netns(path)
+    try:
+        if not_host is not None and _same_file(fd, not_host):
+            raise NotANetns(path, _IS_HOST)
+    except BaseException:
+        os.close(fd)
+        raise
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -176,6 +230,12 @@ class NetlinkWiring:
         except OSError as e:
             raise _wrap(what, e) from e
 
+    @property
+    def _host_ns_path(self) -> str:
+        """The host namespace as a path any thread of ours can stat (worker threads never
+        setns: :func:`run_in_netns` uses fresh threads)."""
+        return self.host_netns or "/proc/self/ns/net"
+
     def _host(self, fn: Callable[[], T]) -> T:
         if self.host_netns is None:
             return fn()
@@ -188,6 +248,9 @@ class NetlinkWiring:
         def work() -> None:
             fd = _open_netns(netns)
             try:
+                # the pod end's routes (a default route) would land in the host namespace
+                if _same_file(fd, self._host_ns_path):
+                    raise NotANetns(netns, _IS_HOST)
                 with self._nl(f"create veth {host_ifname}") as nl:
                     try:
                         nl.call(rtnl.veth_new(nl.next_seq(), host_ifname, pod_ifname, fd, mtu))
@@ -273,9 +336,15 @@ class NetlinkWiring:
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
         what = f"delete {pod_ifname} in {netns}"
         try:
-            return run_in_netns(netns, lambda: self._delete_link(what, pod_ifname))
+            # never the host's namespace: CNI_IFNAME there may be the node's own uplink
+            return run_in_netns(netns, lambda: self._delete_link(what, pod_ifname),
+                                not_host=self._host_ns_path)
         except NetnsNotFound:
             return False
+        except NotANetns as e:
+            if e.reason == _IS_HOST:
+                raise
+            return False  # a file left after its bind mount vanished: the namespace is gone
 
     def retire_host_veth(self, host_ifname: str) -> bool:
         def work() -> bool:
