@@ -275,8 +275,12 @@ class NetlinkWiring:
                 rtnl.link_set(seq(), 1, up=True),  # lo is always ifindex 1 in a netns
                 rtnl.addr_add(seq(), idx, ip, 32),
                 rtnl.link_set(seq(), idx, up=True, mtu=mtu),
-                rtnl.route(seq(), "replace", GATEWAY, 32, idx, scope=SCOPE_LINK, proto=4),
-                rtnl.route(seq(), "replace", IPv4Address(0), 0, idx, gateway=GATEWAY, proto=4),
+                # metric = ifindex: each attachment of the netns (eth0, Multus' net1) keeps
+                # its own two routes; "replace" at metric 0 would take the other's
+                rtnl.route(seq(), "replace", GATEWAY, 32, idx, scope=SCOPE_LINK, proto=4,
+                           metric=idx),
+                rtnl.route(seq(), "replace", IPv4Address(0), 0, idx, gateway=GATEWAY, proto=4,
+                           metric=idx),
             ])
             _check(results, what, frozenset({errno.EEXIST}))
             return link.mac

@@ -4,7 +4,9 @@ Operations mirror Calico's workload wiring (calico-cni ``dataplane/linux``) and 
 reference ``ptp`` plugin, without a bridge:
 
 * pod side: ``lo`` up, ``<ip>/32`` on CNI_IFNAME, MTU, up, ``169.254.1.1 dev <if> scope
-  link``, ``default via 169.254.1.1 dev <if>``;
+  link``, ``default via 169.254.1.1 dev <if>``, both at metric = the pod interface's
+  ifindex, so several attachments in one netns each keep their routes (the first one
+  created, lowest index, carries the traffic) and removing one leaves the others';
 * host side: ``proxy_arp=1``, ``neigh/<veth>/proxy_delay=0``, ``forwarding=1``, up;
   route ``<ip>/32 dev <veth> scope link proto <proto>``.
 
