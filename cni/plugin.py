@@ -18,8 +18,7 @@ Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the refere
   proxy_arp=1), host route, pod address/MTU/routes, and prevResult's address and interface
   MACs against the real ones (:mod:`cni.check`); mismatch -> code 999 naming what is wrong.
 * STATUS (CNI 1.1 "STATUS: Check plugin status"; configs of cniVersion 1.1.0 and later):
-  success when the agent can wire pods; code 50 with the reason when its readiness callable
-  names one, the IPAM state is unreadable, or no address is free.
+  success when the agent can wire pods, code 50 with the reason otherwise (:mod:`cni.status`).
 
 Attachments are keyed as the spec keys them: (container ID, network name, CNI_IFNAME), the
 IPAM handle ``"<network>.<containerID>.<ifname>"``. Host veth name: ``host_prefix`` + the
@@ -43,9 +42,11 @@ from typing import Any, Callable, Mapping, Protocol, TypeVar
 from . import validate
 from .check import observe, prev_result_problems
 from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
-                     PLUGIN_NOT_AVAILABLE, CNIError, InterfaceExists, InvalidConfig)
+                     CNIError, InterfaceExists, InvalidConfig)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
+from .reaper import Reaper
+from .status import plugin_status
 from .wiring import GATEWAY, Wiring
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 _OLD_RESULT_FORMAT = ("0.3.0", "0.3.1", "0.4.0")  # ips[] entries carry "version": "4"
-STATUS_SINCE = (1, 1, 0)  # CNI spec 1.1: STATUS exists for configs of this version and later
 
 
 async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -77,12 +77,6 @@ async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
         raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
 
 
-def _log_task_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s failed: %r (retired veths stay until the next DEL or agent start)",
-                  task.get_name(), task.exception())
-
-
 class WorkloadSink(Protocol):
     """Receives workload lifecycle events (felix owns the /32 route and repairs drift)."""
 
@@ -96,10 +90,6 @@ def host_ifname_for(prefix: str, container_id: str, network: str, ifname: str) -
     characters (IFNAMSIZ - 1): 12 digits (48 bits) under the 3-character ``prt``."""
     key = f"{container_id}/{network}/{ifname}"
     return (prefix + hashlib.sha1(key.encode()).hexdigest())[:validate.MAX_IFNAME]
-
-
-def _version(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in v.split("."))
 
 
 class CNIPlugin:
@@ -129,11 +119,9 @@ class CNIPlugin:
         self.protocol = protocol
         self.workloads = workloads
         self.host_prefix = host_prefix
-        self.reap_delay = reap_delay
         self.readiness = readiness
         self._lock = asyncio.Lock()
-        self._reaper: asyncio.Task | None = None
-        self._reap_wanted = False
+        self._reaper = Reaper(self.reap, reap_delay)
 
     # -- CNIHandler -------------------------------------------------------------------------
 
@@ -172,14 +160,18 @@ class CNIPlugin:
     def _parse_config(self, config: Mapping[str, Any]) -> tuple[str, str, int]:
         """-> (network name, cniVersion, mtu). Raises InvalidConfig (7) / CNIError (1)."""
         name = validate.network_name(config.get("name"))
-        version = config.get("cniVersion")
-        if version not in SUPPORTED_VERSIONS:
-            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"incompatible CNI version "
-                           f"{validate.shown(str(version))}; supported {list(SUPPORTED_VERSIONS)}")
+        version = self._check_version(config.get("cniVersion"))
         mtu = config.get("mtu", self.mtu)
         if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise InvalidConfig(f"mtu {mtu!r} must be an integer in 68..65535")
         return name, version, mtu
+
+    @staticmethod
+    def _check_version(version: Any) -> str:
+        if version not in SUPPORTED_VERSIONS:
+            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"incompatible CNI version "
+                           f"{validate.shown(str(version))}; supported {list(SUPPORTED_VERSIONS)}")
+        return version
 
     @staticmethod
     def handle_key(network: str, req: CNIRequest) -> str:
@@ -404,26 +396,16 @@ class CNIPlugin:
 
     # -- retired veths ----------------------------------------------------------------------
 
-    def _schedule_reap(self) -> None:
-        """Ask for a reap after this DEL's retirement. A reaper already running reaps once
-        more after its current round: its group deletion may have gone to the kernel before
-        this veth joined the group."""
-        self._reap_wanted = True
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop(),
-                                                                  name="cni-reap")
-            self._reaper.add_done_callback(_log_task_failure)
+    @property
+    def reap_delay(self) -> float:
+        return self._reaper.delay
 
-    async def _reap_loop(self) -> None:
-        # One round per burst of DELs; bounded: every round consumes a DEL's request.
-        while self._reap_wanted:
-            await asyncio.sleep(self.reap_delay)
-            self._reap_wanted = False  # DELs from here on need another round
-            try:
-                await self.reap()
-            except CNIError as e:
-                log.error("deleting retired veths failed: %s (retried at the next DEL or "
-                          "agent start)", e.msg)
+    @reap_delay.setter
+    def reap_delay(self, seconds: float) -> None:
+        self._reaper.delay = seconds
+
+    def _schedule_reap(self) -> None:
+        self._reaper.schedule()
 
     async def reap(self) -> bool:
         """Delete every retired veth pair now (one netlink request for all); True if there
@@ -460,30 +442,9 @@ class CNIPlugin:
     # -- STATUS -----------------------------------------------------------------------------
 
     async def status(self, req: CNIRequest) -> None:
-        """CNI STATUS: returns when the agent can service ADD; raises CNIError 50 (plugin not
-        available) with the reason otherwise, 1 for a config older than 1.1.0 (as libcni's
-        skel), 7 for a config without a valid name."""
+        """CNI STATUS (see :mod:`cni.status`): returns when the agent can service ADD; raises
+        CNIError 50 with the reason otherwise, 1 for a config older than 1.1.0, 7 for a
+        config without a valid name."""
         validate.network_name(req.config.get("name"))
-        version = req.config.get("cniVersion")
-        if version not in SUPPORTED_VERSIONS:
-            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"incompatible CNI version "
-                           f"{validate.shown(str(version))}; supported {list(SUPPORTED_VERSIONS)}")
-        if _version(version) < STATUS_SINCE:
-            raise CNIError(INCOMPATIBLE_CNI_VERSION,
-                           f"config version {version} does not allow STATUS (1.1.0 or later)")
-        if self.readiness is not None:
-            try:
-                reason = self.readiness()
-            except Exception as e:  # a readiness bug must still answer STATUS
-                log.exception("STATUS: readiness check failed")
-                reason = f"readiness check failed: {e!r}"
-            if reason:
-                raise CNIError(PLUGIN_NOT_AVAILABLE, f"podroute agent is not ready: {reason}")
-        try:
-            free = await _in_thread("IPAM read", self.ipam.free_count)
-        except CNIError as e:
-            raise CNIError(PLUGIN_NOT_AVAILABLE, f"IPAM state is not usable: {e.msg}",
-                           e.details) from e
-        if free <= 0:
-            raise CNIError(PLUGIN_NOT_AVAILABLE, "no free address in IPAM blocks "
-                           + ", ".join(map(str, self.ipam.blocks)))
+        await plugin_status(self._check_version(req.config.get("cniVersion")), self.ipam,
+                            self.readiness)
