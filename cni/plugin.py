@@ -316,19 +316,20 @@ class CNIPlugin:
 
     async def _repeat_add(self, req: CNIRequest, ip: IPv4Address, old: Mapping[str, Any],
                           new: Mapping[str, Any], version: str) -> dict[str, Any]:
-        keys = ("netns", "host_ifname", "mtu")
+        keys = ("netns", "mtu")  # what the request sets; the host name is the allocation's
         diff = [k for k in keys if old.get(k) != new.get(k)]
+        host_ifname = old.get("host_ifname") or new["host_ifname"]  # kept across renames
         if diff:
             raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
                            f"already attached with different {', '.join(diff)}; DEL it first",
                            f"existing {dict((k, old.get(k)) for k in keys)}")
         seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
-                                req.netns, req.ifname, ip, new["host_ifname"], int(new["mtu"]))
+                                req.netns, req.ifname, ip, host_ifname, int(new["mtu"]))
         if seen.problems or seen.host is None or seen.pod is None:
             raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
                            f"already attached but broken: {'; '.join(seen.problems)}; "
                            "DEL it first")
-        return self._result(version, new["host_ifname"], seen.host.mac, req.ifname,
+        return self._result(version, host_ifname, seen.host.mac, req.ifname,
                             seen.pod.mac, req.netns, ip)
 
     # -- DEL --------------------------------------------------------------------------------

@@ -296,3 +296,18 @@ def test_validation_rejects_id_over_limit_and_accepts_at_limit():
         validate.container_id("a" * (validate.MAX_CONTAINER_ID + 1))
     assert ei.value.code == 4 and str(validate.MAX_CONTAINER_ID) in ei.value.msg
 
+
+
+async def test_attachments_made_under_the_old_host_name_still_work(env):
+    """An allocation recorded before the naming change keeps its veth name for a repeated
+    ADD, CHECK and DEL (the name is read from the allocation, not recomputed)."""
+    plugin, wiring, ipam = env
+    plugin.host_ifname = lambda r: "prtold00000000"  # type: ignore[method-assign]
+    first = await plugin.handle(req())
+    del plugin.host_ifname  # back to the (container ID, network, ifname) name
+    assert plugin.host_ifname(req()) != "prtold00000000"
+    assert await plugin.handle(req()) == first
+    await assert_checks(plugin, req(), first)
+    await plugin.handle(req("DEL"))
+    await plugin.reap()
+    assert wiring.host_links == {} and ipam.allocations() == {}
