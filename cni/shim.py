@@ -191,7 +191,9 @@ def validate_ifname(name):
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         raise ShimError(E_INVALID_ENV, what + " is not valid UTF-8")
-    if not 0 < size <= MAX_IFNAME:
+    if not size:
+        raise ShimError(E_INVALID_ENV, "CNI_IFNAME is required")
+    if size > MAX_IFNAME:
         raise ShimError(E_INVALID_ENV, "%s is too long: %d bytes, at most %d"
                         % (what, size, MAX_IFNAME))
     if name in (".", ".."):
