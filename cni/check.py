@@ -94,5 +94,5 @@ def prev_result_problems(prev: Mapping[str, Any], ifname: str, netns: str, host_
             continue
         want = _mac(entry.get("mac"))
         if want is not None and state is not None and state.mac.lower() != want:
-            problems.append(f"{what} {name} has MAC {state.mac}, prevResult says {want}")
+            problems.append(f"{what} {name} has MAC {state.mac}, prevResult says {want!r}")
     return problems

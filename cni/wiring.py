@@ -13,7 +13,8 @@ reference ``ptp`` plugin, without a bridge:
 "host" is the namespace the agent runs in; ``netns`` is always a CNI_NETNS *path*
 (``/var/run/netns/x`` or ``/proc/<pid>/ns/net``) and is never created by the seam.
 Every implementation raises only :class:`cni.errors.CNIError` subclasses
-(:class:`~cni.errors.NetnsNotFound`, :class:`~cni.errors.InterfaceExists`,
+(:class:`~cni.errors.NetnsNotFound`, :class:`~cni.errors.NotANetns` for a path that is no
+network namespace or is the host's own, :class:`~cni.errors.InterfaceExists`,
 :class:`~cni.errors.WiringError`).
 """
 from __future__ import annotations
@@ -78,7 +79,9 @@ class Wiring(Protocol):
         """Delete the veth pair by its host name; False if it was not there."""
 
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
-        """Delete the pod end (and thus the pair); False if netns or link is missing."""
+        """Delete the pod end (and thus the pair); False if netns or link is missing or the
+        path is no network namespace (DEL: gone). Raises NotANetns if ``netns`` is the host's
+        own namespace (its CNI_IFNAME may be the node's uplink)."""
 
     def retire_host_veth(self, host_ifname: str) -> bool:
         """Take the host end down and mark it for :meth:`reap_retired` (the pod is detached
