@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import socket
 import threading
@@ -40,20 +39,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import rtnl
 from .errors import (HOST_NS, TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound,
                      NotANetns, WiringError)
+from .netnsfile import CLONE_NEWNET, IS_HOST as _IS_HOST, check_netns_fd as _check_netns_fd
+from .netnsfile import same_file as _same_file
 from .rtnl import Rtnl, RtnlError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
 SCOPE_LINK = 253
 MAIN_TABLE = 254
-NSFS_MAGIC = 0x6E736673  # statfs f_type of namespace files (linux/magic.h)
-NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file (Linux 4.11+)
-_STATFS_SIZE = 256  # bytes; struct statfs is 120 on 64-bit Linux, f_type its first field
-_IS_HOST = "it is the host's own network namespace"
 RETIRED_GROUP = 0x70727464  # IFLA_GROUP of retired host veths ("prtd"); never 0 (default group)
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR}
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # setns
 
 
 def _errno(e: BaseException) -> int | None:
@@ -73,29 +69,6 @@ def _wrap(what: str, e: BaseException) -> CNIError:
                        code=TRY_AGAIN_LATER if code in _TRANSIENT else 999)
 
 
-def _fs_type(fd: int) -> int:
-    """statfs(2) ``f_type`` of the file open at ``fd``. Raises OSError."""
-    buf = ctypes.create_string_buffer(_STATFS_SIZE)
-    if _libc.fstatfs(fd, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-
-
-def _check_netns_fd(path: str, fd: int) -> None:
-    """Raise NotANetns unless ``fd`` is a network namespace file."""
-    fs = _fs_type(fd)
-    if fs != NSFS_MAGIC:
-        raise NotANetns(path, f"not a namespace file (filesystem type {fs:#x}, want nsfs "
-                              f"{NSFS_MAGIC:#x}); was its bind mount removed?")
-    try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        return  # kernel without NS_GET_NSTYPE: setns(CLONE_NEWNET) still refuses other types
-    if kind != CLONE_NEWNET:
-        raise NotANetns(path, f"a namespace of another type (CLONE_NEW* {kind:#x})")
-
-
 def _open_netns(path: str) -> int:
     """An O_RDONLY descriptor of the network namespace at ``path``. Raises NetnsNotFound,
     NotANetns (exists but is no network namespace) or WiringError."""
@@ -113,11 +86,6 @@ def _open_netns(path: str) -> int:
             raise _wrap(f"statfs network namespace {path}", e) from e
         raise
     return fd
-
-
-def _same_file(fd: int, path: str) -> bool:
-    a, b = os.fstat(fd), os.stat(path)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def run_in_netns(path: str, fn: Callable[[], T], not_host: str | None = None) -> T:
