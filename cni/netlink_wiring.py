@@ -7,10 +7,9 @@ Pod-namespace sockets are opened by a short-lived thread that ``setns(2)``s into
 CNI_NETNS path (a netlink socket stays in the netns it was created in; ``IPRoute(netns=...)``
 forks a helper and would *create* a missing namespace). A missing netns path is
 :class:`~cni.errors.NetnsNotFound`, never created. An existing path that is not a network
-namespace (filesystem type not ``NSFS_MAGIC``, as the reference plugins' ``ns.IsNSorErr``
-checks; or an nsfs file of another namespace type) is :class:`~cni.errors.NotANetns`
-(code 4), checked on the descriptor that is then used, and so is the agent's own namespace
-given as a pod's. DEL treats both like a namespace that is gone.
+namespace (:mod:`cni.netnsfile`) is :class:`~cni.errors.NotANetns` (code 4), and so is
+the agent's own namespace given as a pod's. DEL treats the first like a namespace that is
+gone and refuses the second (it would delete the node's own CNI_IFNAME).
 
 DEL retires the host veth (down, moved to link group :data:`RETIRED_GROUP`) instead of
 deleting it: unregistering a netdev waits for RCU grace periods with the RTNL held (~20 ms
