@@ -1,7 +1,8 @@
 """CNI error codes and the exception hierarchy of the ``cni`` package.
 
 Source: CNI spec 1.0.0, section "Error" and its table "Well-known Error Codes"
-(codes 50/51 come from CNI spec 1.1 "STATUS"). Codes 1-99 are reserved by the
+(codes 50/51 come from CNI spec 1.1 "STATUS: Check plugin status", named as libcni's
+``types.ErrPluginNotAvailable``/``ErrLimitedConnectivity``). Codes 1-99 are reserved by the
 spec; 100+ are plugin-specific. ``999`` is what the reference plugins' skel
 (``types.ErrInternal``) uses for "other", and what we use for any failure that
 has no better well-known code.
@@ -21,8 +22,8 @@ IO_FAILURE = 5
 DECODING_FAILURE = 6
 INVALID_NETWORK_CONFIG = 7
 TRY_AGAIN_LATER = 11
-NETWORK_NOT_AVAILABLE = 50  # CNI 1.1 STATUS
-PLUGIN_NOT_AVAILABLE = 51  # CNI 1.1 STATUS
+PLUGIN_NOT_AVAILABLE = 50  # CNI 1.1: cannot service ADD requests
+LIMITED_CONNECTIVITY = 51  # CNI 1.1: not available, and existing containers may be affected
 INTERNAL = 999  # "other": the reference plugins' skel uses 999 as well
 
 CODE_NAMES = {
@@ -34,8 +35,8 @@ CODE_NAMES = {
     DECODING_FAILURE: "failed to decode content",
     INVALID_NETWORK_CONFIG: "invalid network config",
     TRY_AGAIN_LATER: "try again later",
-    NETWORK_NOT_AVAILABLE: "network not available",
     PLUGIN_NOT_AVAILABLE: "plugin not available",
+    LIMITED_CONNECTIVITY: "plugin not available, limited connectivity",
     INTERNAL: "other",
 }
 
@@ -99,6 +100,18 @@ class NetnsNotFound(WiringError):
     def __init__(self, netns: str, details: str = "") -> None:
         super().__init__(f"network namespace {netns} does not exist", details, code=UNKNOWN_CONTAINER)
         self.netns = netns
+
+
+class NotANetns(CNIError):
+    """CNI_NETNS exists but is not a network namespace (e.g. a plain file left behind after
+    its bind mount went away, or the agent's own namespace); code 4, invalid CNI_NETNS.
+    ``reason`` says what it is instead."""
+
+    def __init__(self, netns: str, reason: str, details: str = "") -> None:
+        super().__init__(INVALID_ENVIRONMENT_VARIABLES,
+                         f"CNI_NETNS {netns} is not a usable network namespace: {reason}", details)
+        self.netns = netns
+        self.reason = reason
 
 
 HOST_NS = "the host namespace"  # InterfaceExists.where for a name taken on the host side

@@ -1,6 +1,8 @@
 """In-memory :class:`cni.wiring.Wiring` with fault injection, for unit tests.
 
-State: ``netns`` (set of existing netns paths; ``add_netns`` makes one), ``pod_links``
+State: ``netns`` (set of existing netns paths; ``add_netns`` makes one), ``not_netns``
+(paths that exist but are no network namespace, as a file left after its bind mount went
+away; ``add_plain_file`` makes one), ``pod_links``
 (``{(netns, ifname): _PodLink}``), ``host_links`` (``{host_ifname: _HostLink}``),
 ``routes`` (``{(ip, host_ifname, proto)}``). ``fail_at("configure_pod_side")`` makes the
 next call of that operation raise (a WiringError unless ``exc`` is given); ``calls``
@@ -12,7 +14,7 @@ import itertools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
-from .errors import HOST_NS, CNIError, InterfaceExists, NetnsNotFound, WiringError
+from .errors import HOST_NS, CNIError, InterfaceExists, NetnsNotFound, NotANetns, WiringError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 _macs = itertools.count(1)
@@ -48,6 +50,7 @@ class _PodLink:
 class FakeWiring:
     def __init__(self) -> None:
         self.netns: set[str] = set()
+        self.not_netns: set[str] = set()
         self.host_links: dict[str, _HostLink] = {}
         self.pod_links: dict[tuple[str, str], _PodLink] = {}
         self.routes: set[tuple[IPv4Address, str, int]] = set()
@@ -58,6 +61,10 @@ class FakeWiring:
 
     def add_netns(self, path: str) -> str:
         self.netns.add(path)
+        return path
+
+    def add_plain_file(self, path: str) -> str:
+        self.not_netns.add(path)
         return path
 
     def remove_netns(self, path: str) -> None:
@@ -78,6 +85,8 @@ class FakeWiring:
             raise q.pop(0)
 
     def _need_ns(self, netns: str) -> None:
+        if netns in self.not_netns:
+            raise NotANetns(netns, "not a namespace file (filesystem type 0x1021994)")
         if netns not in self.netns:
             raise NetnsNotFound(netns)
 

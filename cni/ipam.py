@@ -143,6 +143,14 @@ class IPAM:
                     out[h] = Allocation(h, ip, dict(attrs))
         return out
 
+    def free_count(self) -> int:
+        """How many addresses :meth:`claim` could still hand out (a fresh read of the state).
+        Raises IPAMError (code 5) on unreadable state."""
+        with self._locked():
+            return sum(blk.cidr.num_addresses
+                       - len(set(blk.allocations) | {r for r in self._reserved if r in blk.cidr})
+                       for blk in self._load_all())
+
     def reserve(self, ip: IPv4Address) -> None:
         """Never hand out ``ip`` from now on (in-memory, this instance; pass ``reserved=``
         at construction for a permanent reservation). An existing allocation is kept."""

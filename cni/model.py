@@ -3,9 +3,11 @@
 Wire format (one JSON line each way over the agent's unix socket; documented in
 full in :mod:`cni.shim`)::
 
-    request  {"command": "ADD"|"DEL"|"CHECK"|"GC", "containerID": str, "netns": str,
+    request  {"command": "ADD"|"DEL"|"CHECK"|"STATUS"|"GC", "containerID": str, "netns": str,
               "ifName": str, "args": {str: str}, "path": str, "config": {...}}
-             (GC: containerID and ifName may be empty; it is about a whole network)
+
+(STATUS and GC carry no attachment: ``containerID``/``ifName``/``netns`` may be empty; GC is
+about a whole network.)
     response {"ok": true, "result": {...} | null}
            | {"ok": false, "code": int, "msg": str, "details": str}
 """
@@ -15,13 +17,15 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Mapping
 
+from . import validate
 from .errors import DECODING_FAILURE, INVALID_ENVIRONMENT_VARIABLES, CNIError
 
-#: The CNI result object (CNI spec 1.0.0 "Success" section) or None for DEL/CHECK.
+#: The CNI result object (CNI spec 1.0.0 "Success" section) or None for DEL/CHECK/STATUS.
 CNIResult = dict[str, Any] | None
 
-COMMANDS = ("ADD", "DEL", "CHECK", "GC")
-_NO_ATTACHMENT = ("GC",)  # verbs about a whole network: no container ID or ifname (CNI 1.1)
+#: Commands that act on one attachment: they need a valid CNI_CONTAINERID and CNI_IFNAME.
+ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
+COMMANDS = (*ATTACHMENT_COMMANDS, "STATUS", "GC")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class CNIRequest:
 
     ``args`` holds the parsed CNI_ARGS (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``,
     ...); ``config`` the network configuration JSON from stdin, unmodified.
+
+    Construction validates ``container_id``, ``ifname`` and ``netns`` (:mod:`cni.validate`):
+    required for :data:`ATTACHMENT_COMMANDS`, checked when present for any other command.
+    Raises CNIError 4, so no invalid value exists past this point (nor reaches a log line).
     """
 
     command: str
@@ -39,6 +47,13 @@ class CNIRequest:
     args: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
     config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.command in ATTACHMENT_COMMANDS or self.container_id:
+            validate.container_id(self.container_id)
+        if self.command in ATTACHMENT_COMMANDS or self.ifname:
+            validate.ifname(self.ifname)
+        validate.netns_path(self.netns)
 
     @property
     def pod_namespace(self) -> str | None:
@@ -56,19 +71,12 @@ class CNIRequest:
         command = obj.get("command")
         if command not in COMMANDS:
             raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"unknown CNI_COMMAND {command!r}")
-        cid = obj.get("containerID")
-        ifname = obj.get("ifName")
-        if command in _NO_ATTACHMENT:
-            cid = cid if isinstance(cid, str) else ""
-            ifname = ifname if isinstance(ifname, str) else ""
-        else:
-            if not isinstance(cid, str) or not cid:
-                raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_CONTAINERID is required")
-            if not isinstance(ifname, str) or not ifname:
-                raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_IFNAME is required")
+        cid = obj.get("containerID") or ""
+        ifname = obj.get("ifName") or ""
         netns = obj.get("netns") or ""
-        if not isinstance(netns, str):
-            raise CNIError(DECODING_FAILURE, "netns must be a string")
+        for key, value in (("containerID", cid), ("ifName", ifname), ("netns", netns)):
+            if not isinstance(value, str):
+                raise CNIError(DECODING_FAILURE, f"{key} must be a string")
         args = obj.get("args") or {}
         config = obj.get("config")
         if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):

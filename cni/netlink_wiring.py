@@ -6,7 +6,10 @@ The only module of ``cni`` that speaks netlink. ADD and DEL (the path a pod wait
 Pod-namespace sockets are opened by a short-lived thread that ``setns(2)``s into the
 CNI_NETNS path (a netlink socket stays in the netns it was created in; ``IPRoute(netns=...)``
 forks a helper and would *create* a missing namespace). A missing netns path is
-:class:`~cni.errors.NetnsNotFound`, never created.
+:class:`~cni.errors.NetnsNotFound`, never created. An existing path that is not a network
+namespace (:mod:`cni.netnsfile`) is :class:`~cni.errors.NotANetns` (code 4), and so is
+the agent's own namespace given as a pod's. DEL treats the first like a namespace that is
+gone and refuses the second (it would delete the node's own CNI_IFNAME).
 
 DEL retires the host veth (down, moved to link group :data:`RETIRED_GROUP`) instead of
 deleting it: unregistering a netdev waits for RCU grace periods with the RTNL held (~20 ms
@@ -34,17 +37,18 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import rtnl
 from .errors import (HOST_NS, TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound,
-                     WiringError)
+                     NotANetns, WiringError)
+from .netnsfile import CLONE_NEWNET, IS_HOST as _IS_HOST, check_netns_fd as _check_netns_fd
+from .netnsfile import same_file as _same_file
 from .rtnl import Rtnl, RtnlError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
 SCOPE_LINK = 253
 MAIN_TABLE = 254
 RETIRED_GROUP = 0x70727464  # IFLA_GROUP of retired host veths ("prtd"); never 0 (default group)
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR}
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # setns
 
 
 def _errno(e: BaseException) -> int | None:
@@ -65,18 +69,35 @@ def _wrap(what: str, e: BaseException) -> CNIError:
 
 
 def _open_netns(path: str) -> int:
+    """An O_RDONLY descriptor of the network namespace at ``path``. Raises NetnsNotFound,
+    NotANetns (exists but is no network namespace) or WiringError."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as e:
         raise NetnsNotFound(path, str(e)) from e
     except OSError as e:
         raise _wrap(f"open network namespace {path}", e) from e
+    try:
+        _check_netns_fd(path, fd)
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise _wrap(f"statfs network namespace {path}", e) from e
+        raise
+    return fd
 
 
-def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+def run_in_netns(path: str, fn: Callable[[], T], not_host: str | None = None) -> T:
     """Run ``fn`` in a fresh thread switched into the netns at ``path``; return its result
-    or re-raise its exception. Raises NetnsNotFound / WiringError if setns fails."""
+    or re-raise its exception. Raises NetnsNotFound / NotANetns / WiringError if setns fails;
+    NotANetns also if ``not_host`` (a netns path) names the same namespace as ``path``."""
     fd = _open_netns(path)
+    try:
+        if not_host is not None and _same_file(fd, not_host):
+            raise NotANetns(path, _IS_HOST)
+    except BaseException:
+        os.close(fd)
+        raise
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -176,6 +197,12 @@ class NetlinkWiring:
         except OSError as e:
             raise _wrap(what, e) from e
 
+    @property
+    def _host_ns_path(self) -> str:
+        """The host namespace as a path any thread of ours can stat (worker threads never
+        setns: :func:`run_in_netns` uses fresh threads)."""
+        return self.host_netns or "/proc/self/ns/net"
+
     def _host(self, fn: Callable[[], T]) -> T:
         if self.host_netns is None:
             return fn()
@@ -188,6 +215,9 @@ class NetlinkWiring:
         def work() -> None:
             fd = _open_netns(netns)
             try:
+                # the pod end's routes (a default route) would land in the host namespace
+                if _same_file(fd, self._host_ns_path):
+                    raise NotANetns(netns, _IS_HOST)
                 with self._nl(f"create veth {host_ifname}") as nl:
                     try:
                         nl.call(rtnl.veth_new(nl.next_seq(), host_ifname, pod_ifname, fd, mtu))
@@ -212,8 +242,12 @@ class NetlinkWiring:
                 rtnl.link_set(seq(), 1, up=True),  # lo is always ifindex 1 in a netns
                 rtnl.addr_add(seq(), idx, ip, 32),
                 rtnl.link_set(seq(), idx, up=True, mtu=mtu),
-                rtnl.route(seq(), "replace", GATEWAY, 32, idx, scope=SCOPE_LINK, proto=4),
-                rtnl.route(seq(), "replace", IPv4Address(0), 0, idx, gateway=GATEWAY, proto=4),
+                # metric = ifindex: each attachment of the netns (eth0, Multus' net1) keeps
+                # its own two routes; "replace" at metric 0 would take the other's
+                rtnl.route(seq(), "replace", GATEWAY, 32, idx, scope=SCOPE_LINK, proto=4,
+                           metric=idx),
+                rtnl.route(seq(), "replace", IPv4Address(0), 0, idx, gateway=GATEWAY, proto=4,
+                           metric=idx),
             ])
             _check(results, what, frozenset({errno.EEXIST}))
             return link.mac
@@ -273,9 +307,15 @@ class NetlinkWiring:
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
         what = f"delete {pod_ifname} in {netns}"
         try:
-            return run_in_netns(netns, lambda: self._delete_link(what, pod_ifname))
+            # never the host's namespace: CNI_IFNAME there may be the node's own uplink
+            return run_in_netns(netns, lambda: self._delete_link(what, pod_ifname),
+                                not_host=self._host_ns_path)
         except NetnsNotFound:
             return False
+        except NotANetns as e:
+            if e.reason == _IS_HOST:
+                raise
+            return False  # a file left after its bind mount vanished: the namespace is gone
 
     def retire_host_veth(self, host_ifname: str) -> bool:
         def work() -> bool:

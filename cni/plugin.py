@@ -1,4 +1,4 @@
-"""The agent-side CNI plugin: ADD / DEL / CHECK for a no-bridge, Calico-style pod network.
+"""The agent-side CNI plugin: ADD / DEL / CHECK / STATUS for a no-bridge, Calico-style pod network.
 
 Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the reference
 ``ptp`` plugin's semantics, over the :class:`cni.wiring.Wiring` seam:
@@ -15,14 +15,21 @@ Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the refere
 * DEL ("DEL: Remove container from network"): idempotent; a missing netns, link,
   route or allocation is not an error. Always releases the IP. The host veth is retired
   (down, in a link group) and the pair deleted in batches by :meth:`CNIPlugin.reap`.
+* CHECK ("CHECK: Check container's networking is as expected"): needs ``prevResult``
+  (code 7 without it, where the reference plugins fail too); allocation, host veth (up,
+  proxy_arp=1), host route, pod address/MTU/routes, and prevResult's address and interface
+  MACs against the real ones (:mod:`cni.check`); mismatch -> code 999 naming what is wrong.
+* STATUS (CNI 1.1 "STATUS: Check plugin status"; configs of cniVersion 1.1.0 and later):
+  success when the agent can wire pods, code 50 with the reason otherwise (:mod:`cni.status`).
 * GC (CNI spec 1.1.0 "GC: Clean up any stale resources"): see :mod:`cni.reconcile`.
-* CHECK ("CHECK: Check container's networking is as expected"): allocation, host
-  veth (up, proxy_arp=1), host route, pod address/MTU/routes; mismatch -> code 999
-  with a message naming what is wrong.
 
-Host veth name: ``host_prefix`` + first 11 hex digits of SHA-1 of
-``"<K8S_POD_NAMESPACE>.<K8S_POD_NAME>"`` (Calico's scheme, own prefix), or of the
-container ID without Kubernetes args; at most 15 characters.
+Attachments are keyed as the spec keys them: (container ID, network name, CNI_IFNAME), the
+IPAM handle ``"<network>.<containerID>.<ifname>"``. Host veth name: ``host_prefix`` + the
+first hex digits of SHA-1 of ``"<containerID>/<network>/<ifname>"`` (Calico's scheme of a
+hashed key under its own prefix; ``/`` occurs in none of the three), 15 characters, so two
+attachments of one container (Multus' ``net1``, a second network) never share a pair.
+Request fields are validated when the :class:`~cni.model.CNIRequest` is built
+(:mod:`cni.validate`), the network name here (code 7).
 
 Requests are serialised by one asyncio lock; blocking work runs in worker threads (two hops
 per ADD, one per DEL), the WorkloadSink is called on the event loop thread.
@@ -35,18 +42,22 @@ import logging
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
-from .errors import (HOST_NS, INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError, InterfaceExists,
-                     InvalidConfig, NetnsNotFound)
+from . import validate
+from .check import observe, prev_result_problems
+from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
+                     CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
+from .reaper import Reaper
 from .reconcile import Reconciler, finish
+from .status import plugin_status
 from .wiring import GATEWAY, Wiring
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
-MAX_IFNAME = 15
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+_OLD_RESULT_FORMAT = ("0.3.0", "0.3.1", "0.4.0")  # ips[] entries carry "version": "4"
 
 
 async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -70,12 +81,6 @@ async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
         raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
 
 
-def _log_task_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s failed: %r (retired veths stay until the next DEL or agent start)",
-                  task.get_name(), task.exception())
-
-
 class WorkloadSink(Protocol):
     """Receives workload lifecycle events (felix owns the /32 route and repairs drift)."""
 
@@ -84,17 +89,11 @@ class WorkloadSink(Protocol):
     def workload_removed(self, ep: WorkloadEndpoint) -> None: ...
 
 
-def host_ifname_for(prefix: str, namespace: str | None, pod: str | None,
-                    container_id: str) -> str:
-    """``prefix + sha1("<namespace>.<pod>")[:11]`` or ``sha1(container_id)`` without k8s args."""
-    key = f"{namespace}.{pod}" if namespace and pod else container_id
-    return (prefix + hashlib.sha1(key.encode()).hexdigest()[:11])[:MAX_IFNAME]
-
-
-def _validate_ifname(name: str, what: str) -> None:
-    if not name or len(name) > MAX_IFNAME or "/" in name or any(c.isspace() for c in name) \
-            or name in (".", ".."):
-        raise CNIError(INVALID_ENVIRONMENT_VARIABLES, f"{what} {name!r} is not a valid interface name")
+def host_ifname_for(prefix: str, container_id: str, network: str, ifname: str) -> str:
+    """``prefix`` + ``sha1("<container_id>/<network>/<ifname>")`` hex digits, cut to 15
+    characters (IFNAMSIZ - 1): 12 digits (48 bits) under the 3-character ``prt``."""
+    key = f"{container_id}/{network}/{ifname}"
+    return (prefix + hashlib.sha1(key.encode()).hexdigest())[:validate.MAX_IFNAME]
 
 
 class CNIPlugin:
@@ -104,12 +103,14 @@ class CNIPlugin:
     ``protocol``: route protocol of the host /32 routes (90 = podroute);
     ``workloads``: felix's sink (optional); ``host_prefix``: host veth name prefix
     (1-4 chars, must not be Calico's ``cali``); ``reap_delay``: seconds between a DEL and the
-    batched deletion of retired veth pairs.
+    batched deletion of retired veth pairs; ``readiness``: called (on the event loop) by
+    STATUS, returns None when the agent can wire pods or the reason it cannot.
     """
 
     def __init__(self, *, ipam: IPAM, wiring: Wiring, mtu: int, protocol: int = 90,
                  workloads: WorkloadSink | None = None, host_prefix: str = "prt",
-                 reap_delay: float = 0.2) -> None:
+                 reap_delay: float = 0.2,
+                 readiness: Callable[[], str | None] | None = None) -> None:
         if not host_prefix or len(host_prefix) > 4 or host_prefix.startswith("cali"):
             raise ValueError(f"host_prefix {host_prefix!r} must be 1-4 chars and not 'cali'")
         if not 68 <= mtu <= 65535:
@@ -122,9 +123,9 @@ class CNIPlugin:
         self.protocol = protocol
         self.workloads = workloads
         self.host_prefix = host_prefix
-        self.reap_delay = reap_delay
+        self.readiness = readiness
         self._lock = asyncio.Lock()
-        self._reaper: asyncio.Task | None = None
+        self._reaper = Reaper(self.reap, reap_delay)
         # handle -> the result object of the latest successful ADD for it (see abandon()).
         self._answers: dict[str, CNIResult] = {}
 
@@ -132,6 +133,9 @@ class CNIPlugin:
 
     async def handle(self, req: CNIRequest) -> CNIResult:
         """Dispatch one request. Raises CNIError with the CNI code on failure."""
+        if req.command == "STATUS":  # reads only: not queued behind ADDs and DELs
+            await self.status(req)
+            return None
         async with self._lock:
             if req.command == "ADD":
                 result = await self.add(req)
@@ -178,21 +182,25 @@ class CNIPlugin:
     # -- helpers ----------------------------------------------------------------------------
 
     def host_ifname(self, req: CNIRequest) -> str:
-        return host_ifname_for(self.host_prefix, req.pod_namespace, req.pod_name,
-                               req.container_id)
+        """The host veth name of ``req``'s attachment (see the module docstring)."""
+        return host_ifname_for(self.host_prefix, req.container_id,
+                               str(req.config.get("name")), req.ifname)
 
     def _parse_config(self, config: Mapping[str, Any]) -> tuple[str, str, int]:
         """-> (network name, cniVersion, mtu). Raises InvalidConfig (7) / CNIError (1)."""
-        name = config.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidConfig("network configuration has no name")
-        version = config.get("cniVersion")
-        if version not in SUPPORTED_VERSIONS:
-            raise CNIError(1, f"incompatible CNI version {version!r}; supported {list(SUPPORTED_VERSIONS)}")
+        name = validate.network_name(config.get("name"))
+        version = self._check_version(config.get("cniVersion"))
         mtu = config.get("mtu", self.mtu)
         if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise InvalidConfig(f"mtu {mtu!r} must be an integer in 68..65535")
         return name, version, mtu
+
+    @staticmethod
+    def _check_version(version: Any) -> str:
+        if version not in SUPPORTED_VERSIONS:
+            raise CNIError(INCOMPATIBLE_CNI_VERSION, f"incompatible CNI version "
+                           f"{validate.shown(str(version))}; supported {list(SUPPORTED_VERSIONS)}")
+        return version
 
     @staticmethod
     def handle_key(network: str, req: CNIRequest) -> str:
@@ -212,8 +220,8 @@ class CNIPlugin:
     def _result(self, version: str, host_ifname: str, host_mac: str, ifname: str, pod_mac: str,
                 netns: str, ip: IPv4Address) -> dict[str, Any]:
         ipc: dict[str, Any] = {"address": f"{ip}/32", "gateway": str(GATEWAY), "interface": 1}
-        if version != "1.0.0":
-            ipc["version"] = "4"  # required by the 0.3.x/0.4.0 result format
+        if version in _OLD_RESULT_FORMAT:
+            ipc["version"] = "4"
         return {
             "cniVersion": version,
             "interfaces": [{"name": host_ifname, "mac": host_mac},
@@ -231,7 +239,6 @@ class CNIPlugin:
         Two worker-thread hops: the IPAM claim, then the whole wiring (with its own rollback);
         felix is told in between, on the loop thread, before the host route exists."""
         network, version, mtu = self._parse_config(req.config)
-        _validate_ifname(req.ifname, "CNI_IFNAME")
         if not req.netns:
             raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_NETNS is required for ADD")
         handle = self.handle_key(network, req)
@@ -302,8 +309,9 @@ class CNIPlugin:
 
     def _create_veth(self, handle: str, req: CNIRequest, host_ifname: str, mtu: int) -> None:
         """Create the pair; a name held by a retired pair (a DEL of this pod or netns not yet
-        reaped: the runtime's ADD-DEL-ADD retry) or by a dead sandbox's host veth is freed
-        first. Raises InterfaceExists if the name is still taken after that."""
+        reaped: the runtime's ADD-DEL-ADD retry) or by a leftover host veth that no other
+        attachment's allocation owns is freed first. Raises InterfaceExists if the name is
+        still taken after that, CNIError 999 naming the owner if another attachment holds it."""
         w = self.wiring
         reaped = stale_deleted = False
         while True:
@@ -316,7 +324,13 @@ class CNIPlugin:
                     if w.reap_retired():
                         continue
                 if e.ifname == host_ifname and e.where == HOST_NS and not stale_deleted:
-                    # Calico does the same: a veth with this pod's name is from a dead sandbox.
+                    owner = next((h for h, a in self.ipam.allocations().items()
+                                  if h != handle and a.attrs.get("host_ifname") == host_ifname),
+                                 None)
+                    if owner is not None:  # a live attachment's pair, never "stale"
+                        raise CNIError(INTERNAL, f"host veth name {host_ifname} of {handle} is "
+                                       f"held by attachment {owner}") from e
+                    # Calico does the same: a veth nobody owns is from a dead sandbox.
                     log.warning("ADD %s: deleting stale host veth %s", handle, host_ifname)
                     w.delete_host_veth(host_ifname)
                     stale_deleted = True
@@ -336,23 +350,24 @@ class CNIPlugin:
         place if it is half-wired (:func:`cni.reconcile.finish`); else rolled back and added
         afresh (once: ``readd``). A different netns or MTU is an error (code 999). The host
         veth is the one the record names, whatever name this ADD would have picked."""
-        keys = ("netns", "mtu")
+        keys = ("netns", "mtu")  # what the request sets; the host name is the allocation's
         diff = [k for k in keys if old.get(k) != new.get(k)]
+        host_ifname = old.get("host_ifname") or new["host_ifname"]  # kept across renames
         if diff:
             raise CNIError(INTERNAL, f"container {req.container_id} interface {req.ifname} is "
                            f"already attached with different {', '.join(diff)}; DEL it first",
                            f"existing {dict((k, old.get(k)) for k in keys)}")
-        host_ifname = old.get("host_ifname") or new["host_ifname"]
         try:
-            problems = await self._problems(req, ip, host_ifname, int(new["mtu"]))
+            seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
+                                    req.netns, req.ifname, ip, host_ifname, int(new["mtu"]))
         except NetnsNotFound:
             await self.delete(req)  # code 3 tells the runtime not to DEL: nothing may stay
             raise
-        if problems:
+        if seen.problems or seen.host is None or seen.pod is None:
             # Half-wired (a crash mid-ADD, or something removed a piece): a runtime retries
             # the ADD and will not DEL for us, so complete it, or start it over.
             handle = self.handle_key(new["network"], req)
-            why = "; ".join(problems)
+            why = "; ".join(seen.problems)
             try:
                 await _in_thread("repair", finish, self.wiring, ip,
                                  {**new, "host_ifname": host_ifname}, self.protocol, int(new["mtu"]))
@@ -365,10 +380,13 @@ class CNIPlugin:
                             "rolling back and adding again", handle, why, e.msg)
                 await self.delete(req)
                 return await self.add(req, readd=False)
-        host = await _in_thread("read host veth", self.wiring.host_veth, host_ifname)
-        pod = await _in_thread("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
-        return self._result(version, host_ifname, host.mac, req.ifname, pod.mac,
-                            req.netns, ip)
+            seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
+                                    req.netns, req.ifname, ip, host_ifname, int(new["mtu"]))
+            if seen.host is None or seen.pod is None:
+                raise CNIError(INTERNAL, f"ADD {handle}: repaired attachment is still missing "
+                               f"pieces: {'; '.join(seen.problems)}")
+        return self._result(version, host_ifname, seen.host.mac, req.ifname,
+                            seen.pod.mac, req.netns, ip)
 
     # -- DEL --------------------------------------------------------------------------------
 
@@ -379,10 +397,7 @@ class CNIPlugin:
         On return the pod is detached: its host route is gone, its IP released, felix told,
         and its host veth down in the retired group; the veth pair itself is deleted by
         :meth:`reap` moments later, batched with other DELs (see :mod:`cni.netlink_wiring`)."""
-        name = req.config.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidConfig("network configuration has no name")
-        _validate_ifname(req.ifname, "CNI_IFNAME")
+        name = validate.network_name(req.config.get("name"))
         handle = self.handle_key(name, req)
         self._answers.pop(handle, None)
         alloc, errors, retired = await _in_thread("DEL", self._unwire, req, handle)
@@ -439,15 +454,16 @@ class CNIPlugin:
 
     # -- retired veths ----------------------------------------------------------------------
 
-    def _schedule_reap(self) -> None:
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_later(),
-                                                                  name="cni-reap")
-            self._reaper.add_done_callback(_log_task_failure)
+    @property
+    def reap_delay(self) -> float:
+        return self._reaper.delay
 
-    async def _reap_later(self) -> None:
-        await asyncio.sleep(self.reap_delay)  # DELs come in bursts: one batch for the burst
-        await self.reap()
+    @reap_delay.setter
+    def reap_delay(self, seconds: float) -> None:
+        self._reaper.delay = seconds
+
+    def _schedule_reap(self) -> None:
+        self._reaper.schedule()
 
     async def reap(self) -> bool:
         """Delete every retired veth pair now (one netlink request for all); True if there
@@ -458,53 +474,35 @@ class CNIPlugin:
     # -- CHECK ------------------------------------------------------------------------------
 
     async def check(self, req: CNIRequest) -> None:
-        """CNI CHECK. Raises CNIError 999 naming every mismatch found."""
+        """CNI CHECK. Raises CNIError 7 without a usable ``prevResult``, 999 naming every
+        mismatch found (see :mod:`cni.check`)."""
         network, version, mtu = self._parse_config(req.config)
-        _validate_ifname(req.ifname, "CNI_IFNAME")
         if not req.netns:
             raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_NETNS is required for CHECK")
+        prev = req.config.get("prevResult")
+        if prev is None:
+            raise InvalidConfig("CHECK needs prevResult, the result of the ADD it checks "
+                                "(CNI spec: the runtime must include it)")
+        if not isinstance(prev, dict):
+            raise InvalidConfig("prevResult must be a JSON object (a CNI result)")
         handle = self.handle_key(network, req)
         alloc = await _in_thread("IPAM lookup", self.ipam.get, handle)
         if alloc is None:
             raise CNIError(INTERNAL, f"CHECK: no IP allocation for {handle}")
         host_ifname = alloc.attrs.get("host_ifname") or self.host_ifname(req)
-        problems = await self._problems(req, alloc.ip, host_ifname, mtu)
-        prev = req.config.get("prevResult")
-        if isinstance(prev, dict):
-            addrs = {i.get("address") for i in prev.get("ips", []) if isinstance(i, dict)}
-            if addrs and f"{alloc.ip}/32" not in addrs:
-                problems.append(f"prevResult ips {sorted(map(str, addrs))} do not hold {alloc.ip}/32")
+        seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
+                                req.netns, req.ifname, alloc.ip, host_ifname, mtu)
+        problems = [*seen.problems,
+                    *prev_result_problems(prev, req.ifname, req.netns, host_ifname, alloc.ip, seen)]
         if problems:
             raise CNIError(INTERNAL, "CHECK failed: " + "; ".join(problems))
 
-    async def _problems(self, req: CNIRequest, ip: IPv4Address, host_ifname: str,
-                        mtu: int) -> list[str]:
-        problems: list[str] = []
-        host = await _in_thread("read host veth", self.wiring.host_veth, host_ifname)
-        if host is None:
-            problems.append(f"host veth {host_ifname} is missing")
-        else:
-            if not host.up:
-                problems.append(f"host veth {host_ifname} is down")
-            if host.proxy_arp != 1:
-                problems.append(f"host veth {host_ifname} has proxy_arp={host.proxy_arp}, want 1")
-        if not await _in_thread("read host route", self.wiring.host_route_exists, ip,
-                                host_ifname, self.protocol):
-            problems.append(f"host route {ip}/32 dev {host_ifname} scope link proto "
-                            f"{self.protocol} is missing")
-        pod = await _in_thread("read pod interface", self.wiring.pod_iface, req.netns, req.ifname)
-        if pod is None:
-            problems.append(f"pod interface {req.ifname} is missing in {req.netns}")
-        else:
-            if f"{ip}/32" not in {str(a) for a in pod.addresses}:
-                problems.append(f"pod interface {req.ifname} lacks address {ip}/32 "
-                                f"(has {', '.join(map(str, pod.addresses)) or 'none'})")
-            if pod.mtu != mtu:
-                problems.append(f"pod interface {req.ifname} has MTU {pod.mtu}, want {mtu}")
-            if not pod.up:
-                problems.append(f"pod interface {req.ifname} is down")
-            if not pod.gateway_route:
-                problems.append(f"pod route {GATEWAY} dev {req.ifname} scope link is missing")
-            if pod.default_via != GATEWAY:
-                problems.append(f"pod default route via {GATEWAY} dev {req.ifname} is missing")
-        return problems
+    # -- STATUS -----------------------------------------------------------------------------
+
+    async def status(self, req: CNIRequest) -> None:
+        """CNI STATUS (see :mod:`cni.status`): returns when the agent can service ADD; raises
+        CNIError 50 with the reason otherwise, 1 for a config older than 1.1.0, 7 for a
+        config without a valid name."""
+        validate.network_name(req.config.get("name"))
+        await plugin_status(self._check_version(req.config.get("cniVersion")), self.ipam,
+                            self.readiness)

@@ -54,7 +54,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # a link reply without ~1 KiB of counters
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
@@ -143,9 +143,10 @@ def addr_add(seq: int, index: int, ip: IPv4Address, prefixlen: int) -> bytes:
 
 def route(seq: int, action: str, dst: IPv4Address, dst_len: int, oif: int, *,
           gateway: IPv4Address | None = None, scope: int = RT_SCOPE_UNIVERSE,
-          proto: int = 3, table: int = RT_TABLE_MAIN) -> bytes:
-    """``ip route replace|del <dst>/<len> [via <gw>] dev <oif> scope S proto P table T``.
-    ``action``: "replace" (RTM_NEWROUTE, CREATE|REPLACE) or "delete" (RTM_DELROUTE)."""
+          proto: int = 3, table: int = RT_TABLE_MAIN, metric: int | None = None) -> bytes:
+    """``ip route replace|del <dst>/<len> [via <gw>] dev <oif> scope S proto P table T
+    [metric M]``. ``action``: "replace" (RTM_NEWROUTE, CREATE|REPLACE) or "delete"
+    (RTM_DELROUTE). Replace matches (dst, tos, metric): routes of other metrics stay."""
     if action == "replace":
         kind, flags, rtype = RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, RTN_UNICAST
     elif action == "delete":  # type unspecified matches any, as ``ip route del`` sends it
@@ -158,6 +159,8 @@ def route(seq: int, action: str, dst: IPv4Address, dst_len: int, oif: int, *,
         body += _attr(RTA_DST, dst.packed)
     if gateway is not None:
         body += _attr(RTA_GATEWAY, gateway.packed)
+    if metric is not None:
+        body += _attr(RTA_PRIORITY, _U32.pack(metric))
     body += _attr(RTA_OIF, _U32.pack(oif))
     if table >= 256:
         body += _attr(RTA_TABLE, _U32.pack(table))

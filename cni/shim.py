@@ -8,24 +8,33 @@ tens of milliseconds; all real work happens in the podroute agent.
 
 Behaviour (mirrors the reference plugins' ``skel`` package):
 
-* ``VERSION`` is answered locally: ``{"cniVersion": "1.0.0", "supportedVersions": [...]}``.
-* ``ADD``/``DEL``/``CHECK``: the environment and config are validated, then ONE request
-  line is sent over the unix socket named by the config's ``"agentSocket"`` (default
+* ``VERSION`` is answered locally: ``{"cniVersion": "1.1.0", "supportedVersions": [...]}``.
+* ``ADD``/``DEL``/``CHECK``/``STATUS``: the environment and config are validated, then ONE
+  request line is sent over the unix socket named by the config's ``"agentSocket"`` (default
   ``/run/podroute/cni.sock``) and the agent's answer is relayed:
-  success -> the result JSON on stdout (nothing for DEL/CHECK), exit 0;
+  success -> the result JSON on stdout (nothing for DEL/CHECK/STATUS), exit 0;
   failure -> the spec's error JSON ``{"cniVersion", "code", "msg", "details"}`` on
   stdout, exit 1 (CNI spec 1.0.0 "Error" section).
-* ``GC`` (CNI 1.1, only for a 1.1.0 config, else code 1): forwarded like the others; the
-  config carries ``cni.dev/valid-attachments`` and no attachment env var is required.
+* STATUS (CNI 1.1 "STATUS: Check plugin status") needs only CNI_COMMAND and CNI_PATH and a
+  config of cniVersion 1.1.0 or later (libcni's skel rules); an agent that cannot be reached
+  is code 50 (plugin not available) with the reason, not 11.
+* ``GC`` (CNI 1.1 "GC: Clean up any stale resources", only for a 1.1.0 config, else code 1):
+  forwarded like the others; the config carries ``cni.dev/valid-attachments`` and only
+  CNI_PATH is required.
 * Anything else -> code 4.
 
-Error codes produced here (CNI spec 1.0.0 "Well-known Error Codes"):
-1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0, GC older than 1.1.0),
-4 missing/invalid CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS (ADD/CHECK), CNI_IFNAME,
+CNI_CONTAINERID and CNI_IFNAME are checked here with libcni's rules before the agent is
+contacted (the agent checks them again, :mod:`cni.validate`, whose rules these mirror): ID
+``^[A-Za-z0-9][A-Za-z0-9_.-]*$``, at most 255 characters; interface name 1-15 bytes, not
+``.``/``..``, no ``/``, ``:``, whitespace or control character.
+
+Error codes produced here (CNI spec 1.1 "Well-known Error Codes"):
+1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0, STATUS or GC older than
+1.1.0), 4 missing/invalid CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS (ADD/CHECK), CNI_IFNAME,
 CNI_PATH, malformed CNI_ARGS, 6 stdin is not a JSON object, 7 config lacks
 ``cniVersion``/``name`` or has a bad ``agentSocket``/``agentTimeout``, 11 the agent is
 not reachable (missing socket, connection refused, timeout, connection dropped: the
-runtime retries; this includes DEL), 999 the agent answered garbage.
+runtime retries; this includes DEL), 50 the same for STATUS, 999 the agent answered garbage.
 
 Wire format (UTF-8 JSON, one line each way, one request per connection)::
 
@@ -112,7 +121,7 @@ def dumps(obj):
         return "[" + ",".join(dumps(v) for v in obj) + "]"
     raise TypeError("cannot encode %r as JSON" % type(obj).__name__)
 
-SPEC_VERSION = "1.0.0"
+SPEC_VERSION = "1.1.0"
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_SOCKET = "/run/podroute/cni.sock"
 DEFAULT_TIMEOUT = 30.0
@@ -124,15 +133,21 @@ E_INVALID_ENV = 4
 E_DECODE = 6
 E_INVALID_CONFIG = 7
 E_TRY_AGAIN = 11
+E_PLUGIN_NOT_AVAILABLE = 50
 E_INTERNAL = 999
 
+_ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 # CNI_NETNS is optional for DEL (skel's reqForCmd): the netns may already be gone.
 _REQUIRED_ENV = {
-    "CNI_CONTAINERID": ("ADD", "DEL", "CHECK"),
+    "CNI_CONTAINERID": _ATTACHMENT_COMMANDS,
     "CNI_NETNS": ("ADD", "CHECK"),
-    "CNI_IFNAME": ("ADD", "DEL", "CHECK"),
-    "CNI_PATH": ("ADD", "DEL", "CHECK", "GC"),
+    "CNI_IFNAME": _ATTACHMENT_COMMANDS,
+    "CNI_PATH": _ATTACHMENT_COMMANDS + ("STATUS", "GC"),
 }
+MAX_CONTAINER_ID = 255
+MAX_IFNAME = 15
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.-")
 
 
 class ShimError(Exception):
@@ -156,6 +171,40 @@ def parse_cni_args(raw):
             raise ShimError(E_INVALID_ENV, "invalid CNI_ARGS pair %r" % pair)
         out[key] = value
     return out
+
+
+def _shown(value):
+    return repr(value[:40]) + ("... (%d characters)" % len(value) if len(value) > 40 else "")
+
+
+def validate_container_id(cid):
+    """Raise ShimError 4 unless ``cid`` is a valid CNI_CONTAINERID (see the module doc)."""
+    if len(cid) > MAX_CONTAINER_ID:
+        raise ShimError(E_INVALID_ENV, "CNI_CONTAINERID is longer than %d characters"
+                        % MAX_CONTAINER_ID, "%d characters" % len(cid))
+    if not cid or cid[0] not in _ALNUM or not _ID_CHARS.issuperset(cid):
+        raise ShimError(E_INVALID_ENV, "CNI_CONTAINERID %s has invalid characters: it must "
+                        "match ^[A-Za-z0-9][A-Za-z0-9_.-]*$" % _shown(cid))
+
+
+def validate_ifname(name):
+    """Raise ShimError 4 unless ``name`` is a valid CNI_IFNAME (see the module doc)."""
+    what = "CNI_IFNAME %s" % _shown(name)
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ShimError(E_INVALID_ENV, what + " is not valid UTF-8")
+    if not size:
+        raise ShimError(E_INVALID_ENV, "CNI_IFNAME is required")
+    if size > MAX_IFNAME:
+        raise ShimError(E_INVALID_ENV, "%s is too long: %d bytes, at most %d"
+                        % (what, size, MAX_IFNAME))
+    if name in (".", ".."):
+        raise ShimError(E_INVALID_ENV, what + " is not a valid interface name")
+    for c in name:
+        if c in "/:" or c.isspace() or ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0:
+            raise ShimError(E_INVALID_ENV, what + " contains '/', ':', whitespace or a "
+                            "control character")
 
 
 def _version_tuple(v):
@@ -197,15 +246,25 @@ def build_request(env, conf):
     for var, cmds in _REQUIRED_ENV.items():
         if command in cmds and not env.get(var):
             raise ShimError(E_INVALID_ENV, "required environment variable %s is missing" % var)
+    if command == "STATUS":
+        if _version_tuple(conf["cniVersion"]) < (1, 1, 0):
+            raise ShimError(E_INCOMPATIBLE_VERSION,
+                            "config version %s does not allow STATUS" % conf["cniVersion"])
+        return {"command": command, "containerID": "", "netns": "", "ifName": "", "args": {},
+                "path": env.get("CNI_PATH", ""), "config": conf}
+    if command == "GC":
+        if _version_tuple(conf["cniVersion"]) < (1, 1, 0):
+            raise ShimError(E_INCOMPATIBLE_VERSION,
+                            "config version %s does not allow GC" % conf["cniVersion"])
+        return {"command": command, "containerID": "", "netns": "", "ifName": "",
+                "args": parse_cni_args(env.get("CNI_ARGS", "")),
+                "path": env.get("CNI_PATH", ""), "config": conf}
     ifname = env.get("CNI_IFNAME", "")
-    if len(ifname) > 15 or "/" in ifname or ifname in (".", ".."):
-        raise ShimError(E_INVALID_ENV, "CNI_IFNAME %r is not a valid interface name" % ifname)
+    validate_container_id(env.get("CNI_CONTAINERID", ""))
+    validate_ifname(ifname)
     if command == "CHECK" and _version_tuple(conf["cniVersion"]) < (0, 4, 0):
         raise ShimError(E_INCOMPATIBLE_VERSION,
                         "config version %s does not allow CHECK" % conf["cniVersion"])
-    if command == "GC" and _version_tuple(conf["cniVersion"]) < (1, 1, 0):
-        raise ShimError(E_INCOMPATIBLE_VERSION,
-                        "config version %s does not allow GC" % conf["cniVersion"])
     return {
         "command": command,
         "containerID": env.get("CNI_CONTAINERID", ""),
@@ -268,13 +327,18 @@ def dispatch(env, stdin_data):
         if command == "VERSION":
             return dumps({"cniVersion": SPEC_VERSION,
                                "supportedVersions": SUPPORTED_VERSIONS}), 0
-        if command not in ("ADD", "DEL", "CHECK", "GC"):
+        if command not in _ATTACHMENT_COMMANDS + ("STATUS", "GC"):
             raise ShimError(E_INVALID_ENV, "unknown CNI_COMMAND: %s" % command)
         conf = parse_config(stdin_data)
         version = conf["cniVersion"]
         request = build_request(env, conf)
-        resp = call_agent(conf.get("agentSocket", DEFAULT_SOCKET), request,
-                          float(conf.get("agentTimeout", DEFAULT_TIMEOUT)))
+        try:
+            resp = call_agent(conf.get("agentSocket", DEFAULT_SOCKET), request,
+                              float(conf.get("agentTimeout", DEFAULT_TIMEOUT)))
+        except ShimError as e:
+            if command == "STATUS" and e.code == E_TRY_AGAIN:  # no agent: cannot ADD
+                raise ShimError(E_PLUGIN_NOT_AVAILABLE, e.msg, e.details)
+            raise
         if resp["ok"]:
             result = resp.get("result")
             return ("" if result is None else dumps(result)), 0

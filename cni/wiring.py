@@ -4,14 +4,17 @@ Operations mirror Calico's workload wiring (calico-cni ``dataplane/linux``) and 
 reference ``ptp`` plugin, without a bridge:
 
 * pod side: ``lo`` up, ``<ip>/32`` on CNI_IFNAME, MTU, up, ``169.254.1.1 dev <if> scope
-  link``, ``default via 169.254.1.1 dev <if>``;
+  link``, ``default via 169.254.1.1 dev <if>``, both at metric = the pod interface's
+  ifindex, so several attachments in one netns each keep their routes (the first one
+  created, lowest index, carries the traffic) and removing one leaves the others';
 * host side: ``proxy_arp=1``, ``neigh/<veth>/proxy_delay=0``, ``forwarding=1``, up;
   route ``<ip>/32 dev <veth> scope link proto <proto>``.
 
 "host" is the namespace the agent runs in; ``netns`` is always a CNI_NETNS *path*
 (``/var/run/netns/x`` or ``/proc/<pid>/ns/net``) and is never created by the seam.
 Every implementation raises only :class:`cni.errors.CNIError` subclasses
-(:class:`~cni.errors.NetnsNotFound`, :class:`~cni.errors.InterfaceExists`,
+(:class:`~cni.errors.NetnsNotFound`, :class:`~cni.errors.NotANetns` for a path that is no
+network namespace or is the host's own, :class:`~cni.errors.InterfaceExists`,
 :class:`~cni.errors.WiringError`).
 """
 from __future__ import annotations
@@ -78,7 +81,9 @@ class Wiring(Protocol):
         """Delete the veth pair by its host name; False if it was not there."""
 
     def delete_pod_iface(self, netns: str, pod_ifname: str) -> bool:
-        """Delete the pod end (and thus the pair); False if netns or link is missing."""
+        """Delete the pod end (and thus the pair); False if netns or link is missing or the
+        path is no network namespace (DEL: gone). Raises NotANetns if ``netns`` is the host's
+        own namespace (its CNI_IFNAME may be the node's uplink)."""
 
     def retire_host_veth(self, host_ifname: str) -> bool:
         """Take the host end down and mark it for :meth:`reap_retired` (the pod is detached

@@ -107,7 +107,7 @@ class Agent:
             from cni.netlink_wiring import NetlinkWiring
             wiring = NetlinkWiring()
         self.cni = CNIPlugin(ipam=self.ipam, wiring=wiring, mtu=self.pod_mtu, protocol=cfg.route_protocol,
-                             workloads=self)
+                             workloads=self, readiness=self.cni_readiness)
         self.routes.set_routes("workloads", [self._workload_route(ep) for ep in self.cni.endpoints()])
 
         # Graceful restart: keep what BGP installed last time until BGP re-converges.
@@ -411,6 +411,16 @@ class Agent:
         except CNIError as e:
             log.warning("could not delete retired veth pairs: %s", e.msg)
         await CNIServer(self.cfg.paths.cni_socket, self.cni).run()
+
+    def cni_readiness(self) -> str | None:
+        """CNI STATUS (code 50 when not None): why this node cannot wire pods now."""
+        if self._stop.is_set() or self.guard.stopping:
+            return "the agent is shutting down"
+        if self.guard.failed.is_set():
+            return "an agent task failed; the agent is about to exit"
+        if self.last_apply is None:
+            return "the agent has not programmed its routes yet"
+        return None
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

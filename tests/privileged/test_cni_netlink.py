@@ -73,7 +73,7 @@ def req(command, pod_ns: str, cid: str = "cid1", pod: str = "web-0", ifname: str
 async def test_add_check_del_exact_wiring(host, plugin, make_netns):
     pod = make_netns("cnip")
     result = await plugin.handle(req("ADD", pod))
-    veth = host_ifname_for("prt", "default", "web-0", "cid1")
+    veth = host_ifname_for("prt", "cid1", "podnet", "eth0")
     ip = result["ips"][0]["address"].split("/")[0]
     assert IPv4Address(ip) in BLOCK and result["ips"][0]["address"].endswith("/32")
 
@@ -100,15 +100,15 @@ async def test_add_check_del_exact_wiring(host, plugin, make_netns):
     assert (rt["dst"], rt["dev"], rt["scope"]) == (ip, veth, "link")
 
     # CHECK passes, then detects the missing host route by name
-    assert await plugin.handle(req("CHECK", pod)) is None
+    assert await plugin.handle(req("CHECK", pod, prevResult=result)) is None
     sh("ip", "route", "del", f"{ip}/32", "dev", veth, ns=host)
     with pytest.raises(CNIError) as ei:
-        await plugin.handle(req("CHECK", pod))
+        await plugin.handle(req("CHECK", pod, prevResult=result))
     assert f"host route {ip}/32 dev {veth}" in ei.value.msg and "missing" in ei.value.msg
     # and a proxy_arp change
     sh("sh", "-c", f"echo 0 > /proc/sys/net/ipv4/conf/{veth}/proxy_arp", ns=host)
     with pytest.raises(CNIError) as ei:
-        await plugin.handle(req("CHECK", pod))
+        await plugin.handle(req("CHECK", pod, prevResult=result))
     assert "proxy_arp=0" in ei.value.msg
 
     # DEL detaches at once (route gone, IP released, host end down in the retired group);
@@ -135,7 +135,7 @@ async def test_add_del_add_in_the_same_netns_before_reap(host, plugin, make_netn
     veth = result["interfaces"][0]["name"]
     assert host_links(host) == [veth]
     assert [l["ifname"] for l in ipj(pod, "link", "show")] == ["lo", "eth0"]
-    assert await plugin.handle(req("CHECK", pod, cid="cid2")) is None
+    assert await plugin.handle(req("CHECK", pod, cid="cid2", prevResult=result)) is None
     assert await plugin.reap() is False
 
 
@@ -284,8 +284,9 @@ BENCH = textwrap.dedent("""
         checks = 0
         for i, ns in enumerate(pods):
             r = CNIRequest("ADD", f"c{i}", ns, "eth0", args(i), "", conf)
-            t = time.perf_counter(); await plugin.handle(r); out["add"].append(time.perf_counter() - t)
-            await plugin.handle(CNIRequest("CHECK", f"c{i}", ns, "eth0", args(i), "", conf)); checks += 1
+            t = time.perf_counter(); res = await plugin.handle(r); out["add"].append(time.perf_counter() - t)
+            await plugin.handle(CNIRequest("CHECK", f"c{i}", ns, "eth0", args(i), "",
+                                           {**conf, "prevResult": res})); checks += 1
         for i, ns in enumerate(pods):
             r = CNIRequest("DEL", f"c{i}", ns, "eth0", args(i), "", conf)
             t = time.perf_counter(); await plugin.handle(r); out["del"].append(time.perf_counter() - t)

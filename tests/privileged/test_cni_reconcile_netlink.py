@@ -60,6 +60,17 @@ def req(command: str, netns: str, cid: str, pod: str, **conf) -> CNIRequest:
                       {**CONF, **conf})
 
 
+async def check(plugin: CNIPlugin, netns: str, cid: str, pod: str) -> None:
+    """CHECK with the prevResult a runtime would hold, built from the interfaces as they are
+    (not from a repeated ADD, which would repair what it finds and hide a reconcile miss)."""
+    alloc = plugin.ipam.get(f"podnet.{cid}.eth0")
+    host_ifname = alloc.attrs["host_ifname"]
+    host, pod_if = plugin.wiring.host_veth(host_ifname), plugin.wiring.pod_iface(netns, "eth0")
+    assert host is not None and pod_if is not None, f"{cid}: host veth or pod interface missing"
+    prev = plugin._result(CONF["cniVersion"], host_ifname, host.mac, "eth0", pod_if.mac, netns, alloc.ip)
+    return await plugin.handle(req("CHECK", netns, cid, pod, prevResult=prev))
+
+
 def record(plugin: CNIPlugin, cid: str, netns: str, host_ifname: str) -> IPv4Address:
     """The IPAM claim an ADD makes first (a kill -9 right after it leaves only this)."""
     attrs = {"network": "podnet", "container_id": cid, "ifname": "eth0", "netns": netns,
@@ -97,7 +108,7 @@ async def test_reconcile_repairs_the_three_broken_states(host, plugin, make_netn
     assert set(plugin.ipam.allocations()) == {"podnet.cida.eth0", "podnet.cidb.eth0"}
     assert ip_c not in {a.ip for a in plugin.ipam.allocations().values()}
     for cid, pod in (("cida", pod_a), ("cidb", pod_b)):
-        assert await plugin.handle(req("CHECK", netns_path(pod), cid, "ignored")) is None
+        assert await check(plugin, netns_path(pod), cid, "ignored") is None
     p = sh("ping", "-c", "2", "-i", "0.2", "-W", "2", str(ip_b), ns=pod_a, check=False, timeout=20)
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -115,7 +126,7 @@ async def test_retried_add_repairs_a_broken_pod(host, plugin, make_netns):
     again = await plugin.handle(req("ADD", netns_path(pod), "cid1", "web-0"))
     assert again["ips"] == first["ips"] and again["interfaces"] == first["interfaces"]
     assert proto90(host) == {(ip, veth)}
-    assert await plugin.handle(req("CHECK", netns_path(pod), "cid1", "web-0")) is None
+    assert await check(plugin, netns_path(pod), "cid1", "web-0") is None
 
 
 async def test_gc_removes_attachments_the_runtime_no_longer_lists(host, plugin, make_netns):
@@ -132,7 +143,7 @@ async def test_gc_removes_attachments_the_runtime_no_longer_lists(host, plugin, 
     assert links(pod2) == ["lo"]
     assert proto90(host) == {(r1["ips"][0]["address"].split("/")[0], v1)}
     assert set(plugin.ipam.allocations()) == {"podnet.cid1.eth0"}
-    assert await plugin.handle(req("CHECK", netns_path(pod1), "cid1", "web-1")) is None
+    assert await check(plugin, netns_path(pod1), "cid1", "web-1") is None
 
 
 def test_host_route_exists_is_exact_among_many_routes(host):

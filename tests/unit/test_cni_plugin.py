@@ -62,8 +62,8 @@ def assert_nothing_left(wiring: FakeWiring, ipam: IPAM) -> None:
 async def test_add_allocates_and_wires(env):
     plugin, wiring, ipam, sink = env
     result = await plugin.handle(req())
-    host = host_ifname_for("prt", "default", "web-0", "c0ffee")
-    assert host.startswith("prt") and len(host) == 14 and not host.startswith("cali")
+    host = host_ifname_for("prt", "c0ffee", "podnet", "eth0")
+    assert host.startswith("prt") and len(host) == 15 and not host.startswith("cali")
     ip = ipam.get("podnet.c0ffee.eth0").ip
     assert ip == IPv4Address("198.19.7.1")
     assert result == {
@@ -97,7 +97,7 @@ async def test_config_mtu_override_and_old_version_result(env):
 async def test_host_name_from_container_id_without_k8s_args(env):
     plugin, wiring, _, _ = env
     await plugin.handle(req(args={}))
-    assert list(wiring.host_links) == [host_ifname_for("prt", None, None, "c0ffee")]
+    assert list(wiring.host_links) == [host_ifname_for("prt", "c0ffee", "podnet", "eth0")]
 
 
 @pytest.mark.parametrize("bad", [{"name": ""}, {"mtu": 10}, {"mtu": "1500"}])
@@ -170,9 +170,10 @@ async def test_repeated_add_is_idempotent_and_different_add_fails(env):
 
 
 async def test_stale_host_veth_from_dead_sandbox_is_replaced(env):
+    """A veth with this attachment's name that no allocation owns (IPAM state lost)."""
     plugin, wiring, ipam, _ = env
     wiring.add_netns("/var/run/netns/old")
-    host = host_ifname_for("prt", "default", "web-0", "x")
+    host = host_ifname_for("prt", "c0ffee", "podnet", "eth0")
     wiring.create_veth_in_netns(host, "/var/run/netns/old", "eth0", 1500)
     await plugin.handle(req())
     assert wiring.host_links[host].peer == (NS, "eth0")
@@ -254,18 +255,18 @@ async def test_del_wiring_failure_still_releases_and_reports(env):
 
 async def test_check_ok_then_detects_missing_route(env):
     plugin, wiring, ipam, _ = env
-    await plugin.handle(req())
-    assert await plugin.handle(req("CHECK")) is None
+    prev = await plugin.handle(req())
+    assert await plugin.handle(req("CHECK", prevResult=prev)) is None
     wiring.routes.clear()
     with pytest.raises(CNIError) as ei:
-        await plugin.handle(req("CHECK"))
+        await plugin.handle(req("CHECK", prevResult=prev))
     assert ei.value.code == 999
     assert "host route 198.19.7.1/32" in ei.value.msg and "missing" in ei.value.msg
 
 
 async def test_check_detects_each_mismatch(env):
     plugin, wiring, ipam, _ = env
-    await plugin.handle(req())
+    prev = await plugin.handle(req())
     host = next(iter(wiring.host_links))
     wiring.host_links[host].proxy_arp = 0
     pod = wiring.pod_links[(NS, "eth0")]
@@ -273,7 +274,7 @@ async def test_check_detects_each_mismatch(env):
     pod.default_via = None
     pod.addresses.clear()
     with pytest.raises(CNIError) as ei:
-        await plugin.handle(req("CHECK"))
+        await plugin.handle(req("CHECK", prevResult=prev))
     msg = ei.value.msg
     for needle in ("proxy_arp=0", "MTU 1500", "default route", "lacks address 198.19.7.1/32"):
         assert needle in msg
@@ -282,13 +283,13 @@ async def test_check_detects_each_mismatch(env):
 async def test_check_without_allocation_and_prev_result(env):
     plugin, wiring, ipam, _ = env
     with pytest.raises(CNIError) as ei:
-        await plugin.handle(req("CHECK"))
+        await plugin.handle(req("CHECK", prevResult={}))
     assert "no IP allocation" in ei.value.msg
-    await plugin.handle(req())
-    prev = {"cniVersion": "1.0.0", "ips": [{"address": "198.19.7.9/32"}]}
+    result = await plugin.handle(req())
+    prev = {**result, "ips": [{"address": "198.19.7.9/32"}]}
     with pytest.raises(CNIError) as ei:
         await plugin.handle(req("CHECK", prevResult=prev))
-    assert "prevResult" in ei.value.msg
+    assert "prevResult ips" in ei.value.msg and "198.19.7.1/32" in ei.value.msg
 
 
 async def test_endpoints_survive_agent_restart(env, tmp_path):

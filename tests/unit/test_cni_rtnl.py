@@ -45,6 +45,10 @@ GOLDEN = [
     (lambda: rtnl.route(7, "replace", IPv4Address(0), 0, 2, gateway=GW, proto=4),
      rtnl.RTM_NEWROUTE, REQ_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
      "02000000fe0400010000000008000500a9fe01010800040002000000"),
+    # ip route replace default via 169.254.1.1 dev h0 proto 4 metric 2   (h0 had ifindex 3)
+    (lambda: rtnl.route(7, "replace", IPv4Address(0), 0, 3, gateway=GW, proto=4, metric=2),
+     rtnl.RTM_NEWROUTE, REQ_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
+     "02000000fe0400010000000008000500a9fe0101080006000200000008000400" "03000000"),
     # ip route replace 198.19.1.5/32 dev h0 scope link proto 90
     (lambda: rtnl.route(7, "replace", POD, 32, 2, scope=rtnl.RT_SCOPE_LINK, proto=90),
      rtnl.RTM_NEWROUTE, REQ_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,

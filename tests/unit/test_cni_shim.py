@@ -92,13 +92,14 @@ def sockdir():
 def test_version_answered_locally():
     rc, out, _ = run_shim({"CNI_COMMAND": "VERSION"}, '{"cniVersion":"1.0.0"}')
     assert rc == 0
-    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    assert out == {"cniVersion": "1.1.0",
+                   "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
 
 
 def test_malformed_json_is_code_6(sockdir):
     rc, out, _ = run_shim(base_env(), "{not json")
     assert rc == 1
-    assert out["code"] == 6 and out["cniVersion"] == "1.0.0" and out["msg"]
+    assert out["code"] == 6 and out["cniVersion"] == "1.1.0" and out["msg"]
 
 
 def test_non_object_json_is_code_6(sockdir):
@@ -127,7 +128,7 @@ def test_del_without_netns_is_forwarded(sockdir):
 
 
 def test_unknown_command_is_code_4(sockdir):
-    rc, out, _ = run_shim(base_env(CNI_COMMAND="STATUS"), conf(sockdir / "agent.sock"))
+    rc, out, _ = run_shim(base_env(CNI_COMMAND="FOO"), conf(sockdir / "agent.sock"))
     assert (rc, out["code"]) == (1, 4)
 
 
@@ -255,7 +256,7 @@ def test_installed_copy_runs_with_shebang(tmp_path):
     assert (target.stat().st_mode & 0o777) == 0o755
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
     rc, out, _ = run_shim({"CNI_COMMAND": "VERSION"}, argv=[str(target)])
-    assert rc == 0 and out["cniVersion"] == "1.0.0"
+    assert rc == 0 and out["cniVersion"] == "1.1.0"
     assert "marshal" in target.read_text()  # pre-compiled for this interpreter
     # the fallback for another interpreter version runs the embedded source
     text = target.read_text()
@@ -263,7 +264,7 @@ def test_installed_copy_runs_with_shebang(tmp_path):
     other = tmp_path / "other"
     other.write_text(text.replace(tag, "'cpython-0'"))
     rc, out, _ = run_shim({"CNI_COMMAND": "VERSION"}, argv=[PY, "-IS", str(other)])
-    assert rc == 0 and out["cniVersion"] == "1.0.0"
+    assert rc == 0 and out["cniVersion"] == "1.1.0"
     # reinstall over an existing file is atomic and keeps the mode
     install_shim(tmp_path / "bin")
     assert (target.stat().st_mode & 0o777) == 0o755
