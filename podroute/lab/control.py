@@ -46,6 +46,36 @@ def kill_agent(lab: runner.Lab, name: str, sig: int = signal.SIGKILL) -> list[in
     return pids
 
 
+def stop_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> float:
+    """Stop the node's agent as systemd does with ``KillMode=mixed``: ``sig`` to the agent
+    alone, up to ``timeout`` s (``TimeoutStopSec``) for it to exit, then SIGKILL to whatever
+    is left in its namespace. Returns the seconds the agent took to exit. Raises LabError if
+    it had not exited by ``timeout`` (it is SIGKILLed then, as systemd would)."""
+    n = node(lab, name)
+    if not n.pid or not netns._alive(n.pid):
+        raise LabError(f"agent of {name} is not running")
+    t0 = time.monotonic()
+    os.kill(n.pid, sig)
+    while netns._alive(n.pid) and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    took = time.monotonic() - t0
+    overdue = netns._alive(n.pid)
+    kill_agent(lab, name, signal.SIGKILL)
+    if overdue:
+        raise LabError(f"agent of {name} did not exit within {timeout:.0f}s of signal {sig}")
+    return took
+
+
+def restart_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM) -> int:
+    """``systemctl restart`` for a lab node: :func:`stop_agent` (or, for SIGKILL, a crash of
+    the whole service, :func:`kill_agent`), then a new agent. Returns the new agent's PID."""
+    if sig == signal.SIGKILL:
+        kill_agent(lab, name, sig)
+    else:
+        stop_agent(lab, name, sig)
+    return start_agent(lab, name)
+
+
 def start_agent(lab: runner.Lab, name: str) -> int:
     n = node(lab, name)
     runner._start_agent(lab, n)
