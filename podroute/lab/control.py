@@ -1,5 +1,5 @@
-"""Operations on a running lab, for failure tests and operators: kill or restart a node's
-agent, stop or start an external router, change the cluster file.
+"""Operations on a running lab, for failure tests and operators: kill, stop (as systemd
+does) or restart a node's agent, stop or start an external router, change the cluster file.
 
 Every process is ended by PID (the recorded one, or the PIDs inside the lab namespace).
 """
@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from podroute.lab import netns, runner
 from podroute.lab.netns import LabError
@@ -66,19 +69,38 @@ def stop_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM, timeout: f
     return took
 
 
-def restart_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM) -> int:
+def restart_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM,
+                  config: dict[str, Any] | None = None) -> int:
     """``systemctl restart`` for a lab node: :func:`stop_agent` (or, for SIGKILL, a crash of
-    the whole service, :func:`kill_agent`), then a new agent. Returns the new agent's PID."""
+    the whole service, :func:`kill_agent`), then :func:`start_agent` with ``config``.
+    Returns the new agent's PID."""
     if sig == signal.SIGKILL:
         kill_agent(lab, name, sig)
     else:
         stop_agent(lab, name, sig)
-    return start_agent(lab, name)
+    return start_agent(lab, name, config)
 
 
-def start_agent(lab: runner.Lab, name: str) -> int:
+def start_agent(lab: runner.Lab, name: str, config: dict[str, Any] | None = None) -> int:
+    """Start the node's agent on the lab's node config, with the top-level keys of
+    ``config`` (node.yaml spelling, e.g. ``serviceCIDRs``) put over it for this start.
+    Returns the agent's PID."""
     n = node(lab, name)
-    runner._start_agent(lab, n)
+    if not config:
+        runner._start_agent(lab, n)
+    else:
+        path = runner._node_config(lab, n)
+        doc = yaml.safe_load(path.read_text())
+        doc.update(config)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        # runner._start_agent would write the lab's config again: the same start, on ours.
+        log = open(Path(n.dir) / "agent.log", "ab")
+        proc = subprocess.Popen(["ip", "netns", "exec", n.ns, sys.executable, "-m", "podroute.cli", "node", "run",
+                                 "--config", str(path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        n.pid = proc.pid
+        lab.save()
     assert n.pid is not None
     return n.pid
 

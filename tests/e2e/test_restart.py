@@ -6,6 +6,7 @@ SIGKILL of everything in the service. Either way a 10 ms pod-to-pod ping across 
 lose nothing: peers keep the restarting node's routes as stale (RFC 4724 §4.2) and its own
 FIB keeps the routes to the others, until the new agent has replayed and sent End-of-RIB.
 """
+import json
 import signal
 import subprocess
 import threading
@@ -95,3 +96,86 @@ def test_agent_restart_under_ping_loses_no_packet(tmp_path, peer, sig):
             tx, rx, line = ping.stop()
         assert tx >= 100 and rx == tx, f"{line}; route gaps seen: {len(missing)} {sorted(set(missing))}"
         assert not missing, sorted(set(missing))
+
+
+SVC = "198.18.128.0/24"   # a service range exported by two nodes (anycast), outside the pod pool
+VIP = "198.18.128.1"
+
+
+def _via(route_line: str | None) -> str | None:
+    parts = (route_line or "").split()
+    return parts[parts.index("via") + 1] if "via" in parts else None
+
+
+def test_drain_withdraws_before_the_agent_exits_and_moves_traffic_first(tmp_path):
+    """`podroute node drain` on a node that exports a service range another node exports too:
+    before its agent exits, its block is gone from every other node's FIB and the service
+    route points at the other node; a 10 ms ping to the service address loses nothing."""
+    from podroute.lab import control, netns
+    with lab(tmp_path, "--nodes", "3", "--pods", "1") as (name, state, rep):
+        pods = {p["name"]: p for p in rep["pods"]}
+        lb = control.load(name, state)
+        by_name = {n.name: n for n in lb.nodes}
+        for n in ("n2", "n3"):
+            netns.ip("addr", "add", f"{VIP}/32", "dev", "lo", ns=by_name[n].ns)
+            control.restart_agent(lb, n, signal.SIGTERM, config={"serviceCIDRs": [{"cidr": SVC}]})
+        control.restart_agent(lb, "n1", signal.SIGTERM, config={"importExtraCIDRs": [SVC]})
+        for n in by_name:
+            wait_for(f"{n}'s sessions Established", lambda n=n: peers_established(state, name, n), 60)
+        n1 = by_name["n1"]
+        wait_for("the service route on n1", lambda: SVC in fib(n1.ns), 30)
+        # The reflector reflects one best path: drain the node n1 sends the service traffic to.
+        first = _via(fib(n1.ns)[SVC])
+        drained = next(n for n in lb.nodes if n.ip == first)
+        other = next(n for n in lb.nodes if n.name in ("n2", "n3") and n is not drained)
+        block = drained.block
+        for n in lb.nodes:
+            if n is not drained:
+                assert block in fib(n.ns), (n.name, fib(n.ns))
+
+        ping = Ping(pods["n1p1"]["ns"], VIP, tmp_path / "ping.out")
+        seen: dict[str, float] = {}
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                now = time.monotonic()
+                for n in lb.nodes:
+                    if n is not drained and block not in fib(n.ns):
+                        seen.setdefault(f"{n.name} without {block}", now)
+                if _via(fib(n1.ns).get(SVC)) == other.ip:
+                    seen.setdefault("service via the other node", now)
+                time.sleep(0.01)
+        watcher = threading.Thread(target=watch, daemon=True)
+        try:
+            wait_for("ping replies from the service address", lambda: ping.replies() >= 50, 30)
+            watcher.start()
+            pid = drained.pid
+            t_drain = time.monotonic()
+            out = podroute("node", "drain", "--socket", str(state / name / drained.name / "run" / "agent.sock"),
+                           "--settle", "1", "--json", timeout=60)
+            wait_for("the drained agent to exit", lambda: not netns._alive(pid), 30, 0.005)
+            t_exit = time.monotonic()
+            time.sleep(0.5)
+        finally:
+            done.set()
+            watcher.join(5)
+            tx, rx, line = ping.stop()
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["complete"] and report["acked"], report
+        assert set(report["withdrawn"]) == {block, SVC}, report
+        assert report["delivered"] == [str(runner_rr())], report
+        want = {f"{n.name} without {block}" for n in lb.nodes if n is not drained} | {"service via the other node"}
+        assert set(seen) == want, (seen, want)
+        for what, t in seen.items():
+            assert t_drain < t < t_exit, (what, f"{t - t_drain:.3f}s after the drain began",
+                                          f"agent exited {t_exit - t_drain:.3f}s after")
+        assert tx >= 100 and rx == tx, line
+        # The drained node's own FIB keeps its routes (pods there still reach the others).
+        assert by_name["n1"].block in fib(drained.ns)
+
+
+def runner_rr() -> str:
+    from podroute.lab import runner
+    return str(runner.RR_IP)
