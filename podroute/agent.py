@@ -351,9 +351,12 @@ class Agent:
         self._stale = {}
 
     def _bgp_converged(self) -> bool:
+        """Every configured peer Established with its End-of-RIB in (RFC 4724 §4.1: defer
+        until End-of-RIB from all peers, bounded by the restart time). A peer whose session
+        is not back yet keeps the hold: in a mesh the node it dials first is not the only one
+        whose routes we kept."""
         peers = self.speaker.status().peers
-        up = [p for p in peers if p.state == "established"]
-        return bool(up) and all(p.eor_received for p in up)
+        return bool(peers) and all(p.state == "established" and p.eor_received for p in peers)
 
     def _on_drift(self) -> None:
         self.monitor_triggers += 1
