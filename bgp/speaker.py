@@ -518,7 +518,8 @@ class Speaker:
         return report
 
     def _drained(self) -> bool:
-        """Draining and nothing of ours left in ExaBGP, every pending End-of-RIB sent."""
+        """What drain() waits for: an API session, nothing of ours left in ExaBGP (announced
+        or reflected), every pending replay and End-of-RIB done. True with no peer at all."""
         if not self.config.peers:
             return True
         s = self._session
