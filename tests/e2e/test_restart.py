@@ -68,7 +68,7 @@ class Ping:
 def test_agent_restart_under_ping_loses_no_packet(tmp_path, topology, peer, sig):
     """A route reflector (BIRD 2, FRR) or, in a mesh, the other node's own speaker is the
     peer that must keep the restarting node's routes."""
-    from podroute.lab import control
+    from podroute.lab import control, runner
     # A mesh lab of 2 would start n1 with no peer at all, which today's speaker cannot do
     # (its state dir is only created with a peer): 3 nodes, ping n1 -> n2 all the same.
     nodes = "3" if topology == "mesh" else "2"
@@ -101,7 +101,6 @@ def test_agent_restart_under_ping_loses_no_packet(tmp_path, topology, peer, sig)
                 wait_for("n2's sessions Established again", lambda: peers_established(state, name, "n2"), 60)
                 wait_for("End-of-RIB and no stale routes left on n2", lambda: all(
                     p["eor_received"] and not p["stale_routes"] for p in status(state, name, "n2")["bgp"]["peers"]), 30)
-                from podroute.lab import runner
                 wait_for("the routers to see every session Established",
                          lambda: all(runner.router_sessions(lb).values()), 30)
                 time.sleep(1.0)  # traffic on the settled path after the restart, too
@@ -127,7 +126,7 @@ def test_drain_withdraws_before_the_agent_exits_and_moves_traffic_first(tmp_path
     """`podroute node drain` on a node that exports a service range another node exports too:
     before its agent exits, its block is gone from every other node's FIB and the service
     route points at the other node; a 10 ms ping to the service address loses nothing."""
-    from podroute.lab import control, netns
+    from podroute.lab import control, netns, runner
     with lab(tmp_path, "--nodes", "3", "--pods", "1") as (name, state, rep):
         pods = {p["name"]: p for p in rep["pods"]}
         lb = control.load(name, state)
@@ -182,7 +181,7 @@ def test_drain_withdraws_before_the_agent_exits_and_moves_traffic_first(tmp_path
         report = json.loads(out.stdout)
         assert report["complete"] and report["acked"], report
         assert set(report["withdrawn"]) == {block, SVC}, report
-        assert report["delivered"] == [str(runner_rr())], report
+        assert report["delivered"] == [str(runner.RR_IP)], report
         want = {f"{n.name} without {block}" for n in lb.nodes if n is not drained} | {"service via the other node"}
         assert set(seen) == want, (seen, want)
         for what, t in seen.items():
@@ -191,8 +190,3 @@ def test_drain_withdraws_before_the_agent_exits_and_moves_traffic_first(tmp_path
         assert tx >= 100 and rx == tx, line
         # The drained node's own FIB keeps its routes (pods there still reach the others).
         assert by_name["n1"].block in fib(drained.ns)
-
-
-def runner_rr() -> str:
-    from podroute.lab import runner
-    return str(runner.RR_IP)
