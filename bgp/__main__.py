@@ -10,7 +10,8 @@ PeerConfig objects. stdout gets one JSON object per line: ``{"routes": {prefix: 
 every Loc-RIB change and ``{"status": {...}}`` in answer to ``status`` on stdin. stdin
 commands: ``status``, ``announce P1 P2 ...`` (replaces the set), ``peers <JSON list of
 PeerConfig objects>`` (:meth:`Speaker.set_peers`), ``exports <JSON list of {"prefix",
-"communities"}>``, ``nexthops <JSON {block: ip}>``, ``stop``. EOF on stdin stops.
+"communities"}>``, ``nexthops <JSON {block: ip}>``, ``drain [settle_s]`` (:meth:`Speaker.drain`,
+answered with ``{"drained": {...}}``), ``stop`` (graceful: nothing withdrawn). EOF on stdin stops.
 ``BGP_LOG_LEVEL`` (default INFO) sets the stderr log level.
 """
 from __future__ import annotations
@@ -127,6 +128,9 @@ async def _main(path: str) -> int:
             _emit({"error": f"{type(exc).__name__}: {exc}"})
         if words[0] == "status":
             _emit({"status": _jsonable(speaker.status())})
+        elif words[0] == "drain":
+            settle = float(words[1]) if len(words) > 1 else 0.5
+            _emit({"drained": (await speaker.drain(settle_s=settle)).as_dict()})
         elif words[0] == "announce":
             speaker.set_announcements(IPv4Network(w) for w in words[1:])
             _emit({"ok": "announce"})

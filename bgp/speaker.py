@@ -11,6 +11,10 @@ each new API session we replay the full announced set, and after every session "
 ``neighbor <peer> announce eor ipv4 unicast`` once the replay is acked, so a peer that kept
 our routes as stale never sees End-of-RIB before them.
 
+Stopping (:meth:`Speaker.stop`) withdraws nothing: the sessions end without a NOTIFICATION,
+so peers keep our routes as stale until the next run's End-of-RIB (a restart loses no
+traffic). :meth:`Speaker.drain` is the separate, explicit withdrawal for a node that leaves.
+
 Graceful restart on the peer's side (RFC 4724 §4.2, receiving speaker): when a session goes
 down by a TCP/transport failure and the peer advertised the GR capability in its last OPEN
 (restart time from that capability; our ``graceful_restart_time`` if we never saw its OPEN or
@@ -51,6 +55,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from . import api, reflector
+from .drain import DrainReport, send_queues
 from .errors import BGPError, CommandRejected, ConfigError, ExaBGPExited
 from .exabgp_config import LAUNCH_PATH, check_community, exabgp_env, redact, render_config
 from .handoff import PipeServer
@@ -197,6 +202,7 @@ class Speaker:
         self._peers_set = asyncio.Event()  # set_peers() gave a non-empty set: (re)start ExaBGP
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._draining = False  # drain(): announce nothing, withdraw what ExaBGP holds
         self._proc: asyncio.subprocess.Process | None = None
         self._starts = 0
         self._last_exit: str | None = None
@@ -344,6 +350,8 @@ class Speaker:
         self._arm_timer()
 
     def _desired(self) -> dict[IPv4Network, tuple[str, ...]]:
+        if self._draining:
+            return {}
         out: dict[IPv4Network, tuple[str, ...]] = {p: () for p in self._blocks}
         out.update(self._exports)
         return out
@@ -434,33 +442,26 @@ class Speaker:
         self.log.debug("rendered ExaBGP config %s:\n%s", self.config_path, redact(text))
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Withdraw our routes (bounded by ``timeout`` s), SIGTERM ExaBGP by PID (SIGKILL after
-        ``kill_timeout``), close the socket, and wait for :meth:`run` to return."""
+        """End the sessions so that peers keep our routes as stale (RFC 4724 §4.2), and wait
+        (``timeout`` s plus twice ``kill_timeout``) for :meth:`run` to return.
+
+        Nothing is withdrawn: ExaBGP gets SIGTERM by PID and, with graceful restart
+        negotiated (we always advertise it), closes each session without a NOTIFICATION
+        (ExaBGP 5.0's peer teardown: "closing the session without notification"); SIGKILL
+        after ``kill_timeout`` is a transport failure to the peers too. BIRD 2 keeps a
+        peer's routes only on a transport failure (not on a NOTIFICATION; it has no RFC 8538),
+        FRR likewise unless the N bit was exchanged, which ExaBGP never sets. Our own Loc-RIB
+        is flushed (an administrative stop by us). To withdraw everything first (a node that
+        is leaving), call :meth:`drain` before this.
+        """
         if self._stop.is_set():
             return
-        if not self._running:
-            self._stop.set()
-            for addr in list(self._peers):
-                self._flush_peer(addr)
-            return
-        session = self._session
-        reflected = set().union(*self._refl_synced.values()) if self._refl_synced else set()
-        if session is not None and not session.closed and (self._in_exabgp or reflected):
-            try:
-                await asyncio.wait_for(
-                    session.commands(api.cmds_bulk_withdraw(self._in_exabgp | reflected)),
-                    timeout)
-                self._in_exabgp.clear()
-                self._refl_synced.clear()
-                # Give the reactor a beat to put the UPDATE on the wire before SIGTERM.
-                await asyncio.sleep(min(0.5, 5 * self._speed))
-            except (BGPError, asyncio.TimeoutError) as exc:
-                self.log.warning("withdraw on stop failed: %s", exc)
         self._stop.set()
         self._wake.set()
-        # An administrative stop by us: no graceful restart for anyone's routes.
         for addr in list(self._peers):
             self._flush_peer(addr)
+        if not self._running:
+            return
         proc = self._proc
         if proc is not None and proc.returncode is None:
             await terminate(proc, self._kill_timeout)
@@ -468,6 +469,65 @@ class Speaker:
             await asyncio.wait_for(self._stopped.wait(), timeout + 2 * self._kill_timeout)
         except asyncio.TimeoutError:
             self.log.error("speaker run() did not finish within the stop timeout")
+
+    async def drain(self, settle_s: float = 2.0, timeout: float = 10.0) -> DrainReport:
+        """Withdraw every route we announce or reflect and wait until the peers have it
+        (see bgp/drain.py): ExaBGP's acks, then empty TCP send queues to every Established
+        peer, both bounded by ``timeout`` s, then ``settle_s`` s for the peers to act on it.
+
+        From here on nothing is announced (set_announcements / set_exports still record,
+        but the sync loop sends only withdrawals, and End-of-RIB to a session that comes
+        back). The speaker keeps running; :meth:`stop` ends it.
+        """
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        deadline = t0 + timeout
+        reflected = set().union(*self._refl_synced.values()) if self._refl_synced else set()
+        withdrawn = tuple(sorted(self._in_exabgp | reflected))
+        self._draining = True
+        self._wake.set()
+        while not self._drained() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        acked = self._drained()
+        if acked and withdrawn:
+            # ExaBGP acks a command when it is queued; its reactor writes the UPDATE on a
+            # later pass. A send queue read before that would be empty, and mean nothing.
+            await asyncio.sleep(min(0.5, max(0.05, 5 * self._speed)))
+        up = [a for a, p in self._peers.items() if p.state == "established"]
+        queues: dict[IPv4Address, int] = {}
+        while up:
+            try:
+                queues = await send_queues(up)
+            except OSError as exc:
+                self.log.warning("cannot read TCP send queues: %s", exc)
+                break
+            # No socket to an Established peer: nothing confirms it, so it counts as not.
+            if all(queues.get(a) == 0 for a in up) or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        undelivered = tuple(sorted(a for a in up if queues.get(a) != 0))
+        if settle_s > 0:
+            await asyncio.sleep(settle_s)
+        report = DrainReport(withdrawn=withdrawn, acked=acked,
+                             delivered=tuple(sorted(a for a in up if a not in undelivered)),
+                             undelivered=undelivered,
+                             down=tuple(sorted(a for a in self._peers if a not in up)),
+                             settle_s=settle_s, took_s=loop.time() - t0)
+        (self.log.info if report.complete else self.log.warning)(
+            "drained: %d prefixes withdrawn, acked %s, delivered to %d peers, undelivered %d, "
+            "down %d", len(withdrawn), acked, len(report.delivered), len(undelivered),
+            len(report.down))
+        return report
+
+    def _drained(self) -> bool:
+        """What drain() waits for: an API session, nothing of ours left in ExaBGP (announced
+        or reflected), every pending replay and End-of-RIB done. True with no peer at all."""
+        if not self.config.peers:
+            return True
+        s = self._session
+        return (s is not None and not s.closed and not self._needs_replay
+                and not self._in_exabgp and not any(self._refl_synced.values())
+                and not self._pending_eor and not self._peer_replay)
 
     # ---------------- ExaBGP child ----------------
 
@@ -699,7 +759,9 @@ class Speaker:
             return True
         ibgp = {a: c.rr_client for a, c in self._peer_cfgs.items()
                 if c.asn == self.config.local_as}
-        plan = reflector.plan(self._rib, ibgp, cluster)
+        # Draining: an empty plan for every neighbor we reflected to withdraws it all.
+        plan = ({peer: {} for peer in self._refl_synced} if self._draining
+                else reflector.plan(self._rib, ibgp, cluster))
         ok = True
         for peer, routes in sorted(plan.items()):
             if peer in self._peer_replay:

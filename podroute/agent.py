@@ -74,6 +74,8 @@ class Agent:
         self.started = time.time()
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
+        self._stop_reason = "signal"
+        self._draining = False
         self._start_monitor = start_monitor
         self.resyncs = 0
         self.monitor_triggers = 0
@@ -349,9 +351,12 @@ class Agent:
         self._stale = {}
 
     def _bgp_converged(self) -> bool:
+        """Every configured peer Established with its End-of-RIB in (RFC 4724 §4.1: defer
+        until End-of-RIB from all peers, bounded by the restart time). A peer whose session
+        is not back yet keeps the hold: in a mesh the node it dials first is not the only one
+        whose routes we kept."""
         peers = self.speaker.status().peers
-        up = [p for p in peers if p.state == "established"]
-        return bool(up) and all(p.eor_received for p in up)
+        return bool(peers) and all(p.state == "established" and p.eor_received for p in peers)
 
     def _on_drift(self) -> None:
         self.monitor_triggers += 1
@@ -475,8 +480,31 @@ class Agent:
         }
 
     # --- lifecycle --------------------------------------------------------------------
+    async def drain(self, *, settle_s: float, timeout_s: float) -> dict[str, Any]:
+        """Withdraw every route we announce (:meth:`bgp.speaker.Speaker.drain`: bounded by
+        ``timeout_s``, then ``settle_s`` s for the peers to act on it), then stop the agent
+        (exit 0). Returns the speaker's report as a dict, or ``{"error": ...}`` if a drain or
+        stop is already under way. Our FIB routes stay, as on every stop."""
+        if self._draining or self._stop.is_set():
+            return {"error": "the agent is already stopping or draining"}
+        self._draining = True
+        log.info("draining: withdrawing our routes before stopping",
+                 extra={"kv": {"settle_s": settle_s, "timeout_s": timeout_s}})
+        try:
+            report = (await self.speaker.drain(settle_s=settle_s, timeout=timeout_s)).as_dict()
+        except Exception as e:  # noqa: BLE001 - the operator gets the reason; the agent stops as asked
+            log.exception("drain failed")
+            report = {"error": f"drain failed: {e}"}
+        self._stop_reason = "drained"
+        self._stop.set()
+        return report
+
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (exit 0) or a guarded task crashes (exit 1)."""
+        """Run until SIGTERM/SIGINT or a drain (exit 0) or a guarded task crashes (exit 1).
+
+        SIGTERM (``systemctl stop`` / ``restart``) keeps every route: the speaker ends its
+        sessions so that peers keep ours as stale (RFC 4724 §4.2) and our FIB is left as it
+        is. Withdrawing first is :meth:`drain` (``podroute node drain``)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -491,7 +519,8 @@ class Agent:
         if self._start_monitor:
             g.start("route-monitor", self._monitor)
         g.start("cni-server", self._cni_server)
-        g.start("status-server", lambda: statusd.serve(self.cfg.paths.agent_socket, self.status))
+        g.start("status-server", lambda: statusd.serve(self.cfg.paths.agent_socket, self.status,
+                                                       drain=self.drain))
         g.start("bgp-speaker", self.speaker.run)
         if self.cfg.cluster_file is not None:
             g.start("cluster-watch", self._watch_cluster)
@@ -507,9 +536,10 @@ class Agent:
         failed = asyncio.create_task(g.failed.wait())
         await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
         code = 1 if g.failed.is_set() else 0
-        log.info("agent stopping", extra={"kv": {"reason": "task failure" if code else "signal"}})
+        log.info("agent stopping", extra={"kv": {"reason": "task failure" if code else self._stop_reason}})
         g.stopping = True  # from here on, a task returning is the shutdown, not a crash
         try:
+            # Graceful: no withdrawal (a drain did that already, if asked for).
             await asyncio.wait_for(self.speaker.stop(), timeout=15)
         except Exception as e:  # noqa: BLE001 - shutting down regardless
             log.warning("speaker did not stop cleanly", extra={"kv": {"error": str(e)}})

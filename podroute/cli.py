@@ -51,6 +51,35 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     return asyncio.run(agent.run())
 
 
+def cmd_node_drain(args: argparse.Namespace) -> int:
+    """Take the node out of BGP before it stops: exit 0 when the withdrawal reached every
+    Established peer, 1 otherwise (agent unreachable, refused, or not confirmed)."""
+    from podroute import statusd
+    sock = Path(args.socket) if args.socket else _load_config(args.config).paths.agent_socket
+    args_ok = statusd.drain_args({"settle_s": args.settle, "timeout_s": args.timeout})
+    if isinstance(args_ok, str):
+        print(f"podroute node drain: {args_ok}", file=sys.stderr)
+        return 2
+    try:
+        rep = statusd.request_drain(sock, settle_s=args.settle, timeout_s=args.timeout)
+    except statusd.AgentUnreachable as e:
+        print(f"podroute node drain: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    if "error" in rep:
+        print(f"podroute node drain: {rep['error']}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"withdrew {len(rep['withdrawn'])} prefix(es) in {rep['took_s']:.1f} s "
+              f"(settle {rep['settle_s']:g} s); delivered to {', '.join(rep['delivered']) or 'no peer'}"
+              + (f"; NOT confirmed by {', '.join(rep['undelivered'])}" if rep["undelivered"] else "")
+              + (f"; not Established: {', '.join(rep['down'])}" if rep["down"] else "")
+              + ("" if rep["acked"] else "; ExaBGP did not ack every withdrawal in time")
+              + "; the agent is exiting")
+    return 0 if rep.get("complete") else 1
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     print(f"{args.config}: ok (node {cfg.node_name}, {len(cfg.pod_cidrs)} block(s), {len(cfg.peers)} peer(s))")
@@ -107,6 +136,7 @@ def cmd_lab_reconfigure(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from podroute.statusd import DRAIN_SETTLE_S, DRAIN_TIMEOUT_S
     p = argparse.ArgumentParser(prog="podroute", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="group", required=True)
 
@@ -116,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
     run.set_defaults(func=cmd_node_run)
+    drn = node.add_parser("drain", help="withdraw this node's routes, wait for the peers, then stop the agent "
+                                        "(for a node that is leaving; a plain stop or restart keeps the routes)")
+    drn.add_argument("--config", default=DEFAULT_CONFIG)
+    drn.add_argument("--socket", help="agent socket (default: <runDir>/agent.sock from --config)")
+    drn.add_argument("--settle", type=float, default=DRAIN_SETTLE_S,
+                     help="seconds to wait after the peers have the withdrawal, for them to act on it (0..300)")
+    drn.add_argument("--timeout", type=float, default=DRAIN_TIMEOUT_S,
+                     help="seconds to wait for ExaBGP and the peers' TCP to take the withdrawal (1..300)")
+    drn.add_argument("--json", action="store_true")
+    drn.set_defaults(func=cmd_node_drain)
 
     cfg = sub.add_parser("config", help="node config tools").add_subparsers(dest="cmd", required=True)
     chk = cfg.add_parser("check", help="validate a node config file")

@@ -1,9 +1,16 @@
-"""The agent's status socket and the client side of ``podroute status``.
+"""The agent's status/control socket and its clients (``podroute status``, ``podroute node drain``).
 
-Wire format: the client connects to ``<runDir>/agent.sock``, writes one JSON line
-``{"cmd": "status"}`` and reads one JSON line back (the agent's status snapshot,
-see :meth:`podroute.agent.Agent.status`). The socket is mode 0600: status names
-peers and routes, and only root may ask.
+Wire format: the client connects to ``<runDir>/agent.sock``, writes one JSON line and reads
+one JSON line back:
+
+- ``{"cmd": "status"}``: the agent's status snapshot (:meth:`podroute.agent.Agent.status`);
+- ``{"cmd": "drain", "settle_s": S, "timeout_s": T}``: withdraw every route the node
+  announces, wait for the peers (bounded by T, then S seconds), reply with the drain report
+  (:class:`bgp.drain.DrainReport` as a dict), then the agent exits 0. S in 0..300 (default
+  2), T in 1..300 (default 10); anything else gets ``{"error": ...}`` and nothing happens.
+
+The socket is mode 0600: status names peers and routes, drain takes the node out, and only
+root may ask.
 """
 from __future__ import annotations
 
@@ -13,13 +20,30 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 MAX_REQUEST = 64 * 1024
+DRAIN_SETTLE_S = 2.0
+DRAIN_TIMEOUT_S = 10.0
+_DRAIN_LIMITS = {"settle_s": (0.0, 300.0, DRAIN_SETTLE_S), "timeout_s": (1.0, 300.0, DRAIN_TIMEOUT_S)}
 
 
-async def serve(path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
-    """Serve status requests on ``path`` until cancelled. Replaces a stale socket file."""
+def drain_args(req: dict[str, Any]) -> dict[str, float] | str:
+    """The drain request's ``settle_s`` / ``timeout_s`` (defaults filled), or an error text
+    naming the bad field."""
+    out: dict[str, float] = {}
+    for key, (lo, hi, default) in _DRAIN_LIMITS.items():
+        v = req.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            return f"drain: {key} must be a number of seconds in {lo:g}..{hi:g}, got {v!r}"
+        out[key] = float(v)
+    return out
+
+
+async def serve(path: Path, snapshot: Callable[[], dict[str, Any]],
+                drain: Callable[..., Awaitable[dict[str, Any]]] | None = None) -> None:
+    """Serve requests on ``path`` until cancelled. Replaces a stale socket file.
+    ``drain(settle_s=, timeout_s=)`` answers a drain request (none: drain is refused)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.unlink()
@@ -34,7 +58,14 @@ async def serve(path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
                 cmd = req.get("cmd") if isinstance(req, dict) else None
             except ValueError:
                 cmd = None
-            reply = snapshot() if cmd == "status" else {"error": f"unknown request {line[:80]!r}; expected {{\"cmd\": \"status\"}}"}
+            if cmd == "status":
+                reply = snapshot()
+            elif cmd == "drain" and drain is not None:
+                args = drain_args(req)
+                reply = {"error": args} if isinstance(args, str) else await drain(**args)
+            else:
+                reply = {"error": f"unknown request {line[:80]!r}; expected {{\"cmd\": \"status\"}}"
+                                  + (" or {\"cmd\": \"drain\"}" if drain is not None else "")}
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError):
@@ -57,11 +88,25 @@ class AgentUnreachable(Exception):
 
 def query(path: Path, timeout: float = 5.0) -> dict[str, Any]:
     """Ask the agent at ``path`` for its status. Raises AgentUnreachable with the reason."""
+    return request(path, {"cmd": "status"}, timeout)
+
+
+def request_drain(path: Path, settle_s: float = DRAIN_SETTLE_S, timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the agent at ``path`` to drain and exit; returns its reply (the drain report, or
+    ``{"error": ...}``). Waits up to ``timeout_s + settle_s`` plus 10 s for the reply.
+    Raises AgentUnreachable with the reason."""
+    return request(path, {"cmd": "drain", "settle_s": settle_s, "timeout_s": timeout_s},
+                   timeout_s + settle_s + 10)
+
+
+def request(path: Path, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request line to the agent at ``path`` and return its one-line JSON reply.
+    Raises AgentUnreachable with the reason."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(b'{"cmd": "status"}\n')
+            s.sendall(json.dumps(req).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)

@@ -231,7 +231,30 @@ def test_speaker_against_bird(lab):
     assert OWN_BLOCK in bird.show_route()
     sys.stderr.write(f"routes delivered {t_routes:.2f} s after start\n")
 
-    # Graceful stop withdraws our block before ExaBGP goes.
+    # A stop is graceful (RFC 4724 §4.2): nothing withdrawn, ExaBGP closes the session without
+    # a NOTIFICATION, and BIRD keeps our block (stale) for our restart time.
+    driver.send("stop")
+    driver.wait_for(lambda m: m.get("stopped"), 20, "stopped")
+    assert OWN_BLOCK in bird.show_route()
+    proto = bird.birdc("show", "protocols", "all", "peer1")
+    # A transport close ("Last error: Socket: ..."), not a NOTIFICATION ("Received: ..."),
+    # and BIRD helping us through graceful restart.
+    assert "Neighbor graceful restart active" in proto and "Socket:" in proto and "Received:" not in proto, proto
+
+
+def test_drain_withdraws_and_bird_has_it_when_drain_returns(lab):
+    """Speaker.drain against a real BIRD: our block is gone from BIRD when drain() returns,
+    and BIRD's TCP acknowledged the withdrawal (the report names it as delivered)."""
+    bird, driver, _ = lab
+    driver.poll_status(lambda s: s["peers"][0]["state"] == "established", 30, "established")
+    deadline = time.monotonic() + 15
+    while OWN_BLOCK not in bird.show_route() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert OWN_BLOCK in bird.show_route()
+    driver.send("drain 0.2")
+    rep = driver.wait_for(lambda m: "drained" in m, 20, "drained")["drained"]
+    assert rep["complete"] and rep["withdrawn"] == [OWN_BLOCK] and rep["delivered"] == [BIRD_IP], rep
+    assert OWN_BLOCK not in bird.show_route()
     driver.send("stop")
     driver.wait_for(lambda m: m.get("stopped"), 20, "stopped")
     assert OWN_BLOCK not in bird.show_route()

@@ -1,5 +1,6 @@
 """bgp.speaker against a fake ExaBGP (no root): relay wiring, replay + End-of-RIB ordering,
-announcement diffs, restart with backoff after a kill by PID, withdraw on stop."""
+announcement diffs, restart with backoff after a kill by PID, the two ways to stop (graceful:
+nothing withdrawn; drain: everything withdrawn, then stop)."""
 from __future__ import annotations
 
 import asyncio
@@ -109,7 +110,8 @@ async def test_replay_eor_diff_restart_and_stop(tmp_path, fake_env):
     finally:
         await asyncio.wait_for(sp.stop(), 20)
         await asyncio.wait_for(run, 5)
-    assert commands(log)[-1] == f"withdraw attributes nlri {extra}"
+    # A stop is graceful (RFC 4724): nothing withdrawn, peers keep our routes as stale.
+    assert not [c for c in commands(log) if c.startswith("withdraw") and str(extra) in c]
     assert sp.status().exabgp_pid is None
     assert not (tmp_path / "st" / "api.sock").exists()
 
@@ -260,3 +262,82 @@ async def test_run_without_peers_creates_its_state_dir(tmp_path):
     assert not run.done(), run.exception()
     await asyncio.wait_for(sp.stop(), 5)
     await asyncio.wait_for(run, 5)
+def _speaker(tmp_path, fake, announce, exports=()):
+    from bgp.model import ExportRoute
+    cfg = SpeakerConfig(router_id=NODE, local_as=64512, local_address=NODE,
+                        peers=(PeerConfig(BIRD, 64512),), announce=tuple(announce),
+                        import_pools=(N("198.19.0.0/16"),), own_blocks=tuple(announce), node_ip=NODE,
+                        state_dir=tmp_path / "st", exabgp_bin=str(fake),
+                        export_extra=tuple(ExportRoute(e, ("64512:100",)) for e in exports))
+    return Speaker(cfg, lambda r: None, backoff=Backoff(initial=0.1, maximum=0.2))
+
+
+async def test_graceful_stop_withdraws_nothing_and_stops_exabgp(tmp_path, fake_env):
+    """SIGTERM's path (Agent.run -> Speaker.stop): no withdraw reaches ExaBGP, so its
+    shutdown ends the sessions with our routes still announced (peers keep them as stale)."""
+    fake, log = fake_env
+    own, svc = N("198.19.3.0/26"), N("198.18.128.0/24")
+    sp = _speaker(tmp_path, fake, [own], [svc])
+    run = asyncio.create_task(sp.run())
+    eor = f"neighbor {BIRD} announce eor ipv4 unicast"
+    try:
+        await wait_until(lambda: eor in commands(log), 10, "End-of-RIB")
+        pid = sp.status().exabgp_pid
+        assert pid is not None
+    finally:
+        await asyncio.wait_for(sp.stop(), 20)
+        await asyncio.wait_for(run, 5)
+    cmds = [c for c in commands(log) if not c.startswith("#")]
+    assert not [c for c in cmds if "withdraw" in c or "teardown" in c], cmds
+    assert cmds[-1] == eor
+    assert sp.status().exabgp_pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_drain_withdraws_everything_then_stop(tmp_path, fake_env):
+    """`podroute node drain`'s path: every announced prefix (blocks and service CIDRs) is
+    withdrawn and acked before drain() returns; nothing is re-announced after, even when the
+    announcements change; stop() then ends ExaBGP."""
+    fake, log = fake_env
+    own, svc = N("198.19.3.0/26"), N("198.18.128.0/24")
+    sp = _speaker(tmp_path, fake, [own], [svc])
+    run = asyncio.create_task(sp.run())
+    eor = f"neighbor {BIRD} announce eor ipv4 unicast"
+    try:
+        await wait_until(lambda: eor in commands(log), 10, "End-of-RIB")
+        before = len(commands(log))
+        report = await asyncio.wait_for(sp.drain(settle_s=0.0, timeout=5.0), 10)
+        after = [c for c in commands(log)[before:] if not c.startswith("#")]
+        assert after == [f"withdraw attributes nlri {svc} {own}"], after
+        assert report.withdrawn == (svc, own) and report.acked
+        # The fake ExaBGP holds no TCP session to the peer: nothing confirms delivery.
+        assert report.undelivered == (BIRD,) and not report.complete
+        assert sp.status().announced == ()
+        sp.set_announcements([own, N("198.19.4.0/26")])
+        await asyncio.sleep(0.3)
+        assert not [c for c in commands(log)[before:] if "announce attributes" in c]
+        pid = sp.status().exabgp_pid
+    finally:
+        await asyncio.wait_for(sp.stop(), 20)
+        await asyncio.wait_for(run, 5)
+    assert commands(log)[-1] == f"withdraw attributes nlri {svc} {own}"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_send_queues_parse_proc_net_tcp():
+    from bgp.drain import parse_send_queues
+    # /proc/net/tcp as a little-endian host prints it: 198.18.0.1 is 010012C6, port 179 is 00B3.
+    text = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0B0012C6:B3A4 010012C6:00B3 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 20 4 30 10 -1
+   1: 0B0012C6:00B3 020012C6:9C40 01 0000002A:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0B0012C6:00B3 030012C6:9C41 06 00000010:00000000 00:00000000 00000000     0        0 0 3 0 20 4 30 10 -1
+   3: 0B0012C6:B3A5 010012C6:00B3 01 00000013:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
+"""
+    import sys as _sys
+    if _sys.byteorder != "little":
+        pytest.skip("sample text is a little-endian host's")
+    got = parse_send_queues(text, [BIRD, A("198.18.0.2"), A("198.18.0.3"), A("198.18.0.9")])
+    # BIRD: two established sockets (collision), the larger queue counts; .3 is TIME_WAIT.
+    assert got == {BIRD: 0x13, A("198.18.0.2"): 0x2A}
