@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cniconf_variants import FIXED_MTU, REPO, VARIANTS, expected_pod_mtu, node_yaml
 
 from cni.fake_wiring import FakeWiring
 from cni.install import SHEBANG
@@ -26,24 +27,7 @@ from podroute.config import load
 from podroute.cniconf import CONFLIST_NAME
 from podroute.lab.libcni import plugin_config
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "/var/run/netns/pod-cniconf"
-# (ipipMode, vxlanMode) per encapsulation variant
-ENCAPS = {"none": ("Never", "Never"), "ipip": ("Always", "Never"), "vxlan": ("Never", "Always"),
-          "ipip-crosssubnet": ("CrossSubnet", "Never"), "vxlan-crosssubnet": ("Never", "CrossSubnet")}
-MTUS = {"auto": "auto", "fixed": 1400}
-VARIANTS = [(m, e) for m in MTUS for e in ENCAPS]
-
-
-def node_yaml(tmp_path: Path, mtu: str, encap: str) -> Path:
-    """configs/node.yaml as shipped, with this variant's mtu and pool modes."""
-    raw = yaml.safe_load((REPO / "configs" / "node.yaml").read_text())
-    raw["mtu"] = MTUS[mtu]
-    raw["ipPools"][0]["ipipMode"], raw["ipPools"][0]["vxlanMode"] = ENCAPS[encap]
-    raw["paths"] = {"stateDir": str(tmp_path / "state"), "runDir": str(tmp_path / "run")}
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def install(tmp_path: Path, cfg_path: Path) -> tuple[dict, Path]:
@@ -70,13 +54,13 @@ def test_conflist_rendered_for_variant(tmp_path, mtu, encap):
     if mtu == "auto":
         assert "mtu" not in podroute, podroute
     else:
-        assert podroute["mtu"] == 1400 and type(podroute["mtu"]) is int
+        assert podroute["mtu"] == FIXED_MTU and type(podroute["mtu"]) is int
     assert None not in podroute.values()
     assert portmap == {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}}
     # the installed plugin next to it: executable, system interpreter in isolated mode
     assert plugin.read_text().splitlines()[0] + "\n" == SHEBANG == "#!/usr/bin/python3 -IS\n"
     assert os.stat(plugin).st_mode & 0o777 == 0o755
-    assert cfg.mtu == (None if mtu == "auto" else 1400)
+    assert cfg.mtu == (None if mtu == "auto" else FIXED_MTU)
 
 
 @pytest.mark.parametrize("mtu,encap", VARIANTS)
@@ -87,7 +71,7 @@ async def test_plugin_accepts_rendered_conflist(tmp_path, mtu, encap):
     cfg = load(cfg_path)
     doc, _ = install(tmp_path, cfg_path)
     auto = pod_mtu(1500, [PoolEncap(p.cidr, p.ipip_mode, p.vxlan_mode) for p in cfg.ip_pools])
-    assert auto == {"none": 1500, "ipip": 1480, "vxlan": 1450}[encap.split("-")[0]]
+    assert auto == expected_pod_mtu("auto", encap, 1500)
     wiring = FakeWiring()
     wiring.add_netns(NS)
     ipam = IPAM(tmp_path / "ipam", list(cfg.pod_cidrs), reserved=[cfg.pod_cidrs[0].network_address])
@@ -99,7 +83,7 @@ async def test_plugin_accepts_rendered_conflist(tmp_path, mtu, encap):
 
     result = await plugin.handle(req("ADD"))
     assert result["ips"][0]["address"] == "198.19.1.1/32"
-    assert wiring.pod_links[(NS, "eth0")].mtu == (1400 if mtu == "fixed" else auto)
+    assert wiring.pod_links[(NS, "eth0")].mtu == expected_pod_mtu(mtu, encap, 1500)
     assert await plugin.handle(req("CHECK", result)) is None
     await plugin.handle(req("DEL", result))
     assert ipam.allocations() == {}
