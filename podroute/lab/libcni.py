@@ -147,7 +147,8 @@ class Runtime:
         prev: dict[str, Any] | None = None
         for i in range(len(conflist["plugins"])):
             prev = self._exec(conflist, i, "ADD", att, prev)
-        assert prev is not None
+        if prev is None:
+            raise PluginFailed("-", "ADD", 7, "the conflist has no plugins")
         return prev
 
     def check(self, conflist: Mapping[str, Any], att: Attachment, cached: Mapping[str, Any]) -> None:
@@ -159,3 +160,58 @@ class Runtime:
         """DEL through every plugin, last first, with the cached result (if any) as prevResult."""
         for i in reversed(range(len(conflist["plugins"]))):
             self._exec(conflist, i, "DEL", att, cached)
+
+
+def first_conflist(conf_dir: Path) -> Path:
+    """The network a runtime picks from ``conf_dir``: the lexically first ``*.conflist``
+    (libcni ``ConfFiles`` sorts; CRI runtimes and podman's default take the first).
+    Raises ValueError when there is none."""
+    found = sorted(p for p in Path(conf_dir).glob("*.conflist") if p.is_file())
+    if not found:
+        raise ValueError(f"no *.conflist in {conf_dir}")
+    return found[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m podroute.lab.libcni ADD|CHECK|DEL ...``: one attachment, as a runtime does
+    it (cnitool-like). ADD prints the result and caches it in ``--cache-dir``; CHECK and DEL
+    use the cached result. Exit 0, or 1 with the plugin's error on stderr."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python -m podroute.lab.libcni", description=main.__doc__)
+    p.add_argument("command", choices=["ADD", "CHECK", "DEL"])
+    p.add_argument("--conf-dir", type=Path, required=True)
+    p.add_argument("--cni-path", required=True, help="plugin dirs, ':'-separated")
+    p.add_argument("--netns", required=True)
+    p.add_argument("--container-id", required=True)
+    p.add_argument("--ifname", default="eth0")
+    p.add_argument("--cache-dir", type=Path, required=True)
+    p.add_argument("--arg", action="append", default=[], help="CNI_ARGS pair K=V (repeatable)")
+    a = p.parse_args(argv)
+    try:
+        conf = load_conflist(first_conflist(a.conf_dir))
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
+    att = Attachment(a.container_id, a.netns, a.ifname, dict(kv.split("=", 1) for kv in a.arg))
+    cache = a.cache_dir / f"{conf['name']}-{a.container_id}-{a.ifname}.json"
+    rt = Runtime([Path(d) for d in a.cni_path.split(":") if d])
+    try:
+        if a.command == "ADD":
+            result = rt.add(conf, att)
+            a.cache_dir.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(result))
+            print(json.dumps(result))
+        elif a.command == "CHECK":
+            rt.check(conf, att, json.loads(cache.read_text()))
+        else:
+            rt.delete(conf, att, json.loads(cache.read_text()) if cache.exists() else None)
+            cache.unlink(missing_ok=True)
+    except (PluginFailed, OSError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
