@@ -88,3 +88,9 @@ async def test_plugin_accepts_rendered_conflist(tmp_path, mtu, encap):
     await plugin.handle(req("DEL", result))
     assert ipam.allocations() == {}
     assert IPv4Address("198.19.1.1") not in {r[0] for r in wiring.routes}
+
+
+def test_example_conflist_in_configs_is_what_install_renders_for_the_example_node_yaml():
+    from podroute.cniconf import conflist
+    shipped = json.loads((REPO / "configs" / CONFLIST_NAME).read_text())
+    assert shipped == conflist(load(REPO / "configs" / "node.yaml"))
