@@ -305,11 +305,12 @@ def router_sessions(lab: Lab) -> dict[str, bool]:
     return out
 
 
-def _start_agent(lab: Lab, node: Node) -> None:
+def _start_agent(lab: Lab, node: Node, install_cni: bool = True) -> None:
     """Write the node's config, install its CNI plugin and conflist (the unit's
-    ``ExecStartPre``), then start its agent."""
+    ``ExecStartPre``; ``install_cni=False`` when the caller just did), then start its agent."""
     cfg = _node_config(lab, node)
-    pods.install(Path(node.dir), cfg)
+    if install_cni:
+        pods.install(Path(node.dir), cfg)
     log = open(Path(node.dir) / "agent.log", "ab")
     proc = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-m", "podroute.cli", "node", "run",
                              "--config", str(cfg)],
@@ -510,10 +511,11 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         lab.timings["established_s"] = time.monotonic() - t0
 
         _say(f"joining {last.name} and timing until its block {last.block} is in every other FIB")
+        pods.install(Path(last.dir), _node_config(lab, last))  # before the clock: times the agent only
         t_agent = time.time()
         if topology in ("mesh", "podroute-rr"):
             _write_cluster(lab, lab.nodes)  # the running nodes pick the new node up from the datastore
-        _start_agent(lab, last)
+        _start_agent(lab, last, install_cni=False)
         pending = {n.name for n in first}
         deadline = time.monotonic() + 60 * TIMEOUT_SCALE
         while pending:
