@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import secrets
 import shutil
@@ -32,7 +31,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from labutil import REPO, fib, lab, wait_for
 
 from podroute.lab import control, netns
