@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_CONFIG = "/etc/podroute/node.yaml"
@@ -63,7 +64,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         sock = Path(args.socket)
     else:
         sock = _load_config(args.config).paths.agent_socket
-    import time
     deadline = time.monotonic() + args.wait
     while True:  # --wait: a just-started agent answers once its sockets are up
         try:
