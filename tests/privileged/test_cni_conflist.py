@@ -5,8 +5,9 @@ throwaway node namespace whose underlay interface has MTU 1600 (so an ``auto`` p
 only come from the agent's own detection), a real ``podroute node run`` agent from the
 variant's node.yaml, ``podroute cni install`` into the test's directory, and one pod attached
 through the conflist the way libcni does (installed podroute plugin, then the reference
-``portmap``). IPIP variants need the ipip module; this kernel may lack it (the VM tier in
-tests/vm covers IPIP), and they are then skipped saying so.
+``portmap``). On a kernel without the ipip module the IPIP variants' agent keeps retrying
+tunl0 (and says so in its log) while its CNI server works: the CNI path and the pod MTU it
+computes are what is tested here; tunl0 itself is covered by tests/vm.
 """
 from __future__ import annotations
 
@@ -28,13 +29,6 @@ pytestmark = pytest.mark.privileged
 ROOT = Path(__file__).resolve().parents[2]
 UNDERLAY_MTU = 1600
 NODE_IP = "198.18.0.11"  # configs/node.yaml's nodeIP
-
-
-def _has_ipip(ns: str) -> bool:
-    ok = sh("ip", "link", "add", "prt-probe", "type", "ipip", "remote", "198.18.255.254", "local",
-            "198.18.255.253", ns=ns, check=False).returncode == 0
-    sh("ip", "link", "del", "prt-probe", ns=ns, check=False)
-    return ok
 
 
 def _wait(what: str, check, timeout: float) -> None:
@@ -60,8 +54,6 @@ def _link(ns: str, name: str) -> dict | None:
 def test_add_check_del_through_rendered_conflist(tmp_path, make_netns, mtu, encap):
     node = make_netns("ccn")
     pod = make_netns("ccp")
-    if encap.startswith("ipip") and not _has_ipip(node):
-        pytest.skip("this kernel has no IPIP support (module ipip); tests/vm covers IPIP")
     # the underlay: a veth pair kept inside the node namespace (no dummy driver here)
     sh("ip", "link", "add", "eth0", "mtu", str(UNDERLAY_MTU), "type", "veth", "peer", "name", "eth0p",
        "mtu", str(UNDERLAY_MTU), ns=node)
