@@ -163,9 +163,10 @@ class Runtime:
 
 
 def first_conflist(conf_dir: Path) -> Path:
-    """The network a runtime picks from ``conf_dir``: the lexically first ``*.conflist``
-    (libcni ``ConfFiles`` sorts; CRI runtimes and podman's default take the first).
-    Raises ValueError when there is none."""
+    """The lexically first ``*.conflist`` in ``conf_dir``: the network a CRI runtime uses
+    (libcni ``ConfFiles`` sorts by name and the runtime takes the first). Single-plugin
+    ``.conf``/``.json`` files, which libcni also lists, are not considered: podroute installs
+    a conflist. Raises ValueError when there is none."""
     found = sorted(p for p in Path(conf_dir).glob("*.conflist") if p.is_file())
     if not found:
         raise ValueError(f"no *.conflist in {conf_dir}")
