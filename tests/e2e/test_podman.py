@@ -7,9 +7,10 @@ podman makes under /run/netns). Its configuration (CONTAINERS_CONF: network_back
 cni_plugin_dirs = the node's bin dir + /usr/lib/cni, network_config_dir = the node's conf
 dir), its registries file (none) and its storage (--root/--runroot, vfs) live in the test's
 own directory; the host's /etc/containers is never read. The image is a busybox-static root
-brought in with ``podman import``. What podman itself still keeps on the host while a
-container exists: libcni's result cache (/var/lib/cni/results) and runc's state (/run/runc);
-both entries go with ``podman rm``, and the test checks the cache entry does.
+brought in with ``podman import``. What podman 4.3 itself still writes to fixed host paths:
+libcni's result cache (/var/lib/cni/results) and runc's state (/run/runc), whose entries go
+with ``podman rm`` (the test checks the cache entry does), and the image blob-info cache
+/var/lib/containers/cache/blob-info-cache-v1.boltdb, which ``podman import`` creates.
 """
 from __future__ import annotations
 
