@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_CONFIG = "/etc/podroute/node.yaml"
@@ -92,11 +93,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         sock = Path(args.socket)
     else:
         sock = _load_config(args.config).paths.agent_socket
-    try:
-        st = statusd.query(sock)
-    except statusd.AgentUnreachable as e:
-        print(f"podroute status: {e}", file=sys.stderr)
-        return 1
+    deadline = time.monotonic() + args.wait
+    while True:  # --wait: a just-started agent answers once its sockets are up
+        try:
+            st = statusd.query(sock)
+            break
+        except statusd.AgentUnreachable as e:
+            if time.monotonic() >= deadline:
+                print(f"podroute status: {e}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
     print(json.dumps(st, indent=2, default=str) if args.json else statusd.render(st))
     return 0
 
@@ -166,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", default=DEFAULT_CONFIG)
     st.add_argument("--socket", help="agent status socket (default: <runDir>/agent.sock from --config)")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                    help="retry for up to SECONDS while the agent does not answer (e.g. right after start)")
     st.set_defaults(func=cmd_status)
 
     cni = sub.add_parser("cni", help="CNI plugin installation").add_subparsers(dest="cmd", required=True)

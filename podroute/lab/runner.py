@@ -9,8 +9,9 @@ Topology (all addresses from 198.18.0.0/15; nothing is added to the root namespa
                      default via 198.18.<s>.1,
                      a real ``podroute node run`` agent (felix + ExaBGP speaker + CNI server),
                      IPAM block 198.19.<i>.0/26 from pool 198.19.0.0/16
-    prl-<name>-n<i>p<j>  pod j of node i, wired by executing the installed CNI plugin
-                     exactly as a container runtime does (CNI_* env, config on stdin)
+    prl-<name>-n<i>p<j>  pod j of node i, wired through the node's installed conflist
+                     (``podroute cni install``: podroute + portmap) exactly as a
+                     container runtime does (podroute.lab.pods, podroute.lab.libcni)
 
 The last node is started only after the others have converged, so that the time a
 new node's block takes to reach every other FIB is measured on every run.
@@ -35,7 +36,7 @@ from typing import Any, Callable
 import yaml
 
 from podroute import statusd
-from podroute.lab import bird, frr, netns
+from podroute.lab import bird, frr, netns, pods
 from podroute.lab.netns import LabError
 
 FABRIC_NET = ipaddress.IPv4Network("198.18.0.0/24")
@@ -249,9 +250,6 @@ def _node_config(lab: Lab, node: Node) -> Path:
         cfg["clusterFile"] = str(lab.path / "cluster.yaml")
     path = ndir / "node.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    conf = {"cniVersion": "1.0.0", "name": "podroute", "type": "podroute",
-            "agentSocket": str(ndir / "run" / "cni.sock")}
-    (ndir / "cni.json").write_text(json.dumps(conf))
     return path
 
 
@@ -307,8 +305,12 @@ def router_sessions(lab: Lab) -> dict[str, bool]:
     return out
 
 
-def _start_agent(lab: Lab, node: Node) -> None:
+def _start_agent(lab: Lab, node: Node, install_cni: bool = True) -> None:
+    """Write the node's config, install its CNI plugin and conflist (the unit's
+    ``ExecStartPre``; ``install_cni=False`` when the caller just did), then start its agent."""
     cfg = _node_config(lab, node)
+    if install_cni:
+        pods.install(Path(node.dir), cfg)
     log = open(Path(node.dir) / "agent.log", "ab")
     proc = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-m", "podroute.cli", "node", "run",
                              "--config", str(cfg)],
@@ -351,7 +353,8 @@ def _fib_has(ns: str, block: str) -> bool:
     return block.split("/")[0] in out
 
 
-def _wire_pod(lab: Lab, node: Node, j: int, shim: Path) -> Pod:
+def _wire_pod(lab: Lab, node: Node, j: int) -> Pod:
+    """Pod ``j`` of ``node``: a namespace, attached by CNI ADD through the node's conflist."""
     name = f"{node.name}p{j}"
     pod_ns = f"{lab.prefix}{name}"
     netns.add(pod_ns)
@@ -360,17 +363,10 @@ def _wire_pod(lab: Lab, node: Node, j: int, shim: Path) -> Pod:
     pod = Pod(name, node.name, pod_ns, cid)
     lab.pods.append(pod)
     lab.save()
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": str(netns.NETNS_DIR / pod_ns),
-           "CNI_IFNAME": "eth0", "CNI_PATH": str(shim.parent),
-           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}",
-           "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-    conf = (Path(node.dir) / "cni.json").read_text()
-    t0 = time.perf_counter()
-    p = netns.run([str(shim)], ns=node.ns, env=env, input=conf, check=False)
-    pod.add_ms = (time.perf_counter() - t0) * 1000
-    if p.returncode != 0:
-        raise LabError(f"CNI ADD for pod {name} on {node.name} failed (exit {p.returncode}): {p.stdout.strip()} {p.stderr.strip()}")
-    result = json.loads(p.stdout)
+    try:
+        result, pod.add_ms = pods.add(Path(node.dir), node.ns, pods.attachment(pod_ns, cid, name))
+    except LabError as e:
+        raise LabError(f"CNI ADD for pod {name} on {node.name}: {e}") from None
     pod.ip = result["ips"][0]["address"].split("/")[0]
     lab.save()
     return pod
@@ -405,7 +401,7 @@ def _report(lab: Lab, statuses: dict[str, dict[str, Any]], matrix: dict[tuple[st
                f"({t.get('join_total_s', 0):.2f} s after its agent started)")
     adds = [p.add_ms for p in lab.pods if p.add_ms is not None]
     if adds:
-        out.append(f"CNI ADD (runtime-style exec of the plugin, wall): p50 {statistics.median(adds):.1f} ms, "
+        out.append(f"CNI ADD (runtime-style, through the installed conflist: podroute + portmap, wall): p50 {statistics.median(adds):.1f} ms, "
                    f"max {max(adds):.1f} ms over {len(adds)} pods")
     out.append("")
     rows = []
@@ -494,8 +490,6 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
               topology=topology, peer=peer, router_restart_time=router_restart_time)
     t_start = time.monotonic()
     try:
-        from cni.install import install_shim
-        shim = install_shim(root / "cni-bin")
         t0 = time.monotonic()
         _say(f"building the underlay, routers and {nodes} node namespaces ({topology}, {peer})")
         _build_fabric(lab, nodes)
@@ -517,10 +511,11 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         lab.timings["established_s"] = time.monotonic() - t0
 
         _say(f"joining {last.name} and timing until its block {last.block} is in every other FIB")
+        pods.install(Path(last.dir), _node_config(lab, last))  # before the clock: times the agent only
         t_agent = time.time()
         if topology in ("mesh", "podroute-rr"):
             _write_cluster(lab, lab.nodes)  # the running nodes pick the new node up from the datastore
-        _start_agent(lab, last)
+        _start_agent(lab, last, install_cni=False)
         pending = {n.name for n in first}
         deadline = time.monotonic() + 60 * TIMEOUT_SCALE
         while pending:
@@ -540,10 +535,10 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
               lambda: all(_fib_has(last.ns, n.block) for n in first), 30)
 
         t0 = time.monotonic()
-        _say(f"wiring {pods_per_node} pods per node through the CNI plugin {shim}")
+        _say(f"wiring {pods_per_node} pods per node through each node's installed conflist")
         for n in lab.nodes:
             for j in range(1, pods_per_node + 1):
-                _wire_pod(lab, n, j, shim)
+                _wire_pod(lab, n, j)
         lab.timings["pods_s"] = time.monotonic() - t0
         _say("pinging every pod pair")
         matrix = {(s.name, d.name): (s is d) or _ping(s, d) for s in lab.pods for d in lab.pods}
