@@ -1,10 +1,11 @@
-"""BGP -> FIB convergence (announce and withdraw) and memory, podroute agent vs BIRD.
+"""BGP -> FIB convergence (announce and withdraw) and memory, podroute agent vs BIRD (and FRR).
 
 Layout (all inside fresh ``prb-<hex>`` namespaces, deleted afterwards):
 
     src   BIRD 2 "peer": br0 198.18.0.1/24, a ``static`` protocol holding N ``10.x.y.z/26
           blackhole`` routes exported over iBGP (``next hop self``, ``passive``); no kernel
-          protocol, so its FIB is never touched
+          protocol, so its FIB is never touched. One BGP protocol per receiver address:
+          ``r_pod`` (podroute) and ``r_bird`` (BIRD, then FRR)
     pod   a real ``podroute node run`` agent (felix + ExaBGP speaker + CNI server), eth0
           198.18.0.11/24, pools 198.19.0.0/16 (its block 198.19.1.0/26) and 10.0.0.0/8
     bird  the anchors, one after the other in the same namespace (eth0 198.18.0.12/24): BIRD 2
@@ -14,16 +15,30 @@ Layout (all inside fresh ``prb-<hex>`` namespaces, deleted afterwards):
 The 10.0.0.0/8 /26s exist only as FIB entries (via 198.18.0.1) in isolated namespaces; no
 packet is ever sent to them. Receivers run one at a time (2 shared cores).
 
-Timing: the FIB is counted by an in-process rtnetlink dump (unicast routes of the receiver's
-protocol, 90 or BIRD's 12) every ~5 ms. t=0 is the receiver's own "session established"
-timestamp: the agent's status ``since`` (time.time() when ExaBGP reported ``up``) and BIRD's
-``show protocols`` since (``timeformat protocol iso long ms``). FRR reports its session's
-uptime in whole seconds only, so its t=0 is the source BIRD's Established time for that
-session (ms resolution; both ends establish within a round trip). Withdraw: t=0 just before
-``birdc disable`` of the source's static protocol; done when the receiver's FIB has 0 of them.
-Memory: RSS (VmRSS) summed over the receiver's process tree once it holds all N routes; for
-podroute the larger of that and a second sample after the full FIB resync a link event causes
-(as every pod's veth does), the agent's steady state.
+Method, one for every receiver (``_converge``, ``_memory``, ``_withdraw`` below):
+
+- Announce: t0 = the SENDER's Established time for its session with that receiver (the source
+  BIRD's ``show protocols`` since, ``timeformat protocol iso long ms``, CLOCK_REALTIME). The
+  sender cannot send an UPDATE before it, and the receivers' own session-up stamps differ in
+  meaning and resolution (ExaBGP's ``up`` event, BIRD's state change, FRR's whole-second
+  uptime), so none of them is used as t0; podroute's and BIRD's are recorded as
+  ``own_session_up`` for reference. t_done = the first sample of the same ``FibCounter``
+  poller (an rtnetlink dump of the receiver namespace every ~5 ms, ``time.time()``) that
+  counts N unicast routes of the receiver's protocol (90, BIRD's 12, FRR's 186); t99 the first
+  with >= 0.99 N. A sender's Established time later than the receiver's first route means the
+  session flapped during the run: the run fails instead of reporting a shortened time.
+- Withdraw: t0 = ``time.time()`` just before ``birdc disable`` of the source's static
+  protocol; done when the same poller counts 0. Each receiver's withdraw comes after the
+  same steps (convergence, the memory samples below).
+- Memory: RSS (VmRSS) summed over the receiver's processes, sampled twice the same way for
+  every receiver: ``SETTLE_S`` after convergence, and ``SETTLE_S`` after a veth pair is
+  created in its namespace; the figure is the larger sample. For podroute the second sample
+  also waits for the full FIB resync the link event causes (as every pod's veth does; its
+  status ``fib.last_apply.at``). BIRD and FRR have no resync on a link event (BIRD's kernel
+  protocol rescans every ``scan time``, 60 s here; not forced), so theirs is the same event
+  and the same settle time.
+- CPU (podroute only, detail): each process's CPU time from the first learned route in the FIB
+  to convergence, and during the withdrawal.
 """
 from __future__ import annotations
 
@@ -35,124 +50,11 @@ from pathlib import Path
 import yaml
 
 from . import ns as N
+from .probe import FibCounter, cpu_delta, tree_cpu_ms, tree_rss_mb, wait_count
 
 SRC_IP, POD_IP, BIRD_IP = "198.18.0.1", "198.18.0.11", "198.18.0.12"
 ASN = 64512
-POLL_S = 0.005
-
-
-# --- FIB counting --------------------------------------------------------------------------------
-class FibCounter:
-    """Counts unicast IPv4 routes of ``protocol`` in the main table of ``netns`` via rtnetlink."""
-
-    def __init__(self, netns: str, protocol: int) -> None:
-        from felix import codec
-        from felix.netlink import open_route_socket
-        self._c = codec
-        self.protocol = protocol
-        self.sock = open_route_socket(netns)
-        self.sock.settimeout(10)
-        self.buf = bytearray(1 << 20)
-        self.seq = 1
-
-    def count(self) -> int:
-        c = self._c
-        self.seq += 1
-        self.sock.send(c.encode_route_dump_request(seq=self.seq, table=254, protocol=self.protocol))
-        n = 0
-        while True:
-            k = self.sock.recv_into(self.buf)
-            view = memoryview(self.buf)[:k]
-            for mtype, _f, seq, off, length in c.iter_messages(view):
-                if seq != self.seq:
-                    continue
-                if mtype == c.NLMSG_DONE or mtype == c.NLMSG_ERROR:
-                    return n
-                b = off + 16
-                if mtype == c.RTM_NEWROUTE and view[b + 5] == self.protocol and view[b + 7] == 1:
-                    n += 1
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def wait_count(counter: FibCounter, pred, timeout: float, series: list | None = None,
-               on_change=None) -> float:
-    """Poll until ``pred(count)``; append (time.time(), count) to ``series``; call
-    ``on_change(count)`` on the first sample and whenever the count changes. Returns time.time()
-    of the first satisfying sample. Raises BenchError on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        n = counter.count()
-        now = time.time()
-        if n != last:
-            if series is not None:
-                series.append((now, n))
-            if on_change is not None:
-                on_change(n)
-            last = n
-        if pred(n):
-            return now
-        if time.monotonic() > deadline:
-            raise N.BenchError(f"FIB count stuck at {n} after {timeout:.0f}s")
-        time.sleep(POLL_S)
-
-
-# --- process memory ------------------------------------------------------------------------------
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def tree_rss_mb(pid: int) -> tuple[float, dict[str, float]]:
-    """Sum of VmRSS (MB) over ``pid`` and its descendants, and per process ``{comm[pid]: MB}``."""
-    kids = _children()
-    todo, total, parts = [pid], 0.0, {}
-    while todo:
-        p = todo.pop()
-        todo.extend(kids.get(p, []))
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                mb = int(line.split()[1]) / 1024
-                total += mb
-                parts[f"{cmd} [{p}]"] = round(mb, 1)
-    return total, parts
-
-
-def tree_cpu_ms(pid: int) -> dict[str, float]:
-    """CPU time (ms, /proc/PID/schedstat: time on a CPU) of ``pid`` and each descendant,
-    keyed by process name."""
-    kids = _children()
-    todo, out = [pid], {}
-    while todo:
-        p = todo.pop()
-        todo.extend(kids.get(p, []))
-        try:
-            ns_on_cpu = int(Path(f"/proc/{p}/schedstat").read_text().split()[0])
-            name = Path(f"/proc/{p}/comm").read_text().strip()
-        except (OSError, ValueError, IndexError):
-            continue
-        out[name] = out.get(name, 0.0) + ns_on_cpu / 1e6
-    return out
-
-
-def _cpu_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    return {k: round(b[k] - a.get(k, 0.0), 1) for k in b}
+SETTLE_S = 0.3  # after convergence / a link event, before an RSS sample (bookkeeping settles)
 
 
 # --- BIRD helpers --------------------------------------------------------------------------------
@@ -224,11 +126,63 @@ def _frr_bgpd_conf() -> str:
         " address-family ipv4 unicast", f"  neighbor {SRC_IP} activate", " exit-address-family", ""])
 
 
-def _run_frr(ns: str, workdir: Path, src_sock: Path, src_ns: str, n: int, timeout: float) -> dict:
+# --- the method, the same for every receiver --------------------------------------------------
+class Source:
+    """The sending BIRD: its control socket and namespace."""
+
+    def __init__(self, sock: Path, ns: str) -> None:
+        self.sock, self.ns = sock, ns
+
+    def established(self, proto: str) -> float:
+        since = bird_since(self.sock, self.ns, proto)
+        if since is None:
+            raise N.BenchError(f"source BIRD: session {proto} not Established after convergence")
+        return since
+
+
+def _converge(n: int, fc: FibCounter, src: Source, src_proto: str, timeout: float, on_change=None) -> dict:
+    """Wait until ``fc`` counts ``n``; times from the sender's Established time (see the module doc).
+    Returns session_up (unix s), to_99_ms, to_100_ms, series_ms [[ms since session_up, count]]."""
+    series: list = []
+    t_full = wait_count(fc, lambda c: c >= n, timeout, series, on_change=on_change)
+    since = src.established(src_proto)
+    first = next(t for t, c in series if c > 0)
+    if since > first:
+        raise N.BenchError(f"source session {src_proto} Established at {since:.3f}, after the receiver's first "
+                           f"route at {first:.3f}: the session flapped during the run")
+    t99 = next(t for t, c in series if c >= 0.99 * n)
+    return {"session_up": since, "to_99_ms": (t99 - since) * 1e3, "to_100_ms": (t_full - since) * 1e3,
+            "series_ms": [[round((t - since) * 1e3, 2), c] for t, c in series]}
+
+
+def _memory(rss, ns: str, link: str, wait_resync=None) -> dict:
+    """Two RSS samples (see the module doc): ``rss()`` -> (MB, parts); ``link`` names the veth
+    created in ``ns``; ``wait_resync(t_link)`` waits for the receiver's reaction, if it has one."""
+    time.sleep(SETTLE_S)
+    conv = rss()
+    t_link = time.time()
+    N.ip("link", "add", link, "type", "veth", "peer", "name", link + "p", ns=ns)
+    if wait_resync is not None:
+        wait_resync(t_link)
+    time.sleep(SETTLE_S)
+    sync = rss()
+    best = max(conv, sync, key=lambda x: x[0])
+    return {"rss_mb": best[0], "rss_parts": best[1], "rss_mb_converged": conv[0], "rss_mb_after_resync": sync[0]}
+
+
+def _withdraw(fc: FibCounter, src: Source, timeout: float) -> dict:
+    series: list = []
+    tw = time.time()
+    birdc(src.sock, "disable", "s1", ns=src.ns)
+    t_w = wait_count(fc, lambda c: c == 0, timeout, series)
+    return {"withdraw_ms": (t_w - tw) * 1e3, "withdraw_series_ms": [[round((t - tw) * 1e3, 2), c] for t, c in series]}
+
+
+def _run_frr(ns: str, workdir: Path, src: Source, n: int, timeout: float) -> dict:
     """FRR as the receiver: zebra (as its default user ``frr``, so its run directory is a
     world-writable temporary directory of its own: the bench's work dir is private) and bgpd
-    (``-S``: as root, no user switch) over a private zserv socket. Returns
-    to_99_ms/to_100_ms/rss_mb/series; the directory's logs are copied to ``workdir/frr``."""
+    (``-S``: as root, no user switch) over a private zserv socket. Returns ``_converge``'s and
+    ``_memory``'s keys; the directory's logs are copied to ``workdir/frr``."""
     import shutil
     import tempfile
     d = Path(tempfile.mkdtemp(prefix="prb-frr-"))
@@ -246,17 +200,15 @@ def _run_frr(ns: str, workdir: Path, src_sock: Path, src_ns: str, n: int, timeou
             if procs[0].poll() is not None or time.monotonic() > deadline:
                 raise N.BenchError(f"zebra did not start: {(d / 'zebra.out').read_text()[-400:]}")
             time.sleep(0.02)
-        series: list = []
         procs.append(N.popen([FRR_BGPD, "-S", "-p", "0", "-z", str(zserv), "--vty_socket", str(vty),
                               "-i", str(d / "bgpd.pid"), "-f", str(d / "bgpd.conf")], ns=ns, log=d / "bgpd.out"))
-        t_full = wait_count(fc, lambda c: c >= n, timeout, series)
-        since = bird_since(src_sock, src_ns, "r_bird")
-        if since is None:
-            raise N.BenchError("FRR receiver: source BIRD does not show its session Established")
-        rss = sum(tree_rss_mb(p.pid)[0] for p in procs)
-        t99 = next(t for t, c in series if c >= 0.99 * n)
-        return {"session_up": since, "to_99_ms": (t99 - since) * 1e3, "to_100_ms": (t_full - since) * 1e3,
-                "rss_mb": rss, "series_ms": [[round((t - since) * 1e3, 2), c] for t, c in series]}
+        out = _converge(n, fc, src, "r_bird", timeout)
+
+        def rss():
+            parts = [tree_rss_mb(p.pid) for p in procs]
+            return sum(t for t, _ in parts), {k: v for _, ps in parts for k, v in ps.items()}
+        out.update(_memory(rss, ns, "prb-f0"))
+        return out
     finally:
         fc.close()
         for p in reversed(procs):
@@ -306,19 +258,19 @@ def _topology(workdir: Path) -> dict[str, str]:
 
 
 def run(n: int, workdir: Path, timeout: float = 300) -> dict:
-    """Announce + withdraw convergence of ``n`` routes into podroute and BIRD, and their RSS.
-    Returns a dict with per-receiver results and time series (ms since session up, count)."""
+    """Announce + withdraw convergence of ``n`` routes into podroute and BIRD (announce only into
+    FRR), and their RSS. Returns ``{"n", "bird", "frr", "podroute"}``, each receiver's dict with
+    the keys of ``_converge``, ``_memory`` and (podroute, BIRD) ``_withdraw``."""
     import sys
     workdir.mkdir(parents=True, exist_ok=True)
     spaces = _topology(workdir)
     out: dict = {"n": n}
     try:
-        src_sock = workdir / "src.ctl"
+        src = Source(workdir / "src.ctl", spaces["src"])
         (workdir / "src.conf").write_text(_src_conf(workdir, n))
-        _start_bird(spaces["src"], workdir / "src.conf", src_sock, workdir / "src.out")
+        _start_bird(spaces["src"], workdir / "src.conf", src.sock, workdir / "src.out")
         t0 = time.monotonic()
-        while f"{n} of {n} routes" not in birdc(src_sock, "show", "route", "count", ns=spaces["src"]) and \
-                f"{n} of {n} " not in birdc(src_sock, "show", "route", "count", ns=spaces["src"]):
+        while f"{n} of {n} " not in birdc(src.sock, "show", "route", "count", ns=src.ns):
             if time.monotonic() - t0 > 60:
                 raise N.BenchError("source BIRD never loaded its static routes")
             time.sleep(0.05)
@@ -328,24 +280,18 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
         try:
             rsock = workdir / "recv.ctl"
             (workdir / "recv.conf").write_text(_recv_conf(workdir))
-            series: list = []
             bp = _start_bird(spaces["bird"], workdir / "recv.conf", rsock, workdir / "recv.out")
-            t_full = wait_count(fc, lambda c: c >= n, timeout, series)
-            since = bird_since(rsock, spaces["bird"], "peer1")
-            if since is None:
-                raise N.BenchError("BIRD receiver: session not Established after convergence")
-            rss, parts = tree_rss_mb(bp.pid)
-            wseries: list = []
-            tw = time.time()
-            birdc(src_sock, "disable", "s1", ns=spaces["src"])
-            t_w = wait_count(fc, lambda c: c == 0, timeout, wseries)
-            out["bird"] = _summ(n, since, series, t_full, tw, wseries, t_w, rss, parts)
+            b = _converge(n, fc, src, "r_bird", timeout)
+            b["own_session_up"] = bird_since(rsock, spaces["bird"], "peer1")
+            b.update(_memory(lambda: tree_rss_mb(bp.pid), spaces["bird"], "prb-b0"))
+            b.update(_withdraw(fc, src, timeout))
+            out["bird"] = b
             N.stop(bp)
-            birdc(src_sock, "enable", "s1", ns=spaces["src"])
+            birdc(src.sock, "enable", "s1", ns=src.ns)
         finally:
             fc.close()
         # (c) FRR anchor, same namespace (BIRD is gone; its kernel routes went with it)
-        out["frr"] = _run_frr(spaces["bird"], workdir, src_sock, spaces["src"], n, timeout)
+        out["frr"] = _run_frr(spaces["bird"], workdir, src, n, timeout)
 
         # (a) podroute agent
         ad = workdir / "agent"
@@ -353,7 +299,6 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
         cfgp = _agent_conf(ad)
         fc = FibCounter(spaces["pod"], 90)
         try:
-            series = []
             ap = N.popen([sys.executable, "-m", "podroute.cli", "node", "run", "--config", str(cfgp)],
                          ns=spaces["pod"], log=ad / "agent.log",
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -363,50 +308,27 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
                 if c and not cpu_marks:
                     cpu_marks.append(tree_cpu_ms(ap.pid))
             try:
-                t_full = wait_count(fc, lambda c: c >= n, timeout, series, on_change=mark)
+                p = _converge(n, fc, src, "r_pod", timeout, on_change=mark)
             except N.BenchError as e:
                 raise N.BenchError(f"podroute agent: {e}; log tail: {(ad / 'agent.log').read_text()[-800:]}")
-            cpu_announce = _cpu_delta(cpu_marks[0], tree_cpu_ms(ap.pid)) if cpu_marks else {}
-            # the agent's status lists every best route (100k entries at full size): allow it time
-            st = None
-            deadline = time.monotonic() + 60
-            while st is None and time.monotonic() < deadline:
-                st = _agent_status(ad)
-            peers = (st or {}).get("bgp", {}).get("peers", [])
-            since = max((p.get("since") or 0) for p in peers) if peers else None
-            if not since or peers[0]["state"] != "established":
-                raise N.BenchError(f"podroute agent: session not established after convergence: {peers}")
-            time.sleep(0.3)  # let the agent settle (status/apply bookkeeping) before sampling RSS
-            rss_conv, parts_conv = tree_rss_mb(ap.pid)
-            # The steady state includes full resyncs: a link event (every pod's veth) triggers
-            # one, the periodic safety net another every resyncInterval. Cause one with a veth
-            # pair and sample again; the figure is the larger of the two samples.
-            t_link = time.time()
-            N.sh(["ip", "link", "add", "prb-x0", "type", "veth", "peer", "name", "prb-x1"],
-                 ns=spaces["pod"])
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                la = ((_agent_status(ad) or {}).get("fib") or {}).get("last_apply") or {}
-                if (la.get("at") or 0) > t_link:
-                    break
-                time.sleep(0.2)
-            else:
+            p["cpu_ms_announce"] = cpu_delta(cpu_marks[0], tree_cpu_ms(ap.pid)) if cpu_marks else {}
+            peers = ((_agent_status(ad) or {}).get("bgp") or {}).get("peers") or []
+            p["own_session_up"] = max((x.get("since") or 0) for x in peers) if peers else None
+
+            def wait_resync(t_link: float) -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    la = ((_agent_status(ad) or {}).get("fib") or {}).get("last_apply") or {}
+                    if (la.get("at") or 0) > t_link:
+                        return
+                    time.sleep(0.2)
                 raise N.BenchError("podroute agent: no FIB apply after a link event")
-            time.sleep(0.3)
-            rss_sync, parts_sync = tree_rss_mb(ap.pid)
-            rss, parts = max((rss_conv, parts_conv), (rss_sync, parts_sync), key=lambda x: x[0])
-            wseries = []
+            p.update(_memory(lambda: tree_rss_mb(ap.pid), spaces["pod"], "prb-x0", wait_resync))
             cpu0 = tree_cpu_ms(ap.pid)
-            tw = time.time()
-            birdc(src_sock, "disable", "s1", ns=spaces["src"])
-            t_w = wait_count(fc, lambda c: c == 0, timeout, wseries)
-            cpu_withdraw = _cpu_delta(cpu0, tree_cpu_ms(ap.pid))
-            out["podroute"] = _summ(n, since, series, t_full, tw, wseries, t_w, rss, parts)
-            out["podroute"]["cpu_ms_announce"] = cpu_announce
-            out["podroute"]["cpu_ms_withdraw"] = cpu_withdraw
-            out["podroute"]["rss_mb_converged"] = rss_conv
-            out["podroute"]["rss_mb_after_resync"] = rss_sync
-            out["podroute"]["last_apply"] = (_agent_status(ad) or {}).get("fib", {}).get("last_apply")
+            p.update(_withdraw(fc, src, timeout))
+            p["cpu_ms_withdraw"] = cpu_delta(cpu0, tree_cpu_ms(ap.pid))
+            p["last_apply"] = ((_agent_status(ad) or {}).get("fib") or {}).get("last_apply")
+            out["podroute"] = p
             N.stop(ap, grace=15)
         finally:
             fc.close()
@@ -414,15 +336,3 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
         for ns_ in spaces.values():
             N.delete_ns(ns_)
     return out
-
-
-def _summ(n, since, series, t_full, tw, wseries, t_w, rss, parts) -> dict:
-    t99 = next(t for t, c in series if c >= 0.99 * n)
-    return {
-        "session_up": since,
-        "to_99_ms": (t99 - since) * 1e3, "to_100_ms": (t_full - since) * 1e3,
-        "withdraw_ms": (t_w - tw) * 1e3,
-        "rss_mb": rss, "rss_parts": parts,
-        "series_ms": [[round((t - since) * 1e3, 2), c] for t, c in series],
-        "withdraw_series_ms": [[round((t - tw) * 1e3, 2), c] for t, c in wseries],
-    }

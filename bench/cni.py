@@ -14,6 +14,18 @@ answers once the pod is detached and deletes the veth pairs in a batch just afte
 (cni.netlink_wiring); the time from the last DEL until no pair is left is recorded as
 ``podroute_pairs_gone_after_last_del_ms`` in the DEL figures' detail. Concurrent: 20 ADDs
 started at once into 20 fresh pod namespaces; the wall time until the last one exits.
+
+Method, the same for both sides (``Side.call`` / ``Side.concurrent_add``): the clock runs from
+just before the plugin executable is exec'd to its exit, what a runtime waits for; the same
+network config fields (``mtu`` 1500, no masquerade), one untimed ADD+DEL warm-up each, pod
+namespaces created before the clock, IPAM state in the same work directory. Differences
+that are the designs under test, not the measurement: podroute's plugin is a shim that asks a
+long-running agent-side server (started, and warmed up, before the clock), ptp does the work
+in its own process and execs ``host-local``; podroute's DEL answers once the pod is detached
+and its veth pairs are deleted in a batch just after, while ptp's DEL deletes the veth
+before it exits. In the sequential loop that batch work runs during the following DELs, so
+only the tail after the last DEL is outside every clock; it is recorded (above) rather than
+added to a DEL the runtime no longer waits for.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ Reuses ``podroute lab up`` (podroute/lab/runner.py measures exactly this for the
 starts: report.json ``timings.join_converge_s`` from its BGP session coming up, ``join_total_s``
 from its agent starting) with a throwaway lab name ``b<hex>`` and state dir, then ``lab down``.
 No anchor exists for this figure (see the issue); the table shows the growth with N instead.
+With one side there is no asymmetry to correct: every N is timed by the same code in the
+runner, from the joining node's BGP session coming up (its agent's own status ``since``, the
+latest of its sessions: with no other receiver there is no common sender clock to prefer) to
+the last other FIB holding its block, so the figure compares across N, not with another speaker.
 """
 from __future__ import annotations
 
