@@ -135,6 +135,13 @@ def test_run_dir_too_long_for_a_unix_socket():
         parse(raw, "n.yaml")
 
 
+def test_run_dir_must_be_absolute():
+    raw = yaml.safe_load(GOOD)
+    raw["paths"] = {"runDir": "run"}
+    with pytest.raises(ConfigError, match=r"^n\.yaml: paths\.runDir: 'run' is not an absolute path$"):
+        parse(raw, "n.yaml")
+
+
 def test_cluster_file_bad_bytes_and_duplicate_keys(tmp_path):
     f = tmp_path / "cluster.yaml"
     f.write_bytes(b"nodes: []\n\xfe\n")
