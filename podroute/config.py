@@ -165,6 +165,9 @@ def _file_path(value: Any, path: str) -> Path:
 
 def _run_dir(value: Any, path: str) -> Path:
     run_dir = _file_path(value, path)
+    if not run_dir.is_absolute():
+        # The CNI conflist names the agent socket under it; the runtime runs the plugin from any cwd.
+        raise ConfigError(path, f"{show(str(run_dir))} is not an absolute path")
     longest = Paths(run_dir=run_dir).agent_socket
     if len(os.fsencode(longest)) > _SUN_PATH_MAX:
         raise ConfigError(path, f"{clip(str(run_dir))} is too long: the socket {clip(str(longest))} would not fit "

@@ -14,8 +14,10 @@ cluster file). Whatever the file holds, it returns the parsed tree or raises
 * duplicate keys at any depth are an error naming the key path and both lines (PyYAML
   would silently keep the last one, so the file would not say what runs);
 * nesting deeper than :data:`MAX_DEPTH` levels (Python's recursion limit would otherwise
-  end in ``RecursionError``) and documents of more than :data:`MAX_NODES` nodes once
-  aliases are expanded (an "alias bomb", or an alias that contains itself) are errors.
+  end in ``RecursionError``) and documents of more nodes, once aliases are expanded, than
+  :data:`MAX_NODES` or the text's length in characters, whichever is more (an "alias bomb",
+  or an alias that contains itself: without aliases a node takes at least one character),
+  are errors.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from podroute.schema import ConfigError, clip, join, show
 
 MAX_DEPTH = 32        # nesting levels; podroute's own files need 4 (peers[i].key)
-MAX_NODES = 200_000   # YAML nodes after alias expansion: 4 MiB of plain YAML has fewer
+MAX_NODES = 200_000   # YAML nodes after alias expansion, or one per byte of text if that is more
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
          (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
@@ -70,6 +72,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._max_nodes = max(MAX_NODES, len(stream))
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         # The composer recurses once per level: stop long before Python's recursion limit.
@@ -95,8 +98,8 @@ class _Loader(yaml.SafeLoader):
         while stack:
             node, path, depth = stack.pop()
             count += 1
-            if count > MAX_NODES or depth > MAX_DEPTH:
-                what = (f"more than {MAX_NODES} nodes" if count > MAX_NODES
+            if count > self._max_nodes or depth > MAX_DEPTH:
+                what = (f"more than {self._max_nodes} nodes" if count > self._max_nodes
                         else f"nesting deeper than {MAX_DEPTH} levels")
                 raise ConstructorError(None, None, f"{what} once aliases are expanded (an alias bomb, "
                                        "or an alias inside itself?)", node.start_mark)

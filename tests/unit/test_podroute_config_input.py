@@ -47,7 +47,7 @@ def _bomb(levels: int = 9) -> str:
     ("nodeName: " + "[" * 5000 + "]" * 5000 + "\n", f"invalid YAML: line 1, column {10 + MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels"),
     ("a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n", f"nested deeper than {MAX_DEPTH} levels"),
     ("".join(" " * i + f"k{i}:\n" for i in range(200)), f"nested deeper than {MAX_DEPTH} levels"),
-    (_bomb(), f"more than {MAX_NODES} nodes once aliases are expanded"),
+    (_bomb(), f"more than {MAX_NODES} nodes once aliases are expanded"),  # the text is shorter than MAX_NODES
     ("a: &y {k: *y}\n", f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded"),
     ("# " + "x" * MAX_CONFIG_BYTES + "\n", f"larger than the {MAX_CONFIG_BYTES}-byte limit for this file"),
     ("- 1\n- 2\n", "(top level): expected a mapping, got list"),
@@ -61,6 +61,16 @@ def _bomb(levels: int = 9) -> str:
 ])
 def test_bad_bytes_give_one_line_naming_the_file(tmp_path, content, expected):
     assert expected in load_error(tmp_path, content)
+
+
+def test_node_limit_grows_with_the_text_so_big_plain_files_still_load(monkeypatch):
+    from podroute import configfile
+    monkeypatch.setattr(configfile, "MAX_NODES", 10)
+    plain = "[" + ", ".join(["1"] * 300) + "]"  # 301 nodes in 900 characters: no aliases, loads
+    assert configfile.parse_yaml(plain) == [1] * 300
+    bomb = "a: &a [1, 1, 1, 1]\nb: &b [*a, *a, *a, *a]\nc: [*b, *b, *b, *b]\n"  # 58 characters, 100+ nodes
+    with pytest.raises(ConfigError, match=f"more than {len(bomb)} nodes once aliases are expanded"):
+        configfile.parse_yaml(bomb)
 
 
 def test_merge_keys_may_override_without_being_duplicates(tmp_path):
