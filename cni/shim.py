@@ -172,7 +172,7 @@ MAX_RESPONSE = 1 << 20
 MAX_CONFIG = 256 << 10   # stdin bytes; a network configuration with prevResult is a few KiB
 MAX_REQUEST = 1 << 20    # one request line to the agent, newline included (the agent's limit)
 MAX_DEPTH = 64           # nested arrays/objects; dumps() recurses once per level
-_SUN_PATH_MAX = 107      # sockaddr_un.sun_path is 108 bytes with the terminating NUL
+SUN_PATH_MAX = 107       # sockaddr_un.sun_path is 108 bytes with the terminating NUL (unix(7))
 
 E_INCOMPATIBLE_VERSION = 1
 E_INVALID_ENV = 4
@@ -259,9 +259,9 @@ def parse_config(data):
         encoded = sock.encode("utf-8", "surrogateescape")  # as the socket module encodes it
     except UnicodeEncodeError:
         encoded = None
-    if encoded is None or not sock.startswith("/") or "\0" in sock or len(encoded) > _SUN_PATH_MAX:
+    if encoded is None or not sock.startswith("/") or "\0" in sock or len(encoded) > SUN_PATH_MAX:
         raise ShimError(E_INVALID_CONFIG, "agentSocket must be an absolute path of at most %d "
-                        "bytes without NUL (unix(7) sun_path)" % _SUN_PATH_MAX)
+                        "bytes without NUL (unix(7) sun_path)" % SUN_PATH_MAX)
     timeout = conf.get("agentTimeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ShimError(E_INVALID_CONFIG, "agentTimeout must be a positive number of seconds")

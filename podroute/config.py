@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni.shim import SUN_PATH_MAX
 from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
                              clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
@@ -53,7 +54,6 @@ ENCAP_MODES = ("Always", "CrossSubnet", "Never")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_CONFIG_BYTES = 1 << 20   # a node config is a few KiB; larger is not one
 MAX_SECRET_BYTES = 4096      # a TCP MD5 key is at most 80 bytes (Linux TCP_MD5SIG_MAXKEYLEN)
-_SUN_PATH_MAX = 107          # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,9 @@ def _run_dir(value: Any, path: str) -> Path:
         # The CNI conflist names the agent socket under it; the runtime runs the plugin from any cwd.
         raise ConfigError(path, f"{show(str(run_dir))} is not an absolute path")
     longest = Paths(run_dir=run_dir).agent_socket
-    if len(os.fsencode(longest)) > _SUN_PATH_MAX:
+    if len(os.fsencode(longest)) > SUN_PATH_MAX:
         raise ConfigError(path, f"{clip(str(run_dir))} is too long: the socket {clip(str(longest))} would not fit "
-                                f"the {_SUN_PATH_MAX}-byte unix socket path limit (unix(7) sun_path)")
+                                f"the {SUN_PATH_MAX}-byte unix socket path limit (unix(7) sun_path)")
     return run_dir
 
 
