@@ -29,10 +29,10 @@ from typing import Protocol
 
 from .errors import DECODING_FAILURE, INTERNAL, CNIError
 from .model import CNIRequest, CNIResult
+from .shim import MAX_REQUEST  # the wire contract's owner; the shim never sends more
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 1 << 20  # bytes; a CNI config with prevResult is a few KiB
 READ_TIMEOUT = 10.0  # seconds to receive the request line
 
 
@@ -154,7 +154,7 @@ class CNIServer:
             req = CNIRequest.from_wire(json.loads(line))
         except CNIError as e:
             return None, e.to_wire()
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the stack
             return None, CNIError(DECODING_FAILURE, "request is not valid JSON", str(e)).to_wire()
         self.served += 1
         if req.command == "ADD" and _peer_gone(writer):

@@ -6,6 +6,10 @@ and the network configuration JSON on stdin (CNI spec 1.0.0, "Section 3: Executi
 Protocol"). It imports only the standard library so that starting it costs a few
 tens of milliseconds; all real work happens in the podroute agent.
 
+One file on purpose, over the ~400-line guideline: :mod:`cni.install` copies and pre-compiles
+this single stdlib-only file as the plugin executable; a split would put a package on the CNI
+bin path and imports on the start-up path every pod pays twice.
+
 Behaviour (mirrors the reference plugins' ``skel`` package):
 
 * ``VERSION`` is answered locally: ``{"cniVersion": "1.1.0", "supportedVersions": [...]}``.
@@ -31,10 +35,16 @@ contacted (the agent checks them again, :mod:`cni.validate`, whose rules these m
 Error codes produced here (CNI spec 1.1 "Well-known Error Codes"):
 1 unsupported ``cniVersion`` (or CHECK on a config older than 0.4.0, STATUS or GC older than
 1.1.0), 4 missing/invalid CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS (ADD/CHECK), CNI_IFNAME,
-CNI_PATH, malformed CNI_ARGS, 6 stdin is not a JSON object, 7 config lacks
+CNI_PATH, malformed CNI_ARGS, 5 stdin cannot be read, 6 stdin is not a JSON object (not
+UTF-8, invalid JSON, nested deeper than ``MAX_DEPTH``, or over ``MAX_CONFIG`` bytes: see
+:func:`parse_config`), 7 config lacks
 ``cniVersion``/``name`` or has a bad ``agentSocket``/``agentTimeout``, 11 the agent is
 not reachable (missing socket, connection refused, timeout, connection dropped: the
 runtime retries; this includes DEL), 50 the same for STATUS, 999 the agent answered garbage.
+
+Input bounds: stdin is read up to ``MAX_CONFIG`` bytes and never further (a larger or endless
+stdin is refused unread); the request line sent to the agent is at most ``MAX_REQUEST``
+bytes, the agent's read limit (:mod:`cni.server` takes it from here).
 
 Wire format (UTF-8 JSON, one line each way, one request per connection)::
 
@@ -75,10 +85,53 @@ class _ScanContext:
 _scan = _json.make_scanner(_ScanContext())
 
 
+def _where(msg, text, pos):
+    """``msg`` with json's position wording: ``msg: line L column C (char N)``."""
+    line = text.count("\n", 0, pos) + 1
+    return "%s: line %d column %d (char %d)" % (msg, line, pos - text.rfind("\n", 0, pos), pos)
+
+
+def _scan_error(text, idx):
+    """The message of the error that scanning ``text`` from ``idx`` hits.
+
+    The C scanner builds its errors with ``json.decoder.JSONDecodeError`` only if that
+    module is already imported (CPython 3.11 ``_json.c`` ``raise_errmsg``); otherwise it
+    returns NULL with no exception set, which surfaces as ``SystemError: <_json.Scanner
+    object at 0x...> returned NULL without setting an exception``. The shim does not import
+    ``json`` on the success path (~15 ms), so on failure it imports it and scans again.
+    """
+    try:
+        import json.decoder  # noqa: F401  (read by the C scanner)
+        _scan(text, idx)
+    except StopIteration as e:
+        return _where("Expecting value", text, e.value)
+    except RecursionError:
+        return "nested deeper than %d levels" % MAX_DEPTH
+    except Exception as e:  # json.decoder.JSONDecodeError, or the integer digit limit
+        return str(e) or type(e).__name__
+    return "invalid JSON"
+
+
+def _check_depth(obj):
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError("nested deeper than %d levels" % MAX_DEPTH)
+        for child in (node.values() if isinstance(node, dict) else node):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
 def loads(text):
-    """Decode one JSON document (str or UTF-8 bytes). Raises ValueError."""
+    """Decode one JSON document (str or UTF-8 bytes) of at most ``MAX_DEPTH`` nested
+    arrays/objects. Raises ValueError with one line saying what is wrong and where."""
     if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError("not UTF-8 (RFC 8259 section 8.1): byte 0x%02x at offset %d"
+                             % (text[e.start], e.start))
     end = len(text)
     idx = 0
     while idx < end and text[idx] in _WS:
@@ -86,13 +139,17 @@ def loads(text):
     try:
         obj, idx = _scan(text, idx)
     except StopIteration as e:
-        raise ValueError("invalid JSON at offset %s" % e.value)
-    except Exception as e:  # the C scanner raises json.JSONDecodeError on some errors
-        raise ValueError(str(e))
+        raise ValueError(_where("Expecting value", text, e.value))
+    except RecursionError:
+        raise ValueError("nested deeper than %d levels" % MAX_DEPTH)
+    except Exception:
+        raise ValueError(_scan_error(text, idx))
     while idx < end and text[idx] in _WS:
         idx += 1
     if idx != end:
-        raise ValueError("extra data at offset %d" % idx)
+        raise ValueError(_where("Extra data", text, idx))
+    if isinstance(obj, (dict, list)):
+        _check_depth(obj)
     return obj
 
 
@@ -127,9 +184,14 @@ DEFAULT_SOCKET = "/run/podroute/cni.sock"
 DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 2.0
 MAX_RESPONSE = 1 << 20
+MAX_CONFIG = 256 << 10   # stdin bytes; a network configuration with prevResult is a few KiB
+MAX_REQUEST = 1 << 20    # one request line to the agent, newline included (the agent's limit)
+MAX_DEPTH = 64           # nested arrays/objects; dumps() recurses once per level
+SUN_PATH_MAX = 107       # sockaddr_un.sun_path is 108 bytes with the terminating NUL (unix(7))
 
 E_INCOMPATIBLE_VERSION = 1
 E_INVALID_ENV = 4
+E_IO = 5
 E_DECODE = 6
 E_INVALID_CONFIG = 7
 E_TRY_AGAIN = 11
@@ -215,10 +277,22 @@ def _version_tuple(v):
 
 
 def parse_config(data):
-    """Decode stdin. Raises ShimError 6 (not a JSON object) or 7/1 (bad fields)."""
+    """Decode stdin as :func:`read_stdin` returns it: bytes, or the OSError reading raised.
+
+    Raises ShimError 5 (stdin unreadable), 6 (more than ``MAX_CONFIG`` bytes, not UTF-8 JSON,
+    not an object) or 7/1 (bad fields). An oversized config is 6, not 5 or 11: the bytes
+    arrived, podroute refuses to decode them, and the same bytes always get the same answer
+    (CNI spec "Well-known Error Codes": 6 "failed to decode content"; only 11 asks the
+    runtime to try again later).
+    """
+    if isinstance(data, OSError):
+        raise ShimError(E_IO, "failed to read network configuration from stdin", str(data))
+    if len(data) > MAX_CONFIG:
+        raise ShimError(E_DECODE, "network configuration on stdin is larger than the %d-byte "
+                        "limit of the podroute CNI plugin" % MAX_CONFIG)
     try:
         conf = loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except ValueError as e:
         raise ShimError(E_DECODE, "failed to decode network configuration", str(e))
     if not isinstance(conf, dict):
         raise ShimError(E_DECODE, "network configuration is not a JSON object")
@@ -234,6 +308,15 @@ def parse_config(data):
     sock = conf.get("agentSocket", DEFAULT_SOCKET)
     if not isinstance(sock, str) or not sock:
         raise ShimError(E_INVALID_CONFIG, "agentSocket must be a non-empty string")
+    # The kernel would cut a path at a NUL, read a leading NUL as the abstract namespace and
+    # refuse one longer than sun_path: each of those is a config error, not "try again".
+    try:
+        encoded = sock.encode("utf-8", "surrogateescape")  # as the socket module encodes it
+    except UnicodeEncodeError:
+        encoded = None
+    if encoded is None or not sock.startswith("/") or "\0" in sock or len(encoded) > SUN_PATH_MAX:
+        raise ShimError(E_INVALID_CONFIG, "agentSocket must be an absolute path of at most %d "
+                        "bytes without NUL (unix(7) sun_path)" % SUN_PATH_MAX)
     timeout = conf.get("agentTimeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ShimError(E_INVALID_CONFIG, "agentTimeout must be a positive number of seconds")
@@ -276,8 +359,32 @@ def build_request(env, conf):
     }
 
 
+_ENV_OF_FIELD = {"containerID": "CNI_CONTAINERID", "netns": "CNI_NETNS", "ifName": "CNI_IFNAME",
+                 "args": "CNI_ARGS", "path": "CNI_PATH"}
+
+
+def encode_request(request):
+    """The request line (bytes, newline-terminated). Raises ShimError 7 if the configuration,
+    or 4 if the CNI_* environment, makes it longer than ``MAX_REQUEST`` (checked before
+    connecting: the agent would refuse it, and a retry would not help)."""
+    line = dumps(request).encode() + b"\n"
+    if len(line) <= MAX_REQUEST:
+        return line
+    sizes = {k: len(dumps(v)) for k, v in request.items()}
+    config = sizes.pop("config", 0)
+    if config >= sum(sizes.values()):
+        raise ShimError(E_INVALID_CONFIG, "network configuration is %d bytes once encoded for the "
+                        "agent, over the %d-byte request limit" % (config, MAX_REQUEST))
+    biggest = max(sizes, key=sizes.get)
+    raise ShimError(E_INVALID_ENV, "%s is too long: the request to the agent would be %d bytes, "
+                    "over the %d-byte limit" % (_ENV_OF_FIELD.get(biggest, biggest), len(line),
+                                                MAX_REQUEST))
+
+
 def call_agent(path, request, timeout):
-    """Send one request line, return the decoded response object. Raises ShimError 11/999."""
+    """Send one request line, return the decoded response object. Raises ShimError 11/999
+    (or 4/7 from :func:`encode_request`)."""
+    line = encode_request(request)
     unreachable = "podroute agent at %s is not reachable" % path
     s = _socket.socket(_AF_UNIX, _SOCK_STREAM)
     try:
@@ -291,7 +398,7 @@ def call_agent(path, request, timeout):
         s.settimeout(timeout)
         buf = b""
         try:
-            s.sendall(dumps(request).encode() + b"\n")
+            s.sendall(line)
             while b"\n" not in buf and len(buf) <= MAX_RESPONSE:
                 chunk = s.recv(65536)
                 if not chunk:
@@ -363,15 +470,26 @@ def environ():
             for k, v in posix.environ.items()}
 
 
-def main():
+def read_stdin():
+    """At most ``MAX_CONFIG + 1`` bytes of stdin (enough to tell that it is too long; the
+    rest is never read, so an endless stdin cannot hang the shim), or the OSError that
+    reading raised (fd 0 closed, EIO...), for :func:`parse_config` to report as code 5."""
     try:
-        data = sys.stdin.buffer.read()
-    except OSError:
-        data = b""
-    out, status = dispatch(environ(), data)
-    if out:
-        sys.stdout.write(out + "\n")
-    sys.stdout.flush()
+        return sys.stdin.buffer.read(MAX_CONFIG + 1)
+    except OSError as e:
+        return e
+    except (AttributeError, ValueError) as e:  # sys.stdin is None (fd 0 closed) or detached
+        return OSError("stdin is not open (%s)" % type(e).__name__)
+
+
+def main():
+    out, status = dispatch(environ(), read_stdin())
+    try:
+        if out:
+            sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+    except (AttributeError, OSError, ValueError):
+        pass  # stdout closed: nobody reads the answer; the exit status still carries it
     return status
 
 

@@ -14,7 +14,8 @@ Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default)::
     clusterFile: /etc/podroute/cluster.yaml   # optional file datastore: other nodes, mesh, RRs
     peers:                           # BGP peers of this node
       - {address: 198.18.0.1, asn: 64512, holdTime: 90, passive: false,
-         passwordFile: /etc/podroute/peer.md5,   # or password: "..."; file must be mode 0600
+         passwordFile: /etc/podroute/peer.md5,   # or password: "..."; a regular file, mode
+                                                 # 0600, UTF-8, at most 4096 bytes
          sourceAddress: 198.18.0.11,             # local address of the session
          multihopTTL: 2,                         # for a non-adjacent peer (eBGP multihop)
          maxPrefixes: 2000, maxPrefixesAction: reject}   # or teardown (RFC 4486 cease 1)
@@ -29,7 +30,8 @@ Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default)::
     paths: {stateDir: /var/lib/podroute, runDir: /run/podroute}
 
 Errors: :func:`load` raises :class:`podroute.schema.ConfigError` whose ``str`` is
-one line naming the file, the key path and what is wrong.
+one line naming the file, the key path and what is wrong, whatever bytes the file holds
+(encoding, size, duplicate keys, nesting: :mod:`podroute.configfile`).
 """
 from __future__ import annotations
 
@@ -41,15 +43,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cni.shim import SUN_PATH_MAX
+from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
-                             ipv4_network, join, list_of, no_overlaps, number, string)
+                             clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
 
 DEFAULT_ASN = 64512
 ASN_RANGE = (1, 4294967295)
 ENCAP_MODES = ("Always", "CrossSubnet", "Never")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_CONFIG_BYTES = 1 << 20   # a node config is a few KiB; larger is not one
+MAX_SECRET_BYTES = 4096      # a TCP MD5 key is at most 80 bytes (Linux TCP_MD5SIG_MAXKEYLEN)
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ class NodeConfig:
 def _node_name(value: Any, path: str) -> str:
     name = string(value, path)
     if not _DNS_LABEL.match(name):
-        raise ConfigError(path, f"{name!r} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
+        raise ConfigError(path, f"{show(name)} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
     return name
 
 
@@ -135,7 +139,7 @@ def _mtu(value: Any, path: str) -> int | None:
     if value == "auto":
         return None
     if isinstance(value, str):
-        raise ConfigError(path, f"{value!r} is neither 'auto' nor an integer")
+        raise ConfigError(path, f"{show(value)} is neither 'auto' nor an integer")
     return integer(576, 9000)(value, path)
 
 
@@ -152,15 +156,56 @@ def _pool(value: Any, path: str) -> IPPool:
     return IPPool(cidr, block, ipip, vxlan)
 
 
+def _file_path(value: Any, path: str) -> Path:
+    text = string(value, path)
+    if "\0" in text:
+        raise ConfigError(path, f"{show(text)} is not a usable path (NUL character)")
+    return Path(text)
+
+
+def _run_dir(value: Any, path: str) -> Path:
+    run_dir = _file_path(value, path)
+    if not run_dir.is_absolute():
+        # The CNI conflist names the agent socket under it; the runtime runs the plugin from any cwd.
+        raise ConfigError(path, f"{show(str(run_dir))} is not an absolute path")
+    longest = Paths(run_dir=run_dir).agent_socket
+    if len(os.fsencode(longest)) > SUN_PATH_MAX:
+        raise ConfigError(path, f"{clip(str(run_dir))} is too long: the socket {clip(str(longest))} would not fit "
+                                f"the {SUN_PATH_MAX}-byte unix socket path limit (unix(7) sun_path)")
+    return run_dir
+
+
 def _password_file(value: Any, path: str) -> str:
-    p = Path(string(value, path))
+    p = _file_path(value, path)
     try:
-        st = p.stat()
+        # O_NONBLOCK: a FIFO named here must not hang the loader waiting for a writer.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise ConfigError(path, f"cannot read {p}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(path, f"{p} has mode {stat.S_IMODE(st.st_mode):04o}; it holds a secret and must be 0600")
-    secret = p.read_text().strip()
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ConfigError(path, f"{p} is {kind}; it must be a file holding the TCP MD5 key")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(path, f"{p} has mode {stat.S_IMODE(st.st_mode):04o}; it holds a secret and must be 0600")
+        data = b""
+        while len(data) <= MAX_SECRET_BYTES:
+            chunk = os.read(fd, MAX_SECRET_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        raise ConfigError(path, f"cannot read {p}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ConfigError(path, f"{p} is larger than {MAX_SECRET_BYTES} bytes; it must hold only the TCP MD5 key")
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        # The message must not quote the secret, not even the offending byte.
+        raise ConfigError(path, f"{p} is not UTF-8 text (invalid byte at offset {e.start})") from None
     if not secret:
         raise ConfigError(path, f"{p} is empty")
     return secret
@@ -196,7 +241,7 @@ def _community(value: Any, path: str) -> str:
     text = string(value, path)
     m = _COMMUNITY.match(text)
     if not m or int(m.group(1)) > 65535 or int(m.group(2)) > 65535:
-        raise ConfigError(path, f"{text!r} is not a standard community ASN:VALUE with both parts 0..65535 (RFC 1997)")
+        raise ConfigError(path, f"{show(text)} is not a standard community ASN:VALUE with both parts 0..65535 (RFC 1997)")
     return text
 
 
@@ -247,10 +292,9 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     proto = s.get("routeProtocol", integer(5, 255), 90)  # 0..4 are the kernel's own (rtnetlink.h)
     resync = s.get("resyncInterval", number(1, 3600), 30.0)
     p = s.section("paths")
-    paths = Paths(p.get("stateDir", lambda v, k: Path(string(v, k)), Paths.state_dir),
-                  p.get("runDir", lambda v, k: Path(string(v, k)), Paths.run_dir))
+    paths = Paths(p.get("stateDir", _file_path, Paths.state_dir), p.get("runDir", _run_dir, Paths.run_dir))
     p.finish()
-    cluster_file = s.get("clusterFile", lambda v, k: Path(string(v, k)), None)
+    cluster_file = s.get("clusterFile", _file_path, None)
     import_extra = s.get("importExtraCIDRs", list_of(ipv4_network), ())
     accept_default = s.get("acceptDefaultRoute", boolean, False)
     services = s.get("serviceCIDRs", list_of(_service), ())
@@ -265,17 +309,6 @@ def _parse(raw: Any, source: str) -> NodeConfig:
 
 
 def load(path: str | os.PathLike[str]) -> NodeConfig:
-    """Read and validate a node config file. Raises ConfigError (one-line ``str``)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError("", f"cannot read: {e.strerror}", source) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError("", f"invalid YAML: {where}{problem}", source) from None
-    return parse(raw, source)
+    """Read and validate a node config file (at most :data:`MAX_CONFIG_BYTES`, UTF-8 YAML,
+    see :mod:`podroute.configfile`). Raises ConfigError (one-line ``str``) for any content."""
+    return parse(load_yaml(path, MAX_CONFIG_BYTES), str(path))

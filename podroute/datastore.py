@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from podroute.config import ASN_RANGE, DEFAULT_ASN, Peer, _node_name, _peer
+from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, integer, ipv4_address, ipv4_network, join,
                              list_of, no_overlaps)
+
+MAX_CLUSTER_BYTES = 4 << 20  # ~50,000 nodes; the pure-Python YAML loader takes seconds per MiB
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,9 @@ def parse_cluster(raw: Any, source: str = "<memory>") -> Cluster:
 
 
 def load_cluster(path: str | Path) -> Cluster:
-    """Read and validate a cluster file. Raises ConfigError (one-line ``str``)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError("", f"cannot read: {e.strerror}", str(path)) from None
-    except yaml.YAMLError as e:
-        raise ConfigError("", f"invalid YAML: {str(e).splitlines()[0]}", str(path)) from None
-    return parse_cluster(raw, str(path))
+    """Read and validate a cluster file (at most :data:`MAX_CLUSTER_BYTES`, UTF-8 YAML, see
+    :mod:`podroute.configfile`). Raises ConfigError (one-line ``str``) for any content."""
+    return parse_cluster(load_yaml(path, MAX_CLUSTER_BYTES), str(path))
 
 
 def peers_for(me: str, cluster: Cluster, own_peers: tuple[Peer, ...] = ()) -> tuple[PeerSpec, ...]:
