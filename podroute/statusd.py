@@ -96,6 +96,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([sep, fmt(headers), sep, *(fmt(r) for r in rows), sep])
 
 
+def _loop_line(loop: dict[str, Any], now: float) -> str:
+    """The agent's event-loop lag (``Agent.status()["loop"]``), worst of the last minute first."""
+    worst, threshold = loop.get("worst_s") or 0.0, loop.get("threshold_s") or 0.0
+    at = loop.get("worst_at")
+    when = f" ({_since(at, now)} ago)" if at and worst > 0 else ""
+    flag = "  OVER THRESHOLD" if threshold and worst > threshold else ""
+    return (f"Event loop: worst lag {1000 * worst:.1f} ms in the last minute{when}, now {1000 * (loop.get('lag_s') or 0.0):.1f} ms, "
+            f"threshold {1000 * threshold:.0f} ms{flag}")
+
+
 def render(st: dict[str, Any], now: float | None = None) -> str:
     """Render a status snapshot like ``calicoctl node status``: header, peers table, routes."""
     now = now or time.time()
@@ -143,6 +153,9 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         if total > min(50, len(learned)):
             lines.append(f"... {total} learned routes in all")
     lines += ["", f"Workloads: {st.get('workloads', 0)}"]
+    loop = st.get("loop")
+    if loop:
+        lines.append(_loop_line(loop, now))
     failures = st.get("task_failures", [])
     for f in failures:
         lines.append(f"TASK FAILED: {f['name']}: {f['error']}")
