@@ -11,6 +11,8 @@ owner thread, and the loop talks to it through :class:`RouteTableWorker`:
    batches; the thread runs them in call order;
  - ``await apply()`` hands over the queued setters, then an apply request; it resolves with
    the ApplyResult once the thread has run every setter queued before it and then apply();
+ - ``await call(fn)`` runs ``fn(routetable)`` on the thread the same way (a read that must
+   iterate a table);
  - reads (``desired()``, ``owned()``, ``is_expected()``) look at the thread's RouteTable
    directly. Each is a single dict lookup or ``len()`` on dicts keyed by int, which the GIL
    makes atomic against the thread's writes; no read iterates a table. They see the state
@@ -30,15 +32,16 @@ import queue
 import threading
 import time
 from ipaddress import IPv4Network
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .routes import Route
 from .routetable import ApplyResult, RouteTable
 
 log = logging.getLogger("felix.worker")
+T = TypeVar("T")
 
 _SET, _REMOVE, _CALL = 0, 1, 2  # queued setter kinds
-_TAKE, _APPLY, _STOP = "take", "apply", "stop"  # jobs for the owner thread
+_TAKE, _CALL_JOB, _STOP = "take", "call", "stop"  # jobs for the owner thread
 _FLUSH_AT = 4096  # queued setters handed to the thread at once: it takes them in while the loop works on
 
 
@@ -146,12 +149,20 @@ class RouteTableWorker:
         """Run every queued setter, then ``RouteTable.apply()``, on the owner thread; the result
         (or the exception apply() raised, a bug: it reports dataplane errors in the result).
         Requires :meth:`start`. Cancelling the await does not stop the thread's apply."""
+        res = await self.call(RouteTable.apply)
+        self._applies += 1
+        return res
+
+    async def call(self, fn: Callable[[RouteTable], T]) -> T:
+        """``fn(routetable)`` on the owner thread after every queued setter: its result or its
+        exception. For reads that iterate the tables (a snapshot of ``desired()``), which
+        are not safe from the loop while the thread runs. Requires :meth:`start`."""
         if self._thread is None:
             raise RuntimeError("worker not started")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._flush()
-        self._jobs.put((_APPLY, loop, fut))
+        self._jobs.put((_CALL_JOB, loop, fut, fn))
         return await fut
 
     # -- reads (see module doc for why these are safe from the loop) ------------------------------
@@ -177,7 +188,7 @@ class RouteTableWorker:
                 if kind == _TAKE:
                     self._take(job[1])
                 else:
-                    self._apply(job[1], job[2])
+                    self._run_call(*job[1:])
             except Exception:  # noqa: BLE001 - a dead owner thread would stall every later apply
                 log.exception("felix worker job failed")
             finally:
@@ -199,19 +210,19 @@ class RouteTableWorker:
                 log.exception("felix setter failed and was skipped: %s",
                               ("set_route", "remove_key", getattr(a, "__name__", "call"))[kind])
 
-    def _apply(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
+    def _run_call(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future, fn) -> None:
         try:
-            res, exc = self.routetable.apply(), None
+            res, exc = fn(self.routetable), None
         except Exception as e:  # noqa: BLE001 - handed to the awaiting task
             res, exc = None, e
-        self._applies += 1
+        self._busy_since = None  # before the caller can see the result
         try:
             loop.call_soon_threadsafe(_deliver, fut, res, exc)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
 
 
-def _deliver(fut: asyncio.Future, res: ApplyResult | None, exc: BaseException | None) -> None:
+def _deliver(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
     if fut.done():
         return  # the awaiting task was cancelled
     if exc is not None:

@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import threading
 import time
 from ipaddress import IPv4Network
 
@@ -169,3 +170,13 @@ async def test_reads_from_the_loop_while_the_thread_writes(dp):
     finally:
         w.stop()
         assert await asyncio.to_thread(w.join, 10)
+
+
+async def test_call_runs_on_the_owner_thread_after_the_queued_setters(wk):
+    wk.start()
+    wk.set_route("bgp", Route.via("198.19.2.0/26", "198.18.0.2", "eth0"))
+    where, snapshot = await wk.call(lambda rt: (threading.current_thread().name, sorted(rt.desired())))
+    assert where == "felix" and snapshot == [N("198.19.2.0/26")]
+    with pytest.raises(ZeroDivisionError):
+        await wk.call(lambda rt: 1 / 0)
+    assert (await wk.apply()).added == 1
