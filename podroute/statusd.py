@@ -144,6 +144,11 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
                      f"{_since(last.get('at'), now)} ago; resyncs {fib.get('resyncs', 0)}, monitor triggers {fib.get('monitor_triggers', 0)}")
         for err in last.get("errors", [])[:5]:
             lines.append(f"  error: {err}")
+    busy = (fib.get("worker") or {}).get("busy_s")
+    if busy is not None and busy >= 1.0:  # felix's thread held by the kernel (RTNL) or a large table
+        lines.append(f"Felix: current apply running for {busy:.1f} s")
+    if fib.get("failing_routes"):
+        lines.append(f"Failing routes: {fib['failing_routes']} (retried with backoff)")
     learned = bgp.get("routes", [])
     if learned:
         lines += ["", "Learned routes (Loc-RIB best paths)"]

@@ -158,3 +158,16 @@ async def test_status_reports_loop_lag_from_a_blocked_loop(agent):
     line = next(x for x in text.splitlines() if x.startswith("Event loop"))
     worst_ms = float(re.search(r"worst lag ([0-9.]+) ms", line).group(1))
     assert worst_ms >= 450 and "OVER THRESHOLD" in line
+
+
+def test_render_shows_a_held_felix_thread_and_failing_routes():
+    snap = {"node": {}, "bgp": {}, "fib": {"last_apply": {"added": 0, "errors": ["198.19.1.5/32: no device"], "at": 990.0},
+                                           "worker": {"busy_s": 12.5}, "failing_routes": 1},
+            "loop": {"lag_s": 0.001, "worst_s": 0.4, "worst_at": 995.0, "threshold_s": 0.25}}
+    text = statusd.render(snap, now=1000.0)
+    assert "Felix: current apply running for 12.5 s" in text
+    assert "Failing routes: 1 (retried with backoff)" in text
+    assert ("Event loop: worst lag 400.0 ms in the last minute (5s ago), now 1.0 ms, threshold 250 ms"
+            "  OVER THRESHOLD") in text
+    snap["fib"]["worker"]["busy_s"] = 0.2
+    assert "Felix: current apply" not in statusd.render(snap, now=1000.0)
