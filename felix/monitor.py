@@ -33,6 +33,11 @@ log = logging.getLogger("felix.monitor")
 _NLMSG_PID = struct.Struct("=I")  # nlmsghdr.nlmsg_pid, at offset 12
 
 
+def _close_opened(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result()[0].close()
+
+
 class RouteMonitor:
     """See module doc. ``run()`` is a coroutine that returns only when cancelled (or on a socket
     error, raised as felix.errors.DataplaneError). ``ready`` is set once subscribed; ``changes``
@@ -62,7 +67,12 @@ class RouteMonitor:
         loop = asyncio.get_running_loop()
         # Opening the socket (a setns thread for a netns) and the link dump wait on the kernel
         # (the RTNL lock, behind any veth churn): off the event loop.
-        sock, missed = await asyncio.to_thread(self._subscribe)
+        opening = loop.run_in_executor(None, self._subscribe)
+        try:
+            sock, missed = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)  # the thread finishes; its socket must not leak
+            raise
         sock.setblocking(False)
         failed: asyncio.Future = loop.create_future()
         loop.add_reader(sock.fileno(), self._readable, sock, failed)

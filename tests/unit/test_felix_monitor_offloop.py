@@ -35,3 +35,32 @@ async def test_monitor_start_up_does_not_block_the_loop(monkeypatch):
     with pytest.raises(DataplaneError, match="injected"):
         await task
     assert turned_while_blocked == 3 and blocked_loop_for < 4.5
+
+
+async def test_cancelled_start_up_closes_the_socket_it_opened(monkeypatch):
+    release = threading.Event()
+    opened = []
+
+    class Sock:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    def slow_open(netns, groups=0):
+        release.wait(5)
+        opened.append(Sock())
+        return opened[-1]
+
+    monkeypatch.setattr(M, "open_route_socket", slow_open)
+    monkeypatch.setattr(M.RouteMonitor, "_load_links", lambda self, sock: False)
+    task = asyncio.create_task(M.RouteMonitor(lambda: None).run())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while not (opened and opened[0].closed) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    assert opened and opened[0].closed
