@@ -63,7 +63,7 @@ async def test_long_stall_is_reported_again_at_doubling_times_not_per_check(lag,
     await wait_until(lambda: lag.stalls >= 1)
     during = [r.kv["blocked_s"] for r in caplog.records if r.getMessage() == "event loop blocked"
               and r.kv["running"].startswith("_deliberately_blocking_call (")]
-    assert 3 <= len(during) <= 4, during  # ~36 watchdog checks ran during the stall
+    assert 2 <= len(during) <= 4, during  # ~36 watchdog checks ran during the stall
     assert during == sorted(during)
 
 
