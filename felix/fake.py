@@ -6,11 +6,13 @@ the key, "replace" overwrites whatever is there (as the kernel would clobber a f
 test can see if RouteTable ever asked for that), "delete" matches protocol and fails with ESRCH
 (reported as success, like the real adapter). Devices named by a route must be in ``links``
 (else ENODEV); gateways must be inside ``reachable`` when that is set (else ENETUNREACH), unless onlink.
+``block()`` makes dumps and writes wait, as a netlink call waits on the RTNL lock under veth churn.
 """
 from __future__ import annotations
 
 import copy
 import errno as E
+import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Mapping, Sequence
@@ -60,6 +62,30 @@ class FakeDataplane:
         self.closed = False
         self._faults: list[_Fault] = []
         self._dump_faults: list[_Fault] = []
+        self._gate = threading.Event()
+        self._gate.set()
+        self._block_max_s = 0.0
+        self.waiting = threading.Event()  # set while a dump or write waits in block()
+
+    # -- blocking (the kernel holding a call) ---------------------------------------------------
+    def block(self, max_s: float = 30.0) -> None:
+        """Make every dump and write wait until ``unblock()``, at most ``max_s`` seconds (then
+        the call fails with ETIMEDOUT, so a test cannot hang). ``waiting`` is set meanwhile."""
+        self._block_max_s = max_s
+        self._gate.clear()
+
+    def unblock(self) -> None:
+        self._gate.set()
+
+    def _wait_gate(self, what: str) -> None:
+        if self._gate.is_set():
+            return
+        self.waiting.set()
+        try:
+            if not self._gate.wait(self._block_max_s):
+                raise DataplaneError(E.ETIMEDOUT, f"fake {what} blocked for {self._block_max_s} s")
+        finally:
+            self.waiting.clear()
 
     # -- test helpers -----------------------------------------------------------------------------
     def fail_next(self, errno: int, times: int = 1, match: Match = None, message: str = "") -> None:
@@ -100,6 +126,7 @@ class FakeDataplane:
 
     # -- RouteDataplane ---------------------------------------------------------------------------
     def dump_routes(self, *, table: int, protocol: int) -> list[Route]:
+        self._wait_gate("dump")
         self.calls.append(("dump", (table, protocol)))
         self.dumps += 1
         for f in self._dump_faults:
@@ -125,6 +152,7 @@ class FakeDataplane:
         return unchanged
 
     def write(self, ops: Sequence[RouteOp]) -> list[RouteFailure]:
+        self._wait_gate("write")
         ops = tuple(ops)
         self.calls.append(("write", ops))
         self.batches.append(ops)

@@ -33,6 +33,11 @@ log = logging.getLogger("felix.monitor")
 _NLMSG_PID = struct.Struct("=I")  # nlmsghdr.nlmsg_pid, at offset 12
 
 
+def _close_opened(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result()[0].close()
+
+
 class RouteMonitor:
     """See module doc. ``run()`` is a coroutine that returns only when cancelled (or on a socket
     error, raised as felix.errors.DataplaneError). ``ready`` is set once subscribed; ``changes``
@@ -60,15 +65,14 @@ class RouteMonitor:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        sock = open_route_socket(self.netns, groups=codec.RTMGRP_IPV4_ROUTE | codec.RTMGRP_LINK)
-        self._filtered = ()
-        self._refilter(sock)
+        # Opening the socket (a setns thread for a netns) and the link dump wait on the kernel
+        # (the RTNL lock, behind any veth churn): off the event loop.
+        opening = loop.run_in_executor(None, self._subscribe)
         try:
-            missed = self._load_links(sock)
-        except (OSError, codec.CodecError) as e:
-            sock.close()
-            from .errors import DataplaneError
-            raise DataplaneError(getattr(e, "errno", None) or errno.EIO, f"netlink monitor link dump: {e}") from e
+            sock, missed = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)  # the thread finishes; its socket must not leak
+            raise
         sock.setblocking(False)
         failed: asyncio.Future = loop.create_future()
         loop.add_reader(sock.fileno(), self._readable, sock, failed)
@@ -82,6 +86,20 @@ class RouteMonitor:
             loop.remove_reader(sock.fileno())
             sock.close()
             self.ready.clear()
+
+    def _subscribe(self) -> tuple[socket.socket, bool]:
+        """Open the subscribed socket, attach the echo filter and load the link map (blocking;
+        run in a worker thread). Returns (socket, whether a change may have been missed).
+        Raises DataplaneError."""
+        sock = open_route_socket(self.netns, groups=codec.RTMGRP_IPV4_ROUTE | codec.RTMGRP_LINK)
+        self._filtered = ()
+        self._refilter(sock)
+        try:
+            return sock, self._load_links(sock)
+        except (OSError, codec.CodecError) as e:
+            sock.close()
+            from .errors import DataplaneError
+            raise DataplaneError(getattr(e, "errno", None) or errno.EIO, f"netlink monitor link dump: {e}") from e
 
     def _load_links(self, sock: socket.socket) -> bool:
         """Fill the ifindex -> name map with an RTM_GETLINK dump on the subscribed socket (so route

@@ -32,6 +32,8 @@ SO_RCVBUFFORCE = 33
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/var/run/netns"
 _ACK_TRUESIZE = 1024  # bytes of receive buffer one ack skb costs (conservative)
+# A 32 MB receive buffer holds at most ~32k ack skbs (_ACK_TRUESIZE each); twice that.
+_DRAIN_MAX = 65536
 
 log = logging.getLogger("felix.netlink")
 
@@ -205,14 +207,28 @@ class NetlinkDataplane:
         return self._view[:n]
 
     def _drain(self) -> None:
-        """Discard whatever is queued (after an overrun or timeout) without blocking."""
-        for _ in range(100_000):
-            try:
-                self._sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
+        """Discard whatever is queued (after an overrun or timeout) without blocking.
+
+        The socket is switched to non-blocking mode for the duration: with a timeout set,
+        CPython polls for that timeout before every recv, MSG_DONTWAIT or not. The queue is
+        finite (no multicast groups; at most SO_RCVBUF bytes), so EAGAIN ends it; the count
+        bound is a second guard. ENOBUFS (an overrun reported once) reads on; any other
+        error stops draining: the next request on the socket meets it and reports it."""
+        timeout = self._sock.gettimeout()
+        self._sock.setblocking(False)
+        try:
+            for _ in range(_DRAIN_MAX):
+                try:
+                    self._sock.recv_into(self._buf)
+                except BlockingIOError:
+                    return
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        self._log.debug("netlink drain stopped: %s", e)
+                        return
+            self._log.warning("netlink drain gave up after %d datagrams", _DRAIN_MAX)
+        finally:
+            self._sock.settimeout(timeout)
 
     def _dump(self, request: bytes, seq: int, on_chunk) -> None:
         """Send one dump request and feed each received datagram to ``on_chunk(view)`` until

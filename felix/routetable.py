@@ -85,8 +85,10 @@ class RouteTable:
     Not handled: routes at a non-zero TOS, IPv6, routes added with ``ip route append`` that share
     (dst, metric) with ours (REPLACE would hit the first one).
 
-    ``apply()`` is synchronous and single-threaded (call it from the agent's event loop or one
-    thread); it never raises for dataplane errors, only reports them in ApplyResult.errors.
+    ``apply()`` is synchronous and single-threaded (the agent runs it on one felix thread,
+    ``felix.worker``); it never raises for dataplane errors, only reports them in
+    ApplyResult.errors, and logs them at debug level only: a route that keeps failing fails at
+    every apply, and the caller decides what to log (the agent rate-limits it, ``felix.backoff``).
     """
 
     def __init__(self, dataplane: RouteDataplane, *, protocol: int = PODROUTE_PROTO, table: int = MAIN_TABLE,
@@ -271,7 +273,7 @@ class RouteTable:
                 unchanged = self._dp.dump_routes_verified(table=self.table, protocol=self.protocol,
                                                           verified=verified, sink=sink)
             except DataplaneError as e:
-                self._log.warning("route dump failed, nothing written: %s", e)
+                self._log.debug("route dump failed, nothing written: %s", e)
                 res = ApplyResult(0, 0, 0, (RouteFailure(None, e.errno, f"dump failed: {e.message}", "dump"),),
                                   time.perf_counter() - t0, True)
                 self.last_result = res
@@ -412,15 +414,16 @@ class RouteTable:
         self._pending = {key: desired.get(key) for key in failed_keys}
         if failures:
             self._dirty = True
-            self._log.warning("apply: %d of %d route ops failed, first: %s %s: %s", len(failures), len(ops),
+            self._log.debug("apply: %d of %d route ops failed, first: %s %s: %s", len(failures), len(ops),
                               failures[0].action, failures[0].route, failures[0].message)
         else:
             self._dirty = False
         res = ApplyResult(counts["add"], counts["replace"], counts["delete"], tuple(failures),
                           time.perf_counter() - t0, full, checked)
         if res.changes or failures:
-            self._log.info("apply: +%d ~%d -%d, %d errors, %.1f ms%s", res.added, res.replaced, res.deleted,
-                           len(failures), res.duration_s * 1e3, " (full sync)" if full else "")
+            self._log.log(logging.INFO if res.changes else logging.DEBUG, "apply: +%d ~%d -%d, %d errors, %.1f ms%s",
+                          res.added, res.replaced, res.deleted, len(failures), res.duration_s * 1e3,
+                          " (full sync)" if full else "")
         self.last_result = res
         return res
 

@@ -32,7 +32,6 @@ log = logging.getLogger("podroute.agent")
 
 DEBOUNCE_S = 0.005
 _NO_VTEPS: frozenset[Any] = frozenset()
-RETRY_S = 1.0
 CLUSTER_POLL_S = 0.5
 STATUS_ROUTES = 100
 
@@ -65,8 +64,11 @@ class Agent:
                  speaker_factory: Any = None, start_monitor: bool = True, ipip_dataplane: Any = None) -> None:
         from cni.ipam import IPAM
         from cni.plugin import CNIPlugin
+        from felix.backoff import FailureBackoff
         from felix.routes import Route, dst_key
         from felix.routetable import RouteTable
+        from felix.worker import RouteTableWorker
+        from podroute.looplag import LoopLag
         from ipip.modes import Encapsulation, PoolEncap
 
         self.cfg = cfg
@@ -80,6 +82,8 @@ class Agent:
         self.resyncs = 0
         self.monitor_triggers = 0
         self.last_apply: dict[str, Any] | None = None
+        self.looplag = LoopLag()
+        self.route_failures = FailureBackoff()
         self._vxlan_users: dict[Any, int] = {}      # remote VTEP (node IP) -> routes using it
         self._route_vxlan: dict[int, frozenset[Any]] = {}  # dst key -> VTEPs its route uses
 
@@ -87,7 +91,8 @@ class Agent:
             from felix.netlink import NetlinkDataplane
             dataplane = NetlinkDataplane()
         self.dataplane = dataplane
-        self.routes = RouteTable(dataplane, protocol=cfg.route_protocol)
+        # One felix thread owns the RouteTable from run() on (felix.worker): setters are queued.
+        self.routes = RouteTableWorker(RouteTable(dataplane, protocol=cfg.route_protocol))
         self.routes.set_routes("blocks", [Route.blackhole(c) for c in cfg.pod_cidrs])
 
         # Encapsulation (ipip/): per-pool modes, the underlay they are judged against, MTUs.
@@ -365,28 +370,56 @@ class Agent:
 
     # --- loops ------------------------------------------------------------------------
     async def _felix_loop(self) -> None:
+        """Apply felix's desired state after each kick, on felix's own thread (felix.worker):
+        dumps and writes wait on the kernel, never on the event loop. Routes that keep
+        failing are retried with backoff and logged once, then summarised (felix.backoff)."""
+        self.routes.start()
+        try:
+            await self._felix_apply_loop()
+        finally:
+            self.routes.stop()
+
+    async def _felix_apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        retry: asyncio.TimerHandle | None = None
         while True:
             await self._kick.wait()
             await asyncio.sleep(DEBOUNCE_S)
             self._kick.clear()
             if self.guard.stopping:
-                # Shutting down: the speaker's teardown withdraws every BGP route, but our
-                # routes must stay in the FIB across a restart (as Calico's Felix), for the
-                # next agent's graceful-restart hold to keep them until End-of-RIB.
+                # Shutting down: whatever the speaker's teardown changes in our tables, the
+                # routes stay in the FIB across a restart (as Calico's Felix), for the next
+                # agent's graceful-restart hold to keep them until End-of-RIB.
                 continue
             self._check_stale_release()  # End-of-RIB seen or timer expired since the last event
-            res = self.routes.apply()
+            res = await self.routes.apply()
             self.last_apply = {"added": res.added, "replaced": res.replaced, "deleted": res.deleted,
-                               "errors": [f"{f.route.dst if f.route else 'dump'}: {f.message}" for f in res.errors],
+                               "errors": [f"{f.route.dst if f.route else 'dump'}: {f.message}"
+                                          for f in res.errors[:STATUS_ROUTES]],
                                "duration_s": round(res.duration_s, 6), "at": time.time()}
-            if res.added or res.deleted or res.replaced or res.errors:
-                log.info("FIB applied", extra={"kv": {k: v if k != "errors" else len(v)
-                                                       for k, v in self.last_apply.items() if k != "at"}})
-            if res.errors:
-                for f in res.errors[:10]:
-                    log.warning("route not programmed", extra={"kv": {"dst": f.route.dst if f.route else "-", "errno": f.errno,
-                                                                      "error": f.message}})
-                asyncio.get_running_loop().call_later(RETRY_S, self.kick)
+            out = self.route_failures.observe(res, time.monotonic())
+            self._log_apply(res, out)
+            if retry is not None:
+                retry.cancel()  # one retry timer: each failed apply used to start another chain
+            retry = loop.call_later(out.retry_in, self.kick) if out.retry_in is not None else None
+
+    def _log_apply(self, res: Any, out: Any) -> None:
+        if res.changes or out.new:
+            log.info("FIB applied", extra={"kv": {"added": res.added, "replaced": res.replaced,
+                                                  "deleted": res.deleted, "errors": len(res.errors),
+                                                  "duration_s": round(res.duration_s, 6)}})
+        for f in out.new[:10]:
+            log.warning("route not programmed", extra={"kv": {
+                "dst": f.route.dst if f.route else "dump", "errno": f.errno, "error": f.message,
+                "retry_in_s": out.retry_in}})
+        if len(out.new) > 10:
+            log.warning("more routes not programmed", extra={"kv": {"count": len(out.new) - 10}})
+        if out.recovered:
+            log.info("failing routes recovered", extra={"kv": {
+                "count": len(out.recovered), "first": out.recovered[0][0] or "dump",
+                "failed_attempts": out.recovered[0][1]}})
+        if out.summary is not None:
+            log.warning("routes still not programmed", extra={"kv": {**out.summary, "retry_in_s": out.retry_in}})
 
     async def _resync_loop(self) -> None:
         while True:
@@ -466,7 +499,9 @@ class Agent:
                                                         key=lambda r: r.prefix)]},
             "fib": {"protocol": self.cfg.route_protocol, "desired_by_owner": by_owner,
                     "last_apply": self.last_apply, "resyncs": self.resyncs, "monitor_triggers": self.monitor_triggers,
-                    "graceful_restart_hold": self._stale_until is not None},
+                    "graceful_restart_hold": self._stale_until is not None,
+                    "failing_routes": self.route_failures.failing, "worker": self.routes.stats()},
+            "loop": self.looplag.status(),
             "encapsulation": {
                 "pools": [{"cidr": str(p.cidr), "ipip": p.ipip.value, "vxlan": p.vxlan.value} for p in self.pool_encaps],
                 "underlay": {"interface": self.underlay_if, "subnets": [str(n) for n in self.local_subnets],
@@ -514,6 +549,7 @@ class Agent:
                                                  "peers": len(self.cfg.peers), "config": self.cfg.source}})
         self.kick()
         g = self.guard
+        g.start("loop-lag", self.looplag.run)
         g.start("felix", self._felix_loop)
         g.start("resync", self._resync_loop)
         if self._start_monitor:

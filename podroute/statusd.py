@@ -141,6 +141,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([sep, fmt(headers), sep, *(fmt(r) for r in rows), sep])
 
 
+def _loop_line(loop: dict[str, Any], now: float) -> str:
+    """The agent's event-loop lag (``Agent.status()["loop"]``), worst of the last minute first."""
+    worst, threshold = loop.get("worst_s") or 0.0, loop.get("threshold_s") or 0.0
+    at = loop.get("worst_at")
+    when = f" ({_since(at, now)} ago)" if at and worst > 0 else ""
+    flag = "  OVER THRESHOLD" if threshold and worst > threshold else ""
+    return (f"Event loop: worst lag {1000 * worst:.1f} ms in the last minute{when}, now {1000 * (loop.get('lag_s') or 0.0):.1f} ms, "
+            f"threshold {1000 * threshold:.0f} ms{flag}")
+
+
 def render(st: dict[str, Any], now: float | None = None) -> str:
     """Render a status snapshot like ``calicoctl node status``: header, peers table, routes."""
     now = now or time.time()
@@ -179,6 +189,11 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
                      f"{_since(last.get('at'), now)} ago; resyncs {fib.get('resyncs', 0)}, monitor triggers {fib.get('monitor_triggers', 0)}")
         for err in last.get("errors", [])[:5]:
             lines.append(f"  error: {err}")
+    busy = (fib.get("worker") or {}).get("busy_s")
+    if busy is not None and busy >= 1.0:  # felix's thread held by the kernel (RTNL) or a large table
+        lines.append(f"Felix: current apply running for {busy:.1f} s")
+    if fib.get("failing_routes"):
+        lines.append(f"Failing routes: {fib['failing_routes']} (retried with backoff)")
     learned = bgp.get("routes", [])
     if learned:
         lines += ["", "Learned routes (Loc-RIB best paths)"]
@@ -188,6 +203,9 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         if total > min(50, len(learned)):
             lines.append(f"... {total} learned routes in all")
     lines += ["", f"Workloads: {st.get('workloads', 0)}"]
+    loop = st.get("loop")
+    if loop:
+        lines.append(_loop_line(loop, now))
     failures = st.get("task_failures", [])
     for f in failures:
         lines.append(f"TASK FAILED: {f['name']}: {f['error']}")
