@@ -217,3 +217,29 @@ def test_status_json_and_text_from_a_live_agent(node):
                for ln in lines), text.stdout
     assert any(ln.split("|")[1:3] == [" blocks    ", " 1     "] for ln in lines if "|" in ln), \
         text.stdout
+
+
+def test_lab_status_prints_each_nodes_live_status(node, tmp_path):
+    """``podroute lab status`` reads the lab's saved state and prints, per node, a header and
+    that node's agent status as ``podroute status`` renders it, or "agent not answering"."""
+    from podroute.lab.runner import Lab, Node as LabNode
+    node.start(resync=3600)
+    node.wait("the status socket", lambda: (node.tmp / "run" / "agent.sock").exists(), 30)
+    root = tmp_path / "labs"
+    lab = Lab("t", str(root / "t"), nodes=[
+        LabNode("n1", node.ns, NODE_IP, BLOCK, str(node.tmp), pid=node.proc.pid),
+        LabNode("n2", "prt-gone-000000", "198.18.0.12", "198.19.9.128/26",
+                str(tmp_path / "n2"))])
+    lab.path.mkdir(parents=True)
+    lab.save()
+    out = subprocess.run([sys.executable, "-m", "podroute.cli", "lab", "status", "--name", "t",
+                          "--state-dir", str(root)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    blocks = out.stdout.split("=== ")[1:]
+    assert len(blocks) == 2, out.stdout
+    n1, n2 = (b.splitlines() for b in blocks)
+    assert n1[0] == f"n1 ({node.ns}, {NODE_IP}, agent pid {node.proc.pid})"
+    assert n1[1].startswith("podroute agent is running on repair-1 (198.18.0.11), AS 64512")
+    assert any(PEER_IP in ln and "| iBGP" in ln for ln in n1), out.stdout
+    assert n2[:2] == ["n2 (prt-gone-000000, 198.18.0.12, agent pid None)", "agent not answering"]

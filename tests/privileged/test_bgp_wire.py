@@ -10,7 +10,7 @@ import pytest
 
 from nsutil import sh
 from test_bgp_bird import BIRD_IP, SPK_IP, Bird, Driver
-from test_bgp_fabric import wait
+from waiting import wait
 
 pytestmark = pytest.mark.privileged
 
