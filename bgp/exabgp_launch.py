@@ -1,5 +1,7 @@
 """ExaBGP entry point with one fast path: IPv4-unicast UPDATEs reach the API process with their
 prefixes as the raw wire field (Withdrawn Routes, or NLRI), not as one decoded object each.
+And one fix: an API teardown sends its Cease NOTIFICATION under graceful restart too
+(:func:`install_cease_teardown`).
 
 Run as ``python exabgp_launch.py server <conf>`` (the arguments ``exabgp`` itself takes). It
 runs in ExaBGP's process, so it imports only the standard library and exabgp, never the bgp
@@ -139,6 +141,41 @@ def install() -> str | None:
     return None
 
 
+def install_cease_teardown() -> str | None:
+    """Make ExaBGP's API ``neighbor N teardown C`` send its Cease NOTIFICATION (code 6,
+    subcode C; podroute uses it only for subcode 1, "Maximum Number of Prefixes Reached",
+    RFC 4486 §3) even when graceful restart was negotiated. ExaBGP 5.0's ``Peer._main`` closes
+    the TCP session without a NOTIFICATION whenever the OPEN it sent carried the GR capability,
+    so the peer took the teardown for a restart and kept our routes as stale (RFC 4724 §4).
+
+    The API teardown removes GR from that one session's sent OPEN (built afresh per session),
+    which is what the silent-close check reads. Stopping ExaBGP (SIGTERM: ``Peer.stop`` /
+    ``shutdown``, not ``teardown``) still closes silently, as podroute's graceful stop needs.
+    Returns None when installed (or already installed), else why not. Raises nothing."""
+    try:
+        from exabgp.bgp.message.open.capability import Capability
+        from exabgp.reactor.peer import Peer
+    except Exception as exc:  # noqa: BLE001 - any import problem: run unpatched
+        return f"exabgp layout not as expected ({exc})"
+    original = Peer.__dict__.get("teardown")
+    if original is None:
+        return "exabgp Peer.teardown not found"
+    if getattr(original, "_podroute_cease", False):
+        return None
+    gr = Capability.CODE.GRACEFUL_RESTART
+
+    def teardown(self, code, restart=True):
+        sent = getattr(getattr(self.proto, "negotiated", None), "sent_open", None)
+        if sent is not None:
+            sent.capabilities.pop(gr, None)
+        return original(self, code, restart)
+
+    teardown._podroute_cease = True
+    teardown._podroute_original = original
+    Peer.teardown = teardown
+    return None
+
+
 def uninstall() -> None:
     """Undo :func:`install` in this process (tests); a no-op when it is not installed."""
     from exabgp.bgp.message.update import Update
@@ -147,6 +184,14 @@ def uninstall() -> None:
     if saved:
         Update.unpack_message, JSON._update = saved
         del Update._podroute_raw_withdraw
+
+
+def uninstall_cease_teardown() -> None:
+    """Undo :func:`install_cease_teardown` in this process (tests); a no-op when not installed."""
+    from exabgp.reactor.peer import Peer
+    patched = Peer.__dict__.get("teardown")
+    if getattr(patched, "_podroute_cease", False):
+        Peer.teardown = patched._podroute_original
 
 
 def main() -> int:
@@ -162,6 +207,9 @@ def main() -> int:
     why = install()
     if why is not None:
         print(f"podroute: ExaBGP withdrawal fast path off: {why}", flush=True)
+    why = install_cease_teardown()
+    if why is not None:
+        print(f"podroute: ExaBGP teardown stays silent under graceful restart: {why}", flush=True)
     from exabgp.application.main import main as exabgp_main
     sys.argv[0] = "exabgp"
     return exabgp_main()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nsutil import netns_path, sh
+from waiting import wait
 
 pytestmark = pytest.mark.privileged
 
@@ -132,6 +133,21 @@ class Driver:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
                              f"last routes {self.routes}")
 
+    def watch(self, bad, seconds: float, what: str) -> None:
+        """Read the speaker's output for ``seconds`` s (a window that must stay quiet, e.g. a
+        restart time); AssertionError naming ``what`` at the first message ``bad`` holds for."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.lines.get(timeout=left)
+            except queue.Empty:
+                return
+            if "routes" in msg:
+                self.routes = msg["routes"]
+                self.history.append((time.monotonic(), msg["routes"]))
+            if bad(msg):
+                raise AssertionError(f"{what}: {msg}")
+
     def status(self, timeout: float = 5) -> dict:
         self.send("status")
         return self.wait_for(lambda m: "status" in m, timeout, "status")["status"]
@@ -201,10 +217,7 @@ def test_speaker_against_bird(lab):
     assert driver.routes.keys() == POOL_ROUTES  # exactly, never the rejected two
 
     # BIRD learns our own block from us.
-    deadline = time.monotonic() + 15
-    while OWN_BLOCK not in bird.show_route() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert OWN_BLOCK in bird.show_route()
+    wait(lambda: OWN_BLOCK in bird.show_route(), 15, "BIRD to learn our block")
 
     # BIRD dies (kill -9: its kernel closes the TCP session): BIRD advertised graceful
     # restart with time 3 s, so its routes stay as stale for 3 s, then are flushed.
@@ -225,10 +238,7 @@ def test_speaker_against_bird(lab):
     assert st["exabgp_restarts"] == 1
     assert st["exabgp_pid"] not in (None, pid)
     assert "-9" in (st["last_exit"] or "")
-    deadline = time.monotonic() + 15
-    while OWN_BLOCK not in bird.show_route() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert OWN_BLOCK in bird.show_route()
+    wait(lambda: OWN_BLOCK in bird.show_route(), 15, "BIRD to learn our block")
     sys.stderr.write(f"routes delivered {t_routes:.2f} s after start\n")
 
     # A stop is graceful (RFC 4724 §4.2): nothing withdrawn, ExaBGP closes the session without
@@ -247,10 +257,7 @@ def test_drain_withdraws_and_bird_has_it_when_drain_returns(lab):
     and BIRD's TCP acknowledged the withdrawal (the report names it as delivered)."""
     bird, driver, _ = lab
     driver.poll_status(lambda s: s["peers"][0]["state"] == "established", 30, "established")
-    deadline = time.monotonic() + 15
-    while OWN_BLOCK not in bird.show_route() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert OWN_BLOCK in bird.show_route()
+    wait(lambda: OWN_BLOCK in bird.show_route(), 15, "BIRD to learn our block")
     driver.send("drain 0.2")
     rep = driver.wait_for(lambda m: "drained" in m, 20, "drained")["drained"]
     assert rep["complete"] and rep["withdrawn"] == [OWN_BLOCK] and rep["delivered"] == [BIRD_IP], rep
@@ -294,6 +301,7 @@ def test_graceful_restart_of_bird(lab):
     assert st["peers"][0]["gr_restart_time"] == 3          # parsed from BIRD's OPEN
 
     n = len(driver.history)
+    t_first_kill = time.monotonic()
     bird.kill()
     st = driver.poll_status(lambda s: s["peers"][0]["stale_routes"] == 2, 5, "stale routes")
     assert st["peers"][0]["state"] == "down"
@@ -301,11 +309,9 @@ def test_graceful_restart_of_bird(lab):
     st = driver.poll_status(lambda s: s["peers"][0]["state"] == "established"
                             and s["peers"][0]["eor_received"], 15, "BIRD back with EoR")
     assert st["peers"][0]["stale_routes"] == 0
-    time.sleep(4)   # well past the restart time
-    try:
-        driver.wait_for(lambda m: False, 0.5, "drain")
-    except AssertionError:
-        pass
+    # Until 1 s past the 3 s restart timer the first kill started, no route may leave.
+    driver.watch(lambda m: "routes" in m and set(m["routes"]) != POOL_ROUTES,
+                 t_first_kill + 4 - time.monotonic(), "a route left across the restart")
     assert all(set(r) == POOL_ROUTES for _, r in driver.history[n:]), driver.history[n:]
     assert set(driver.routes) == POOL_ROUTES
 

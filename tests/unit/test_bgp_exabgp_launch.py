@@ -239,3 +239,41 @@ def test_parse_line_rejects_bad_raw_field():
                        "message": {"update": {api.WITHDRAW_RAW: {"ipv4 unicast": "1a0a00"}}}}})
     with pytest.raises(api.BGPError, match="malformed NLRI"):
         api.parse_line(line)
+
+
+def test_api_teardown_drops_gr_from_the_sessions_sent_open_only():
+    """install_cease_teardown: ExaBGP's silent-close check reads the session's sent OPEN, so an
+    API teardown removes GR from it (the Cease goes out). The NOTIFICATION on the wire is
+    tests/privileged/test_bgp_wire.py's; that a stop still closes silently is
+    tests/privileged/test_bgp_bird.py's."""
+    from types import SimpleNamespace
+
+    from exabgp.bgp.message.open.capability import Capability
+    from exabgp.reactor.peer import Peer
+    gr = Capability.CODE.GRACEFUL_RESTART
+    original = Peer.__dict__["teardown"]
+
+    def peer():
+        p = Peer.__new__(Peer)
+        p._delay = SimpleNamespace(reset=lambda: None)
+        p._teardown = None
+        p.proto = SimpleNamespace(negotiated=SimpleNamespace(
+            sent_open=SimpleNamespace(capabilities={gr: object(), 2: object()})))
+        return p
+
+    assert exabgp_launch.install_cease_teardown() is None
+    try:
+        assert exabgp_launch.install_cease_teardown() is None   # idempotent
+        p = peer()
+        p.teardown(1)
+        assert p._teardown == 1 and list(p.proto.negotiated.sent_open.capabilities) == [2]
+        p = peer()
+        p.proto = None                  # no session: nothing to change, still scheduled
+        p.teardown(1)
+        assert p._teardown == 1
+    finally:
+        exabgp_launch.uninstall_cease_teardown()
+    assert Peer.__dict__["teardown"] is original
+    p = peer()
+    p.teardown(1)
+    assert gr in p.proto.negotiated.sent_open.capabilities

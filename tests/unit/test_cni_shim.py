@@ -217,10 +217,12 @@ def test_agent_garbage_is_code_999(sockdir):
     assert (rc, out["code"]) == (1, 999)
 
 
-def test_shim_imports_only_stdlib_and_starts_fast():
+def test_shim_imports_only_stdlib():
+    """The shim, run as the runtime runs it (-I -S) through its VERSION path, leaves only
+    standard-library modules in sys.modules: nothing of pyroute2, yaml, cni or podroute.
+    (Its exec cost, as the runtime pays it, is measured in bench/cni.py's podroute side.)"""
     code = (
-        "import runpy, sys, io, time\n"
-        "t0 = time.perf_counter()\n"
+        "import runpy, sys, io\n"
         "sys.stdin = io.TextIOWrapper(io.BytesIO(b''))\n"
         "sys.argv = ['shim']\n"
         "try:\n"
@@ -237,16 +239,8 @@ def test_shim_imports_only_stdlib_and_starts_fast():
                           env={"CNI_COMMAND": "VERSION"})
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 0, proc.stderr
+    assert "supportedVersions" in json.loads(proc.stdout), proc.stdout  # it ran VERSION
     assert lines[-2] == "[]" and lines[-1] == "[]", proc.stderr
-    # wall time of a full exec, as the runtime pays it
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        rc, _, _ = run_shim({"CNI_COMMAND": "VERSION"})
-        times.append(time.perf_counter() - t0)
-        assert rc == 0
-    times.sort()
-    print(f"\nshim VERSION exec wall time p50={times[2]*1000:.1f} ms min={times[0]*1000:.1f} ms")
 
 
 def test_installed_copy_runs_with_shebang(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from ipip.errors import DataplaneError, IPIPUnavailable
 from ipip.fake import FakeDataplane
 from ipip.tunl0 import Tunl0Manager
+from waiting import until
 
 ADDR = IPv4Address("198.19.4.1")
 
@@ -55,30 +56,39 @@ def test_wrong_kind_of_tunl0_is_an_error():
         Tunl0Manager(dp, address=ADDR).apply()
 
 
-async def test_run_retries_with_backoff_and_reports_status():
+async def test_run_retries_with_backoff_and_wakes_on_a_new_address():
+    """The resync interval is an hour here: only the backoff retries and the wake on a new
+    desired address can make these happen."""
     dp = FakeDataplane()
     dp.fail_next("add_address", times=3)
     m = Tunl0Manager(dp, address=ADDR)
-    task = asyncio.create_task(m.run(interval=0.5, min_backoff=0.01))
+    task = asyncio.create_task(m.run(interval=3600, min_backoff=0.01))
     try:
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if m.status.healthy:
-                break
-        assert m.status.healthy, m.status
+        await until(lambda: m.status.healthy, 5, "tunl0 healthy after three failures")
         assert m.status.applies >= 4
         assert dp.list_addresses("tunl0") == [IPv4Interface("198.19.4.1/32")]
-        # A changed desired address wakes the loop before the resync interval.
         m.set_address(IPv4Address("198.19.4.2"))
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if dp.list_addresses("tunl0") == [IPv4Interface("198.19.4.2/32")]:
-                break
-        assert dp.list_addresses("tunl0") == [IPv4Interface("198.19.4.2/32")]
-        # Drift (someone deleted our address) is repaired by the next resync.
-        dp.del_address("tunl0", IPv4Interface("198.19.4.2/32"))
-        await asyncio.sleep(0.8)
-        assert dp.list_addresses("tunl0") == [IPv4Interface("198.19.4.2/32")]
+        await until(lambda: dp.list_addresses("tunl0") == [IPv4Interface("198.19.4.2/32")], 5,
+                    "the new address")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_run_repairs_drift_on_the_periodic_resync():
+    """Someone deletes our address; nothing wakes the loop, so the repair is the resync's."""
+    dp = FakeDataplane()
+    m = Tunl0Manager(dp, address=ADDR)
+    task = asyncio.create_task(m.run(interval=0.05, min_backoff=0.01))
+    try:
+        want = [IPv4Interface("198.19.4.1/32")]
+        await until(lambda: m.status.healthy, 5, "the first apply")
+        assert dp.list_addresses("tunl0") == want
+        applies = m.status.applies
+        dp.del_address("tunl0", want[0])
+        await until(lambda: dp.list_addresses("tunl0") == want, 5, "the resync's repair")
+        assert m.status.applies > applies
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -88,10 +98,9 @@ async def test_run_retries_with_backoff_and_reports_status():
 async def test_run_surfaces_unavailable_without_crashing():
     m = Tunl0Manager(FakeDataplane(ipip_supported=False), address=ADDR)
     task = asyncio.create_task(m.run(interval=0.05, min_backoff=0.01))
-    await asyncio.sleep(0.2)
+    await until(lambda: m.status.consecutive_failures >= 2, 5, "two failed applies")
     assert not task.done()
     assert "no IPIP support" in m.status.last_error
-    assert m.status.consecutive_failures >= 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
