@@ -6,14 +6,17 @@ Mirrors Calico's workload wiring (calico-cni ``dataplane/linux``) and the refere
 * ADD (CNI spec 1.0.0 "ADD: Add container to network"): allocate ``<ip>`` from the
   node's block(s), create the veth with its peer directly in the pod netns as
   CNI_IFNAME, configure the pod end (``<ip>/32``, MTU, ``169.254.1.1 dev <if> scope
-  link``, ``default via 169.254.1.1``) and the host end (proxy ARP, forwarding, up),
-  tell felix (``workload_added``), install ``<ip>/32 dev <veth> scope link proto 90``.
-  Any failure rolls back everything created, in reverse order. Repeating an ADD with
+  link``, ``default via 169.254.1.1``) and the host end (proxy ARP, forwarding, up), then
+  hand the workload to the WorkloadSink, the only writer of ``<ip>/32 dev <veth> scope link
+  proto 90`` (felix in the agent), and answer once it reports the route programmed (as ptp
+  answers after adding it; ``route_timeout`` bounds the wait: code 11). Any failure rolls
+  back everything created, in reverse order. Repeating an ADD with
   identical parameters returns the same result, after completing the attachment if it is
   half-wired (:mod:`cni.reconcile`); a different netns or MTU is an error. An ADD whose
   caller went away before the answer is rolled back (:meth:`CNIPlugin.abandon`).
 * DEL ("DEL: Remove container from network"): idempotent; a missing netns, link,
-  route or allocation is not an error. Always releases the IP. The host veth is retired
+  route or allocation is not an error. Always releases the IP; the sink removes the route
+  and DEL answers once it has. The host veth is retired
   (down, in a link group) and the pair deleted in batches by :meth:`CNIPlugin.reap`.
 * CHECK ("CHECK: Check container's networking is as expected"): needs ``prevResult``
   (code 7 without it, where the reference plugins fail too); allocation, host veth (up,
@@ -32,7 +35,7 @@ Request fields are validated when the :class:`~cni.model.CNIRequest` is built
 (:mod:`cni.validate`), the network name here (code 7).
 
 Requests are serialised by one asyncio lock; blocking work runs in worker threads (two hops
-per ADD, one per DEL), the WorkloadSink is called on the event loop thread.
+per ADD, one per DEL), the WorkloadSink is awaited on the event loop thread.
 """
 from __future__ import annotations
 
@@ -45,11 +48,12 @@ from typing import Any, Callable, Mapping, Protocol, TypeVar
 from . import validate
 from .check import observe, prev_result_problems
 from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
-                     CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
+                     TRY_AGAIN_LATER, CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
 from .reaper import Reaper
 from .reconcile import Reconciler, finish
+from .route_writer import WiringRoutes
 from .status import plugin_status
 from .wiring import GATEWAY, Wiring
 
@@ -82,11 +86,13 @@ async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
 
 
 class WorkloadSink(Protocol):
-    """Receives workload lifecycle events (felix owns the /32 route and repairs drift)."""
+    """The only writer of each workload's /32 host route (felix in the agent, which also
+    repairs drift). Each call returns once the route is programmed (added) or gone (removed),
+    and raises if it could not be; the plugin bounds the wait."""
 
-    def workload_added(self, ep: WorkloadEndpoint) -> None: ...
+    async def workload_added(self, ep: WorkloadEndpoint) -> None: ...
 
-    def workload_removed(self, ep: WorkloadEndpoint) -> None: ...
+    async def workload_removed(self, ep: WorkloadEndpoint) -> None: ...
 
 
 def host_ifname_for(prefix: str, container_id: str, network: str, ifname: str) -> str:
@@ -101,7 +107,9 @@ class CNIPlugin:
 
     ``mtu``: pod interface MTU in bytes (config ``"mtu"`` overrides per network);
     ``protocol``: route protocol of the host /32 routes (90 = podroute);
-    ``workloads``: felix's sink (optional); ``host_prefix``: host veth name prefix
+    ``workloads``: the route's writer (felix's sink; default :class:`cni.route_writer.WiringRoutes`,
+    the plugin's own thread through ``wiring``); ``route_timeout``: seconds ADD and DEL wait
+    for it; ``host_prefix``: host veth name prefix
     (1-4 chars, must not be Calico's ``cali``); ``reap_delay``: seconds between a DEL and the
     batched deletion of retired veth pairs; ``readiness``: called (on the event loop) by
     STATUS, returns None when the agent can wire pods or the reason it cannot.
@@ -109,7 +117,7 @@ class CNIPlugin:
 
     def __init__(self, *, ipam: IPAM, wiring: Wiring, mtu: int, protocol: int = 90,
                  workloads: WorkloadSink | None = None, host_prefix: str = "prt",
-                 reap_delay: float = 0.2,
+                 reap_delay: float = 0.2, route_timeout: float = 10.0,
                  readiness: Callable[[], str | None] | None = None) -> None:
         if not host_prefix or len(host_prefix) > 4 or host_prefix.startswith("cali"):
             raise ValueError(f"host_prefix {host_prefix!r} must be 1-4 chars and not 'cali'")
@@ -121,7 +129,8 @@ class CNIPlugin:
         self.wiring = wiring
         self.mtu = mtu
         self.protocol = protocol
-        self.workloads = workloads
+        self.workloads: WorkloadSink = workloads if workloads is not None else WiringRoutes(wiring, protocol)
+        self.route_timeout = route_timeout
         self.host_prefix = host_prefix
         self.readiness = readiness
         self._lock = asyncio.Lock()
@@ -236,8 +245,8 @@ class CNIPlugin:
     async def add(self, req: CNIRequest, readd: bool = True) -> dict[str, Any]:
         """CNI ADD. Returns the CNI result; raises CNIError (everything rolled back).
 
-        Two worker-thread hops: the IPAM claim, then the whole wiring (with its own rollback);
-        felix is told in between, on the loop thread, before the host route exists."""
+        Two worker-thread hops: the IPAM claim, then the wiring (with its own rollback); then
+        the sink programs the host route, awaited on the loop (:meth:`_route_added`)."""
         network, version, mtu = self._parse_config(req.config)
         if not req.netns:
             raise CNIError(INVALID_ENVIRONMENT_VARIABLES, "CNI_NETNS is required for ADD")
@@ -253,30 +262,54 @@ class CNIPlugin:
         ip = alloc.ip
         ep = WorkloadEndpoint(req.container_id, req.ifname, host_ifname, ip, req.netns,
                               req.pod_namespace, req.pod_name)
+        host_mac, pod_mac = await _in_thread("ADD wiring", self._wire, req, handle, ip, host_ifname, mtu)
         try:
-            if self.workloads is not None:
-                self.workloads.workload_added(ep)
-        except Exception as e:
-            await _in_thread("IPAM release", self._release_quietly, handle)
-            raise CNIError(INTERNAL, f"ADD failed at workload_added: {e}", repr(e)) from e
-        try:
-            host_mac, pod_mac = await _in_thread("ADD wiring", self._wire, req, handle, ip, host_ifname, mtu)
+            await self._route_added(ep)
         except asyncio.CancelledError:
-            raise  # agent shutdown: the thread's outcome stands (see _in_thread)
-        except BaseException:
-            if self.workloads is not None:
-                try:
-                    self.workloads.workload_removed(ep)
-                except Exception:
-                    log.exception("ADD %s rollback: workload_removed failed", handle)
+            raise  # agent shutdown: the record stands; the next start hands it to felix again
+        except CNIError:
+            await self._route_removed_quietly(ep, handle)
+            await _in_thread("ADD rollback", self._unwire_added, handle, host_ifname)
             raise
         log.info("ADD %s: %s/32 on %s (host %s)", handle, ip, req.ifname, host_ifname)
         return self._result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
 
+    async def _route_added(self, ep: WorkloadEndpoint) -> None:
+        """The sink programs ``ep``'s host route; CNIError 11 if it does not answer within
+        ``route_timeout`` s, 999 naming the failure if it reports one."""
+        await self._sink("workload_added", self.workloads.workload_added, ep)
+
+    async def _route_removed_quietly(self, ep: WorkloadEndpoint, handle: str) -> None:
+        try:
+            await self._sink("workload_removed", self.workloads.workload_removed, ep)
+        except CNIError as e:
+            log.error("ADD %s rollback: %s", handle, e.msg)
+
+    async def _sink(self, what: str, call: Callable[[WorkloadEndpoint], Any],
+                    ep: WorkloadEndpoint) -> None:
+        try:
+            await asyncio.wait_for(call(ep), self.route_timeout)
+        except asyncio.TimeoutError as e:
+            raise CNIError(TRY_AGAIN_LATER, f"{what}: host route {ep.ip}/32 dev {ep.host_ifname} "
+                           f"not confirmed within {self.route_timeout:g} s") from e
+        except CNIError as e:
+            raise CNIError(e.code, f"{what}: {e.msg}", e.details) from e
+        except Exception as e:  # the sink's own failure (felix could not program it)
+            raise CNIError(INTERNAL, f"{what}: host route {ep.ip}/32 dev {ep.host_ifname}: {e}",
+                           repr(e)) from e
+
+    def _unwire_added(self, handle: str, host_ifname: str) -> None:
+        """Worker thread: undo a wired ADD whose route failed (veth pair, then the IP)."""
+        try:
+            self.wiring.delete_host_veth(host_ifname)
+        except Exception:
+            log.exception("ADD %s rollback: delete veth failed", handle)
+        self._release_quietly(handle)
+
     def _wire(self, req: CNIRequest, handle: str, ip: IPv4Address, host_ifname: str,
               mtu: int) -> tuple[str, str]:
-        """Worker thread: veth, both sides, host route -> (host MAC, pod MAC). On any failure
-        undoes what it did (and releases ``handle``'s IP), then raises CNIError naming the step."""
+        """Worker thread: veth, both sides -> (host MAC, pod MAC). On any failure undoes what it
+        did (and releases ``handle``'s IP), then raises CNIError naming the step."""
         w = self.wiring
         undo: list[tuple[str, Callable[[], Any]]] = [("release IP", lambda: self.ipam.release(handle))]
         step = "create_veth_in_netns"
@@ -287,10 +320,6 @@ class CNIPlugin:
             pod_mac = w.configure_pod_side(req.netns, req.ifname, ip, mtu)
             step = "configure_host_side"
             host_mac = w.configure_host_side(host_ifname)
-            step = "add_host_route"
-            undo.append(("delete host route",
-                         lambda: w.delete_host_route(ip, host_ifname, self.protocol)))
-            w.add_host_route(ip, host_ifname, self.protocol)
             return host_mac, pod_mac
         except BaseException as e:
             for name, fn in reversed(undo):
@@ -371,6 +400,8 @@ class CNIPlugin:
             try:
                 await _in_thread("repair", finish, self.wiring, ip,
                                  {**new, "host_ifname": host_ifname}, self.protocol, int(new["mtu"]))
+                await self._route_added(WorkloadEndpoint(
+                    req.container_id, req.ifname, host_ifname, ip, req.netns, req.pod_namespace, req.pod_name))
                 log.warning("ADD %s: repeated for a broken attachment (%s); repaired", handle, why)
             except CNIError as e:
                 if not readd:
@@ -394,21 +425,21 @@ class CNIPlugin:
         """CNI DEL. Idempotent; raises CNIError 999 only if an existing object could not be
         removed (the IP is released regardless, and a retry finishes the job).
 
-        On return the pod is detached: its host route is gone, its IP released, felix told,
-        and its host veth down in the retired group; the veth pair itself is deleted by
+        On return the pod is detached: its host veth down in the retired group, its IP
+        released, and its host route gone (removed by the sink, awaited); the veth pair itself is deleted by
         :meth:`reap` moments later, batched with other DELs (see :mod:`cni.netlink_wiring`)."""
         name = validate.network_name(req.config.get("name"))
         handle = self.handle_key(name, req)
         self._answers.pop(handle, None)
         alloc, errors, retired = await _in_thread("DEL", self._unwire, req, handle)
-        if alloc is not None and self.workloads is not None:
-            ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs)
-            if ep is not None:
-                try:
-                    self.workloads.workload_removed(ep)
-                except Exception as e:
-                    log.exception("DEL %s: workload_removed failed", handle)
-                    errors.append(f"workload_removed: {e}")
+        if alloc is not None:
+            host_ifname = alloc.attrs.get("host_ifname") or self.host_ifname(req)
+            ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs) or WorkloadEndpoint(
+                req.container_id, req.ifname, host_ifname, alloc.ip, req.netns)
+            try:
+                await self._sink("workload_removed", self.workloads.workload_removed, ep)
+            except CNIError as e:
+                errors.append(e.msg)
         if retired:
             self._schedule_reap()
         if errors:
@@ -436,8 +467,6 @@ class CNIPlugin:
         alloc = allocs.get(handle)
         attrs = dict(alloc.attrs) if alloc else {}
         host_ifname = attrs.get("host_ifname") or self.host_ifname(req)
-        if alloc is not None:
-            attempt("delete host route", w.delete_host_route, alloc.ip, host_ifname, self.protocol)
         retired = False
         if not any(h != handle and a.attrs.get("host_ifname") == host_ifname
                    for h, a in allocs.items()):

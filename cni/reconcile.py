@@ -11,7 +11,8 @@ the host veth name is always read from the record, never recomputed). For each o
 * its host veth is retired -> a DEL was under way: the DEL is completed;
 * its netns is gone -> nobody owns it: rolled back (IP released);
 * otherwise -> finished in place by :func:`finish` (the same steps as ADD, each of them
-  idempotent), or rolled back if that fails.
+  idempotent) and its host route handed to the plugin's WorkloadSink, the route's only writer
+  (felix in the agent), or rolled back if that fails.
 
 A host veth with our prefix and no record is removed. A rollback is exactly the plugin's
 DEL of that attachment (:meth:`cni.plugin.CNIPlugin.delete`), so felix hears of it and the
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 from .errors import (INCOMPATIBLE_CNI_VERSION, INTERNAL, CNIError, InvalidConfig, NetnsNotFound,
                      WiringError)
 from .ipam import Allocation
-from .model import CNIRequest
+from .model import CNIRequest, WorkloadEndpoint
 from .wiring import GATEWAY, Wiring
 
 if TYPE_CHECKING:
@@ -76,9 +77,10 @@ class Report:
 # -- the dataplane side (worker thread; Wiring calls only) ---------------------------------
 
 def defects(w: Wiring, ip: IPv4Address, attrs: Mapping[str, Any], protocol: int,
-            mtu: int) -> list[str]:
-    """What an attachment lacks compared to a finished ADD; [] when whole. Raises
-    NetnsNotFound if its netns is gone, CNIError if the state cannot be read."""
+            mtu: int, *, route: bool = True) -> list[str]:
+    """What an attachment lacks compared to a finished ADD (the host route only if ``route``);
+    [] when whole. Raises NetnsNotFound if its netns is gone, CNIError if the state cannot be
+    read."""
     netns, ifname, host_ifname = attrs["netns"], attrs["ifname"], attrs["host_ifname"]
     pod = w.pod_iface(netns, ifname)  # first: a gone netns says everything
     out: list[str] = []
@@ -93,7 +95,7 @@ def defects(w: Wiring, ip: IPv4Address, attrs: Mapping[str, Any], protocol: int,
         if host.proxy_arp != 1 or host.forwarding != 1:
             out.append(f"host veth {host_ifname} has proxy_arp={host.proxy_arp} "
                        f"forwarding={host.forwarding}")
-    if not w.host_route_exists(ip, host_ifname, protocol):
+    if route and not w.host_route_exists(ip, host_ifname, protocol):
         out.append(f"host route {ip}/32 dev {host_ifname} is missing")
     if pod is None:
         out.append(f"pod interface {ifname} is missing in {netns}")
@@ -107,8 +109,9 @@ def finish(w: Wiring, ip: IPv4Address, attrs: Mapping[str, Any], protocol: int,
            mtu: int) -> None:
     """Complete a half-wired attachment in place with ADD's own steps (each idempotent):
     the veth pair if the pod end is missing (a host veth of that name whose peer is not in
-    the netns is a dead sandbox's, deleted first, as Calico does), then both sides and the
-    host route. Raises NetnsNotFound (netns gone), WiringError when the pieces cannot be
+    the netns is a dead sandbox's, deleted first, as Calico does), then both sides. The host
+    route is not written here: it is the WorkloadSink's (one writer per route), which the
+    caller awaits next. Raises NetnsNotFound (netns gone), WiringError when the pieces cannot be
     completed (the pod has the interface name but our host veth is missing or retired) or
     anything is still wrong afterwards."""
     netns, ifname, host_ifname = attrs["netns"], attrs["ifname"], attrs["host_ifname"]
@@ -123,8 +126,7 @@ def finish(w: Wiring, ip: IPv4Address, attrs: Mapping[str, Any], protocol: int,
                           f"{'retired' if host else 'missing'}: the pair cannot be completed")
     w.configure_pod_side(netns, ifname, ip, mtu)
     w.configure_host_side(host_ifname)
-    w.add_host_route(ip, host_ifname, protocol)
-    left = defects(w, ip, attrs, protocol, mtu)
+    left = defects(w, ip, attrs, protocol, mtu, route=False)
     if left:
         raise WiringError(f"still broken after completing it: {'; '.join(left)}")
 
@@ -259,6 +261,9 @@ class Reconciler:
         why = "; ".join(wrong)
         try:
             await _off_loop("finish attachment", finish, p.wiring, alloc.ip, a, p.protocol, mtu)
+            await p._route_added(WorkloadEndpoint(a["container_id"], a["ifname"], a["host_ifname"],
+                                                  alloc.ip, a["netns"], a.get("pod_namespace"),
+                                                  a.get("pod_name")))
         except CNIError as e:
             return await self._roll_back(alloc, f"{why}; completing it failed: {e.msg}", errors)
         log.warning("reconcile %s: half-wired (%s); finished", alloc.handle, why)

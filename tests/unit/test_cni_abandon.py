@@ -16,6 +16,7 @@ import cni.server
 from cni.fake_wiring import FakeWiring
 from cni.ipam import IPAM
 from cni.model import CNIRequest
+from cni.route_writer import WiringRoutes
 from cni.plugin import CNIPlugin
 from cni.server import CNIServer
 
@@ -37,15 +38,20 @@ class HeldWiring(FakeWiring):
         return super().configure_pod_side(netns, pod_ifname, ip, mtu)
 
 
-class Sink:
-    def __init__(self) -> None:
+class Sink(WiringRoutes):
+    """Felix's part on the fakes: the only writer of the host route, and what it was told."""
+
+    def __init__(self, wiring) -> None:
+        super().__init__(wiring, 90)
         self.workloads: dict[IPv4Address, str] = {}
 
-    def workload_added(self, ep) -> None:
+    async def workload_added(self, ep) -> None:
         self.workloads[ep.ip] = ep.host_ifname
+        await super().workload_added(ep)
 
-    def workload_removed(self, ep) -> None:
+    async def workload_removed(self, ep) -> None:
         self.workloads.pop(ep.ip, None)
+        await super().workload_removed(ep)
 
 
 @pytest.fixture
@@ -53,7 +59,7 @@ def env(tmp_path):
     wiring = HeldWiring()
     wiring.add_netns(NS)
     ipam = IPAM(tmp_path / "ipam", [IPv4Network("198.19.7.0/26")])
-    sink = Sink()
+    sink = Sink(wiring)
     plugin = CNIPlugin(ipam=ipam, wiring=wiring, mtu=1450, workloads=sink, reap_delay=0.0)
     return plugin, wiring, ipam, sink
 

@@ -13,6 +13,7 @@ from cni.fake_wiring import FakeWiring
 from cni.ipam import IPAM
 from cni.model import CNIRequest, WorkloadEndpoint
 from cni.plugin import CNIPlugin, host_ifname_for
+from cni.route_writer import WiringRoutes
 from cni.server import CNIServer
 from cni.wiring import GATEWAY
 
@@ -21,27 +22,31 @@ ARGS = {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web-0"}
 CONF = {"cniVersion": "1.0.0", "name": "podnet", "type": "podroute"}
 
 
-class Sink:
-    def __init__(self) -> None:
+class Sink(WiringRoutes):
+    """Felix's part on the fakes: the only writer of the host route (through the FakeWiring,
+    as felix writes the kernel), recording what it was told and what it saw then."""
+
+    def __init__(self, wiring: FakeWiring) -> None:
+        super().__init__(wiring, 90)
         self.events: list[tuple[str, WorkloadEndpoint]] = []
-        self.routes_seen_at_add: list[bool] = []
-        self.wiring: FakeWiring | None = None
+        self.host_up_at_add: list[bool] = []
 
-    def workload_added(self, ep: WorkloadEndpoint) -> None:
+    async def workload_added(self, ep: WorkloadEndpoint) -> None:
         self.events.append(("added", ep))
-        if self.wiring is not None:  # must be told BEFORE the host route exists
-            self.routes_seen_at_add.append(any(r[0] == ep.ip for r in self.wiring.routes))
+        link = self.wiring.host_links.get(ep.host_ifname)  # told once the veth is wired
+        self.host_up_at_add.append(link is not None and link.up)
+        await super().workload_added(ep)
 
-    def workload_removed(self, ep: WorkloadEndpoint) -> None:
+    async def workload_removed(self, ep: WorkloadEndpoint) -> None:
         self.events.append(("removed", ep))
+        await super().workload_removed(ep)
 
 
 @pytest.fixture
 def env(tmp_path):
     wiring = FakeWiring()
     wiring.add_netns(NS)
-    sink = Sink()
-    sink.wiring = wiring
+    sink = Sink(wiring)
     ipam = IPAM(tmp_path / "ipam", [IPv4Network("198.19.7.0/26")],
                 reserved=[IPv4Address("198.19.7.0")])
     plugin = CNIPlugin(ipam=ipam, wiring=wiring, mtu=1450, workloads=sink)
@@ -80,7 +85,7 @@ async def test_add_allocates_and_wires(env):
     h = wiring.host_links[host]
     assert (h.proxy_arp, h.forwarding, h.up) == (1, 1, True)
     assert wiring.routes == {(ip, host, 90)}
-    assert [e for e, _ in sink.events] == ["added"] and sink.routes_seen_at_add == [False]
+    assert [e for e, _ in sink.events] == ["added"] and sink.host_up_at_add == [True]
     assert plugin.endpoints() == [WorkloadEndpoint("c0ffee", "eth0", host, ip, NS, "default", "web-0")]
     # the order Calico/FACTS prescribe: peer created directly in the pod netns
     assert wiring.calls[wiring.calls.index("create_veth_in_netns"):] == [

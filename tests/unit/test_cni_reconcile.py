@@ -11,6 +11,7 @@ from cni.errors import CNIError
 from cni.fake_wiring import FakeWiring
 from cni.ipam import IPAM
 from cni.model import CNIRequest
+from cni.route_writer import WiringRoutes
 from cni.plugin import CNIPlugin
 from cni.reconcile import FAILED, FINISHED, KEPT, ROLLED_BACK, Reconciler
 
@@ -19,15 +20,20 @@ CONF = {"cniVersion": "1.0.0", "name": "podnet", "type": "podroute"}
 STEPS = ("claim", "veth", "pod", "host", "route")
 
 
-class Sink:
-    def __init__(self) -> None:
+class Sink(WiringRoutes):
+    """Felix's part on the fakes: the only writer of the host route, and what it was told."""
+
+    def __init__(self, wiring) -> None:
+        super().__init__(wiring, 90)
         self.workloads: dict[IPv4Address, str] = {}
 
-    def workload_added(self, ep) -> None:
+    async def workload_added(self, ep) -> None:
         self.workloads[ep.ip] = ep.host_ifname
+        await super().workload_added(ep)
 
-    def workload_removed(self, ep) -> None:
+    async def workload_removed(self, ep) -> None:
         self.workloads.pop(ep.ip, None)
+        await super().workload_removed(ep)
 
 
 @pytest.fixture
@@ -35,7 +41,7 @@ def env(tmp_path):
     wiring = FakeWiring()
     wiring.add_netns(NS)
     ipam = IPAM(tmp_path / "ipam", [IPv4Network("198.19.7.0/26")])
-    sink = Sink()
+    sink = Sink(wiring)
     plugin = CNIPlugin(ipam=ipam, wiring=wiring, mtu=1450, workloads=sink, reap_delay=0.0)
     return plugin, wiring, ipam, sink
 
@@ -63,8 +69,8 @@ def crashed_add(plugin: CNIPlugin, upto: str, cid: str = "c0ffee", netns: str = 
              "route": lambda: w.add_host_route(ip, host, plugin.protocol)}
     for step in STEPS[1:STEPS.index(upto) + 1]:
         steps[step]()
-    for ep in plugin.endpoints():
-        plugin.workloads.workload_added(ep)
+    for ep in plugin.endpoints():  # felix's desired state at start; its first apply is yet to come
+        plugin.workloads.workloads[ep.ip] = ep.host_ifname
     return handle, ip, host
 
 

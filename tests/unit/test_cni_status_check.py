@@ -312,9 +312,9 @@ async def test_agent_readiness_reasons():
     from podroute.agent import Agent
     from podroute.tasks import TaskGuard
 
-    a = SimpleNamespace(_stop=asyncio.Event(), guard=TaskGuard(), last_apply=None)
+    a = SimpleNamespace(_stop=asyncio.Event(), guard=TaskGuard(), felix=SimpleNamespace(last_apply=None))
     assert "not programmed its routes" in Agent.cni_readiness(a)
-    a.last_apply = {"added": 1}
+    a.felix.last_apply = {"added": 1}
     assert Agent.cni_readiness(a) is None
     a.guard.failed.set()
     assert "task failed" in Agent.cni_readiness(a)

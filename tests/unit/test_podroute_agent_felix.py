@@ -15,6 +15,7 @@ from felix.routes import dst_key
 from ipip.fake import FakeDataplane as FakeIPIP
 from podroute import statusd
 from podroute.agent import Agent
+from podroute.felix_loop import RouteNotProgrammed
 from podroute.config import IPPool, NodeConfig, Paths
 
 NODE_IP = IPv4Address("198.18.0.11")
@@ -22,7 +23,7 @@ PEER = IPv4Address("198.18.0.12")
 
 
 class FakeSpeaker:
-    def __init__(self, cfg, on_changes, agent):
+    def __init__(self, cfg, on_changes, cluster):
         self.config = SimpleNamespace(peers=())
         self.on_changes = on_changes
 
@@ -51,7 +52,7 @@ def dp():
 async def agent(tmp_path, dp):
     a = Agent(config(tmp_path), dataplane=dp, wiring=FakeWiring(), speaker_factory=FakeSpeaker,
               start_monitor=False, ipip_dataplane=FakeIPIP())
-    tasks = [asyncio.create_task(a._felix_loop()), asyncio.create_task(a.looplag.run())]
+    tasks = [asyncio.create_task(a.felix.run()), asyncio.create_task(a.looplag.run())]
     a.kick()
     yield a
     dp.unblock()
@@ -83,7 +84,7 @@ def workload(ip, host_ifname):
 async def test_loop_stays_responsive_while_the_dataplane_blocks(agent, dp):
     await wait_until(lambda: IPv4Network("198.19.1.0/26") in dp.ours())  # first apply done
     dp.block()
-    agent._on_bgp_changes(bgp_delta(3))
+    agent.bgp.apply(bgp_delta(3))
     # The felix thread is now held inside a dump or write. Before felix had its own thread,
     # the apply ran on the event loop, so this coroutine could not run until it returned.
     await wait_until(dp.waiting.is_set)
@@ -91,20 +92,24 @@ async def test_loop_stays_responsive_while_the_dataplane_blocks(agent, dp):
     assert st["fib"]["worker"]["busy_s"] > 0 and set(st["loop"]) == {"lag_s", "worst_s", "worst_at", "threshold_s"}
     text = statusd.render(st)  # the status socket's work, done while felix is held
     assert "Event loop: worst lag" in text
-    agent._on_bgp_changes(bgp_delta(5))              # BGP and CNI keep being served
-    agent.workload_added(workload("198.19.1.5", "eth0"))
+    agent.bgp.apply(bgp_delta(5))              # BGP and CNI keep being served
+    added = asyncio.create_task(agent.cni.workloads.workload_added(workload("198.19.1.5", "eth0")))
+    await asyncio.sleep(0.05)
+    assert not added.done()  # the CNI ADD waits for felix to program its route
     assert not dp.ours().keys() >= {IPv4Network("198.19.2.0/26"), IPv4Network("198.19.1.5/32")}
     dp.unblock()
+    await asyncio.wait_for(added, 10)
+    assert IPv4Network("198.19.1.5/32") in dp.ours()
     want = {IPv4Network((0xC6130000 + (8 + i) * 64, 26)) for i in range(5)} | {IPv4Network("198.19.1.5/32")}
     await wait_until(lambda: want <= dp.ours().keys())
-    assert agent.last_apply["errors"] == []
+    assert agent.felix.last_apply["errors"] == []
 
 
 async def test_bgp_changes_reach_the_fib_in_order(agent, dp):
-    await wait_until(lambda: agent.last_apply is not None)
-    agent._on_bgp_changes(bgp_delta(4))
-    agent._on_bgp_changes({k: None for k in list(bgp_delta(4))[:2]})          # withdraw two
-    agent._on_bgp_changes(bgp_delta(1, gw=IPv4Address("198.18.0.13")))        # move one
+    await wait_until(lambda: agent.felix.last_apply is not None)
+    agent.bgp.apply(bgp_delta(4))
+    agent.bgp.apply({k: None for k in list(bgp_delta(4))[:2]})          # withdraw two
+    agent.bgp.apply(bgp_delta(1, gw=IPv4Address("198.18.0.13")))        # move one
     first = IPv4Network("198.19.2.0/26")
     await wait_until(lambda: first in dp.ours() and len([d for d in dp.ours() if d.prefixlen == 26]) == 4)
     assert str(dp.ours()[first].gateway) == "198.18.0.13"
@@ -114,17 +119,18 @@ async def test_bgp_changes_reach_the_fib_in_order(agent, dp):
 
 async def test_a_route_that_keeps_failing_is_retried_with_backoff_and_logged_once(agent, dp, caplog):
     caplog.set_level(logging.INFO, logger="podroute.agent")
-    await wait_until(lambda: agent.last_apply is not None)
+    await wait_until(lambda: agent.felix.last_apply is not None)
     # An IPAM allocation whose veth is gone: felix's /32 fails with ENODEV at every apply.
-    agent.workload_added(workload("198.19.1.5", "prveth-gone"))
-    await wait_until(lambda: agent.route_failures.failing == 1)
+    with pytest.raises(RouteNotProgrammed, match="198.19.1.5/32"):
+        await agent.cni.workloads.workload_added(workload("198.19.1.5", "prveth-gone"))
+    await wait_until(lambda: agent.felix.failures.failing == 1)
     # Other events keep coming (link churn marks felix dirty through the monitor); each
     # apply retries the route. Each used to start one more 1 s retry chain as well.
     for _ in range(20):
         dumps = dp.dumps
-        agent._on_drift()
+        agent.felix.on_drift()
         await wait_until(lambda: dp.dumps > dumps)
-    await wait_until(lambda: agent.last_apply is not None and agent.last_apply["errors"])
+    await wait_until(lambda: agent.felix.last_apply is not None and agent.felix.last_apply["errors"])
     warnings = [r for r in caplog.records if r.getMessage() == "route not programmed"]
     assert len(warnings) == 1 and warnings[0].kv["dst"] == IPv4Network("198.19.1.5/32")
     assert warnings[0].kv["errno"] == 19 and warnings[0].kv["retry_in_s"] == 1.0
@@ -139,9 +145,9 @@ async def test_a_route_that_keeps_failing_is_retried_with_backoff_and_logged_onc
     assert dp.dumps - dumps == 0
     # The veth appears (the monitor's link event): programmed, recovery logged once.
     dp.links.add("prveth-gone")
-    agent._on_drift()
+    agent.felix.on_drift()
     await wait_until(lambda: IPv4Network("198.19.1.5/32") in dp.ours())
-    await wait_until(lambda: agent.route_failures.failing == 0)
+    await wait_until(lambda: agent.felix.failures.failing == 0)
     recovered = [r for r in caplog.records if r.getMessage() == "failing routes recovered"]
     # 1 + 20 drift applies (+1 if a loaded machine let the first 1 s retry fire meanwhile)
     assert len(recovered) == 1 and recovered[0].kv["failed_attempts"] in (21, 22)
