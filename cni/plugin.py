@@ -267,10 +267,10 @@ class CNIPlugin:
             await self._route_added(ep)
         except asyncio.CancelledError:
             raise  # agent shutdown: the record stands; the next start hands it to felix again
-        except CNIError:
+        except CNIError as e:
             await self._route_removed_quietly(ep, handle)
             await _in_thread("ADD rollback", self._unwire_added, handle, host_ifname)
-            raise
+            raise CNIError(e.code, f"ADD failed at host route: {e.msg}", e.details) from e
         log.info("ADD %s: %s/32 on %s (host %s)", handle, ip, req.ifname, host_ifname)
         return self._result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
 

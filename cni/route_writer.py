@@ -8,20 +8,30 @@ Wiring seam, in a worker thread.
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Callable
 
+from .errors import CNIError
 from .model import WorkloadEndpoint
 from .wiring import Wiring
 
 
+async def _step(name: str, fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        await asyncio.to_thread(fn, *args)
+    except CNIError as e:  # name the wiring step, as the plugin's own steps are named
+        raise CNIError(e.code, f"{name}: {e.msg}", e.details) from e
+
+
 class WiringRoutes:
-    """cni.plugin.WorkloadSink over ``wiring``; raises the wiring's errors (CNIError/WiringError)."""
+    """cni.plugin.WorkloadSink over ``wiring``; raises the wiring's CNIErrors (their message prefixed
+    with the step, ``add_host_route``/``delete_host_route``)."""
 
     def __init__(self, wiring: Wiring, protocol: int) -> None:
         self.wiring = wiring
         self.protocol = protocol
 
     async def workload_added(self, ep: WorkloadEndpoint) -> None:
-        await asyncio.to_thread(self.wiring.add_host_route, ep.ip, ep.host_ifname, self.protocol)
+        await _step("add_host_route", self.wiring.add_host_route, ep.ip, ep.host_ifname, self.protocol)
 
     async def workload_removed(self, ep: WorkloadEndpoint) -> None:
-        await asyncio.to_thread(self.wiring.delete_host_route, ep.ip, ep.host_ifname, self.protocol)
+        await _step("delete_host_route", self.wiring.delete_host_route, ep.ip, ep.host_ifname, self.protocol)
