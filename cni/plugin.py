@@ -48,12 +48,12 @@ from typing import Any, Callable, Mapping, Protocol, TypeVar
 from . import validate
 from .check import observe, prev_result_problems
 from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
-                     TRY_AGAIN_LATER, CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
+                     CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
 from .reaper import Reaper
 from .reconcile import Reconciler, finish
-from .route_writer import WiringRoutes
+from .route_writer import WiringRoutes, confirm_route
 from .status import plugin_status
 from .wiring import GATEWAY, Wiring
 
@@ -287,16 +287,7 @@ class CNIPlugin:
 
     async def _sink(self, what: str, call: Callable[[WorkloadEndpoint], Any],
                     ep: WorkloadEndpoint) -> None:
-        try:
-            await asyncio.wait_for(call(ep), self.route_timeout)
-        except asyncio.TimeoutError as e:
-            raise CNIError(TRY_AGAIN_LATER, f"{what}: host route {ep.ip}/32 dev {ep.host_ifname} "
-                           f"not confirmed within {self.route_timeout:g} s") from e
-        except CNIError as e:
-            raise CNIError(e.code, f"{what}: {e.msg}", e.details) from e
-        except Exception as e:  # the sink's own failure (felix could not program it)
-            raise CNIError(INTERNAL, f"{what}: host route {ep.ip}/32 dev {ep.host_ifname}: {e}",
-                           repr(e)) from e
+        await confirm_route(what, call, ep, self.route_timeout)
 
     def _unwire_added(self, handle: str, host_ifname: str) -> None:
         """Worker thread: undo a wired ADD whose route failed (veth pair, then the IP)."""
@@ -426,8 +417,9 @@ class CNIPlugin:
         removed (the IP is released regardless, and a retry finishes the job).
 
         On return the pod is detached: its host veth down in the retired group, its IP
-        released, and its host route gone (removed by the sink, awaited); the veth pair itself is deleted by
-        :meth:`reap` moments later, batched with other DELs (see :mod:`cni.netlink_wiring`)."""
+        released, and its host route gone (removed by the sink, awaited: one thread hop, then
+        the sink). The veth pair itself is deleted by :meth:`reap` moments later, batched with
+        other DELs (see :mod:`cni.netlink_wiring`)."""
         name = validate.network_name(req.config.get("name"))
         handle = self.handle_key(name, req)
         self._answers.pop(handle, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from .errors import CNIError
+from .errors import INTERNAL, TRY_AGAIN_LATER, CNIError
 from .model import WorkloadEndpoint
 from .wiring import Wiring
 
@@ -35,3 +35,20 @@ class WiringRoutes:
 
     async def workload_removed(self, ep: WorkloadEndpoint) -> None:
         await _step("delete_host_route", self.wiring.delete_host_route, ep.ip, ep.host_ifname, self.protocol)
+
+
+async def confirm_route(what: str, call: Callable[[WorkloadEndpoint], Any], ep: WorkloadEndpoint,
+                        timeout: float) -> None:
+    """Await ``call(ep)`` (a WorkloadSink method named ``what``) for at most ``timeout`` s.
+    Raises CNIError 11 (try again later) when it does not answer in time, the sink's CNIError
+    with ``what`` in front, or 999 for any other failure it reports."""
+    try:
+        await asyncio.wait_for(call(ep), timeout)
+    except asyncio.TimeoutError as e:
+        raise CNIError(TRY_AGAIN_LATER, f"{what}: host route {ep.ip}/32 dev {ep.host_ifname} "
+                       f"not confirmed within {timeout:g} s") from e
+    except CNIError as e:
+        raise CNIError(e.code, f"{what}: {e.msg}", e.details) from e
+    except Exception as e:  # the sink's own failure (felix could not program it)
+        raise CNIError(INTERNAL, f"{what}: host route {ep.ip}/32 dev {ep.host_ifname}: {e}",
+                       repr(e)) from e

@@ -42,7 +42,7 @@ def test_own_next_hop_dropped_and_ecmp():
 
 
 def test_the_speakers_prefix_key_is_felixs_dst_key():
-    """The agent hands the Loc-RIB delta's keys to felix as they are (agent._on_bgp_changes)."""
+    """The agent hands the Loc-RIB delta's keys to felix as they are (podroute.bgp_fib.BgpToFib.apply)."""
     from hypothesis import given, strategies as st
 
     from bgp.prefix import key_of, parse, unpack_keys
