@@ -61,7 +61,8 @@ class Agent:
     """One node's podroute agent. ``await run()`` until SIGTERM/SIGINT, a drain or a task crash.
 
     ``dataplane`` (felix), ``wiring`` (CNI), ``ipip_dataplane`` and ``speaker_factory`` default
-    to the kernel adapters and the ExaBGP speaker; tests pass fakes. ``start_monitor=False``
+    to the kernel adapters and the ExaBGP speaker; tests pass fakes. ``speaker_factory(cfg,
+    on_changes, cluster)`` gets the Loc-RIB callback and the cluster file (or None). ``start_monitor=False``
     leaves out the netlink route monitor."""
 
     def __init__(self, cfg: NodeConfig, *, dataplane: RouteDataplane | None = None,

@@ -37,7 +37,7 @@ def _tune_malloc() -> None:
 
 def cmd_node_run(args: argparse.Namespace) -> int:
     from podroute import logs
-    from podroute.agent import Agent
+    from podroute.agent import Agent  # lazy: pulls in pyroute2 and the speaker; --help must not
     cfg = _load_config(args.config)
     logs.setup(args.log_level, args.log_format)
     _tune_malloc()

@@ -289,3 +289,29 @@ async def test_drift_and_resync_mark_felix_dirty(felix):
     felix.driver.on_drift()
     await wait_until(lambda: felix.dp.dumps > dumps)
     assert felix.driver.drifts == 1
+
+
+# -- status_view -------------------------------------------------------------------------------
+
+def test_bgp_section_sums_rejections_and_marks_passive_peers_from_the_effective_config():
+    from bgp.model import PeerConfig, PeerStatus
+    from podroute.status_view import STATUS_ROUTES, bgp_section
+
+    peers = (PeerStatus(A, 64512, "established", 1.0, 3, 1, 2, None, rejected_by_reason=(("not-in-pool", 2),)),
+             PeerStatus(B, 65001, "idle", 0.0, 0, 0, 0, "hold timer expired",
+                        rejected_by_reason=(("not-in-pool", 1), ("max-prefixes", 4))))
+    routes = {}
+    for i in range(STATUS_ROUTES + 5):
+        net = IPv4Network((0xC6130000 + (200 - i) * 64, 26))
+        routes[net] = BestRoute(net, (A,), (A,))
+    speaker = SimpleNamespace(
+        config=SimpleNamespace(peers=(PeerConfig(address=A, asn=64512, passive=True),)),
+        status=lambda: SpeakerStatus(peers, 4242, 1, None, (BLOCK,)),
+        best_routes_view=lambda: routes)
+    sec = bgp_section(speaker, 64512)
+    assert sec["rejections"] == {"not-in-pool": 3, "max-prefixes": 4}
+    assert [(p["type"], p["passive"], p["info"]) for p in sec["peers"]] == [
+        ("iBGP", True, ""), ("eBGP", None, "hold timer expired")]
+    assert sec["routes_total"] == STATUS_ROUTES + 5 and len(sec["routes"]) == STATUS_ROUTES
+    assert sec["routes"][0]["prefix"] == str(min(routes))  # the first ones, in prefix order
+    assert sec["exabgp"] == {"pid": 4242, "restarts": 1, "last_exit": None} and sec["announced"] == [str(BLOCK)]
