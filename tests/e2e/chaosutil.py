@@ -95,14 +95,15 @@ def cni(lab: runner.Lab, node: runner.Node, command: str, cid: str, pod_ns: str,
     return CniCall(command, cid, p.returncode, code, msg, ip, took)
 
 
-def cni_del_retrying(lab: runner.Lab, node: runner.Node, cid: str, pod_ns: str, pod_name: str,
-                     deadline_s: float = 60.0) -> tuple[CniCall, int]:
-    """DEL as a runtime does it: repeated while the answer is code 11 ("try again later"),
-    up to ``deadline_s``. Returns (last call, number of code-11 answers before it)."""
+def cni_retrying(lab: runner.Lab, node: runner.Node, command: str, cid: str, pod_ns: str, pod_name: str,
+                 deadline_s: float = 60.0) -> tuple[CniCall, int]:
+    """``command`` as a runtime runs it: repeated while the answer is code 11 ("try again
+    later", CNI spec "Well-known Error Codes"), up to ``deadline_s``. Returns (last call,
+    number of code-11 answers before it)."""
     end = time.monotonic() + deadline_s
     retries = 0
     while True:
-        call = cni(lab, node, "DEL", cid, pod_ns, pod_name)
+        call = cni(lab, node, command, cid, pod_ns, pod_name)
         if call.ok or call.code != TRY_AGAIN_LATER or time.monotonic() > end:
             return call, retries
         retries += 1
@@ -195,6 +196,25 @@ def start_agent_with(lab: runner.Lab, node: runner.Node, overrides: dict[str, An
     node.pid = proc.pid
     lab.save()
     return proc.pid
+
+
+def wait_ipam_write(node: runner.Node, timeout: float = 2.0, poll_s: float = 0.001) -> bool:
+    """Wait until one of the node's IPAM block files is rewritten (an address claimed or
+    released); False if none was within ``timeout`` s. Polls the files' mtimes."""
+    def stamps() -> dict[str, int]:
+        out = {}
+        for f in (Path(node.dir) / "state" / "ipam").glob("block-*.json"):
+            try:
+                out[f.name] = f.stat().st_mtime_ns
+            except FileNotFoundError:
+                pass
+        return out
+    first, end = stamps(), time.monotonic() + timeout
+    while time.monotonic() < end:
+        if stamps() != first:
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def agent_status(node: runner.Node, timeout: float = 5.0) -> dict[str, Any] | None:
