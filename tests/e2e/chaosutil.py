@@ -61,16 +61,18 @@ def plugin_config(node: runner.Node) -> str:
     raise FileNotFoundError(f"no CNI config for {node.name} under {ndir}")
 
 
-def plugin_path(lab: runner.Lab) -> Path:
-    """The plugin ``lab up`` installed with :func:`cni.install.install_shim`."""
-    return Path(lab.root) / "cni-bin" / "podroute"
+def plugin_path(lab: runner.Lab, node: runner.Node) -> Path:
+    """The plugin ``lab up`` installed (:func:`cni.install.install_shim`): the node's own CNI bin
+    dir when the lab gives each node one (``podroute cni install``), else the lab's."""
+    own = Path(node.dir) / "cni" / "bin" / "podroute"
+    return own if own.exists() else Path(lab.root) / "cni-bin" / "podroute"
 
 
 def cni(lab: runner.Lab, node: runner.Node, command: str, cid: str, pod_ns: str, pod_name: str,
         timeout: float = 90.0) -> CniCall:
     """Execute the installed plugin in ``node``'s namespace as a runtime does (CNI_* env, the
     config on stdin; CNI spec 1.0.0 "Section 3: Execution Protocol")."""
-    shim = plugin_path(lab)
+    shim = plugin_path(lab, node)
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": str(netns.NETNS_DIR / pod_ns),
            "CNI_IFNAME": "eth0", "CNI_PATH": str(shim.parent),
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=churn;K8S_POD_NAME={pod_name};"

@@ -171,10 +171,10 @@ def _round(lb, r: int, rng: random.Random, order: list[str], pods: list[dict], b
         time.sleep(rng.uniform(0.5, 3.0))  # a random moment in the churn
         if target == "agent":
             # Aimed where a crash can leave a half-wired pod (issue 14 #4): in the victim's next
-            # ADD phase, just after the agent wrote an IP claim (the wiring takes ~5-20 ms).
+            # ADD phase, just after the agent wrote an IP claim (the wiring takes a few ms).
             churns[(n1, n2).index(victim)].adding.wait(10)
             ev_aim = "after an IPAM claim" if wait_ipam_write(victim) else "ADD phase"
-            time.sleep(rng.uniform(0.0, 0.01))
+            time.sleep(rng.uniform(0.0, 0.005))
         else:
             ev_aim = "random"
         ev = _kill_and_restart(lb, target, victim, rng)
