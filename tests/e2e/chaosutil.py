@@ -359,6 +359,15 @@ def fib_problems(node: runner.Node, others: Sequence[runner.Node], snap: Snapsho
     return out
 
 
+def keep_logs(lab: runner.Lab, dest: Path) -> None:
+    """Copy each node's ``agent.log`` to ``dest/<node>-agent.log`` (``lab down`` removes the
+    lab's state dir, and a failed run needs them)."""
+    for n in lab.nodes:
+        log = Path(n.dir) / "agent.log"
+        if log.exists():
+            (dest / f"{n.name}-agent.log").write_bytes(log.read_bytes())
+
+
 def ping(src_ns: str, dst: str, tries: int = 3) -> bool:
     for _ in range(tries):
         if subprocess.run(["ip", "netns", "exec", src_ns, "ping", "-c", "1", "-W", "1", "-q", dst],

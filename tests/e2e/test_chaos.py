@@ -3,15 +3,16 @@ at a random moment during pod churn and BGP updates, restart it, and check the i
 
 Lab: three nodes under one BIRD reflector. n1 and n2 churn pods through the installed CNI
 plugin (namespaces, concurrent ADDs, DELs, each retried while the answer is code 11 as the
-spec tells a runtime to, namespaces removed); the reflector's session to n3 is disabled and enabled again
-and again (``birdc``), so n1 and n2 receive withdrawals and announcements of n3's block.
-Each round kills one target (``PODROUTE_CHAOS_TARGETS``, default ``agent,exabgp,rr``: each
-once per three rounds, in an order, victim node and moments drawn from a seeded RNG; the seed
-is printed and ``PODROUTE_CHAOS_SEED`` replays it), restarts it the way it comes back in production (the agent: started again as
-``lab up`` does; ExaBGP: by its agent; BIRD: started again with its config), stops the
-churn, waits for convergence, then asserts: no leaked IP, veth or /32 route on n1 or n2,
-every cross-node pod pair pings, every DEL succeeded, and every ADD succeeded once retried
-past its code-11 answers (a crash never leaves a pod that must be DELeted first).
+spec tells a runtime to, namespaces removed); the reflector's session to n3 is disabled and
+enabled again and again (``birdc``), so n1 and n2 receive withdrawals and announcements of
+n3's block. Each round kills one target (``PODROUTE_CHAOS_TARGETS``, default
+``agent,exabgp,rr``: each once per three rounds; order, victim node and moments drawn from a
+seeded RNG whose seed is printed, ``PODROUTE_CHAOS_SEED`` replays it) and brings it back the
+way it comes back in production (the agent: started again as ``lab up`` does; ExaBGP: by its
+agent; BIRD: started again with its config). Then the churn stops, the lab converges, and
+the round asserts: no leaked IP, veth or /32 route on n1 or n2, their FIBs equal desired
+state, every cross-node pod pair pings, every DEL succeeded, and every ADD succeeded once
+retried past its code-11 answers (a crash never leaves a pod that must be DELeted first).
 
 Size: ``PODROUTE_CHAOS_ROUNDS`` (default 6: each target twice) rounds, no round started after
 ``PODROUTE_CHAOS_DEADLINE_S`` (default 150) seconds. Results: ``<tmp>/chaos.json`` and
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from chaosutil import (add_netns, agent_status, cni, cni_retrying, converged, del_netns, kill_agent_service,
-                       kill_exabgp, leaks, ping, snapshot, wait_ipam_write)
+from chaosutil import (add_netns, agent_status, cni_retrying, converged, del_netns, fib_problems,
+                       keep_logs, kill_agent_service, kill_exabgp, leaks, ping, snapshot, wait_ipam_write)
 from labutil import lab, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +55,7 @@ class PodChurn(threading.Thread):
         self.adds_ok = self.dels_ok = self.add_retries = self.del_retries = self.cycles = 0
         self.add_failures: list[str] = []
         self.del_failures: list[str] = []
+        self.error: str | None = None
         self.adding = threading.Event()  # set while this cycle's ADDs are in flight
         self._halt = threading.Event()
 
@@ -83,9 +85,12 @@ class PodChurn(threading.Thread):
         self.cycles += 1
 
     def run(self) -> None:
-        with ThreadPoolExecutor(max_workers=PODS_PER_CYCLE) as pool:
-            while not self._halt.is_set() and self.cycles < self.max_cycles:
-                self._cycle(pool)
+        try:
+            with ThreadPoolExecutor(max_workers=PODS_PER_CYCLE) as pool:
+                while not self._halt.is_set() and self.cycles < self.max_cycles:
+                    self._cycle(pool)
+        except Exception as e:  # reported by the round, not lost with the thread
+            self.error = f"{type(e).__name__}: {e}"
 
     def stop(self) -> None:
         self._halt.set()
@@ -202,7 +207,14 @@ def _round(lb, r: int, rng: random.Random, order: list[str], pods: list[dict], b
     bad = [f"{s['name']}->{d['name']}" for s, d in pairs if not ping(s["ns"], d["ip"])]
     problems += [f"no ping {b}" for b in bad]
     checks += len(pairs)
+    for n in (n1, n2):
+        st = agent_status(n)
+        fib = fib_problems(n, [m for m in lb.nodes if m is not n], snapshot(n), st) if st else ["agent not answering"]
+        problems += [f"{n.name}: {p}" for p in fib]
+        checks += 1
     for c in churns:
+        if c.error:
+            problems.append(f"{c.node.name} pod churn stopped: {c.error}")
         # After a crash an ADD is retried, not refused until a DEL (issue 14: "never 'DEL it first'").
         problems += [f"{c.node.name} ADD failed: {f}" for f in c.add_failures]
         problems += [f"{c.node.name} DEL failed: {f}" for f in c.del_failures]
@@ -223,20 +235,23 @@ def test_chaos_kill9_agent_exabgp_rr_during_churn_no_leak_pods_ping_dels_succeed
     rounds: list[dict] = []
     with lab(tmp_path, "--nodes", "3", "--pods", "1") as (name, state, rep):
         lb = control.load(name, state)
-        bases = {n.name: snapshot(n) for n in lb.nodes[:2]}
-        order = rng.sample(TARGETS, len(TARGETS))  # every target once per len(TARGETS) rounds
-        for r in range(ROUNDS):
-            if time.monotonic() - t_start > DEADLINE_S:
-                break
-            ev = _round(lb, r, rng, order, rep["pods"], bases)
-            rounds.append(ev)
-            print(f"chaos round {r}: kill -9 {ev['target']} ({ev['node']}, {ev['moment']}), churn {ev['churn_s']} s, "
-                  f"{ev['adds_ok']} ADDs ok / {ev['add_failures']} failed ({ev['add_retries_on_11']} code-11 retries), "
-                  f"{ev['dels_ok']} DELs ok / {ev['del_failures']} failed ({ev['del_retries_on_11']} code-11 retries), "
-                  f"{ev['flaps']} session "
-                  f"flaps, {ev['invariants_checked']} invariants checked, problems: {ev['problems'] or 'none'}")
-            if ev["problems"]:
-                break  # later rounds would start from a broken state
+        try:
+            bases = {n.name: snapshot(n) for n in lb.nodes[:2]}
+            order = rng.sample(TARGETS, len(TARGETS))  # every target once per len(TARGETS) rounds
+            for r in range(ROUNDS):
+                if time.monotonic() - t_start > DEADLINE_S:
+                    break
+                ev = _round(lb, r, rng, order, rep["pods"], bases)
+                rounds.append(ev)
+                print(f"chaos round {r}: kill -9 {ev['target']} ({ev['node']}, {ev['moment']}), "
+                      f"churn {ev['churn_s']} s, {ev['adds_ok']} ADDs ok / {ev['add_failures']} failed "
+                      f"({ev['add_retries_on_11']} code-11 retries), {ev['dels_ok']} DELs ok / {ev['del_failures']} "
+                      f"failed ({ev['del_retries_on_11']} code-11 retries), {ev['flaps']} session flaps, "
+                      f"{ev['invariants_checked']} invariants checked, problems: {ev['problems'] or 'none'}")
+                if ev["problems"]:
+                    break  # later rounds would start from a broken state
+        finally:
+            keep_logs(lb, tmp_path)
     total = sum(e["invariants_checked"] for e in rounds)
     summary = {"seed": SEED, "rounds_requested": ROUNDS, "rounds_run": len(rounds), "invariants_checked": total,
                "seconds": round(time.monotonic() - t_start, 1), "rounds": rounds}

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chaosutil import (HOST_VETH_PREFIX, StatusProbe, add_netns, agent_status, cni, converged, del_netns,
-                       fib_problems, leaks, ping, snapshot, start_agent_with)
+                       fib_problems, keep_logs, leaks, ping, snapshot, start_agent_with)
 from labutil import lab, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -123,6 +123,76 @@ def _burst(lb, node, b: int, pods: int, pool: ThreadPoolExecutor, target_ip: str
     return adds, dels, pinged, left
 
 
+def _run_bursts(lb, n1, base, target_ip: str, res: dict, t_start: float) -> StatusProbe:
+    """The bursts, with the link churn and the status probe running; fills ``res``."""
+    from podroute.lab import netns
+    probe = StatusProbe(n1)
+    churn = LinkChurn(n1.ns)
+    probe.start()
+    churn.start()
+    try:
+        with ThreadPoolExecutor(max_workers=PODS) as pool:
+            for b in range(BURSTS):
+                if probe.frozen.is_set() or time.monotonic() - t_start > DEADLINE_S:
+                    break
+                if not netns._alive(n1.pid):
+                    res["agent_exited"] = f"before burst {b}"
+                    break
+                adds, dels, pinged, stuck = _burst(lb, n1, b, PODS, pool, target_ip, base.host_veths)
+                res["bursts_run"] += 1
+                res["adds"] += len(adds)
+                res["dels"] += len(dels)
+                for kind, calls in (("add_failures", adds), ("del_failures", dels)):
+                    res[kind] += [f"burst {b} {c.container_id}: rc {c.rc} code {c.code} {c.msg[:200]} "
+                                  f"({c.seconds:.1f} s)" for c in calls if not c.ok]
+                res["ping_failures"] += not pinged
+                res["veths_left_after_del"] += stuck
+    finally:
+        churn.stop()
+        probe.stop()
+    res.update(status_samples=probe.samples, status_worst_s=round(probe.worst_s, 3), status_failures=probe.failures,
+               frozen=probe.frozen.is_set(), link_changes=churn.ops, stray_routes=churn.strays)
+    return probe
+
+
+def _final_state(n1, n2, base, probe: StatusProbe, res: dict) -> None:
+    """Leaks (after the reaper and felix had up to 30 s), the FIB against desired state, the
+    loop lag the agent reports; into ``res``."""
+    if not probe.frozen.is_set():
+        try:
+            wait_for("no leak on n1", lambda: not leaks(base, snapshot(n1)), 30, 0.2)
+        except AssertionError:
+            pass
+    res["leaks"] = leaks(base, snapshot(n1))
+    st = agent_status(n1)
+    res["fib_problems"] = fib_problems(n1, [n2], snapshot(n1), st) if st else ["agent not answering"]
+    res["loop_worst_s"] = ((st or {}).get("loop") or {}).get("worst_s", "n/a")
+    res["loop_worst_seen_by_probe_s"] = probe.loop_worst_s if probe.loop_worst_s is not None else "n/a"
+    if st:
+        res.update(resyncs=st["fib"]["resyncs"], monitor_triggers=st["fib"]["monitor_triggers"])
+
+
+def _problems(res: dict, target_ip: str) -> list[str]:
+    problems = [f"n1's agent exited {res['agent_exited']}"] if "agent_exited" in res else []
+    if res["frozen"] or res["status_worst_s"] > STATUS_BOUND_S:
+        problems.append(f"status did not answer within {STATUS_BOUND_S} s: worst {res['status_worst_s']} s, "
+                        f"failures {res['status_failures'][:3]}")
+    worst_loop = [v for v in (res["loop_worst_s"], res["loop_worst_seen_by_probe_s"]) if isinstance(v, float)]
+    if worst_loop and max(worst_loop) > STATUS_BOUND_S:
+        problems.append(f"event loop lag {max(worst_loop)} s")
+    if res["bursts_run"] != BURSTS:
+        problems.append(f"only {res['bursts_run']} of {BURSTS} bursts ran")
+    for kind in ("add_failures", "del_failures"):
+        if res[kind]:
+            problems.append(f"{len(res[kind])} {kind}: {res[kind][:3]}")
+    if res["ping_failures"]:
+        problems.append(f"{res['ping_failures']} bursts' first pod could not ping {target_ip}")
+    if res["veths_left_after_del"]:
+        problems.append(f"{len(res['veths_left_after_del'])} host veths still there 10 s after their successful "
+                        f"DEL (pod namespaces alive): {res['veths_left_after_del'][:5]}")
+    return problems + res["leaks"] + res["fib_problems"]
+
+
 def test_churn_bursts_of_concurrent_adds_and_dels_no_stall_no_leak(tmp_path):
     from podroute.lab import control, netns, runner
     t_start = time.monotonic()
@@ -131,77 +201,26 @@ def test_churn_bursts_of_concurrent_adds_and_dels_no_stall_no_leak(tmp_path):
         n1, n2 = lb.nodes
         target_ip = next(p["ip"] for p in rep["pods"] if p["node"] == "n2")
         blocks = _extra_blocks(n1.block, PODS)
-        netns.kill_pids([n1.pid], grace=20)
-        start_agent_with(lb, n1, {"podCIDRs": blocks, "resyncInterval": 1})
-        wait_for("the lab to converge with n1's blocks " + ", ".join(blocks),
-                 lambda: not converged(lb) and all(runner._fib_has(n2.ns, b) for b in blocks), 60, 0.2)
-        base = snapshot(n1)
         res = {"bursts_requested": BURSTS, "pods_per_burst": PODS, "bursts_run": 0, "adds": 0, "dels": 0,
-               "add_failures": [], "del_failures": [], "ping_failures": 0, "veths_left_after_del": [], "blocks": blocks}
-        probe = StatusProbe(n1)
-        churn = LinkChurn(n1.ns)
-        probe.start()
-        churn.start()
+               "add_failures": [], "del_failures": [], "ping_failures": 0, "veths_left_after_del": [],
+               "blocks": blocks}
         try:
-            with ThreadPoolExecutor(max_workers=PODS) as pool:
-                for b in range(BURSTS):
-                    if probe.frozen.is_set() or time.monotonic() - t_start > DEADLINE_S:
-                        break
-                    adds, dels, pinged, stuck = _burst(lb, n1, b, PODS, pool, target_ip, base.host_veths)
-                    res["bursts_run"] += 1
-                    res["adds"] += len(adds)
-                    res["dels"] += len(dels)
-                    for kind, calls in (("add_failures", adds), ("del_failures", dels)):
-                        res[kind] += [f"burst {b} {c.container_id}: rc {c.rc} code {c.code} {c.msg[:200]} "
-                                      f"({c.seconds:.1f} s)" for c in calls if not c.ok]
-                    res["ping_failures"] += not pinged
-                    res["veths_left_after_del"] += stuck
+            netns.kill_pids([n1.pid], grace=20)
+            start_agent_with(lb, n1, {"podCIDRs": blocks, "resyncInterval": 1})
+            wait_for("the lab to converge with n1's blocks " + ", ".join(blocks),
+                     lambda: not converged(lb) and all(runner._fib_has(n2.ns, b) for b in blocks), 60, 0.2)
+            base = snapshot(n1)
+            probe = _run_bursts(lb, n1, base, target_ip, res, t_start)
+            _final_state(n1, n2, base, probe, res)
         finally:
-            churn.stop()
-            probe.stop()
-        res.update(status_samples=probe.samples, status_worst_s=round(probe.worst_s, 3),
-                   status_failures=probe.failures, frozen=probe.frozen.is_set(),
-                   link_changes=churn.ops, stray_routes=churn.strays)
-        if not probe.frozen.is_set():
-            try:
-                wait_for("no leak on n1", lambda: not leaks(base, snapshot(n1)), 30, 0.2)
-            except AssertionError:
-                pass
-        left = leaks(base, snapshot(n1))
-        st = agent_status(n1)
-        res["leaks"] = left
-        res["fib_problems"] = fib_problems(n1, [n2], snapshot(n1), st) if st else ["agent not answering"]
-        loop = (st or {}).get("loop") or {}
-        res["loop_worst_s"] = loop.get("worst_s", "n/a")
-        res["loop_worst_seen_by_probe_s"] = probe.loop_worst_s if probe.loop_worst_s is not None else "n/a"
-        if st:
-            res.update(resyncs=st["fib"]["resyncs"], monitor_triggers=st["fib"]["monitor_triggers"])
-        res["seconds"] = round(time.monotonic() - t_start, 1)
-        (tmp_path / "churn.json").write_text(json.dumps(res, indent=2))
-        print(f"\nchurn: {res['bursts_run']}/{BURSTS} bursts x {PODS} pods, {res['link_changes']} link changes, "
-              f"status worst {res['status_worst_s']} s over {probe.samples} queries"
-              f"{' (FROZEN)' if res['frozen'] else ''}, loop worst {res['loop_worst_s']}, "
-              f"add failures {len(res['add_failures'])}, del failures {len(res['del_failures'])}, "
-              f"ping failures {res['ping_failures']}, veths left after DEL {len(res['veths_left_after_del'])}, "
-              f"leaks {len(left)}, fib problems {len(res['fib_problems'])}; "
-              f"{tmp_path / 'churn.json'}")
-
-        problems = []
-        if res["frozen"] or probe.worst_s > STATUS_BOUND_S:
-            problems.append(f"status did not answer within {STATUS_BOUND_S} s: worst {res['status_worst_s']} s, "
-                            f"failures {probe.failures[:3]}")
-        worst_loop = [v for v in (res["loop_worst_s"], res["loop_worst_seen_by_probe_s"]) if isinstance(v, float)]
-        if worst_loop and max(worst_loop) > STATUS_BOUND_S:
-            problems.append(f"event loop lag {max(worst_loop)} s")
-        if res["bursts_run"] != BURSTS:
-            problems.append(f"only {res['bursts_run']} of {BURSTS} bursts ran")
-        for kind in ("add_failures", "del_failures"):
-            if res[kind]:
-                problems.append(f"{len(res[kind])} {kind}: {res[kind][:3]}")
-        if res["ping_failures"]:
-            problems.append(f"{res['ping_failures']} bursts' first pod could not ping {target_ip}")
-        if res["veths_left_after_del"]:
-            problems.append(f"{len(res['veths_left_after_del'])} host veths still there 10 s after their successful "
-                            f"DEL (pod namespaces alive): {res['veths_left_after_del'][:5]}")
-        problems += left + res["fib_problems"]
-        assert not problems, "\n".join(problems)
+            keep_logs(lb, tmp_path)
+    res["seconds"] = round(time.monotonic() - t_start, 1)
+    (tmp_path / "churn.json").write_text(json.dumps(res, indent=2))
+    print(f"\nchurn: {res['bursts_run']}/{BURSTS} bursts x {PODS} pods, {res['link_changes']} link changes, "
+          f"status worst {res['status_worst_s']} s over {res['status_samples']} queries"
+          f"{' (FROZEN)' if res['frozen'] else ''}, loop worst {res['loop_worst_s']}, "
+          f"add failures {len(res['add_failures'])}, del failures {len(res['del_failures'])}, "
+          f"ping failures {res['ping_failures']}, veths left after DEL {len(res['veths_left_after_del'])}, "
+          f"leaks {len(res['leaks'])}, fib problems {len(res['fib_problems'])}; {tmp_path / 'churn.json'}")
+    problems = _problems(res, target_ip)
+    assert not problems, "\n".join(problems)
