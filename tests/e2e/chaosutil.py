@@ -156,12 +156,13 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def kill_agent_service(lab: runner.Lab, node: runner.Node) -> list[int]:
+def kill_agent_service(lab: runner.Lab, node: runner.Node, pids: Sequence[int] | None = None) -> list[int]:
     """SIGKILL the node's agent and its descendants (ExaBGP, relay), as systemd's
     ``KillMode=control-group`` does on a crash, but not CNI plugin runs in the namespace.
-    Waits (bounded) until they are gone. Returns the PIDs signalled."""
+    ``pids``: that tree read beforehand (reading /proc takes milliseconds, which matter when
+    the moment is aimed). Waits (bounded) until they are gone. Returns the PIDs signalled."""
     assert node.pid, f"{node.name} has no agent"
-    pids = process_tree(node.pid)
+    pids = list(pids) if pids is not None else process_tree(node.pid)
     for p in pids:
         try:
             os.kill(p, signal.SIGKILL)

@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from chaosutil import (add_netns, agent_status, cni_retrying, converged, del_netns, fib_problems,
-                       keep_logs, kill_agent_service, kill_exabgp, leaks, ping, snapshot, wait_ipam_write)
+                       keep_logs, kill_agent_service, kill_exabgp, leaks, ping, process_tree, snapshot,
+                       wait_ipam_write)
 from labutil import lab, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -132,12 +133,12 @@ class SessionFlap(threading.Thread):
             time.sleep(0.2)  # the reflector may still be starting: its socket comes up shortly
 
 
-def _kill_and_restart(lb, target: str, victim, rng: random.Random) -> dict:
+def _kill_and_restart(lb, target: str, victim, rng: random.Random, pids: list[int] | None = None) -> dict:
     from podroute.lab import control
     ev: dict = {"target": target, "node": victim.name if target != "rr" else "rr"}
     down = round(rng.uniform(0.2, 2.0), 2)
     if target == "agent":
-        ev["killed"] = kill_agent_service(lb, victim)
+        ev["killed"] = kill_agent_service(lb, victim, pids)
         time.sleep(down)  # the outage's length, chosen by the RNG
         ev["restarted"] = control.start_agent(lb, victim.name)
     elif target == "exabgp":
@@ -177,12 +178,13 @@ def _round(lb, r: int, rng: random.Random, order: list[str], pods: list[dict], b
         if target == "agent":
             # Aimed where a crash can leave a half-wired pod (issue 14 #4): in the victim's next
             # ADD phase, just after the agent wrote an IP claim (the wiring takes a few ms).
+            pids = process_tree(victim.pid)
             churns[(n1, n2).index(victim)].adding.wait(10)
             ev_aim = "after an IPAM claim" if wait_ipam_write(victim) else "ADD phase"
-            time.sleep(rng.uniform(0.0, 0.005))
+            time.sleep(rng.uniform(0.0, 0.003))
         else:
-            ev_aim = "random"
-        ev = _kill_and_restart(lb, target, victim, rng)
+            ev_aim, pids = "random", None
+        ev = _kill_and_restart(lb, target, victim, rng, pids)
         ev["moment"] = ev_aim
         time.sleep(rng.uniform(1.0, 3.0))  # churn goes on after the restart
     finally:
