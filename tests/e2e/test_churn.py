@@ -2,14 +2,15 @@
 during the agent's route and link dumps, the agent's status probed throughout.
 
 Each burst: N throwaway pod namespaces, N concurrent CNI ADDs through the installed plugin
-(as a runtime execs it), one pod pings a pod on the other node, N concurrent DELs (their starts
-spread over a second), a wait until their host veths are gone while the pod namespaces still
-exist, the namespaces deleted. Meanwhile veth pairs are created and deleted back to back in the node's
-namespace and a stray proto-90 route is added now and then (the agent's route monitor
-takes it for drift: a full dump and repair), and the node runs with ``resyncInterval: 1``.
+(as a runtime execs it), one pod pings a pod on the other node, N concurrent DELs (their
+starts spread over a second), a wait until their host veths are gone while the pod
+namespaces still exist, the namespaces deleted. Meanwhile veth pairs are created and deleted
+back to back in the node's namespace and a stray proto-90 route is added now and then (the
+agent's route monitor takes it for drift: a full dump and repair), and the node runs with
+``resyncInterval: 1`` and as many /26 blocks of its /24 as N needs.
 
 Size: ``PODROUTE_CHURN_BURSTS`` bursts (default 5) of ``PODROUTE_CHURN_PODS`` pods
-(default 20); the issue's size is 50 x 100. ``PODROUTE_CHURN_DEADLINE_S`` (default 900)
+(default 20, at most 250); the issue's size is 50 x 100. ``PODROUTE_CHURN_DEADLINE_S`` (default 900)
 bounds the run. Results: ``<tmp>/churn.json`` and one printed line.
 """
 from __future__ import annotations
@@ -195,6 +196,7 @@ def _problems(res: dict, target_ip: str) -> list[str]:
 
 def test_churn_bursts_of_concurrent_adds_and_dels_no_stall_no_leak(tmp_path):
     from podroute.lab import control, netns, runner
+    assert BURSTS >= 1 and 1 <= PODS <= 250, "PODROUTE_CHURN_BURSTS >= 1, PODROUTE_CHURN_PODS 1..250 (one /24)"
     t_start = time.monotonic()
     with lab(tmp_path, "--nodes", "2", "--pods", "1") as (name, state, rep):
         lb = control.load(name, state)
