@@ -56,6 +56,7 @@ RTN_UNSPEC = 0
 AF_INET = socket.AF_INET
 
 NLMSGHDR = struct.Struct("=IHHII")
+NLMSG_FLAGS = struct.Struct("=H")  # nlmsg_flags, at offset 6 of NLMSGHDR
 RTMSG = struct.Struct("=BBBBBBBBI")
 RTATTR = struct.Struct("=HH")
 RTNEXTHOP = struct.Struct("=HBBi")

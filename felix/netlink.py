@@ -403,8 +403,13 @@ class NetlinkDataplane:
         self._seq = seq
         if last_op is None:
             return failures
-        msgs[-1] = encode(last_op.action, last_op.route, seq=last_seq, ifindex=ifindex,
-                          table=last_op.table, protocol=last_op.protocol)
+        # NLM_F_ACK set in the bytes already built, not by encoding the op again: a second
+        # encode resolves the device again, and a link-map refresh by a later op of this
+        # chunk may have dropped a veth a DEL just removed (the kernel answers ENODEV for
+        # the stale index instead, attributed to that op like any other failure).
+        last = bytearray(msgs[-1])
+        codec.NLMSG_FLAGS.pack_into(last, 6, codec.NLMSG_FLAGS.unpack_from(last, 6)[0] | codec.NLM_F_ACK)
+        msgs[-1] = last
         payload = b"".join(msgs)
         try:
             sent = self._sock.send(payload)

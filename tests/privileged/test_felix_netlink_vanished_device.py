@@ -17,8 +17,6 @@ from felix.routes import Route
 pytestmark = pytest.mark.privileged
 
 
-@pytest.mark.xfail(strict=True, reason="NEW bug (churn): _write_chunk re-encodes the chunk's last op for "
-                                       "its ACK outside the _NoDevice handling; remove this mark with the fix")
 def test_write_reports_enodev_when_the_last_ops_device_vanished_before_a_map_refresh(make_netns):
     ns = make_netns("felixgone")
     for cmd in ("ip link add d1 type veth peer name d1p", "ip link set d1 up"):
