@@ -60,8 +60,8 @@ def _nodes_table(lab: Lab, statuses: dict[str, dict[str, Any]]) -> tuple[str, bo
         ok &= bool(peers) and est == len(peers)
         learned = len(st.get("bgp", {}).get("routes", []))
         fib = st.get("fib", {}).get("desired_by_owner", {})
-        rows.append([n.name, n.ip, n.block, f"{est}/{len(peers)} Established", str(learned),
-                     f"{fib.get('bgp', 0)} remote, {fib.get('blocks', 0)} blackhole, {fib.get('workloads', 0)} workload",
+        owners = f"{fib.get('bgp', 0)} remote, {fib.get('blocks', 0)} blackhole, {fib.get('workloads', 0)} workload"
+        rows.append([n.name, n.ip, n.block, f"{est}/{len(peers)} Established", str(learned), owners,
                      str(st.get("workloads", 0))])
     table = statusd._table(["NODE", "NODE IP", "BLOCK", "BGP SESSIONS", "ROUTES LEARNED", "FIB (proto 90)", "PODS"],
                            rows)

@@ -23,18 +23,22 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from podroute import statusd
 from podroute.lab import agents, fabric, netns, pods, probes, report, routers
-from podroute.lab.model import ASN, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, Node, Pod, say, wait  # noqa: F401
+from podroute.lab.model import Lab, say, wait
 from podroute.lab.netns import LabError
-from podroute.lab.options import CLUSTER_FILE_TOPOLOGIES, ENCAPSULATIONS, LabOptions, check_host  # noqa: F401
+from podroute.lab.options import CLUSTER_FILE_TOPOLOGIES, LabOptions, check_host
 
 AGENT_ESTABLISH_TIMEOUT_S = 60
 FIB_LEARN_TIMEOUT_S = 30
 
 # The names callers wrote against when this module held the whole lab (tests/e2e helpers
 # import them from here); each is the one implementation in its concern's module.
+from podroute.lab.model import (  # noqa: E402,F401
+    ASN, POOL, RR2_IP, RR_IP, TIMEOUT_SCALE, TOR_ASN, Node, Pod, router_ip, subnet_net)
+from podroute.lab.options import ENCAPSULATIONS, MAX_NODES, MAX_SUBNETS, ROUTER_IMPLS, TOPOLOGIES  # noqa: E402,F401
 router_sessions = routers.sessions
 _node_config = agents.node_config
 _write_cluster = agents.write_cluster
@@ -49,7 +53,7 @@ _wait = wait
 _check_ipip = fabric.check_ipip
 
 
-def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict]:
+def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
     """Every step of ``lab up`` after the options are checked; returns (report text,
     passed, report.json document). Raises LabError from the failing step."""
     t_start = time.monotonic()
