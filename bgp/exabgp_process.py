@@ -1,4 +1,5 @@
-"""The ExaBGP child process and its supervision, for :class:`bgp.speaker.Speaker`.
+"""The ExaBGP child process, its supervision and its API sessions, for
+:class:`bgp.speaker.Speaker`.
 
 ``exabgp server <state_dir>/exabgp.conf`` (or bgp/exabgp_launch.py under
 ``SpeakerConfig.exabgp_python``) runs in the caller's network namespace, in its own session,
@@ -6,6 +7,10 @@ SIGKILLed when the agent dies. It is restarted with exponential backoff
 (:class:`bgp.supervisor.Backoff`: 1 s doubling to 30 s, reset after 60 s of uptime), each exit
 logged with its code and the tail of its output (md5 passwords redacted). The config file is
 written atomically with mode 0600; SIGUSR1 asks ExaBGP 5 to reload it.
+
+API sessions: :meth:`ExaBGPProcess.serve` serves a unix socket; ExaBGP runs bgp/relay.py as
+its API helper, which connects to it and hands over its stdin/stdout pipes (bgp/handoff.py).
+Each hand-off is one :class:`bgp.api.ApiSession`; a new one replaces (closes) the previous.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Coroutine
 
+from . import api
 from .errors import BGPError
 from .exabgp_config import LAUNCH_PATH, exabgp_env, redact
+from .handoff import PipeServer
 from .model import SpeakerConfig
 from .supervisor import Backoff, terminate
 
@@ -61,6 +68,9 @@ class ExaBGPProcess:
         self._on_exit = on_exit
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
+        self.session: api.ApiSession | None = None
+        self.sessions = 0  # API sessions so far
+        self._session_tasks: set[asyncio.Task] = set()
         self.starts = 0
         self.last_exit: str | None = None
         self._output_tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -120,6 +130,66 @@ class ExaBGPProcess:
         """SIGTERM the running child by PID, SIGKILL after ``kill_timeout``."""
         if self.proc is not None and self.proc.returncode is None:
             await terminate(self.proc, self.kill_timeout)
+
+    async def serve(self, socket_path: Path, on_event: Callable[[api.Event], None],
+                    on_session: Callable[[], None], ack_timeout: float, stop: asyncio.Event,
+                    peers_set: asyncio.Event, alongside: Coroutine) -> None:
+        """Serve ``socket_path`` for API sessions and :meth:`supervise` until ``stop``, with
+        ``alongside`` (the sync loop) as a task for as long. ``on_event`` gets every event of
+        the current session, ``on_session()`` runs when one starts; ``ack_timeout`` (s)
+        bounds each command's ack. Raises BGPError when the socket cannot be served."""
+        try:
+            socket_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise BGPError(f"cannot prepare {socket_path}: {exc}") from exc
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                close: Callable[[], None]) -> None:
+            if self.session is not None:
+                self.session.close()
+            session = self.session = api.ApiSession(reader, writer, on_event,
+                                                    ack_timeout=ack_timeout, on_close=close)
+            self.sessions += 1
+            self.log.info("ExaBGP API session %d connected", self.sessions)
+            on_session()
+            task = asyncio.current_task()
+            if task is not None:
+                self._session_tasks.add(task)
+            try:
+                await session.read_loop()
+            finally:
+                if task is not None:
+                    self._session_tasks.discard(task)
+                if self.session is session:
+                    self.session = None
+                self.log.info("ExaBGP API session closed")
+
+        server = PipeServer(socket_path, on_connection)
+        try:
+            await server.start()
+        except OSError as exc:
+            alongside.close()
+            raise BGPError(f"cannot serve {socket_path}: {exc}") from exc
+        task = asyncio.create_task(alongside, name="bgp-sync")
+        try:
+            await self.supervise(stop, peers_set)
+        finally:
+            task.cancel()
+            server.close()
+            for t in list(self._session_tasks):
+                t.cancel()
+            if self.session is not None:
+                self.session.close()
+            await asyncio.gather(task, *self._session_tasks, return_exceptions=True)
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2)
+            except (asyncio.TimeoutError, Exception):
+                pass
+            try:
+                socket_path.unlink()
+            except FileNotFoundError:
+                pass
+            await self.terminate()
 
     async def supervise(self, stop: asyncio.Event, peers_set: asyncio.Event) -> None:
         """Run ExaBGP, restarting it with backoff, until ``stop`` is set. With no peer

@@ -40,7 +40,6 @@ from .errors import BGPError, ConfigError
 from .exabgp_config import check_community, render_config
 from .exabgp_process import ExaBGPProcess
 from .graceful_restart import GracefulRestart
-from .handoff import PipeServer
 from .model import (BestRoute, ExportRoute, PathAttrs, PeerConfig, PeerStatus, SpeakerConfig,
                     SpeakerStatus)
 from .policy import ImportPolicy
@@ -127,13 +126,10 @@ class Speaker:
         for p in config.peers:
             self.rib_in.add_peer(p.address, p.asn)
             self.gr.add_peer(p.address)
-        self._session: api.ApiSession | None = None
-        self._session_tasks: set[asyncio.Task] = set()
         self._peers_set = asyncio.Event()  # set_peers() gave a non-empty set: (re)start ExaBGP
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._routes_scheduled = False
-        self.sessions = 0
         self._running = False
 
     # ---------------- public API ----------------
@@ -270,36 +266,15 @@ class Speaker:
         try:
             # Without peers no config is rendered, and the relay socket still needs the dir.
             Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
-            self.socket_path.unlink(missing_ok=True)
         except OSError as exc:
             raise BGPError(f"cannot prepare state dir {self.config.state_dir}: {exc}") from exc
-        server = PipeServer(self.socket_path, self._on_connection)
-        try:
-            await server.start()
-        except OSError as exc:
-            raise BGPError(f"cannot serve {self.socket_path}: {exc}") from exc
         self._running = True
-        sync_task = asyncio.create_task(self.rib_out.run(lambda: self._session,
-                                                         self._stop.is_set), name="bgp-sync")
         try:
-            await self.process.supervise(self._stop, self._peers_set)
+            await self.process.serve(
+                self.socket_path, self._on_event, self.rib_out.session_started,
+                self._ack_timeout, self._stop, self._peers_set,
+                self.rib_out.run(lambda: self.process.session, self._stop.is_set))
         finally:
-            sync_task.cancel()
-            server.close()
-            for t in list(self._session_tasks):
-                t.cancel()
-            if self._session is not None:
-                self._session.close()
-            await asyncio.gather(sync_task, *self._session_tasks, return_exceptions=True)
-            try:
-                await asyncio.wait_for(server.wait_closed(), 2)
-            except (asyncio.TimeoutError, Exception):
-                pass
-            try:
-                self.socket_path.unlink()
-            except FileNotFoundError:
-                pass
-            await self.process.terminate()
             self.gr.cancel()
             self._running = False
             self._stopped.set()
@@ -352,14 +327,19 @@ class Speaker:
         left in ExaBGP, every replay and End-of-RIB done). True with no peer at all."""
         if not self.config.peers:
             return True
-        s = self._session
+        s = self.process.session
         return s is not None and not s.closed and self.rib_out.settled()
 
     def _established(self, peer: IPv4Address) -> bool:
         p = self._peers.get(peer)
         return p is not None and p.state == "established"
 
-    # ---------------- ExaBGP process and API sessions ----------------
+    @property
+    def sessions(self) -> int:
+        """API sessions so far (one per ExaBGP start or API helper respawn)."""
+        return self.process.sessions
+
+    # ---------------- ExaBGP process ----------------
 
     def _on_exabgp_gone(self, reason: str) -> None:
         self.rib_out.exabgp_gone()
@@ -369,29 +349,6 @@ class Speaker:
                 p.set_state("down")
                 p.last_error = reason
             self._flush_peer(addr)
-
-    async def _on_connection(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter, close: Callable[[], None]) -> None:
-        old = self._session
-        if old is not None:
-            old.close()
-        session = api.ApiSession(reader, writer, self._on_event, ack_timeout=self._ack_timeout,
-                                 on_close=close)
-        self._session = session
-        self.sessions += 1
-        self.log.info("ExaBGP API session %d connected", self.sessions)
-        self.rib_out.session_started()
-        task = asyncio.current_task()
-        if task is not None:
-            self._session_tasks.add(task)
-        try:
-            await session.read_loop()
-        finally:
-            if task is not None:
-                self._session_tasks.discard(task)
-            if self._session is session:
-                self._session = None
-            self.log.info("ExaBGP API session closed")
 
     # ---------------- events ----------------
 
