@@ -20,14 +20,15 @@ NOTIFICATION, subcode 1 (RFC 4486 §4), which :meth:`AdjRibIn.receive` reports t
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Mapping
+from typing import Callable, Mapping
 
 from . import api
-from .model import PathAttrs, PeerConfig
+from .model import BestRoute, PathAttrs, PeerConfig
 from .policy import ImportPolicy
 from .prefix import key_of
 from .rib import Rib
@@ -57,26 +58,48 @@ class _PeerIn:
 class AdjRibIn:
     """The Adj-RIB-In of every peer and the Loc-RIB selected from it (``rib``).
 
-    Mutators return True when the Loc-RIB changed; the delta itself accumulates in
-    ``rib.take_changes()``. Not thread-safe (one event loop).
+    ``on_changes(delta)`` gets the Loc-RIB changes (prefix key -> BestRoute, or None) once per
+    event-loop pass after a mutator changed it (see :class:`bgp.speaker.Speaker`), or after
+    :meth:`notify`. Not thread-safe (one event loop).
     """
 
-    def __init__(self, local_as: int, policy: ImportPolicy, log: logging.Logger) -> None:
+    def __init__(self, local_as: int, policy: ImportPolicy, log: logging.Logger,
+                 on_changes: Callable[[Mapping[int, BestRoute | None]], None]) -> None:
         self.rib = Rib(local_as)
         self.policy = policy
         self.log = log
+        self._on_changes = on_changes
+        self._scheduled = False
         self._peers: dict[IPv4Address, _PeerIn] = {}
+
+    def notify(self) -> None:
+        """Call ``on_changes`` on the next loop pass (with whatever changed, maybe nothing);
+        at most once per pass. Without a running loop, the changes wait for the next call."""
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._scheduled = True
+        loop.call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._scheduled = False
+        try:
+            self._on_changes(self.rib.take_changes())
+        except Exception:
+            self.log.exception("on_changes callback failed")
 
     def add_peer(self, peer: IPv4Address, asn: int, router_id: IPv4Address | None = None) -> None:
         """Know ``peer`` (ASN from config, router id from its OPEN)."""
         self._peers.setdefault(peer, _PeerIn())
         self.rib.set_peer(peer, asn, router_id)
 
-    def remove_peer(self, peer: IPv4Address) -> bool:
-        """Flush and forget ``peer``; True when the Loc-RIB changed."""
-        changed = self.flush(peer)
+    def remove_peer(self, peer: IPv4Address) -> None:
+        """Flush and forget ``peer``."""
+        self.flush(peer)
         self._peers.pop(peer, None)
-        return changed
 
     def session_up(self, peer: IPv4Address) -> None:
         """A new session: max-prefix teardown may be requested again."""
@@ -85,9 +108,9 @@ class AdjRibIn:
     # ---- updates ----
 
     def receive(self, peer: IPv4Address, ev: api.UpdateEvent, withdrawn: list[int],
-                cfg: PeerConfig | None, local_as: int) -> tuple[bool, bool]:
+                cfg: PeerConfig | None, local_as: int) -> bool:
         """Apply one UPDATE from ``peer`` whose withdrawals are the prefix keys ``withdrawn``.
-        Returns (Loc-RIB changed, a max-prefix teardown is newly due)."""
+        Returns True when a max-prefix teardown is newly due."""
         p = self._peers[peer]
         if ev.announced_raw:
             p.announced_undecoded += len(ev.announced)
@@ -102,32 +125,31 @@ class AdjRibIn:
         return self._evaluate(peer, p, [(pfx, attrs) for pfx, _nh, attrs in ev.announced],
                               withdrawn, cfg, local_as)
 
-    def drop(self, peer: IPv4Address, keys: set[int]) -> bool:
+    def drop(self, peer: IPv4Address, keys: set[int]) -> None:
         """Remove the paths with prefix keys ``keys`` from ``peer`` (a graceful-restart sweep)."""
         p = self._peers.get(peer)
         if p is not None and p.rejected:
             for k in keys:
                 p.rejected.pop(k, None)
-        return bool(self.rib.update(peer, (), keys))
+        if self.rib.update(peer, (), keys):
+            self.notify()
 
-    def flush(self, peer: IPv4Address) -> bool:
-        """Drop every path from ``peer``; True when the Loc-RIB changed."""
+    def flush(self, peer: IPv4Address) -> None:
+        """Drop every path from ``peer``."""
         p = self._peers.get(peer)
         if p is not None:
             p.rejected = {}
-        return bool(self.rib.flush_peer(peer))
+        if self.rib.flush_peer(peer):
+            self.notify()
 
     def set_policy(self, policy: ImportPolicy, cfgs: Mapping[IPv4Address, PeerConfig],
-                   local_as: int) -> bool:
-        """Replace the policy and re-evaluate every kept path; True when the Loc-RIB changed."""
+                   local_as: int) -> None:
+        """Replace the policy and re-evaluate every kept path."""
         self.policy = policy
-        changed = False
         for peer, p in list(self._peers.items()):
             routes = self.pre_policy(peer)
             if routes:
-                changed |= self._evaluate(peer, p, sorted(routes.items()), [],
-                                          cfgs.get(peer), local_as)[0]
-        return changed
+                self._evaluate(peer, p, sorted(routes.items()), [], cfgs.get(peer), local_as)
 
     # ---- reads ----
 
@@ -163,10 +185,10 @@ class AdjRibIn:
 
     def _evaluate(self, peer: IPv4Address, p: _PeerIn,
                   routes: list[tuple[IPv4Network, PathAttrs]], withdrawn: list[int],
-                  cfg: PeerConfig | None, local_as: int) -> tuple[bool, bool]:
+                  cfg: PeerConfig | None, local_as: int) -> bool:
         """Run import policy on ``routes`` (prefix, attrs) from ``peer`` and apply the result
         with the ``withdrawn`` prefix keys (accepted → Rib; rejected → kept apart and
-        implicitly withdrawn)."""
+        implicitly withdrawn). Returns True when a max-prefix teardown is newly due."""
         rejected = p.rejected
         enforce = cfg.enforces_next_hop(local_as) if cfg else False
         limit = cfg.max_prefixes if cfg else None
@@ -221,7 +243,9 @@ class AdjRibIn:
                     size -= 1
                     added.discard(key)
                     gone.add(key)
-        return bool(self.rib.update(peer, accepted, withdraw)), teardown
+        if self.rib.update(peer, accepted, withdraw):
+            self.notify()
+        return teardown
 
 
 def withdrawn_keys(ev: api.UpdateEvent) -> list[int]:

@@ -93,7 +93,6 @@ class Speaker:
                  relay_python: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self._on_changes = on_changes
         self.log = log
         self._speed = exabgp_speed
         self._ack_timeout = ack_timeout
@@ -109,7 +108,7 @@ class Speaker:
             tuple(config.import_pools), tuple(config.own_blocks), config.node_ip,
             import_extra=tuple(config.import_extra), accept_default=config.accept_default,
             expected_next_hops=dict(config.expected_next_hops), router_id=config.router_id,
-            cluster_id=config.route_reflector_cluster_id), log)
+            cluster_id=config.route_reflector_cluster_id), log, on_changes)
         self.gr = GracefulRestart(config.graceful_restart_time, config.gr_stale_path_time,
                                   clock, self._sweep, log)
         self.process = ExaBGPProcess(
@@ -129,7 +128,6 @@ class Speaker:
         self._peers_set = asyncio.Event()  # set_peers() gave a non-empty set: (re)start ExaBGP
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._routes_scheduled = False
         self._running = False
 
     # ---------------- public API ----------------
@@ -156,8 +154,7 @@ class Speaker:
         """Replace node block → expected next hop (the owning node's IP) and re-evaluate
         every received path against the new policy (reason ``wrong_next_hop``)."""
         policy = replace(self.rib_in.policy, expected_next_hops=dict(mapping))
-        if self.rib_in.set_policy(policy, self._peer_cfgs, self.config.local_as):
-            self._schedule_routes()
+        self.rib_in.set_policy(policy, self._peer_cfgs, self.config.local_as)
         if self.config.route_reflector_cluster_id is not None:
             self.rib_out.wake.set()
 
@@ -185,7 +182,7 @@ class Speaker:
         for a in removed:
             self.rib_out.peer_removed(a)
             self.gr.remove_peer(a)
-            self._flush_peer(a)
+            self.rib_in.remove_peer(a)
             self._peers.pop(a, None)
         for a in added + changed:
             p = new_map[a]
@@ -206,7 +203,7 @@ class Speaker:
             self.log.info("no BGP peers left: stopping ExaBGP")
             asyncio.get_running_loop().create_task(self.process.terminate())
         if removed or added or changed:
-            self._schedule_routes()
+            self.rib_in.notify()
         self.rib_out.wake.set()
 
     def status(self) -> SpeakerStatus:
@@ -361,12 +358,8 @@ class Speaker:
         if isinstance(ev, api.UpdateEvent):
             withdrawn = withdrawn_keys(ev)
             self.gr.refreshed(peer, withdrawn, ev.announced)
-            changed, teardown = self.rib_in.receive(peer, ev, withdrawn,
-                                                    self._peer_cfgs.get(peer),
-                                                    self.config.local_as)
-            if changed:
-                self._schedule_routes()
-            if teardown:
+            if self.rib_in.receive(peer, ev, withdrawn, self._peer_cfgs.get(peer),
+                                   self.config.local_as):
                 self.rib_out.request_teardown(peer)
             if self.config.route_reflector_cluster_id is not None:
                 self.rib_out.wake.set()
@@ -385,7 +378,7 @@ class Speaker:
             self.log.info("End-of-RIB from %s (%s %s)", ev.peer, ev.afi, ev.safi)
             self._peers[ev.peer].eor_received = True
             self.gr.on_eor(ev.peer)
-            self._schedule_routes()
+            self.rib_in.notify()  # also with nothing swept: consumers re-check convergence
 
     def _on_state(self, ev: api.StateEvent) -> None:
         p = self._peers[ev.peer]
@@ -408,30 +401,10 @@ class Speaker:
         """Graceful restart's sweep: remove ``peer``'s stale paths."""
         if not keys:
             return
-        if self.rib_in.drop(peer, keys):
-            self._schedule_routes()
+        self.rib_in.drop(peer, keys)
         self.rib_out.wake.set()
 
     def _flush_peer(self, peer: IPv4Address) -> None:
         self.gr.forget_stale(peer)
-        if self.rib_in.flush(peer):
-            self._schedule_routes()
+        self.rib_in.flush(peer)
         self.rib_out.wake.set()
-
-    def _schedule_routes(self) -> None:
-        if self._routes_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._routes_scheduled = True
-        loop.call_soon(self._deliver_routes)
-
-    def _deliver_routes(self) -> None:
-        self._routes_scheduled = False
-        try:
-            # Also empty: End-of-RIB may matter to the consumer.
-            self._on_changes(self.rib_in.rib.take_changes())
-        except Exception:
-            self.log.exception("on_changes callback failed")
