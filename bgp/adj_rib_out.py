@@ -102,8 +102,6 @@ class AdjRibOut:
         self.log = log
         self.wake = asyncio.Event()
 
-    # ---- transitions ----
-
     def desired(self) -> dict[IPv4Network, tuple[str, ...]]:
         """What ExaBGP should announce to every neighbor: prefix -> communities."""
         if self.mode is Mode.DRAIN:
@@ -111,6 +109,8 @@ class AdjRibOut:
         out: dict[IPv4Network, tuple[str, ...]] = {p: () for p in self.blocks}
         out.update(self.exports)
         return out
+
+    # ---- transitions ----
 
     def session_started(self) -> None:
         self.due.full_replay = True
