@@ -34,6 +34,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nlcore.netns import SetnsError, call_in_netns
+from nlcore.wire import RT_SCOPE_LINK as SCOPE_LINK, RT_TABLE_MAIN as MAIN_TABLE
 
 from . import rtnl
 from .errors import (HOST_NS, TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound,
@@ -44,8 +45,6 @@ from .rtnl import Rtnl, RtnlError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 T = TypeVar("T")
-SCOPE_LINK = 253
-MAIN_TABLE = 254
 RETIRED_GROUP = 0x70727464  # IFLA_GROUP of retired host veths ("prtd"); never 0 (default group)
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR}
 

@@ -11,9 +11,9 @@ Shapes mirror what the kernel stores for an IPv4 route (rtnetlink(7), struct rtm
  - ECMP:                    ``198.19.2.0/26 nexthop via A weight 1 nexthop via B weight 1``
 ``metric`` is RTA_PRIORITY (0 = the kernel default; it is part of the route's identity in the FIB).
 
-``PODROUTE_PROTO`` (the rtm_protocol felix's routes carry) and ``dst_key`` (a destination's int
-key, :func:`nlcore.prefixkey.key_of`, what felix's tables are keyed by) are nlcore's, named
-here for felix's callers.
+``PODROUTE_PROTO`` (the rtm_protocol felix's routes carry), ``MAIN_TABLE`` (RT_TABLE_MAIN) and
+``dst_key`` (a destination's int key, :func:`nlcore.prefixkey.key_of`, what felix's tables are
+keyed by) are nlcore's, named here for felix's callers.
 """
 from __future__ import annotations
 
@@ -24,25 +24,26 @@ from typing import Iterable
 
 from nlcore.prefixkey import key_of as dst_key
 from nlcore.route import PODROUTE_PROTO
+from nlcore.wire import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RTN_BLACKHOLE, RTN_UNICAST
+from nlcore.wire import RT_TABLE_MAIN as MAIN_TABLE
 
 from .errors import InvalidRoute
-MAIN_TABLE = 254
-"""RT_TABLE_MAIN."""
+
 IFNAMSIZ = 16
 
 
 class RouteType(enum.IntEnum):
     """rtm_type values felix programs (linux/rtnetlink.h RTN_*)."""
 
-    UNICAST = 1
-    BLACKHOLE = 6
+    UNICAST = RTN_UNICAST
+    BLACKHOLE = RTN_BLACKHOLE
 
 
 class Scope(enum.IntEnum):
     """rtm_scope values felix programs (linux/rtnetlink.h RT_SCOPE_*)."""
 
-    UNIVERSE = 0
-    LINK = 253
+    UNIVERSE = RT_SCOPE_UNIVERSE
+    LINK = RT_SCOPE_LINK
 
 
 def _ifname_ok(name: str | None) -> bool:
