@@ -3,12 +3,13 @@
 Every table on the BGP->FIB path (Adj-RIB-In, Loc-RIB, the delta handed to the FIB, felix's
 desired and actual tables) is keyed by a prefix's **key**, one Python int: ``1 << length |
 network >> (32 - length)``, the prefix's number in a complete binary trie numbered like a heap,
-owned by :mod:`nlcore.prefixkey` (felix's tables use the same keys). An int hashes and compares in C; an
-``IPv4Network`` key costs a Python-level ``__hash__`` per probe and, in a 100k-route table, a
-cache miss on the object and its ``__dict__`` before the probe can start (measured: 0.9 us
-against 0.23 us per random lookup at 100k entries). Consecutive blocks get consecutive keys,
-which an int-keyed dict spreads over its slots without collisions. A withdrawal arriving as
-wire bytes is decoded straight to keys (:func:`unpack_keys`) and never becomes an object.
+owned by :mod:`nlcore.prefixkey` (felix's tables use the same keys). An int hashes and
+compares in C; an ``IPv4Network`` key costs a Python-level ``__hash__`` per probe and, in a
+100k-route table, a cache miss on the object and its ``__dict__`` before the probe can start
+(measured: 0.9 us against 0.23 us per random lookup at 100k entries). Consecutive blocks get
+consecutive keys, which an int-keyed dict spreads over its slots without collisions. A
+withdrawal arriving as wire bytes is decoded straight to keys (:func:`unpack_keys`) and never
+becomes an object.
 
 :class:`Prefix` is the ``IPv4Network`` a learned route carries (BestRoute.prefix, the felix
 Route's dst): equal to, and hashing like, one built from the same text, so mixed use stays
@@ -20,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from socket import inet_aton, inet_ntoa
 
 from nlcore.prefixkey import key as _prefix_key, unkey as _unkey
+
 
 class Prefix(IPv4Network):
     """An immutable ``IPv4Network`` that carries its key (see module doc) from construction.
@@ -33,8 +35,9 @@ class Prefix(IPv4Network):
 
     @property
     def key(self) -> int:
-        """The prefix's key (:func:`nlcore.prefixkey.key`), the same int object on every call;
-        the public name :func:`nlcore.prefixkey.key_of` (felix's ``dst_key``) reads it by."""
+        """The prefix's key (:func:`nlcore.prefixkey.key`), one int object for the prefix's
+        life: the public attribute (``nlcore.prefixkey.CARRIED``) through which
+        :func:`nlcore.prefixkey.key_of` (felix's ``dst_key``) shares that object."""
         return self._key
 
     def __hash__(self) -> int:

@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Mapping
 
 from nlcore import prefixkey
 from nlcore.ack import Ack, decode_ack
-from nlcore.route import PODROUTE_PROTO, REQUEST_FLAGS, encode_route_dump, nexthop, pack_delete, pack_via
+from nlcore.route import (PODROUTE_PROTO, REQUEST_FLAGS, encode_route_dump, nexthop, pack_delete,
+                          pack_via)
 from nlcore.route import encode_route_general as _encode_general
 from nlcore.wire import (AF_INET, BE32, HDR_LEN, IFINFOMSG, IFLA_IFNAME, NETLINK_CAP_ACK,
                          NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NETLINK_ROUTE, NLM_F_ACK,
@@ -91,7 +92,8 @@ def encode_route(action: str, route: Route, *, seq: int, ifindex: IfIndexOf,
         gwip = int(gw)
     name = route.ifname
     return pack_via(flags, seq, pid, net, plen, table, protocol, route.scope, route.type,
-                    RTNH_F_ONLINK if route.onlink else 0, gwip, 0 if name is None else ifindex(name))
+                    RTNH_F_ONLINK if route.onlink else 0, gwip,
+                    0 if name is None else ifindex(name))
 
 
 def encode_route_general(action: str, route: Route, *, seq: int, ifindex: IfIndexOf,

@@ -72,7 +72,8 @@ def call_in_netns(netns: str | int, fn: Callable[[], T], *, timeout: float | Non
         raise
     t.join(timeout)
     if t.is_alive():
-        raise TimeoutError(errno.ETIMEDOUT, f"no answer from the thread in {where} within {timeout} s")
+        raise TimeoutError(errno.ETIMEDOUT,
+                           f"no answer from the thread in {where} within {timeout} s")
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]

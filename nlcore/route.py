@@ -153,7 +153,9 @@ def encode_route_dump(seq: int, *, table: int = RT_TABLE_MAIN, protocol: int = 0
     NLM_F_DUMP. On a socket with NETLINK_GET_STRICT_CHK the kernel filters by table
     (RTA_TABLE), protocol (0 = any) and device (ip_valid_fib_dump_req; ENODEV for an unknown
     ``oif``); without it every IPv4 route comes back and the caller filters."""
-    body = RTMSG.pack(AF_INET, 0, 0, 0, RT_TABLE_UNSPEC, protocol, 0, 0, 0) + attr_u32(RTA_TABLE, table)
+    body = (RTMSG.pack(AF_INET, 0, 0, 0, RT_TABLE_UNSPEC, protocol, 0, 0, 0)
+            + attr_u32(RTA_TABLE, table))
     if oif:
         body += attr_u32(RTA_OIF, oif)
-    return NLMSGHDR.pack(HDR_LEN + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, pid) + body
+    return NLMSGHDR.pack(HDR_LEN + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                         pid) + body

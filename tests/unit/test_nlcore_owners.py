@@ -67,9 +67,11 @@ def test_bound_to_a_literal_in_its_owner_only(name):
         for node in ast.walk(tree):
             targets = node.targets if isinstance(node, ast.Assign) else \
                 [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
-            names = [t.id for t in targets if isinstance(t, ast.Name)] + \
-                [e.id for t in targets if isinstance(t, ast.Tuple) for e in t.elts if isinstance(e, ast.Name)]
-            if any(n.lstrip("_") == name for n in names) and not isinstance(node.value, (ast.Name, ast.Attribute)):
+            names = [t.id for t in targets if isinstance(t, ast.Name)] + [
+                e.id for t in targets if isinstance(t, ast.Tuple) for e in t.elts
+                if isinstance(e, ast.Name)]
+            if any(n.lstrip("_") == name for n in names) and \
+                    not isinstance(node.value, (ast.Name, ast.Attribute)):  # an alias is fine
                 where.append(rel)
     assert where == ([OWNERS[name]] if name != "VXLAN_DEV" else [])  # an alias is no literal
 
@@ -88,5 +90,7 @@ def test_nobody_outside_bgp_reads_the_private_key():
 
 def test_the_wheel_ships_nlcore():
     import tomllib
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert "nlcore*" in find["include"] and not any(p.startswith("nlcore") for p in find.get("exclude", ()))
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    find = conf["tool"]["setuptools"]["packages"]["find"]
+    assert "nlcore*" in find["include"]
+    assert not any(p.startswith("nlcore") for p in find.get("exclude", ()))

@@ -12,7 +12,8 @@ from nlcore import prefixkey as K
 @st.composite
 def networks(draw):
     plen = draw(st.integers(0, 32))
-    return IPv4Network((draw(st.integers(0, 2**32 - 1)) & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF), plen))
+    mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+    return IPv4Network((draw(st.integers(0, 2**32 - 1)) & mask, plen))
 
 
 @given(networks())
