@@ -29,47 +29,21 @@ added to a DEL the runtime no longer waits for.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from nlcore.netns import call_in_netns as in_netns  # (ns name, fn) -> fn() run in ns
 
 from . import ns as N
 
 CONCURRENT = 20
 CNI_BIN = "/usr/lib/cni"
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(ns: str, fn):
-    """Run ``fn()`` in a new thread switched into ``ns``; return its result / re-raise."""
-    box: dict = {}
-
-    def target():
-        fd = os.open(N.netns_path(ns), os.O_RDONLY)
-        try:
-            if _libc.setns(fd, 0x40000000) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["r"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            box["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["r"]
-
-
 def _env(cmd: str, cid: str, pod_ns: str, cni_path: str, pod: str) -> dict:
     return {"CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": N.netns_path(pod_ns),
             "CNI_IFNAME": "eth0", "CNI_PATH": cni_path,

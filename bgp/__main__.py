@@ -6,8 +6,8 @@ in the calling process's network namespace (start it with ``ip netns exec`` / ``
 Config JSON: the SpeakerConfig fields (plus optional ``exabgp_speed``, default 0.1;
 ``exabgp_python`` defaults to this interpreter when it can import exabgp, ``null`` turns the
 launcher off), addresses/prefixes as strings, ``peers`` as a list of
-PeerConfig objects. stdout gets one JSON object per line: ``{"routes": {prefix: {...}}}`` on
-every Loc-RIB change and ``{"status": {...}}`` in answer to ``status`` on stdin. stdin
+PeerConfig objects. stdout gets one JSON object per line: ``{"routes": {prefix: {...}}}`` (the
+whole Loc-RIB) after every ``on_changes`` call and ``{"status": {...}}`` in answer to ``status`` on stdin. stdin
 commands: ``status``, ``announce P1 P2 ...`` (replaces the set), ``peers <JSON list of
 PeerConfig objects>`` (:meth:`Speaker.set_peers`), ``exports <JSON list of {"prefix",
 "communities"}>``, ``nexthops <JSON {block: ip}>``, ``drain [settle_s]`` (:meth:`Speaker.drain`,
@@ -96,8 +96,9 @@ async def _main(path: str) -> int:
     if "exabgp_python" not in raw and importlib.util.find_spec("exabgp") is not None:
         raw["exabgp_python"] = sys.executable  # the withdrawal fast path (exabgp_launch.py)
     cfg = load_config(raw)
-    speaker = Speaker(cfg, lambda rib: _emit({"routes": _jsonable(dict(rib))}),
-                      exabgp_speed=speed)
+    # on_changes gives the delta; this driver prints the whole Loc-RIB after each one.
+    speaker = Speaker(cfg, lambda _delta: _emit(
+        {"routes": _jsonable(dict(speaker.best_routes_view()))}), exabgp_speed=speed)
     run = asyncio.create_task(speaker.run())
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

@@ -22,6 +22,10 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Iterable, Union
 
 from .errors import BGPError, CommandRejected, ExaBGPExited
+# The keys bgp/exabgp_launch.py renders a pure withdrawal and a pure announcement under:
+# {"ipv4 unicast": "<hex of the Withdrawn Routes field>"} and {"ipv4 unicast": {"<next hop>":
+# "<hex of the NLRI field>"}}.
+from .exabgp_launch import ANNOUNCE_RAW, WITHDRAW_RAW
 from .model import PathAttrs
 from .prefix import parse as parse_prefix, unpack_keys, unpack_nlri
 
@@ -33,11 +37,6 @@ _ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
 # One ``announce attributes ... nlri`` line carries at most this many prefixes (lines up to
 # 1 MiB are accepted; 500 keeps each ack quick).
 BULK_CHUNK = 500
-# The keys bgp/exabgp_launch.py renders a pure withdrawal and a pure announcement under:
-# {"ipv4 unicast": "<hex of the Withdrawn Routes field>"} and {"ipv4 unicast": {"<next hop>":
-# "<hex of the NLRI field>"}} (kept in step with exabgp_launch.KEY/KEY_ANNOUNCE by a unit test).
-WITHDRAW_RAW = "withdraw-raw"
-ANNOUNCE_RAW = "announce-raw"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Draining a speaker (a node that is leaving): its report, and how delivery is judged.
 
 BGP acknowledges no UPDATE (RFC 4271 §4.3), so "the peers have our withdrawal" is judged in
-three steps by :meth:`bgp.speaker.Speaker.drain`: ExaBGP acked every withdraw command; the
+three steps by :func:`drain` (for :meth:`bgp.speaker.Speaker.drain`): ExaBGP acked every withdraw command; the
 kernel's send queue of every Established session is empty, i.e. the peer's TCP acknowledged
 every byte ExaBGP wrote (``tx_queue`` of ``/proc/net/tcp``, proc(5): for an established TCP
 socket, bytes written and not yet acknowledged); then a settle time the operator chooses, for
@@ -11,11 +11,12 @@ FIBs), which no protocol message reports.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 PROC_TCP = Path("/proc/self/net/tcp")   # this process's network namespace, where ExaBGP runs
 _ESTABLISHED = "01"                     # TCP_ESTABLISHED in include/net/tcp_states.h
@@ -77,3 +78,48 @@ async def send_queues(peers: Iterable[IPv4Address], path: Path = PROC_TCP) -> di
     """:func:`parse_send_queues` of ``path``, read off the event loop."""
     text = await asyncio.to_thread(path.read_text)
     return parse_send_queues(text, peers)
+
+
+async def drain(withdrawn: tuple[IPv4Network, ...], acked: Callable[[], bool],
+                established: Callable[[], list[IPv4Address]],
+                configured: Callable[[], list[IPv4Address]], *, speed: float, settle_s: float,
+                timeout: float, log: logging.Logger) -> DrainReport:
+    """Wait (polling every 20 ms) until ``acked()`` (ExaBGP acked the withdrawal of
+    ``withdrawn``, already requested by the caller), then until every ``established()``
+    peer's send queue is empty, both within ``timeout`` s of the start, then ``settle_s`` s.
+    ``speed`` is ExaBGP's reactor speed (s); ``configured()`` lists every peer."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    deadline = t0 + timeout
+    while not acked() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    done = acked()
+    if done and withdrawn:
+        # ExaBGP acks a command when it is queued; its reactor writes the UPDATE on a
+        # later pass. A send queue read before that would be empty, and mean nothing.
+        await asyncio.sleep(min(0.5, max(0.05, 5 * speed)))
+    up = established()
+    queues: dict[IPv4Address, int] = {}
+    while up:
+        try:
+            queues = await send_queues(up)
+        except OSError as exc:
+            log.warning("cannot read TCP send queues: %s", exc)
+            break
+        # No socket to an Established peer: nothing confirms it, so it counts as not.
+        if all(queues.get(a) == 0 for a in up) or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.02)
+    undelivered = tuple(sorted(a for a in up if queues.get(a) != 0))
+    if settle_s > 0:
+        await asyncio.sleep(settle_s)
+    report = DrainReport(withdrawn=withdrawn, acked=done,
+                         delivered=tuple(sorted(a for a in up if a not in undelivered)),
+                         undelivered=undelivered,
+                         down=tuple(sorted(a for a in configured() if a not in up)),
+                         settle_s=settle_s, took_s=loop.time() - t0)
+    (log.info if report.complete else log.warning)(
+        "drained: %d prefixes withdrawn, acked %s, delivered to %d peers, undelivered %d, "
+        "down %d", len(withdrawn), done, len(report.delivered), len(undelivered),
+        len(report.down))
+    return report

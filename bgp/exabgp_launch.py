@@ -44,8 +44,10 @@ from __future__ import annotations
 import os
 import sys
 
-KEY = "withdraw-raw"
-KEY_ANNOUNCE = "announce-raw"
+# The update keys this file renders and bgp/api.py parses (the one definition: this file
+# cannot import the bgp package, bgp/api.py imports these).
+WITHDRAW_RAW = "withdraw-raw"
+ANNOUNCE_RAW = "announce-raw"
 _INTERNAL = 0xFFF0  # ExaBGP's own attribute codes (Attribute.CODE.INTERNAL_*) start above this
 
 
@@ -128,10 +130,10 @@ def install() -> str | None:
         kind = type(update)
         if kind is RawWithdraw:
             return {"message": self._json(
-                f'{{ "update": {{ "{KEY}": {{ "ipv4 unicast": "{update.raw.hex()}" }} }} }}')}
+                f'{{ "update": {{ "{WITHDRAW_RAW}": {{ "ipv4 unicast": "{update.raw.hex()}" }} }} }}')}
         if kind is RawAnnounce:
             return {"message": self._json(
-                f'{{ "update": {{ "attribute": {{ {update.attributes.json()} }}, "{KEY_ANNOUNCE}": '
+                f'{{ "update": {{ "attribute": {{ {update.attributes.json()} }}, "{ANNOUNCE_RAW}": '
                 f'{{ "ipv4 unicast": {{ "{update.next_hop}": "{update.raw.hex()}" }} }} }} }}')}
         return original_update(self, update)
 

@@ -19,11 +19,10 @@ the reason counted):
   (or equals) a block with a known owner in ``expected_next_hops``, the next hop is that
   owner's IP.
 
-``max_prefixes`` is per-peer state and lives in the speaker (reason ``max_prefixes``).
+``max_prefixes`` is per-peer state and lives in bgp/adj_rib_in.py (reason ``max_prefixes``).
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping
@@ -104,31 +103,3 @@ class ImportPolicy:
                     return "wrong_next_hop"
         return None
 
-
-class RejectionCounter:
-    """Currently rejected prefixes per peer and reason (counts follow the Adj-RIB-In, so a
-    withdrawn or flushed rejected route stops being counted); ``total`` counts every
-    rejection decision ever made."""
-
-    def __init__(self) -> None:
-        self._current: dict[IPv4Address, dict[IPv4Network, str]] = {}
-        self.total: Counter[tuple[IPv4Address, str]] = Counter()
-
-    def reject(self, peer: IPv4Address, prefix: IPv4Network, reason: str) -> None:
-        self._current.setdefault(peer, {})[prefix] = reason
-        self.total[(peer, reason)] += 1
-
-    def clear(self, peer: IPv4Address, prefixes: Iterable[IPv4Network]) -> None:
-        table = self._current.get(peer)
-        if table:
-            for p in prefixes:
-                table.pop(p, None)
-
-    def flush_peer(self, peer: IPv4Address) -> None:
-        self._current.pop(peer, None)
-
-    def count(self, peer: IPv4Address) -> int:
-        return len(self._current.get(peer, {}))
-
-    def by_reason(self, peer: IPv4Address) -> dict[str, int]:
-        return dict(Counter(self._current.get(peer, {}).values()))

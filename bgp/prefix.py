@@ -2,13 +2,14 @@
 
 Every table on the BGP->FIB path (Adj-RIB-In, Loc-RIB, the delta handed to the FIB, felix's
 desired and actual tables) is keyed by a prefix's **key**, one Python int: ``1 << length |
-network >> (32 - length)``, the prefix's number in a complete binary trie numbered like a heap
-(the same encoding as ``felix.routes.dst_key``). An int hashes and compares in C; an
-``IPv4Network`` key costs a Python-level ``__hash__`` per probe and, in a 100k-route table, a
-cache miss on the object and its ``__dict__`` before the probe can start (measured: 0.9 us
-against 0.23 us per random lookup at 100k entries). Consecutive blocks get consecutive keys,
-which an int-keyed dict spreads over its slots without collisions. A withdrawal arriving as
-wire bytes is decoded straight to keys (:func:`unpack_keys`) and never becomes an object.
+network >> (32 - length)``, the prefix's number in a complete binary trie numbered like a heap,
+owned by :mod:`nlcore.prefixkey` (felix's tables use the same keys). An int hashes and
+compares in C; an ``IPv4Network`` key costs a Python-level ``__hash__`` per probe and, in a
+100k-route table, a cache miss on the object and its ``__dict__`` before the probe can start
+(measured: 0.9 us against 0.23 us per random lookup at 100k entries). Consecutive blocks get
+consecutive keys, which an int-keyed dict spreads over its slots without collisions. A
+withdrawal arriving as wire bytes is decoded straight to keys (:func:`unpack_keys`) and never
+becomes an object.
 
 :class:`Prefix` is the ``IPv4Network`` a learned route carries (BestRoute.prefix, the felix
 Route's dst): equal to, and hashing like, one built from the same text, so mixed use stays
@@ -19,6 +20,9 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 from socket import inet_aton, inet_ntoa
 
+from nlcore.prefixkey import key as _prefix_key, unkey as _unkey
+
+
 class Prefix(IPv4Network):
     """An immutable ``IPv4Network`` that carries its key (see module doc) from construction.
     Raises ValueError (``AddressValueError``/``NetmaskValueError``) like IPv4Network on bad
@@ -27,11 +31,13 @@ class Prefix(IPv4Network):
 
     def __init__(self, address, strict: bool = True) -> None:
         super().__init__(address, strict)
-        self._key = 1 << self._prefixlen | int(self.network_address) >> (32 - self._prefixlen)
+        self._key = _prefix_key(int(self.network_address), self._prefixlen)
 
     @property
     def key(self) -> int:
-        """``1 << length | network >> (32 - length)`` (module doc)."""
+        """The prefix's key (:func:`nlcore.prefixkey.key`), one int object for the prefix's
+        life: the public attribute (``nlcore.prefixkey.CARRIED``) through which
+        :func:`nlcore.prefixkey.key_of` (felix's ``dst_key``) shares that object."""
         return self._key
 
     def __hash__(self) -> int:
@@ -62,7 +68,7 @@ def _build(net: int, plen: int) -> Prefix:
     p = _new(Prefix)
     p.network_address = addr
     p.netmask, p._prefixlen = netmask, plen
-    p._key = 1 << plen | net >> (32 - plen)
+    p._key = _prefix_key(net, plen)
     return p
 
 
@@ -98,16 +104,12 @@ def key_of(net: IPv4Network) -> int:
     """The key (module doc) of any IPv4Network: read from a Prefix, computed otherwise."""
     if type(net) is Prefix:
         return net._key  # type: ignore[attr-defined]
-    plen = net.prefixlen
-    return 1 << plen | int(net.network_address) >> (32 - plen)
+    return _prefix_key(int(net.network_address), net.prefixlen)
 
 
 def from_key(key: int) -> Prefix:
     """The Prefix a key stands for. Raises ValueError on a key no prefix has."""
-    if type(key) is not int or not 1 <= key < 1 << 33:
-        raise ValueError(f"not a prefix key: {key!r}")
-    plen = key.bit_length() - 1
-    return _build((key ^ 1 << plen) << (32 - plen), plen)
+    return _build(*_unkey(key))
 
 
 def unpack_keys(field: bytes) -> list[int]:
@@ -117,7 +119,7 @@ def unpack_keys(field: bytes) -> list[int]:
     ValueError naming the offset on a length over 32 or a prefix running past the end."""
     out: list[int] = []
     append = out.append
-    from_bytes = int.from_bytes
+    from_bytes, key = int.from_bytes, _prefix_key
     i, end = 0, len(field)
     while i < end:
         plen = field[i]
@@ -126,8 +128,8 @@ def unpack_keys(field: bytes) -> list[int]:
         if plen > 32 or j > end:
             raise ValueError(f"malformed NLRI at octet {i}: prefix length {plen}, "
                              f"{end - i - 1} octets left")
-        # The k octets hold 8k bits; the right shift drops the trailing ones.
-        append(1 << plen | from_bytes(field[i + 1:j], "big") >> (8 * k - plen))
+        # The k octets are the network's top 8k bits (trailing ones past plen dropped by key).
+        append(key(from_bytes(field[i + 1:j], "big") << (32 - 8 * k), plen))
         i = j
     return out
 

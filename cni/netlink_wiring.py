@@ -23,32 +23,30 @@ EBUSY/EAGAIN/ENOBUFS -> WiringError code 11 (try again later), others -> code 99
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
-import threading
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from nlcore.netns import SetnsError, call_in_netns
+from nlcore.wire import RT_SCOPE_LINK as SCOPE_LINK, RT_TABLE_MAIN as MAIN_TABLE
+
 from . import rtnl
 from .errors import (HOST_NS, TRY_AGAIN_LATER, CNIError, InterfaceExists, NetnsNotFound,
                      NotANetns, WiringError)
-from .netnsfile import CLONE_NEWNET, IS_HOST as _IS_HOST, check_netns_fd as _check_netns_fd
+from .netnsfile import IS_HOST as _IS_HOST, check_netns_fd as _check_netns_fd
 from .netnsfile import same_file as _same_file
 from .rtnl import Rtnl, RtnlError
 from .wiring import GATEWAY, HostVethState, PodIfaceState
 
 T = TypeVar("T")
-SCOPE_LINK = 253
-MAIN_TABLE = 254
 RETIRED_GROUP = 0x70727464  # IFLA_GROUP of retired host veths ("prtd"); never 0 (default group)
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR}
-_libc = ctypes.CDLL(None, use_errno=True)  # setns
 
 
 def _errno(e: BaseException) -> int | None:
@@ -98,26 +96,12 @@ def run_in_netns(path: str, fn: Callable[[], T], not_host: str | None = None) ->
     except BaseException:
         os.close(fd)
         raise
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise WiringError(f"setns into {path}: {os.strerror(err)}")
-            box["result"] = fn()
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
-
     try:
-        t = threading.Thread(target=target, name="cni-netns", daemon=True)
-        t.start()
-        t.join()
+        return call_in_netns(fd, fn, name="cni-netns")
+    except SetnsError as e:
+        raise WiringError(f"setns into {path}: {os.strerror(e.errno)}") from e
     finally:
         os.close(fd)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def _sysctl_path(kind: str, ifname: str, key: str) -> str:

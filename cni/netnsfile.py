@@ -13,9 +13,10 @@ import ctypes
 import fcntl
 import os
 
+from nlcore.netns import CLONE_NEWNET
+
 from .errors import NotANetns
 
-CLONE_NEWNET = 0x40000000
 NSFS_MAGIC = 0x6E736673  # statfs f_type of namespace files (linux/magic.h)
 NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file (Linux 4.11+)
 _STATFS_SIZE = 256  # bytes; struct statfs is 120 on 64-bit Linux, f_type its first field

@@ -45,6 +45,8 @@ import logging
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
+from nlcore.route import PODROUTE_PROTO
+
 from . import validate
 from .check import observe, prev_result_problems
 from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
@@ -106,7 +108,7 @@ class CNIPlugin:
     """The CNIHandler of the agent.
 
     ``mtu``: pod interface MTU in bytes (config ``"mtu"`` overrides per network);
-    ``protocol``: route protocol of the host /32 routes (90 = podroute);
+    ``protocol``: route protocol of the host /32 routes (podroute's, PODROUTE_PROTO);
     ``workloads``: the route's writer (felix's sink; default :class:`cni.route_writer.WiringRoutes`,
     the plugin's own thread through ``wiring``); ``route_timeout``: seconds ADD and DEL wait
     for it; ``host_prefix``: host veth name prefix
@@ -115,7 +117,7 @@ class CNIPlugin:
     STATUS, returns None when the agent can wire pods or the reason it cannot.
     """
 
-    def __init__(self, *, ipam: IPAM, wiring: Wiring, mtu: int, protocol: int = 90,
+    def __init__(self, *, ipam: IPAM, wiring: Wiring, mtu: int, protocol: int = PODROUTE_PROTO,
                  workloads: WorkloadSink | None = None, host_prefix: str = "prt",
                  reap_delay: float = 0.2, route_timeout: float = 10.0,
                  readiness: Callable[[], str | None] | None = None) -> None:

@@ -18,9 +18,10 @@ import os
 import socket
 import struct
 import sys
-import threading
 import time
 from typing import Mapping, Sequence
+
+from nlcore.netns import call_in_netns
 
 from . import codec
 from .dataplane import RouteFailure, RouteOp, RouteSink
@@ -29,28 +30,11 @@ from .routes import Route
 
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = "/var/run/netns"
 _ACK_TRUESIZE = 1024  # bytes of receive buffer one ack skb costs (conservative)
 # A 32 MB receive buffer holds at most ~32k ack skbs (_ACK_TRUESIZE each); twice that.
 _DRAIN_MAX = 65536
 
 log = logging.getLogger("felix.netlink")
-
-
-def _netns_path(netns: str) -> str:
-    return netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
-
-
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"setns({path}): {os.strerror(e)}")
-    finally:
-        os.close(fd)
 
 
 def open_route_socket(netns: str | None = None, *, groups: int = 0, rcvbuf: int = 32 << 20,
@@ -85,23 +69,7 @@ def open_route_socket(netns: str | None = None, *, groups: int = 0, rcvbuf: int 
     try:
         if netns is None:
             return make()
-        result: list = []
-
-        def in_ns() -> None:
-            try:
-                _setns(_netns_path(netns))
-                result.append(make())
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                result.append(e)
-
-        t = threading.Thread(target=in_ns, name=f"felix-setns-{netns}", daemon=True)
-        t.start()
-        t.join(10)
-        if not result:
-            raise OSError(errno.ETIMEDOUT, f"opening a netlink socket in {netns} timed out")
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        return result[0]
+        return call_in_netns(netns, make, timeout=10, name=f"felix-setns-{netns}")
     except OSError as e:
         raise DataplaneError(e.errno or errno.EIO, f"netlink socket (netns={netns}): {e}") from e
 
@@ -403,8 +371,13 @@ class NetlinkDataplane:
         self._seq = seq
         if last_op is None:
             return failures
-        msgs[-1] = encode(last_op.action, last_op.route, seq=last_seq, ifindex=ifindex,
-                          table=last_op.table, protocol=last_op.protocol)
+        # NLM_F_ACK set in the bytes already built, not by encoding the op again: a second
+        # encode resolves the device again, and a link-map refresh by a later op of this
+        # chunk may have dropped a veth a DEL just removed (the kernel answers ENODEV for
+        # the stale index instead, attributed to that op like any other failure).
+        last = bytearray(msgs[-1])
+        codec.NLMSG_FLAGS.pack_into(last, 6, codec.NLMSG_FLAGS.unpack_from(last, 6)[0] | codec.NLM_F_ACK)
+        msgs[-1] = last
         payload = b"".join(msgs)
         try:
             sent = self._sock.send(payload)

@@ -10,6 +10,10 @@ Shapes mirror what the kernel stores for an IPv4 route (rtnetlink(7), struct rtm
  - blackhole:               ``blackhole 198.19.0.0/26``                   (Calico local block)
  - ECMP:                    ``198.19.2.0/26 nexthop via A weight 1 nexthop via B weight 1``
 ``metric`` is RTA_PRIORITY (0 = the kernel default; it is part of the route's identity in the FIB).
+
+``PODROUTE_PROTO`` (the rtm_protocol felix's routes carry), ``MAIN_TABLE`` (RT_TABLE_MAIN) and
+``dst_key`` (a destination's int key, :func:`nlcore.prefixkey.key_of`, what felix's tables are
+keyed by) are nlcore's, named here for felix's callers.
 """
 from __future__ import annotations
 
@@ -18,27 +22,28 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
 
+from nlcore.prefixkey import key_of as dst_key
+from nlcore.route import PODROUTE_PROTO
+from nlcore.wire import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RTN_BLACKHOLE, RTN_UNICAST
+from nlcore.wire import RT_TABLE_MAIN as MAIN_TABLE
+
 from .errors import InvalidRoute
 
-PODROUTE_PROTO = 90
-"""rtm_protocol marking felix's routes (Calico uses 80, BIRD 12, kernel 2, boot 3, static 4)."""
-MAIN_TABLE = 254
-"""RT_TABLE_MAIN."""
 IFNAMSIZ = 16
 
 
 class RouteType(enum.IntEnum):
     """rtm_type values felix programs (linux/rtnetlink.h RTN_*)."""
 
-    UNICAST = 1
-    BLACKHOLE = 6
+    UNICAST = RTN_UNICAST
+    BLACKHOLE = RTN_BLACKHOLE
 
 
 class Scope(enum.IntEnum):
     """rtm_scope values felix programs (linux/rtnetlink.h RT_SCOPE_*)."""
 
-    UNIVERSE = 0
-    LINK = 253
+    UNIVERSE = RT_SCOPE_UNIVERSE
+    LINK = RT_SCOPE_LINK
 
 
 def _ifname_ok(name: str | None) -> bool:
@@ -243,30 +248,6 @@ def _replace_multipath(r: Route, mp: tuple[NextHop, ...]) -> Route:
         object.__setattr__(new, f, getattr(r, f))
     object.__setattr__(new, "multipath", mp)
     return new
-
-
-def dst_key(dst: IPv4Network) -> int:
-    """A route destination as one int, ``1 << length | network >> (32 - length)``: the
-    prefix's number in a complete binary trie numbered like a heap (unique per prefix, 1 for
-    0.0.0.0/0). What the dataplane reads from a kernel message without building an
-    IPv4Network, and what felix's tables are keyed by. Consecutive blocks of one length get
-    consecutive keys, so an int-keyed dict (int hash = the int) spreads them over its slots
-    with no collisions; ``network << 6 | length`` put every /26 of a 100k-route table on
-    one slot in 64 and measured 2x slower per lookup.
-
-    An IPv4Network subclass may carry this int as ``_key`` (bgp.prefix.Prefix does): when it
-    is equal to the computed one, that object is returned, so the tables of a 100k-route FIB
-    share one int per route instead of holding an equal copy each (3 MB per copy)."""
-    try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
-        plen = dst._prefixlen
-        key = 1 << plen | dst.network_address._ip >> (32 - plen)
-    except AttributeError:
-        plen = dst.prefixlen
-        key = 1 << plen | int(dst.network_address) >> (32 - plen)
-    # getattr, not __dict__: reading an instance's __dict__ makes CPython 3.11+ build one for
-    # it (its attributes live inline until then), ~60 bytes per prefix.
-    carried = getattr(dst, "_key", None)
-    return carried if carried == key else key
 
 
 __all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "dst_key"]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Protocol, runtime_checkable
 
+from .devices import TUNL0
+
 
 def normalize_mac(mac: str) -> str:
     """``"AA-bb:.."`` → ``"aa:bb:.."``; raises ValueError unless 6 hex octets."""
@@ -68,7 +70,7 @@ class IPIPDataplane(Protocol):
     def get_link(self, ifname: str) -> LinkInfo | None:
         """The link named ``ifname``, or None if absent."""
 
-    def ensure_ipip_fallback(self, ifname: str = "tunl0") -> None:
+    def ensure_ipip_fallback(self, ifname: str = TUNL0) -> None:
         """Make the IPIP device ``ifname`` exist (load ``ipip`` / create it).
 
         Raises :class:`~ipip.errors.IPIPUnavailable` if the kernel cannot do IPIP.

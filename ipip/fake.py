@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface
 
 from .dataplane import FDBEntry, LinkInfo, NeighEntry, VXLANParams, normalize_mac
+from .devices import TUNL0
 from .errors import DataplaneError, InterfaceNotFound, IPIPUnavailable
 
 
@@ -32,7 +33,7 @@ class FakeDataplane:
         self._faults: dict[str, list[Exception]] = {}
         self._next_index = 2
         if ipip_loaded:
-            self._new_link("tunl0", "ipip", 1480)
+            self._new_link(TUNL0, "ipip", 1480)
 
     # -- fault injection -------------------------------------------------------------------
     def fail_next(self, method: str, exc: Exception | None = None, times: int = 1) -> None:
@@ -68,7 +69,7 @@ class FakeDataplane:
         link = self.links.get(ifname)
         return link.info if link else None
 
-    def ensure_ipip_fallback(self, ifname: str = "tunl0") -> None:
+    def ensure_ipip_fallback(self, ifname: str = TUNL0) -> None:
         self._maybe_fail("ensure_ipip_fallback")
         if ifname in self.links:
             return

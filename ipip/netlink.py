@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .dataplane import FDBEntry, LinkInfo, NeighEntry, VXLANParams, normalize_mac
+from .devices import TUNL0
 from .errors import DataplaneError, InterfaceNotFound, IPIPUnavailable
 
 AF_INET = 2
@@ -95,7 +96,7 @@ class NetlinkDataplane:
                           ok=(_errno.ENODEV,))
         return list(msgs)[0].get("IFLA_IFNAME") if msgs else None
 
-    def ensure_ipip_fallback(self, ifname: str = "tunl0") -> None:
+    def ensure_ipip_fallback(self, ifname: str = TUNL0) -> None:
         """tunl0 appears in every namespace once the ``ipip`` module is loaded (the
         kernel's fallback device); otherwise load the module, then, like Felix's
         ipip_mgr, create an ipip link of that name (which also autoloads the module)."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface
 
 from .dataplane import IPIPDataplane
+from .devices import TUNL0
 from .errors import DataplaneError
 from .mtu import IPIP_OVERHEAD
 from .status import Reconciler
 
-TUNL0 = "tunl0"
 DEFAULT_MTU = 1500 - IPIP_OVERHEAD
 
 

@@ -21,10 +21,10 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import Mapping
 
 from .dataplane import FDBEntry, IPIPDataplane, NeighEntry, VXLANParams, normalize_mac
+from .devices import VXLAN_IFNAME
 from .mtu import VXLAN_OVERHEAD
 from .status import Reconciler
 
-VXLAN_IFNAME = "vxlan.podroute"  # 14 chars, within IFNAMSIZ-1 = 15
 VXLAN_VNI = 4096
 VXLAN_PORT = 4789
 

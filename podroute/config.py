@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cni.shim import SUN_PATH_MAX
+from nlcore.route import PODROUTE_PROTO
 from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
                              clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
@@ -114,7 +115,7 @@ class NodeConfig:
     listen_address: ipaddress.IPv4Address | None = None
     listen_port: int = 179
     graceful_restart_time: int = 120
-    route_protocol: int = 90
+    route_protocol: int = PODROUTE_PROTO
     resync_interval: float = 30.0
     paths: Paths = Paths()
     cluster_file: Path | None = None
@@ -289,7 +290,8 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     listen_port = listen.get("port", integer(1, 65535), 179)
     listen.finish()
     gr = s.get("gracefulRestartTime", integer(1, 4095), 120)  # RFC 4724 §3: 12-bit restart time
-    proto = s.get("routeProtocol", integer(5, 255), 90)  # 0..4 are the kernel's own (rtnetlink.h)
+    # 0..4 are the kernel's own (rtnetlink.h)
+    proto = s.get("routeProtocol", integer(5, 255), PODROUTE_PROTO)
     resync = s.get("resyncInterval", number(1, 3600), 30.0)
     p = s.section("paths")
     paths = Paths(p.get("stateDir", _file_path, Paths.state_dir), p.get("runDir", _run_dir, Paths.run_dir))

@@ -21,10 +21,8 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Sequence
 
 from felix.routes import NextHop, Route
+from ipip.devices import TUNL0, VXLAN_IFNAME as VXLAN_DEV
 from ipip.modes import Encapsulation, PoolEncap, route_encap
-
-TUNL0 = "tunl0"
-VXLAN_DEV = "vxlan.podroute"
 
 
 def _hop(encap: Encapsulation, nh: IPv4Address) -> NextHop:

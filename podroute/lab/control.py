@@ -7,33 +7,32 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from podroute.lab import netns, runner
+from podroute.lab import agents, netns, routers
+from podroute.lab.model import Lab, Node
 from podroute.lab.netns import LabError
 
 
-def load(name: str, state_root: Path) -> runner.Lab:
-    lab = runner.Lab.load(state_root / name)
+def load(name: str, state_root: Path) -> Lab:
+    lab = Lab.load(state_root / name)
     if lab is None:
         raise LabError(f"no lab '{name}' under {state_root}")
     return lab
 
 
-def node(lab: runner.Lab, name: str) -> runner.Node:
+def node(lab: Lab, name: str) -> Node:
     for n in lab.nodes:
         if n.name == name:
             return n
     raise LabError(f"lab '{lab.name}' has no node {name}")
 
 
-def kill_agent(lab: runner.Lab, name: str, sig: int = signal.SIGKILL) -> list[int]:
+def kill_agent(lab: Lab, name: str, sig: int = signal.SIGKILL) -> list[int]:
     """Send ``sig`` to the node's agent and everything else running in its namespace (its
     ExaBGP and relay), as a crash of the whole service would. Returns the PIDs signalled."""
     n = node(lab, name)
@@ -49,7 +48,7 @@ def kill_agent(lab: runner.Lab, name: str, sig: int = signal.SIGKILL) -> list[in
     return pids
 
 
-def stop_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> float:
+def stop_agent(lab: Lab, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> float:
     """Stop the node's agent as systemd does with ``KillMode=mixed``: ``sig`` to the agent
     alone, up to ``timeout`` s (``TimeoutStopSec``) for it to exit, then SIGKILL to whatever
     is left in its namespace. Returns the seconds the agent took to exit. Raises LabError if
@@ -69,7 +68,7 @@ def stop_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM, timeout: f
     return took
 
 
-def restart_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM,
+def restart_agent(lab: Lab, name: str, sig: int = signal.SIGTERM,
                   config: dict[str, Any] | None = None) -> int:
     """``systemctl restart`` for a lab node: :func:`stop_agent` (or, for SIGKILL, a crash of
     the whole service, :func:`kill_agent`), then :func:`start_agent` with ``config``.
@@ -81,38 +80,32 @@ def restart_agent(lab: runner.Lab, name: str, sig: int = signal.SIGTERM,
     return start_agent(lab, name, config)
 
 
-def start_agent(lab: runner.Lab, name: str, config: dict[str, Any] | None = None) -> int:
+def start_agent(lab: Lab, name: str, config: dict[str, Any] | None = None) -> int:
     """Start the node's agent on the lab's node config, with the top-level keys of
     ``config`` (node.yaml spelling, e.g. ``serviceCIDRs``) put over it for this start.
     Returns the agent's PID."""
     n = node(lab, name)
     if not config:
-        runner._start_agent(lab, n)
+        agents.start(lab, n)
     else:
-        path = runner._node_config(lab, n)
-        doc = yaml.safe_load(path.read_text())
+        # Over the lab's own node.yaml, without agents.start: it would write the lab's again.
+        doc = agents.node_config_doc(lab, n)
         doc.update(config)
+        path = Path(n.dir) / "node.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        # runner._start_agent would write the lab's config again: the same start, on ours.
-        log = open(Path(n.dir) / "agent.log", "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", n.ns, sys.executable, "-m", "podroute.cli", "node", "run",
-                                 "--config", str(path)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        n.pid = proc.pid
-        lab.save()
+        agents.spawn(lab, n, path)
     assert n.pid is not None
     return n.pid
 
 
-def router(lab: runner.Lab, name: str) -> dict[str, Any]:
+def router(lab: Lab, name: str) -> dict[str, Any]:
     for r in lab.routers:
         if r["name"] == name:
             return r
     raise LabError(f"lab '{lab.name}' has no router {name}")
 
 
-def stop_router(lab: runner.Lab, name: str, sig: int = signal.SIGKILL) -> None:
+def stop_router(lab: Lab, name: str, sig: int = signal.SIGKILL) -> None:
     """Stop an external router by PID (SIGKILL: no NOTIFICATION, as a crash or power loss)."""
     r = router(lab, name)
     if sig == signal.SIGKILL:
@@ -130,22 +123,15 @@ def stop_router(lab: runner.Lab, name: str, sig: int = signal.SIGKILL) -> None:
             pass
 
 
-def start_router(lab: runner.Lab, name: str) -> int:
+def start_router(lab: Lab, name: str) -> int:
     """Start a stopped router again with its existing config."""
     r = router(lab, name)
-    rdir = Path(r["dir"])
-    if r["impl"] == "bird":
-        argv = ["bird", "-f", "-c", str(rdir / "bird.conf"), "-s", r["ctl"], "-P", str(rdir / "bird.pid")]
-    else:
-        from podroute.lab import frr
-        argv = frr.command(rdir / "bgpd.conf", rdir, rdir / "bgpd.pid")
-    proc = subprocess.Popen(["ip", "netns", "exec", r["ns"], *argv], stdout=open(rdir / "router.out", "ab"),
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = routers.spawn(r["ns"], r["impl"], Path(r["dir"]), mode="ab")
     r["pid"] = proc.pid
     lab.save()
     return proc.pid
 
 
-def set_cluster_members(lab: runner.Lab, names: list[str]) -> None:
+def set_cluster_members(lab: Lab, names: list[str]) -> None:
     """Rewrite the cluster file (mesh / podroute-rr labs) to list only ``names``."""
-    runner._write_cluster(lab, [node(lab, n) for n in names])
+    agents.write_cluster(lab, [node(lab, n) for n in names])

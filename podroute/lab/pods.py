@@ -21,6 +21,7 @@ from typing import Any
 
 from podroute.cniconf import CONFLIST_NAME
 from podroute.lab import libcni, netns
+from podroute.lab.model import Lab, Node, Pod
 from podroute.lab.netns import LabError
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")  # containernetworking-plugins (Debian), for portmap
@@ -118,3 +119,29 @@ def delete(node_dir: Path, node_ns: str, att: libcni.Attachment) -> None:
     except libcni.PluginFailed as e:
         raise LabError(str(e)) from None
     cache.unlink(missing_ok=True)
+
+
+def container_id(lab: Lab, node: Node, j: int) -> str:
+    """The container ID of pod ``j`` of ``node``: ``<lab><node>pod<j>`` padded with '0' to 16."""
+    return f"{lab.name}{node.name}pod{j}".ljust(16, "0")
+
+
+def wire(lab: Lab, node: Node, j: int) -> Pod:
+    """Pod ``j`` of ``node``: namespace ``prl-<lab>-<node>p<j>``, attached by CNI ADD through
+    the node's conflist (:func:`add`); recorded in lab.json before the ADD so that ``lab down``
+    removes it. Raises LabError naming the pod when the ADD fails."""
+    name = f"{node.name}p{j}"
+    pod_ns = f"{lab.prefix}{name}"
+    netns.add(pod_ns)
+    lab.namespaces.append(pod_ns)
+    cid = container_id(lab, node, j)
+    pod = Pod(name, node.name, pod_ns, cid)
+    lab.pods.append(pod)
+    lab.save()
+    try:
+        result, pod.add_ms = add(Path(node.dir), node.ns, attachment(pod_ns, cid, name))
+    except LabError as e:
+        raise LabError(f"CNI ADD for pod {name} on {node.name}: {e}") from None
+    pod.ip = result["ips"][0]["address"].split("/")[0]
+    lab.save()
+    return pod

@@ -4,10 +4,10 @@ What an operator does on a real cluster when an IP pool's ``ipipMode`` / ``vxlan
 changes (Calico: edit the IPPool, Felix reprograms), done here by config + restart:
 
 1. rewrite every node's ``node.yaml`` with the new pool modes (the same renderer
-   ``lab up`` uses, :func:`podroute.lab.runner._node_config`);
+   ``lab up`` uses, :func:`podroute.lab.agents.node_config`);
 2. restart the agents one node at a time (rolling): SIGTERM by the PID recorded in
    ``lab.json``, wait (bounded), start it again exactly as ``lab up`` does
-   (:func:`podroute.lab.runner._start_agent`), record the new PID in ``lab.json``, wait
+   (:func:`podroute.lab.agents.start`), record the new PID in ``lab.json``, wait
    until its sessions are Established and its graceful-restart hold is released. Routes stay in the FIB across the restart; the
    new agent keeps its previous BGP routes as stale only until every peer has sent
    End-of-RIB (RFC 4724 §4.2), then replaces them with the new mode's routes, and
@@ -31,14 +31,16 @@ import sys
 import time
 from pathlib import Path
 
-from podroute.lab import netns, runner
+from podroute.lab import agents, fabric, netns, probes
+from podroute.lab.model import Lab, Node, wait
+from podroute.lab.options import validate_encapsulation
 from podroute.lab.netns import LabError
 from podroute.routing import TUNL0, VXLAN_DEV
 
 AGENT_STOP_GRACE_S = 20.0
 
 
-def expected_route(lab: runner.Lab, src: runner.Node, dst: runner.Node) -> str:
+def expected_route(lab: Lab, src: Node, dst: Node) -> str:
     """The ``ip route`` text (prefix through the device and onlink flag) ``src`` must hold
     for ``dst``'s block under the lab's current encapsulation."""
     native = f"{dst.block} via {dst.ip} dev eth0"
@@ -48,16 +50,16 @@ def expected_route(lab: runner.Lab, src: runner.Node, dst: runner.Node) -> str:
     return f"{dst.block} via {dst.ip} dev {dev} onlink"
 
 
-def _unused_devices(lab: runner.Lab) -> list[str]:
+def _unused_devices(lab: Lab) -> list[str]:
     return [dev for enc, dev in (("ipip", TUNL0), ("vxlan", VXLAN_DEV)) if lab.encapsulation != enc]
 
 
-def convergence_problems(lab: runner.Lab) -> list[str]:
+def convergence_problems(lab: Lab) -> list[str]:
     """Everything that still differs from the converged state (empty list: converged)."""
     problems: list[str] = []
     unused = _unused_devices(lab)
     for n in lab.nodes:
-        st = runner._status(n)
+        st = agents.status(n)
         if not st:
             problems.append(f"{n.name}: agent not answering")
             continue
@@ -66,7 +68,7 @@ def convergence_problems(lab: runner.Lab) -> list[str]:
             problems.append(f"{n.name}: BGP not established")
         if st["fib"].get("graceful_restart_hold"):
             problems.append(f"{n.name}: still holding stale routes (no End-of-RIB yet)")
-        routes = runner._fib_routes(n.ns)
+        routes = probes.fib_routes(n.ns)
         for m in lab.nodes:
             if m is n:
                 continue
@@ -82,10 +84,10 @@ def convergence_problems(lab: runner.Lab) -> list[str]:
     return problems
 
 
-def _restarted(node: runner.Node) -> bool:
-    if not runner._established(node):  # raises LabError if the agent exited
+def _restarted(node: Node) -> bool:
+    if not agents.established(node):  # raises LabError if the agent exited
         return False
-    st = runner._status(node)
+    st = agents.status(node)
     return bool(st) and not st["fib"].get("graceful_restart_hold")
 
 
@@ -94,16 +96,13 @@ def lab_reconfigure(*, name: str, state_root: Path, encapsulation: str, encap_mo
     """Switch lab ``name`` to ``encapsulation`` (none|ipip|vxlan) in ``encap_mode``
     (Always|CrossSubnet), restart its agents and wait up to ``timeout`` seconds for
     convergence. Returns the exit status described in the module docstring."""
-    lab = runner.Lab.load(state_root / name)
+    lab = Lab.load(state_root / name)
     try:
         if lab is None:
             raise LabError(f"no lab '{name}' under {state_root}")
-        if encapsulation not in runner.ENCAPSULATIONS:
-            raise LabError(f"--encapsulation {encapsulation}: need one of {', '.join(runner.ENCAPSULATIONS)}")
-        if encap_mode not in ("Always", "CrossSubnet"):
-            raise LabError(f"--encap-mode {encap_mode}: need Always or CrossSubnet")
+        validate_encapsulation(encapsulation, encap_mode)
         if encapsulation == "ipip":
-            runner._check_ipip(lab.prefix + "fab")
+            fabric.check_ipip(lab.prefix + "fab")
     except LabError as e:
         print(f"podroute lab: {e}", file=sys.stderr)
         return 2
@@ -120,20 +119,20 @@ def lab_reconfigure(*, name: str, state_root: Path, encapsulation: str, encap_mo
         for n in lab.nodes:
             if n.pid:
                 netns.kill_pid(n.pid, grace=AGENT_STOP_GRACE_S)
-            runner._start_agent(lab, n)  # rewrites node.yaml from lab.encapsulation, records the PID
-            runner._wait(f"{n.name}'s agent to re-establish BGP and release stale routes",
+            agents.start(lab, n)  # rewrites node.yaml from lab.encapsulation, records the PID
+            wait(f"{n.name}'s agent to re-establish BGP and release stale routes",
                          lambda n=n: _restarted(n), timeout, 0.1)
         problems: list[str] = []
 
         def converged() -> bool:
             nonlocal problems
             for n in lab.nodes:
-                runner._check_agent(n)
+                agents.check(n)
             problems = convergence_problems(lab)
             return not problems
 
         try:
-            runner._wait("the new encapsulation to converge", converged, timeout, 0.25)
+            wait("the new encapsulation to converge", converged, timeout, 0.25)
         except LabError as e:
             print(f"podroute lab: {e}:\n  " + "\n  ".join(problems), file=sys.stderr)
             return 1
@@ -143,9 +142,9 @@ def lab_reconfigure(*, name: str, state_root: Path, encapsulation: str, encap_mo
     took = time.monotonic() - t0
     lab.timings["reconfigure_s"] = took
     lab.save()
-    failed = [(s.name, d.name) for s in lab.pods for d in lab.pods if s is not d and not runner._ping(s, d)]
+    failed = [(s.name, d.name) for s in lab.pods for d in lab.pods if s is not d and not probes.ping(s, d)]
     for n in lab.nodes:
-        for r in runner._fib_routes(n.ns):
+        for r in probes.fib_routes(n.ns):
             print(f"  {n.name}: {r}")
     pairs = len(lab.pods) * (len(lab.pods) - 1)
     print(f"converged in {took:.1f} s; pod pairs reachable: {pairs - len(failed)}/{pairs}"

@@ -293,7 +293,7 @@ def test_bird_updates_arrive_undecoded(lab):
 
 def test_graceful_restart_of_bird(lab):
     """RFC 4724 §4.2 against a real BIRD: kill -9 and restart within its 3 s restart time:
-    the routes never leave on_routes and the stale marks go at BIRD's End-of-RIB; then kill
+    the routes never leave the Loc-RIB and the stale marks go at BIRD's End-of-RIB; then kill
     it for longer: the routes go once the 3 s have passed, not before."""
     bird, driver, _ = lab
     driver.wait_for(_pool_routes_ok, 30, "the two pool routes")

@@ -78,11 +78,6 @@ def patched():
     exabgp_launch.uninstall()
 
 
-def test_keys_match_the_parser():
-    assert exabgp_launch.KEY == api.WITHDRAW_RAW
-    assert exabgp_launch.KEY_ANNOUNCE == api.ANNOUNCE_RAW
-
-
 def test_install_is_idempotent_and_uninstall_restores():
     before = (Update.__dict__["unpack_message"], JSON.__dict__["_update"])
     assert exabgp_launch.install() is None and exabgp_launch.install() is None

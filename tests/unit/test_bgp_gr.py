@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bgp_mirror import LocRibMirror
 from bgp import api
 from bgp.model import PathAttrs, PeerConfig, SpeakerConfig
 from bgp.speaker import Speaker
@@ -32,8 +33,8 @@ def make(tmp_path, clock, **kw):
                         peers=(PeerConfig(BIRD, 64512),), announce=(N("198.19.3.0/26"),),
                         import_pools=(N("198.19.0.0/16"),), own_blocks=(N("198.19.3.0/26"),),
                         node_ip=NODE, state_dir=tmp_path, **kw)
-    calls: list = []
-    return Speaker(cfg, calls.append, clock=clock), calls
+    calls = LocRibMirror()
+    return Speaker(cfg, calls, clock=clock), calls
 
 
 def feed(sp, name):

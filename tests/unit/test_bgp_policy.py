@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from bgp_mirror import LocRibMirror
 from bgp import api
 from bgp.model import PathAttrs, PeerConfig, SpeakerConfig
 from bgp.policy import ImportPolicy
@@ -37,7 +38,7 @@ def make_speaker(tmp_path, calls):
                         peers=(PeerConfig(BIRD, 64512),), announce=(N("198.19.3.0/26"),),
                         import_pools=(N("198.19.0.0/16"),), own_blocks=(N("198.19.3.0/26"),),
                         node_ip=NODE, state_dir=tmp_path)
-    return Speaker(cfg, calls.append)
+    return Speaker(cfg, calls)
 
 
 def feed(speaker, name):
@@ -48,10 +49,10 @@ def feed(speaker, name):
 
 
 async def test_speaker_counts_rejections_and_coalesces(tmp_path):
-    calls: list = []
+    calls = LocRibMirror()
     sp = make_speaker(tmp_path, calls)
     feed(sp, "session_up.jsonl")
-    await asyncio.sleep(0)  # on_routes runs on the next loop pass, once
+    await asyncio.sleep(0)  # on_changes runs on the next loop pass, once
     assert len(calls) == 1
     assert set(calls[0]) == {N("198.19.1.0/26"), N("198.19.2.0/26")}
     assert all(r.next_hops == (BIRD,) for r in calls[0].values())
@@ -74,7 +75,7 @@ async def test_speaker_counts_rejections_and_coalesces(tmp_path):
 
 
 async def test_accepted_route_later_rejected_is_withdrawn(tmp_path):
-    calls: list = []
+    calls = LocRibMirror()
     sp = make_speaker(tmp_path, calls)
     p = N("198.19.1.0/26")
     sp._on_event(api.UpdateEvent(BIRD, [(p, BIRD, PathAttrs(BIRD))]))
@@ -89,7 +90,7 @@ async def test_accepted_route_later_rejected_is_withdrawn(tmp_path):
 async def test_one_update_accepted_rejected_accepted_without_prefix_limit(tmp_path):
     # No max_prefixes and no earlier rejection: the speaker's fast loop accepts until the
     # first rejection, then the general loop takes over for the rest of the UPDATE.
-    calls: list = []
+    calls = LocRibMirror()
     sp = make_speaker(tmp_path, calls)
     a, bad, c, own = N("198.19.1.0/26"), N("203.0.113.0/24"), N("198.19.2.0/26"), N("198.19.3.0/26")
     attrs = PathAttrs(BIRD)

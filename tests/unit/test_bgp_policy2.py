@@ -7,12 +7,14 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 
 import pytest
 
+from bgp_mirror import LocRibMirror
 from bgp import api
 from bgp.errors import ConfigError
 from bgp.model import ExportRoute, PathAttrs, PeerConfig, SpeakerConfig
 from bgp.policy import ImportPolicy
 from bgp.rib import Rib
-from bgp.speaker import Speaker, _by_communities
+from bgp.adj_rib_out import by_communities as _by_communities
+from bgp.speaker import Speaker
 
 BIRD, NODE, OTHER = A("198.18.0.1"), A("198.18.0.2"), A("198.18.0.5")
 EBGP = A("198.18.0.9")
@@ -60,8 +62,8 @@ def make(tmp_path, peers, **kw):
                 announce=(N("198.19.3.0/26"),), import_pools=(N("198.19.0.0/16"),),
                 own_blocks=(N("198.19.3.0/26"),), node_ip=NODE, state_dir=tmp_path)
     base.update(kw)
-    calls: list = []
-    return Speaker(SpeakerConfig(**base), calls.append), calls
+    calls = LocRibMirror()
+    return Speaker(SpeakerConfig(**base), calls), calls
 
 
 def upd(peer, *routes):
@@ -82,8 +84,8 @@ async def test_wrong_next_hop_counted_and_reevaluated(tmp_path):
     st = {p.address: p for p in sp.status().peers}
     assert dict(st[BIRD].rejected_by_reason) == {"wrong_next_hop": 1}
     assert set(sp.best_routes()) == {B5}
-    assert B5 in sp._rib.adj_rib_in(BIRD)              # BIRD's path now accepted
-    assert N("198.19.6.0/26") not in sp._rib.adj_rib_in(BIRD)
+    assert B5 in sp.rib_in.rib.adj_rib_in(BIRD)        # BIRD's path now accepted
+    assert N("198.19.6.0/26") not in sp.rib_in.rib.adj_rib_in(BIRD)
     # Pre-policy: the accepted path and the one now rejected, with their attributes.
     assert set(sp.received_routes(BIRD)) == {B5, N("198.19.6.0/26")}
     assert sp.received_routes(BIRD)[N("198.19.6.0/26")].next_hop == A("198.18.0.6")
@@ -106,7 +108,7 @@ async def test_max_prefixes_reject(tmp_path):
     sp._on_event(upd(BIRD, ("198.19.14.0/26", BIRD)))
     st = sp.status().peers[0]
     assert st.prefixes_accepted == 2 and N("198.19.14.0/26") in sp.best_routes()
-    assert not sp._teardown
+    assert not sp.rib_out.due.teardown
 
 
 async def test_max_prefixes_teardown_queues_cease_once(tmp_path):
@@ -116,7 +118,7 @@ async def test_max_prefixes_teardown_queues_cease_once(tmp_path):
     sp._on_event(upd(BIRD, ("198.19.10.0/26", BIRD), ("198.19.11.0/26", BIRD)))
     sp._on_event(upd(BIRD, ("198.19.12.0/26", BIRD)))
     st = sp.status().peers[0]
-    assert st.max_prefixes_teardowns == 1 and sp._teardown == {BIRD}
+    assert st.max_prefixes_teardowns == 1 and sp.rib_out.due.teardown == {BIRD}
     assert dict(st.rejected_by_reason) == {"max_prefixes": 2}
     assert api.cmd_teardown(BIRD, 1) == "neighbor 198.18.0.1 teardown 1"
     # Our Cease makes ExaBGP report "notification sent (6,1)": flushed, no GR.

@@ -74,7 +74,7 @@ async def test_speaker_reflects_and_withdraws(tmp_path):
     q = N("198.19.12.0/26")
     sp._on_event(api.UpdateEvent(C1, [(P, C1, PathAttrs(C1))]))
     sp._on_event(api.UpdateEvent(NC, [(q, NC, PathAttrs(NC))]))
-    await sp._sync(s)
+    await sp.rib_out.sync(s)
     refl = [ln for ln in s.lines if "originator-id" in ln]
     assert sorted(refl) == sorted([
         f"neighbor {C2} announce route {P} next-hop {C1} origin igp originator-id {C1} "
@@ -90,7 +90,7 @@ async def test_speaker_reflects_and_withdraws(tmp_path):
     assert st == {C1: 1, C2: 2, NC: 1, EB: 0}
     # Nothing changed: nothing re-sent.
     s.lines.clear()
-    await sp._sync(s)
+    await sp.rib_out.sync(s)
     assert s.lines == []
     # Looped paths are dropped on import.
     sp._on_event(api.UpdateEvent(C2, [(N("198.19.13.0/26"), C2,
@@ -102,7 +102,7 @@ async def test_speaker_reflects_and_withdraws(tmp_path):
     # The client's session ends with a NOTIFICATION: what came from it is withdrawn.
     sp._on_event(api.StateEvent(C1, "up"))
     sp._on_event(api.StateEvent(C1, "down", "notification received (6,2)"))
-    await sp._sync(s)
+    await sp.rib_out.sync(s)
     assert sorted(ln for ln in s.lines if "withdraw" in ln) == [
         f"neighbor {C2} withdraw attributes nlri {P}",
         f"neighbor {NC} withdraw attributes nlri {P}"]
@@ -113,14 +113,14 @@ async def test_set_peers_flushes_removed_and_replays_to_added(tmp_path):
     s = FakeSession()
     sp.set_announcements([N("198.19.10.0/26")])
     sp._on_event(api.UpdateEvent(C1, [(P, C1, PathAttrs(C1))]))
-    await sp._sync(s)
+    await sp.rib_out.sync(s)
     new = A("198.18.0.16")
     sp.set_peers([PeerConfig(C2, 64512, rr_client=True), PeerConfig(NC, 64512),
                   PeerConfig(new, 64512, rr_client=True)])
     assert sp.best_routes() == {}                       # C1 removed: flushed
     assert {p.address for p in sp.status().peers} == {C2, NC, new}
     s.lines.clear()
-    await sp._sync(s)
+    await sp.rib_out.sync(s)
     assert f"neighbor {C2} withdraw attributes nlri {P}" in s.lines
     assert f"neighbor {new} announce attributes next-hop self nlri 198.19.10.0/26" in s.lines
     # Events for the removed peer are ignored (no ghost status entry).

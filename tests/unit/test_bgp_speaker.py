@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bgp_mirror import LocRibMirror
 from bgp.handoff import PipeServer
 from bgp.model import PeerConfig, SpeakerConfig
 from bgp.relay import HELLO
@@ -76,8 +77,8 @@ async def test_replay_eor_diff_restart_and_stop(tmp_path, fake_env):
                         peers=(PeerConfig(BIRD, 64512),), announce=(own,),
                         import_pools=(N("198.19.0.0/16"),), own_blocks=(own,), node_ip=NODE,
                         state_dir=tmp_path / "st", exabgp_bin=str(fake))
-    ribs: list = []
-    sp = Speaker(cfg, ribs.append, backoff=Backoff(initial=0.1, maximum=0.2))
+    ribs = LocRibMirror()
+    sp = Speaker(cfg, ribs, backoff=Backoff(initial=0.1, maximum=0.2))
     run = asyncio.create_task(sp.run())
     eor = f"neighbor {BIRD} announce eor ipv4 unicast"
     announce_own = f"announce attributes next-hop self nlri {own}"
@@ -239,9 +240,9 @@ def test_exabgp_python_runs_the_launcher(tmp_path):
                 peers=(PeerConfig(BIRD, 64512),), announce=(), import_pools=(),
                 own_blocks=(), node_ip=NODE, state_dir=tmp_path)
     sp = Speaker(SpeakerConfig(**base, exabgp_python=sys.executable), lambda r: None)
-    assert sp._exabgp_argv() == [sys.executable, str(LAUNCH_PATH), "server", str(sp.config_path)]
+    assert sp.process.argv() == [sys.executable, str(LAUNCH_PATH), "server", str(sp.config_path)]
     assert Speaker(SpeakerConfig(**base, exabgp_bin="/x/exabgp"),
-                   lambda r: None)._exabgp_argv()[0] == "/x/exabgp"
+                   lambda r: None).process.argv()[0] == "/x/exabgp"
     # The launcher starts ExaBGP with the fast path installed (no "fast path off" line),
     # from any working directory, with bgp/ off sys.path.
     out = subprocess.run([sys.executable, str(LAUNCH_PATH), "version"], cwd=tmp_path,

@@ -8,22 +8,23 @@ import struct
 from ipaddress import IPv4Address
 
 from cni import rtnl
+from nlcore import wire as W
 
 
 def test_route_dump_request_matches_iproute2():
     msg = rtnl.route_dump(9, oif=3, protocol=90)
     length, kind, flags, seq, pid = struct.unpack_from("=IHHII", msg)
-    assert (length, kind, flags, seq, pid) == (44, rtnl.RTM_GETROUTE,
-                                               rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, 9, 0)
+    assert (length, kind, flags, seq, pid) == (44, W.RTM_GETROUTE,
+                                               W.NLM_F_REQUEST | W.NLM_F_DUMP, 9, 0)
     assert msg[16:].hex() == "02000000005a00000000000008000f00fe0000000800040003000000"
 
 
 def _route_msg(dst: str, dst_len: int, oif: int, proto: int, scope: int, table: int) -> bytes:
     body = (struct.pack("=BBBBBBBBI", socket.AF_INET, dst_len, 0, 0, table if table < 256 else 252,
                         proto, scope, 1, 0)
-            + struct.pack("=HH", 8, rtnl.RTA_TABLE) + struct.pack("=I", table)
-            + struct.pack("=HH", 8, rtnl.RTA_DST) + IPv4Address(dst).packed
-            + struct.pack("=HH", 8, rtnl.RTA_OIF) + struct.pack("=I", oif))
+            + struct.pack("=HH", 8, W.RTA_TABLE) + struct.pack("=I", table)
+            + struct.pack("=HH", 8, W.RTA_DST) + IPv4Address(dst).packed
+            + struct.pack("=HH", 8, W.RTA_OIF) + struct.pack("=I", oif))
     return body
 
 

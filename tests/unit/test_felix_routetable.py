@@ -362,12 +362,12 @@ def test_churn_beyond_the_verified_table_forgets_every_digest(dp, table):
 
 
 class _Keyed(IPv4Network):
-    """A dst that carries its key, as bgp.prefix.Prefix does."""
+    """A dst that carries its key under nlcore.prefixkey.CARRIED, as bgp.prefix.Prefix does."""
 
     def __init__(self, address, key=None):
         super().__init__(address)
         from felix.routes import dst_key
-        self._key = dst_key(IPv4Network(address)) if key is None else key
+        self.key = dst_key(IPv4Network(address)) if key is None else key
 
 
 def test_a_dst_that_carries_its_key_gives_every_table_that_int_object(dp, table):
@@ -377,7 +377,7 @@ def test_a_dst_that_carries_its_key_gives_every_table_that_int_object(dp, table)
     table.apply()
     table.mark_dirty()
     table.apply()                                       # the dump verifies them all
-    want = {id(r.dst._key) for r in routes}
+    want = {id(r.dst.key) for r in routes}
     assert {id(k) for k in table._verified} == want and {id(k) for k in table._desired} == want
     assert {id(k) for k in table._actual} == want
     liar = _Keyed("198.19.0.0/26", key=12345)            # a wrong carried key is not trusted

@@ -1,0 +1,77 @@
+"""The lab's underlay: fabric bridges, the router namespace(s) and one namespace per node.
+
+Namespaces (``prl-<name>-``)::
+
+    fab      L2 fabric: one bridge br<s> per underlay subnet 198.18.<s>.0/24
+    rr       the route reflector / ToR and the underlay's L3 hop between subnets:
+             eth<s> 198.18.<s>.1/24 on each subnet, IP forwarding on
+    rr2      (topology rr2 only) the second reflector, eth0 198.18.0.2/24 on br0
+    n<i>     node i in subnet s = (i-1) mod K: eth0 198.18.<s>.(10+i)/24, default via
+             198.18.<s>.1, IP forwarding on
+
+Every veth is created with both ends directly inside lab namespaces (podroute.lab.netns),
+and every namespace is recorded in lab.json before the next step.
+"""
+from __future__ import annotations
+
+from podroute.lab import netns
+from podroute.lab.model import ASN, RR2_IP, TOR_ASN, Lab, Node, node_block, node_ip, router_ip
+from podroute.lab.netns import LabError
+
+
+def check_ipip(fab: str) -> None:
+    """Raise LabError in one line, suggesting VXLAN, when this kernel cannot make an IPIP
+    device (probed inside namespace ``fab``; the probe device is removed)."""
+    # Endpoints are needed: a keyless ipip link duplicates the fallback tunl0 (EEXIST).
+    probe = netns.ip("link", "add", "prl-probe", "type", "ipip", "remote", "198.18.255.254",
+                     "local", "198.18.255.253", ns=fab, check=False)
+    if probe.returncode != 0:
+        raise LabError("this kernel has no IPIP support (module ipip not available); "
+                       "use --encapsulation vxlan (or run the IPIP tests in the VM: pytest tests/vm)")
+    netns.ip("link", "del", "prl-probe", ns=fab, check=False)
+
+
+def build(lab: Lab, n_nodes: int) -> None:
+    """Create the fabric, router and ``n_nodes`` node namespaces of ``lab`` and append
+    the nodes to ``lab.nodes`` (state dirs ``<root>/n<i>`` created). Raises LabError
+    from the failing ``ip`` command."""
+    fab = lab.prefix + "fab"
+    netns.add(fab)
+    lab.add_namespace(fab)
+    if lab.encapsulation == "ipip":
+        check_ipip(fab)
+    rr = lab.prefix + "rr"
+    netns.add(rr)
+    lab.add_namespace(rr)
+    for s in range(lab.subnets):
+        netns.ip("link", "add", f"br{s}", "type", "bridge", ns=fab)
+        netns.ip("link", "set", f"br{s}", "up", ns=fab)
+        netns.veth(rr, f"eth{s}", fab, f"rr{s}")
+        netns.ip("link", "set", f"rr{s}", "master", f"br{s}", ns=fab)
+        netns.ip("addr", "add", f"{router_ip(s)}/24", "dev", f"eth{s}", ns=rr)
+    # The router namespace joins the subnets (the underlay's L3 hop for CrossSubnet labs).
+    netns.sysctl(rr, "net.ipv4.ip_forward", "1")
+    if lab.topology == "rr2":  # a second reflector on subnet 0, for losing one RR
+        rr2 = lab.prefix + "rr2"
+        netns.add(rr2)
+        lab.add_namespace(rr2)
+        netns.veth(rr2, "eth0", fab, "rr2")
+        netns.ip("link", "set", "rr2", "master", "br0", ns=fab)
+        netns.ip("addr", "add", f"{RR2_IP}/24", "dev", "eth0", ns=rr2)
+    for i in range(1, n_nodes + 1):
+        s = (i - 1) % lab.subnets
+        node_ns = f"{lab.prefix}n{i}"
+        netns.add(node_ns)
+        lab.add_namespace(node_ns)
+        netns.veth(node_ns, "eth0", fab, f"n{i}")
+        netns.ip("link", "set", f"n{i}", "master", f"br{s}", ns=fab)
+        ip = node_ip(i, s)
+        netns.ip("addr", "add", f"{ip}/24", "dev", "eth0", ns=node_ns)
+        # A node has a default route in real life; proxy ARP for 169.254.1.1 needs one too.
+        netns.ip("route", "add", "default", "via", str(router_ip(s)), ns=node_ns)
+        netns.sysctl(node_ns, "net.ipv4.ip_forward", "1")
+        ndir = lab.path / f"n{i}"
+        ndir.mkdir(parents=True, exist_ok=True)
+        asn = TOR_ASN + i if lab.topology == "tor" else ASN  # AS per node under a ToR
+        lab.nodes.append(Node(f"n{i}", node_ns, str(ip), str(node_block(i)), str(ndir), subnet=s, asn=asn))
+    lab.save()
