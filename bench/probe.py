@@ -7,9 +7,10 @@ stamps samples with ``time.time()`` (CLOCK_REALTIME, the clock BIRD's timestamps
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
+
+from podroute.lab.netns import children
 
 from . import ns as N
 
@@ -75,23 +76,9 @@ def wait_count(counter: FibCounter, pred, timeout: float, series: list | None = 
 
 
 # --- process memory ------------------------------------------------------------------------------
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
 def tree_rss_mb(pid: int) -> tuple[float, dict[str, float]]:
     """Sum of VmRSS (MB) over ``pid`` and its descendants, and per process ``{comm[pid]: MB}``."""
-    kids = _children()
+    kids = children()
     todo, total, parts = [pid], 0.0, {}
     while todo:
         p = todo.pop()
@@ -112,7 +99,7 @@ def tree_rss_mb(pid: int) -> tuple[float, dict[str, float]]:
 def tree_cpu_ms(pid: int) -> dict[str, float]:
     """CPU time (ms, /proc/PID/schedstat: time on a CPU) of ``pid`` and each descendant,
     keyed by process name."""
-    kids = _children()
+    kids = children()
     todo, out = [pid], {}
     while todo:
         p = todo.pop()

@@ -60,3 +60,15 @@ def netns(tag: str) -> Iterator[str]:
 
 def netns_path(name: str) -> str:
     return str(NETNS_DIR / name)
+
+
+def add_uplink(ns: str, address: str = "198.18.0.1/24", gateway: str = "198.18.0.254") -> None:
+    """Give ``ns`` what a node's host namespace has for pod wiring: an up interface ``dummy0``
+    holding ``address`` and a default route via ``gateway`` on it (proxy ARP answers for
+    169.254.1.1 only when the host routes it out of another interface). The kernel here has no
+    dummy driver, so a veth pair kept inside ``ns`` stands in."""
+    sh("ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p", ns=ns)
+    sh("ip", "addr", "add", address, "dev", "dummy0", ns=ns)
+    sh("ip", "link", "set", "dummy0p", "up", ns=ns)
+    sh("ip", "link", "set", "dummy0", "up", ns=ns)
+    sh("ip", "route", "add", "default", "via", gateway, "dev", "dummy0", ns=ns)

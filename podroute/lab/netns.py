@@ -126,3 +126,31 @@ def list_prefixed(prefix: str) -> list[str]:
     if not NETNS_DIR.exists():
         return []
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def children() -> dict[int, list[int]]:
+    """``{ppid: [pid, ...]}`` for every process, read from /proc/<pid>/stat (a process that
+    exits during the walk is skipped)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def process_tree(pid: int, kids: Mapping[int, list[int]] | None = None) -> list[int]:
+    """``pid`` and all its descendants, parents first (``kids``: a :func:`children` table
+    already read, for several walks over one snapshot)."""
+    kids = children() if kids is None else kids
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out

@@ -132,37 +132,13 @@ def del_netns(names: Sequence[str]) -> None:
 
 
 # --- agents ---------------------------------------------------------------------------------
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from /proc), parents first."""
-    kids = _children()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 def kill_agent_service(lab: runner.Lab, node: runner.Node, pids: Sequence[int] | None = None) -> list[int]:
     """SIGKILL the node's agent and its descendants (ExaBGP, relay), as systemd's
     ``KillMode=control-group`` does on a crash, but not CNI plugin runs in the namespace.
     ``pids``: that tree read beforehand (reading /proc takes milliseconds, which matter when
     the moment is aimed). Waits (bounded) until they are gone. Returns the PIDs signalled."""
     assert node.pid, f"{node.name} has no agent"
-    pids = list(pids) if pids is not None else process_tree(node.pid)
+    pids = list(pids) if pids is not None else netns.process_tree(node.pid)
     for p in pids:
         try:
             os.kill(p, signal.SIGKILL)

@@ -31,9 +31,10 @@ from pathlib import Path
 import pytest
 
 from chaosutil import (add_netns, agent_status, cni_retrying, converged, del_netns, fib_problems,
-                       keep_logs, kill_agent_service, kill_exabgp, leaks, ping, process_tree, snapshot,
+                       keep_logs, kill_agent_service, kill_exabgp, leaks, ping, snapshot,
                        wait_ipam_write)
 from labutil import lab, wait_for
+from podroute.lab import netns
 
 pytestmark = pytest.mark.e2e
 
@@ -178,7 +179,7 @@ def _round(lb, r: int, rng: random.Random, order: list[str], pods: list[dict], b
         if target == "agent":
             # Aimed where a crash can leave a half-wired pod (issue 14 #4): in the victim's next
             # ADD phase, just after the agent wrote an IP claim (the wiring takes a few ms).
-            pids = process_tree(victim.pid)
+            pids = netns.process_tree(victim.pid)
             churns[(n1, n2).index(victim)].adding.wait(10)
             ev_aim = "after an IPAM claim" if wait_ipam_write(victim) else "ADD phase"
             time.sleep(rng.uniform(0.0, 0.003))

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from cni.ipam import IPAM
-from nsutil import netns_path, sh
+from nsutil import add_uplink, netns_path, sh
 
 pytestmark = pytest.mark.privileged
 
@@ -80,11 +80,7 @@ def stop_agent(proc: subprocess.Popen) -> None:
 @pytest.fixture
 def node(make_netns):
     ns = make_netns("recn")
-    sh("ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p", ns=ns)
-    sh("ip", "addr", "add", "198.18.0.11/24", "dev", "dummy0", ns=ns)
-    sh("ip", "link", "set", "dummy0p", "up", ns=ns)
-    sh("ip", "link", "set", "dummy0", "up", ns=ns)
-    sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "dummy0", ns=ns)
+    add_uplink(ns, "198.18.0.11/24")
     return ns
 
 

@@ -21,7 +21,7 @@ from cni.ipam import IPAM
 from cni.model import CNIRequest
 from cni.netlink_wiring import NetlinkWiring
 from cni.plugin import CNIPlugin, host_ifname_for
-from nsutil import netns_path, sh
+from nsutil import add_uplink, netns_path, sh
 
 pytestmark = pytest.mark.privileged
 
@@ -46,13 +46,7 @@ def host_links(ns: str, prefix: str = "prt") -> list[str]:
 @pytest.fixture
 def host(make_netns):
     ns = make_netns("cnih")
-    # this kernel has no dummy driver: a veth pair kept inside the host netns stands in
-    sh("ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p", ns=ns)
-    sh("ip", "addr", "add", "198.18.0.1/24", "dev", "dummy0", ns=ns)
-    sh("ip", "link", "set", "dummy0p", "up", ns=ns)
-    sh("ip", "link", "set", "dummy0", "up", ns=ns)
-    # proxy ARP answers for 169.254.1.1 only if the host routes it via another interface
-    sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "dummy0", ns=ns)
+    add_uplink(ns)
     return ns
 
 

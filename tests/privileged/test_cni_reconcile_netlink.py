@@ -14,7 +14,7 @@ from cni.model import CNIRequest
 from cni.netlink_wiring import NetlinkWiring
 from cni.plugin import CNIPlugin
 from cni.reconcile import FINISHED, KEPT, ROLLED_BACK, Reconciler
-from nsutil import netns_path, sh
+from nsutil import add_uplink, netns_path, sh
 
 pytestmark = pytest.mark.privileged
 
@@ -37,13 +37,7 @@ def proto90(ns: str) -> set[tuple[str, str]]:
 @pytest.fixture
 def host(make_netns):
     ns = make_netns("rech")
-    # no dummy driver on this kernel: a veth pair kept inside the host netns stands in
-    sh("ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p", ns=ns)
-    sh("ip", "addr", "add", "198.18.0.1/24", "dev", "dummy0", ns=ns)
-    sh("ip", "link", "set", "dummy0p", "up", ns=ns)
-    sh("ip", "link", "set", "dummy0", "up", ns=ns)
-    # proxy ARP answers for 169.254.1.1 only if the host routes it via another interface
-    sh("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "dummy0", ns=ns)
+    add_uplink(ns)
     return ns
 
 

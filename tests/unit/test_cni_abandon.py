@@ -7,7 +7,6 @@ import json
 import socket
 import tempfile
 import threading
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ import cni.server
 from cni.fake_wiring import FakeWiring
 from cni.ipam import IPAM
 from cni.model import CNIRequest
-from cni.route_writer import WiringRoutes
-from cni.plugin import CNIPlugin
+from cnifakes import Sink, plugin_env
 from cni.server import CNIServer
 
 NS = "/var/run/netns/pod1"
@@ -38,30 +36,9 @@ class HeldWiring(FakeWiring):
         return super().configure_pod_side(netns, pod_ifname, ip, mtu)
 
 
-class Sink(WiringRoutes):
-    """Felix's part on the fakes: the only writer of the host route, and what it was told."""
-
-    def __init__(self, wiring) -> None:
-        super().__init__(wiring, 90)
-        self.workloads: dict[IPv4Address, str] = {}
-
-    async def workload_added(self, ep) -> None:
-        self.workloads[ep.ip] = ep.host_ifname
-        await super().workload_added(ep)
-
-    async def workload_removed(self, ep) -> None:
-        self.workloads.pop(ep.ip, None)
-        await super().workload_removed(ep)
-
-
 @pytest.fixture
 def env(tmp_path):
-    wiring = HeldWiring()
-    wiring.add_netns(NS)
-    ipam = IPAM(tmp_path / "ipam", [IPv4Network("198.19.7.0/26")])
-    sink = Sink(wiring)
-    plugin = CNIPlugin(ipam=ipam, wiring=wiring, mtu=1450, workloads=sink, reap_delay=0.0)
-    return plugin, wiring, ipam, sink
+    return plugin_env(tmp_path, HeldWiring(), NS)
 
 
 def add_req(cid: str = "c0ffee") -> CNIRequest:

@@ -3,7 +3,7 @@ issue 15 GC). Half-finished states are made the way a kill -9 mid-ADD/DEL leaves
 ADD's own steps, stopped part-way."""
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 import pytest
 
@@ -11,8 +11,8 @@ from cni.errors import CNIError
 from cni.fake_wiring import FakeWiring
 from cni.ipam import IPAM
 from cni.model import CNIRequest
-from cni.route_writer import WiringRoutes
 from cni.plugin import CNIPlugin
+from cnifakes import Sink, plugin_env
 from cni.reconcile import FAILED, FINISHED, KEPT, ROLLED_BACK, Reconciler
 
 NS = "/var/run/netns/pod1"
@@ -20,30 +20,9 @@ CONF = {"cniVersion": "1.0.0", "name": "podnet", "type": "podroute"}
 STEPS = ("claim", "veth", "pod", "host", "route")
 
 
-class Sink(WiringRoutes):
-    """Felix's part on the fakes: the only writer of the host route, and what it was told."""
-
-    def __init__(self, wiring) -> None:
-        super().__init__(wiring, 90)
-        self.workloads: dict[IPv4Address, str] = {}
-
-    async def workload_added(self, ep) -> None:
-        self.workloads[ep.ip] = ep.host_ifname
-        await super().workload_added(ep)
-
-    async def workload_removed(self, ep) -> None:
-        self.workloads.pop(ep.ip, None)
-        await super().workload_removed(ep)
-
-
 @pytest.fixture
 def env(tmp_path):
-    wiring = FakeWiring()
-    wiring.add_netns(NS)
-    ipam = IPAM(tmp_path / "ipam", [IPv4Network("198.19.7.0/26")])
-    sink = Sink(wiring)
-    plugin = CNIPlugin(ipam=ipam, wiring=wiring, mtu=1450, workloads=sink, reap_delay=0.0)
-    return plugin, wiring, ipam, sink
+    return plugin_env(tmp_path, FakeWiring(), NS)
 
 
 def req(command="ADD", cid="c0ffee", netns=NS, ifname="eth0", **conf) -> CNIRequest:
