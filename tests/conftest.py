@@ -39,3 +39,17 @@ def make_netns():
     yield make
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory):
+    """A real etcd on loopback (tests/etcdutil.py), one per test module, stopped by PID at teardown.
+    Tests that stop it must leave it running again (``etcd_server.restart()``)."""
+    from etcdutil import EtcdServer
+
+    if shutil.which("etcd") is None:
+        pytest.skip("needs Debian's etcd-server (scripts/setup installs it)")
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.stop()
