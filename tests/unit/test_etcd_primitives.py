@@ -183,3 +183,69 @@ def test_key_layout_names_and_round_trips():
     for bad in ("/podroute/nodes/", "/podroute/unknown/x", "/other/nodes/n1", "/podroute/nodes/a/b"):
         with pytest.raises(ValueError, match="not in podroute's layout"):
             k.split(bad)
+
+
+async def test_compacted_start_revision_raises_then_relist_and_watch_work(client, prefix, etcd_server):
+    from podroute.etcd import EtcdCompacted
+
+    r1 = await client.create(prefix + "a", b"1")
+    r2 = await client.update(prefix + "a", b"2", r1)
+    r3 = await client.create(prefix + "b", b"3")
+    etcd_server.etcdctl("compact", str(r3))           # history before r3 is gone
+    it = watch_prefix(client, prefix, r1)
+    with pytest.raises(EtcdCompacted) as ei:
+        await asyncio.wait_for(it.__anext__(), 10)
+    assert ei.value.compact_revision >= r3 > r2
+    # The caller's recovery: list again, then watch from the listing's revision + 1.
+    listing = await client.get_prefix(prefix)
+    assert {kv.key[len(prefix):]: kv.value for kv in listing.items} == {"a": b"2", "b": b"3"}
+    it = watch_prefix(client, prefix, listing.revision + 1)
+    r4 = await client.create(prefix + "c", b"4")
+    evs = await _collect(it, 1, 10)
+    await it.aclose()
+    assert [(e.kind, e.key[len(prefix):], e.mod_revision) for e in evs] == [("put", "c", r4)]
+
+
+async def test_twenty_claimers_sixteen_blocks_no_block_held_twice(etcd_server, prefix):
+    """Issue 17's race at the primitive level: 20 nodes claim from 16 blocks at once, each walking the
+    blocks in the same order (the worst case: all collide on every block). create() is the claim."""
+    import ipaddress
+
+    layout = KeyLayout(prefix)
+    pool = ipaddress.ip_network("10.244.0.0/22")
+    blocks = [layout.block(b) for b in pool.subnets(new_prefix=26)]
+    assert len(blocks) == 16
+    clients = [EtcdClient(etcd_server.host, etcd_server.client_port, timeout_s=5.0) for _ in range(20)]
+    start = asyncio.Event()
+
+    async def claim(i: int, c: EtcdClient) -> str | None:
+        me = json.dumps({"affinity": f"host:n{i}"}).encode()
+        await start.wait()
+        for key in blocks:
+            try:
+                await c.create(key, me)
+                return key
+            except EtcdConflict as e:
+                assert e.current is not None and e.current.value != me
+        return None
+
+    try:
+        for c in clients:                              # connect first, so the claims start together
+            await c.get_prefix(prefix)
+        tasks = [asyncio.create_task(claim(i, c)) for i, c in enumerate(clients)]
+        await asyncio.sleep(0)
+        start.set()
+        won = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        for c in clients:
+            await c.close()
+    winners = {f"host:n{i}": k for i, k in enumerate(won) if k is not None}
+    assert len(winners) == 16 and sum(k is None for k in won) == 4
+    assert sorted(winners.values()) == sorted(blocks)      # each block won exactly once
+    # etcd itself (read by etcdctl) holds each block for exactly the claimer that won it, once.
+    got = etcdctl_json(etcd_server, "get", "--prefix", layout.collection("ipam/blocks/"))
+    import base64
+    held = {base64.b64decode(kv["key"]).decode(): json.loads(base64.b64decode(kv["value"]))["affinity"]
+            for kv in got["kvs"]}
+    assert held == {k: a for a, k in winners.items()}
+    assert all(kv["version"] == 1 for kv in got["kvs"])    # never overwritten
