@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Awaitable, Callable, TypeVar
 
 import aetcd
@@ -20,7 +19,6 @@ from podroute.etcd.errors import (EtcdCompacted, EtcdConflict, EtcdError, EtcdLe
                                   EtcdUnavailable)
 from podroute.etcd.types import KeyValue, Lease, Listing
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 5.0

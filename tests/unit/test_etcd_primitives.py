@@ -249,3 +249,21 @@ async def test_twenty_claimers_sixteen_blocks_no_block_held_twice(etcd_server, p
             for kv in got["kvs"]}
     assert held == {k: a for a, k in winners.items()}
     assert all(kv["version"] == 1 for kv in got["kvs"])    # never overwritten
+
+
+async def test_bad_arguments_are_refused_before_reaching_etcd(client, prefix):
+    from podroute.etcd import KeyValue
+
+    with pytest.raises(ValueError, match="timeout_s"):
+        EtcdClient(timeout_s=0)
+    with pytest.raises(ValueError, match="lease TTL"):
+        await client.grant_lease(0)
+    with pytest.raises(ValueError, match="empty prefix"):
+        await client.get_prefix("")
+    with pytest.raises(ValueError, match="mod_revision must be > 0"):
+        await client.update(prefix + "a", b"{}", 0)
+    with pytest.raises(ValueError, match="start_revision"):
+        await watch_prefix(client, prefix, 0).__anext__()
+    with pytest.raises(ValueError, match=r"etcd key '/podroute/pools/p1': value is not JSON"):
+        KeyValue("/podroute/pools/p1", b"{not json", 1, 1, 1).json()
+    assert (await client.get_prefix(prefix)).items == ()   # nothing was written, the client still works
