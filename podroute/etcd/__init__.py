@@ -9,10 +9,10 @@ etcd 3.4.23 with grpcio 1.85 / protobuf 7:
   UNAVAILABLE while etcd is down, and its channel reconnects by itself after an etcd restart (put/get,
   Version==0 and ModRevision transactions, lease grant/keep-alive/expiry and watch-from-revision all
   behaved as etcd documents).
-- ``etcd-sdk-python`` (imports as ``pyetcd``) works but is synchronous (thread-based watches; every
-  call would need ``asyncio.to_thread``) and young.
-- ``etcd3gw`` (v3 JSON gateway over ``requests``) is synchronous too and its watch does not surface
-  ``compact_revision``, so a compacted watch could not be told from a quiet one.
+- ``etcd-sdk-python`` (imports as ``pyetcd``) works too (put/get, transactions, compaction reported)
+  but is synchronous (thread-based watches; every call would need ``asyncio.to_thread``) and young.
+- ``etcd3gw`` (v3 JSON gateway over ``requests``) is synchronous too, and a watch from a compacted
+  revision neither yields nor raises: it cannot be told from a quiet one, so a relist would never run.
 Only this package imports aetcd/grpc; their exceptions become podroute's (errors.py) in client.py.
 Limits: aetcd dials one endpoint (use a local member or a load balancer for a multi-member cluster) and
 has no ``WithRequireLeader`` watch option.
