@@ -35,7 +35,8 @@ Request fields are validated when the :class:`~cni.model.CNIRequest` is built
 (:mod:`cni.validate`), the network name here (code 7).
 
 Requests are serialised by one asyncio lock; blocking work runs in worker threads (two hops
-per ADD, one per DEL), the WorkloadSink is awaited on the event loop thread.
+per ADD, one per DEL: :mod:`cni.steps`), the WorkloadSink is awaited on the event loop thread;
+results are shaped by :mod:`cni.result`.
 """
 from __future__ import annotations
 
@@ -49,42 +50,22 @@ from nlcore.route import PODROUTE_PROTO
 
 from . import validate
 from .check import observe, prev_result_problems
-from .errors import (HOST_NS, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
-                     CNIError, InterfaceExists, InvalidConfig, NetnsNotFound)
+from .errors import (INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES, CNIError,
+                     InvalidConfig, NetnsNotFound)
 from .ipam import IPAM
 from .model import CNIRequest, CNIResult, WorkloadEndpoint
 from .reaper import Reaper
+from .result import build as build_result, endpoint_from_attrs
 from .reconcile import Reconciler, finish
 from .route_writer import WiringRoutes, confirm_route
 from .status import plugin_status
-from .wiring import GATEWAY, Wiring
+from .steps import Steps, in_thread
+from .wiring import Wiring
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-_OLD_RESULT_FORMAT = ("0.3.0", "0.3.1", "0.4.0")  # ips[] entries carry "version": "4"
-
-
-async def _in_thread(what: str, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread; non-CNI exceptions become code 999 naming ``what``. If the caller is cancelled meanwhile (agent shutdown),
-    the thread still finishes (it cannot be stopped) and its own rollback or commit stands; the
-    cancellation is re-raised once it has. Nothing is leaked by that: a finished ADD is in the
-    IPAM state, which the runtime's retry (ADD is idempotent) or DEL and the next agent start
-    (felix's endpoints) all read."""
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        try:
-            await fut
-        except BaseException:
-            pass
-        raise
-    except CNIError:
-        raise
-    except Exception as e:  # a bug or an unexpected OS error: still a CNI error
-        raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
 
 
 class WorkloadSink(Protocol):
@@ -137,6 +118,7 @@ class CNIPlugin:
         self.readiness = readiness
         self._lock = asyncio.Lock()
         self._reaper = Reaper(self.reap, reap_delay)
+        self._steps = Steps(ipam, wiring)
         # handle -> the result object of the latest successful ADD for it (see abandon()).
         self._answers: dict[str, CNIResult] = {}
 
@@ -185,7 +167,7 @@ class CNIPlugin:
         """Current workloads, from the IPAM state (rebuilds felix's desired state at start)."""
         out = []
         for alloc in self.ipam.allocations().values():
-            ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs)
+            ep = endpoint_from_attrs(alloc.ip, alloc.attrs)
             if ep is not None:
                 out.append(ep)
         return sorted(out, key=lambda e: e.ip)
@@ -217,31 +199,6 @@ class CNIPlugin:
     def handle_key(network: str, req: CNIRequest) -> str:
         return f"{network}.{req.container_id}.{req.ifname}"
 
-    @staticmethod
-    def _endpoint_from_attrs(ip: IPv4Address, attrs: Mapping[str, Any]) -> WorkloadEndpoint | None:
-        try:
-            return WorkloadEndpoint(container_id=attrs["container_id"], ifname=attrs["ifname"],
-                                    host_ifname=attrs["host_ifname"], ip=ip,
-                                    netns=attrs.get("netns", ""),
-                                    pod_namespace=attrs.get("pod_namespace"),
-                                    pod_name=attrs.get("pod_name"))
-        except KeyError:
-            return None
-
-    def _result(self, version: str, host_ifname: str, host_mac: str, ifname: str, pod_mac: str,
-                netns: str, ip: IPv4Address) -> dict[str, Any]:
-        ipc: dict[str, Any] = {"address": f"{ip}/32", "gateway": str(GATEWAY), "interface": 1}
-        if version in _OLD_RESULT_FORMAT:
-            ipc["version"] = "4"
-        return {
-            "cniVersion": version,
-            "interfaces": [{"name": host_ifname, "mac": host_mac},
-                           {"name": ifname, "mac": pod_mac, "sandbox": netns}],
-            "ips": [ipc],
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "dns": {},
-        }
-
     # -- ADD --------------------------------------------------------------------------------
 
     async def add(self, req: CNIRequest, readd: bool = True) -> dict[str, Any]:
@@ -258,23 +215,23 @@ class CNIPlugin:
                  "netns": req.netns, "host_ifname": host_ifname, "mtu": mtu,
                  "pod_namespace": req.pod_namespace, "pod_name": req.pod_name}
 
-        alloc, created = await _in_thread("IPAM allocation", self.ipam.claim, handle, attrs)
+        alloc, created = await in_thread("IPAM allocation", self.ipam.claim, handle, attrs)
         if not created:
             return await self._repeat_add(req, alloc.ip, alloc.attrs, attrs, version, readd)
         ip = alloc.ip
         ep = WorkloadEndpoint(req.container_id, req.ifname, host_ifname, ip, req.netns,
                               req.pod_namespace, req.pod_name)
-        host_mac, pod_mac = await _in_thread("ADD wiring", self._wire, req, handle, ip, host_ifname, mtu)
+        host_mac, pod_mac = await in_thread("ADD wiring", self._steps.wire, req, handle, ip, host_ifname, mtu)
         try:
             await self._route_added(ep)
         except asyncio.CancelledError:
             raise  # agent shutdown: the record stands; the next start hands it to felix again
         except CNIError as e:
             await self._route_removed_quietly(ep, handle)
-            await _in_thread("ADD rollback", self._unwire_added, handle, host_ifname)
+            await in_thread("ADD rollback", self._steps.unwire_added, handle, host_ifname)
             raise CNIError(e.code, f"ADD failed at host route: {e.msg}", e.details) from e
         log.info("ADD %s: %s/32 on %s (host %s)", handle, ip, req.ifname, host_ifname)
-        return self._result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
+        return build_result(version, host_ifname, host_mac, req.ifname, pod_mac, req.netns, ip)
 
     async def _route_added(self, ep: WorkloadEndpoint) -> None:
         """The sink programs ``ep``'s host route; CNIError 11 if it does not answer within
@@ -291,80 +248,6 @@ class CNIPlugin:
                     ep: WorkloadEndpoint) -> None:
         await confirm_route(what, call, ep, self.route_timeout)
 
-    def _unwire_added(self, handle: str, host_ifname: str) -> None:
-        """Worker thread: undo a wired ADD whose route failed (veth pair, then the IP)."""
-        try:
-            self.wiring.delete_host_veth(host_ifname)
-        except Exception:
-            log.exception("ADD %s rollback: delete veth failed", handle)
-        self._release_quietly(handle)
-
-    def _wire(self, req: CNIRequest, handle: str, ip: IPv4Address, host_ifname: str,
-              mtu: int) -> tuple[str, str]:
-        """Worker thread: veth, both sides -> (host MAC, pod MAC). On any failure undoes what it
-        did (and releases ``handle``'s IP), then raises CNIError naming the step."""
-        w = self.wiring
-        undo: list[tuple[str, Callable[[], Any]]] = [("release IP", lambda: self.ipam.release(handle))]
-        step = "create_veth_in_netns"
-        try:
-            self._create_veth(handle, req, host_ifname, mtu)
-            undo.append(("delete veth", lambda: w.delete_host_veth(host_ifname)))
-            step = "configure_pod_side"
-            pod_mac = w.configure_pod_side(req.netns, req.ifname, ip, mtu)
-            step = "configure_host_side"
-            host_mac = w.configure_host_side(host_ifname)
-            return host_mac, pod_mac
-        except BaseException as e:
-            for name, fn in reversed(undo):
-                try:
-                    fn()
-                except Exception:
-                    log.exception("ADD %s rollback: %s failed", handle, name)
-            if isinstance(e, InterfaceExists):
-                raise CNIError(e.code, f"ADD failed at {step}: {e.msg}", e.details) from e
-            if isinstance(e, CNIError):
-                msg = e.msg if e.msg.startswith(step) else f"ADD failed at {step}: {e.msg}"
-                raise CNIError(e.code, msg, e.details) from e
-            if isinstance(e, Exception):
-                raise CNIError(INTERNAL, f"ADD failed at {step}: {e}", repr(e)) from e
-            raise
-
-    def _create_veth(self, handle: str, req: CNIRequest, host_ifname: str, mtu: int) -> None:
-        """Create the pair; a name held by a retired pair (a DEL of this pod or netns not yet
-        reaped: the runtime's ADD-DEL-ADD retry) or by a leftover host veth that no other
-        attachment's allocation owns is freed first. Raises InterfaceExists if the name is
-        still taken after that, CNIError 999 naming the owner if another attachment holds it."""
-        w = self.wiring
-        reaped = stale_deleted = False
-        while True:
-            try:
-                w.create_veth_in_netns(host_ifname, req.netns, req.ifname, mtu)
-                return
-            except InterfaceExists as e:
-                if not reaped:
-                    reaped = True
-                    if w.reap_retired():
-                        continue
-                if e.ifname == host_ifname and e.where == HOST_NS and not stale_deleted:
-                    owner = next((h for h, a in self.ipam.allocations().items()
-                                  if h != handle and a.attrs.get("host_ifname") == host_ifname),
-                                 None)
-                    if owner is not None:  # a live attachment's pair, never "stale"
-                        raise CNIError(INTERNAL, f"host veth name {host_ifname} of {handle} is "
-                                       f"held by attachment {owner}") from e
-                    # Calico does the same: a veth nobody owns is from a dead sandbox.
-                    log.warning("ADD %s: deleting stale host veth %s", handle, host_ifname)
-                    w.delete_host_veth(host_ifname)
-                    stale_deleted = True
-                    continue
-                raise
-
-    def _release_quietly(self, handle: str) -> None:
-        try:
-            self.ipam.release(handle)
-        except Exception:
-            log.exception("rollback: releasing the IP of %s failed", handle)
-
     async def _repeat_add(self, req: CNIRequest, ip: IPv4Address, old: Mapping[str, Any],
                           new: Mapping[str, Any], version: str,
                           readd: bool = True) -> dict[str, Any]:
@@ -380,7 +263,7 @@ class CNIPlugin:
                            f"already attached with different {', '.join(diff)}; DEL it first",
                            f"existing {dict((k, old.get(k)) for k in keys)}")
         try:
-            seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
+            seen = await in_thread("read the attachment", observe, self.wiring, self.protocol,
                                     req.netns, req.ifname, ip, host_ifname, int(new["mtu"]))
         except NetnsNotFound:
             await self.delete(req)  # code 3 tells the runtime not to DEL: nothing may stay
@@ -391,7 +274,7 @@ class CNIPlugin:
             handle = self.handle_key(new["network"], req)
             why = "; ".join(seen.problems)
             try:
-                await _in_thread("repair", finish, self.wiring, ip,
+                await in_thread("repair", finish, self.wiring, ip,
                                  {**new, "host_ifname": host_ifname}, self.protocol, int(new["mtu"]))
                 await self._route_added(WorkloadEndpoint(
                     req.container_id, req.ifname, host_ifname, ip, req.netns, req.pod_namespace, req.pod_name))
@@ -404,12 +287,12 @@ class CNIPlugin:
                             "rolling back and adding again", handle, why, e.msg)
                 await self.delete(req)
                 return await self.add(req, readd=False)
-            seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
+            seen = await in_thread("read the attachment", observe, self.wiring, self.protocol,
                                     req.netns, req.ifname, ip, host_ifname, int(new["mtu"]))
             if seen.host is None or seen.pod is None:
                 raise CNIError(INTERNAL, f"ADD {handle}: repaired attachment is still missing "
                                f"pieces: {'; '.join(seen.problems)}")
-        return self._result(version, host_ifname, seen.host.mac, req.ifname,
+        return build_result(version, host_ifname, seen.host.mac, req.ifname,
                             seen.pod.mac, req.netns, ip)
 
     # -- DEL --------------------------------------------------------------------------------
@@ -425,10 +308,10 @@ class CNIPlugin:
         name = validate.network_name(req.config.get("name"))
         handle = self.handle_key(name, req)
         self._answers.pop(handle, None)
-        alloc, errors, retired = await _in_thread("DEL", self._unwire, req, handle)
+        alloc, errors, retired = await in_thread("DEL", self._steps.unwire, req, handle, self.host_ifname(req))
         if alloc is not None:
             host_ifname = alloc.attrs.get("host_ifname") or self.host_ifname(req)
-            ep = self._endpoint_from_attrs(alloc.ip, alloc.attrs) or WorkloadEndpoint(
+            ep = endpoint_from_attrs(alloc.ip, alloc.attrs) or WorkloadEndpoint(
                 req.container_id, req.ifname, host_ifname, alloc.ip, req.netns)
             try:
                 await self._sink("workload_removed", self.workloads.workload_removed, ep)
@@ -439,41 +322,6 @@ class CNIPlugin:
         if errors:
             raise CNIError(INTERNAL, f"DEL incomplete: {'; '.join(errors)}")
         log.info("DEL %s: done (ip %s)", handle, alloc.ip if alloc else None)
-
-    def _unwire(self, req: CNIRequest, handle: str) -> tuple[Any, list[str], bool]:
-        """Worker thread: -> (allocation or None, errors, host veth retired)."""
-        w = self.wiring
-        errors: list[str] = []
-
-        def attempt(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-            try:
-                return fn(*args)
-            except CNIError as e:
-                errors.append(f"{what}: {e.msg}")
-            except Exception as e:
-                errors.append(f"{what}: {e!r}")
-            return None
-
-        try:
-            allocs = self.ipam.allocations()
-        except CNIError as e:
-            raise CNIError(e.code, f"DEL failed at IPAM lookup: {e.msg}", e.details) from e
-        alloc = allocs.get(handle)
-        attrs = dict(alloc.attrs) if alloc else {}
-        host_ifname = attrs.get("host_ifname") or self.host_ifname(req)
-        retired = False
-        if not any(h != handle and a.attrs.get("host_ifname") == host_ifname
-                   for h, a in allocs.items()):
-            # The pair is ours alone. Retiring the host end detaches the pod at once; the
-            # deletion of both ends is batched by reap().
-            retired = bool(attempt("retire host veth", w.retire_host_veth, host_ifname))
-        if req.netns and not retired:
-            attempt("delete pod interface", w.delete_pod_iface, req.netns, req.ifname)
-        try:
-            self.ipam.release(handle)
-        except CNIError as e:
-            errors.append(f"IPAM release: {e.msg}")
-        return alloc, errors, retired
 
     # -- retired veths ----------------------------------------------------------------------
 
@@ -492,7 +340,7 @@ class CNIPlugin:
         """Delete every retired veth pair now (one netlink request for all); True if there
         were some. Raises CNIError if the kernel refused. The agent calls it at start for
         pairs retired by a previous run."""
-        return bool(await _in_thread("delete retired veths", self.wiring.reap_retired))
+        return bool(await in_thread("delete retired veths", self.wiring.reap_retired))
 
     # -- CHECK ------------------------------------------------------------------------------
 
@@ -509,11 +357,11 @@ class CNIPlugin:
         if not isinstance(prev, dict):
             raise InvalidConfig("prevResult must be a JSON object (a CNI result)")
         handle = self.handle_key(network, req)
-        alloc = await _in_thread("IPAM lookup", self.ipam.get, handle)
+        alloc = await in_thread("IPAM lookup", self.ipam.get, handle)
         if alloc is None:
             raise CNIError(INTERNAL, f"CHECK: no IP allocation for {handle}")
         host_ifname = alloc.attrs.get("host_ifname") or self.host_ifname(req)
-        seen = await _in_thread("read the attachment", observe, self.wiring, self.protocol,
+        seen = await in_thread("read the attachment", observe, self.wiring, self.protocol,
                                 req.netns, req.ifname, alloc.ip, host_ifname, mtu)
         problems = [*seen.problems,
                     *prev_result_problems(prev, req.ifname, req.netns, host_ifname, alloc.ip, seen)]

@@ -13,6 +13,7 @@ from cni.ipam import IPAM
 from cni.model import CNIRequest
 from cni.netlink_wiring import NetlinkWiring
 from cni.plugin import CNIPlugin
+from cni.result import build as build_result
 from cni.reconcile import FINISHED, KEPT, ROLLED_BACK, Reconciler
 from nsutil import add_uplink, netns_path, sh
 
@@ -61,7 +62,7 @@ async def check(plugin: CNIPlugin, netns: str, cid: str, pod: str) -> None:
     host_ifname = alloc.attrs["host_ifname"]
     host, pod_if = plugin.wiring.host_veth(host_ifname), plugin.wiring.pod_iface(netns, "eth0")
     assert host is not None and pod_if is not None, f"{cid}: host veth or pod interface missing"
-    prev = plugin._result(CONF["cniVersion"], host_ifname, host.mac, "eth0", pod_if.mac, netns, alloc.ip)
+    prev = build_result(CONF["cniVersion"], host_ifname, host.mac, "eth0", pod_if.mac, netns, alloc.ip)
     return await plugin.handle(req("CHECK", netns, cid, pod, prevResult=prev))
 
 
