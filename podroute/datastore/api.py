@@ -110,6 +110,7 @@ class Datastore(Protocol):
     """
 
     name: str                    # "file", "fake", "etcd", "kubernetes"
+    location: str                # for messages: the file's path, the endpoints, the API server
     supports_claims: bool        # False: block claims raise Unsupported (static blocks only)
 
     async def snapshot(self) -> Snapshot: ...

@@ -81,6 +81,7 @@ class FakeDatastore:
     """One node's client of a :class:`FakeServer`; implements the Datastore Protocol."""
 
     name = "fake"
+    location = "fake"
     supports_claims = True
 
     def __init__(self, server: FakeServer) -> None:

@@ -50,6 +50,7 @@ class FileDatastore:
 
     def __init__(self, path: Path, poll_s: float = POLL_S) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self.poll_s = poll_s
         self.store = MemoryStore()
         self._stamp: Stamp | None = None
@@ -87,7 +88,10 @@ class FileDatastore:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - a poller that dies would freeze the view silently
+                log.exception("cluster file poll failed; polling on", extra={"kv": {"file": self.location}})
 
     async def snapshot(self) -> Snapshot:
         return self.store.snapshot()

@@ -120,7 +120,7 @@ async def test_agent_runs_wires_a_pod_through_felix_alone_and_stops_cleanly(shor
     assert wiring.routes == set() and "add_host_route" not in wiring.calls  # and nobody else
     st = agent.status()
     assert json.dumps(st) and st["workloads"] == 1 and st["fib"]["desired_by_owner"]["workloads"] == 1
-    assert set(st) == {"node", "started", "bgp", "fib", "loop", "encapsulation", "workloads", "tasks",
+    assert set(st) == {"node", "started", "bgp", "fib", "loop", "encapsulation", "workloads", "tasks", "datastore",
                        "task_failures"}
     assert {"felix", "cni-server", "bgp-speaker", "status-server"} <= set(st["tasks"])
     await agent.cni.handle(cni("DEL"))
@@ -170,7 +170,7 @@ async def test_a_changed_cluster_file_reaches_the_speaker(short_dir):
     f.write_text(f"nodes:\n  - {{name: n1, ip: {NODE_IP}, podCIDRs: [198.19.1.0/26]}}\n")
     agent, _, _ = make(short_dir, cluster_file=f)
     assert agent.speaker.cluster is not None and len(agent.speaker.cluster.nodes) == 1
-    agent.cluster.poll_s = 0.01
+    agent.cluster.datastore.poll_s = 0.01
     run = asyncio.create_task(agent.run(signals=False))
     f.write_text(f.read_text() + "  - {name: n2, ip: 198.18.0.12, podCIDRs: [198.19.2.0/26]}\n")
     await wait_until(lambda: agent.speaker.peer_sets)
