@@ -71,29 +71,22 @@ class BlockPolicy:
     grace_s: float = GRACE_S
 
 
-class BlockAffinity:
-    """Node ``node``'s blocks in ``datastore``. Keep the view current with :meth:`handle`
-    (the datastore's watch items) or :meth:`refresh`. ``pools`` is used when the datastore
-    holds no IPPool (the node config's ``ipPools``)."""
+class BlockView:
+    """The blocks, pools and nodes of a datastore as node ``node`` sees them (read-only).
+    Keep it current with :meth:`handle` (the datastore's watch items) or :meth:`load`.
+    ``pools`` is used when the datastore holds no IPPool (the node config's ``ipPools``)."""
 
-    def __init__(self, datastore: Datastore, node: str, *, static: tuple[IPv4Network, ...] = (),
-                 pools: tuple[IPPool, ...] = (), on_blocks: Callable[[tuple[IPv4Network, ...]], None] = lambda b: None,
-                 policy: BlockPolicy = BlockPolicy(), clock: Callable[[], float] = time.monotonic) -> None:
-        self.ds, self.node, self.static = datastore, node, tuple(static)
-        self.default_pools, self.on_blocks, self.policy, self.clock = tuple(pools), on_blocks, policy, clock
+    def __init__(self, node: str, *, pools: tuple[IPPool, ...] = (),
+                 on_blocks: Callable[[tuple[IPv4Network, ...]], None] = lambda b: None) -> None:
+        self.node, self.default_pools, self.on_blocks = node, tuple(pools), on_blocks
         self.view: dict[str, Stored] = {}
         self.revision = 0
-        self._empty_since: dict[IPv4Network, float] = {}
-        self._gone_since: dict[str, float] = {}
         self._published: tuple[IPv4Network, ...] | None = None
 
     # --- the view -------------------------------------------------------------------------
     def load(self, snapshot: Snapshot) -> None:
         self.view, self.revision = dict(snapshot.items), snapshot.revision
         self._publish()
-
-    async def refresh(self) -> None:
-        self.load(await self.ds.snapshot())
 
     def handle(self, item: Changes | Resync) -> None:
         if isinstance(item, Resync):
@@ -129,6 +122,29 @@ class BlockAffinity:
         if mine != self._published:
             self._published = mine
             self.on_blocks(mine)
+
+    def rows(self, used: Mapping[IPv4Network, int] | None = None) -> list[BlockRow]:
+        """One row per block: CIDR, node, state, size and (this node's blocks only) the
+        addresses in use from ``used``."""
+        return [BlockRow(cidr, st.value.affinity, st.value.state, cidr.num_addresses,
+                         used.get(cidr) if used is not None and st.value.affinity == self.node else None)
+                for cidr, st in sorted(self.blocks().items(), key=lambda cs: int(cs[0].network_address))]
+
+
+class BlockAffinity(BlockView):
+    """Node ``node``'s blocks in ``datastore``: claims and releases (see the module doc).
+    ``static``: the node config's podCIDRs."""
+
+    def __init__(self, datastore: Datastore, node: str, *, static: tuple[IPv4Network, ...] = (),
+                 pools: tuple[IPPool, ...] = (), on_blocks: Callable[[tuple[IPv4Network, ...]], None] = lambda b: None,
+                 policy: BlockPolicy = BlockPolicy(), clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(node, pools=pools, on_blocks=on_blocks)
+        self.ds, self.static, self.policy, self.clock = datastore, tuple(static), policy, clock
+        self._empty_since: dict[IPv4Network, float] = {}
+        self._gone_since: dict[str, float] = {}
+
+    async def refresh(self) -> None:
+        self.load(await self.ds.snapshot())
 
     # --- claims ---------------------------------------------------------------------------
     async def _claim(self, cidr: IPv4Network) -> Stored:
@@ -237,11 +253,3 @@ class BlockAffinity:
             if name in owners and now - self._gone_since[name] >= self.policy.grace_s and await self._release(st):
                 out.append(cidr)
         return out
-
-    # --- reporting ------------------------------------------------------------------------
-    def rows(self, used: Mapping[IPv4Network, int] | None = None) -> list[BlockRow]:
-        """One row per block: CIDR, node, state, size and (this node's blocks only) the
-        addresses in use from ``used``."""
-        return [BlockRow(cidr, st.value.affinity, st.value.state, cidr.num_addresses,
-                         used.get(cidr) if used is not None and st.value.affinity == self.node else None)
-                for cidr, st in sorted(self.blocks().items(), key=lambda cs: int(cs[0].network_address))]
