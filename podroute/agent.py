@@ -47,6 +47,7 @@ from podroute.datastore.filestore import FileDatastore
 from podroute.encap import Encap
 from podroute.felix_loop import FelixDriver
 from podroute.gr_hold import RestartHold, previous_bgp_routes
+from podroute.ipamblocks import static_block_check
 from podroute.looplag import LoopLag
 from podroute.routing import FibPlanner
 from podroute.speaker_wiring import SpeakerFactory, apply_cluster, exabgp_speaker
@@ -100,7 +101,9 @@ class Agent:
             store = FileDatastore(cfg.cluster_file)
             self.cluster = ClusterWatch(store, node_name=cfg.node_name, node_ip=cfg.node_ip,
                                         on_change=self._on_cluster)
-            cluster = self.cluster.prime(store.load())
+            snapshot = store.load()
+            cluster = self.cluster.prime(snapshot)
+            static_block_check(cfg, snapshot)
         self.hold = RestartHold(self.routes, lambda: self.speaker.status(), cfg.graceful_restart_time)
         stale = previous_bgp_routes(self.dataplane, table=self.routes.table, protocol=cfg.route_protocol,
                                     desired=self.routes.desired())

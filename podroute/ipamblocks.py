@@ -32,12 +32,16 @@ import logging
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from cni.errors import IPAMExhausted
 from podroute.datastore import (Changes, Conflict, Datastore, Delete, IPAMBlock, IPPool, Node, Put, Resync,
                                 Snapshot, Stored, block_key)
 from podroute.datastore.model import BLOCK_CONFIRMED
+from podroute.schema import ConfigError
+
+if TYPE_CHECKING:
+    from podroute.config import NodeConfig
 
 log = logging.getLogger("podroute.ipamblocks")
 
@@ -123,6 +127,18 @@ class BlockView:
             self._published = mine
             self.on_blocks(mine)
 
+    def collisions(self, static: tuple[IPv4Network, ...]) -> list[str]:
+        """Why each of ``static`` (this node's podCIDRs) cannot be this node's: another node's
+        block is it or overlaps it. Empty when all are fine."""
+        out = []
+        for cidr in static:
+            other = next((s.value for c, s in self.blocks().items()
+                          if c.overlaps(cidr) and s.value.affinity != self.node), None)
+            if other is not None:
+                out.append(f"podCIDRs {cidr} collides with block {other.cidr} held by node "
+                           f"{other.affinity or 'nobody'}; pick another block")
+        return out
+
     def rows(self, used: Mapping[IPv4Network, int] | None = None) -> list[BlockRow]:
         """One row per block: CIDR, node, state, size and (this node's blocks only) the
         addresses in use from ``used``."""
@@ -157,12 +173,9 @@ class BlockAffinity(BlockView):
         """Claim the static blocks, or one dynamic block if the node has none. Raises
         BlockCollision, PoolExhausted, and the datastore's errors (Unavailable: retry later)."""
         await self.refresh()
+        for problem in self.collisions(self.static):
+            raise BlockCollision(problem)
         for cidr in self.static:
-            other = next((s.value for c, s in self.blocks().items()
-                          if c.overlaps(cidr) and s.value.affinity != self.node), None)
-            if other is not None:
-                raise BlockCollision(f"podCIDRs {cidr} collides with block {other.cidr} held by node "
-                                     f"{other.affinity or 'nobody'}; pick another block")
             try:
                 await self._claim(cidr)
             except Conflict as e:
@@ -253,3 +266,13 @@ class BlockAffinity(BlockView):
             if name in owners and now - self._gone_since[name] >= self.policy.grace_s and await self._release(st):
                 out.append(cidr)
         return out
+
+
+def static_block_check(cfg: "NodeConfig", snapshot: Snapshot) -> None:
+    """At start: refuse the node config's podCIDRs when another node's block in the datastore
+    is or overlaps one of them (ConfigError naming ``podCIDRs``)."""
+    view = BlockView(cfg.node_name)
+    view.load(snapshot)
+    problems = view.collisions(cfg.pod_cidrs)
+    if problems:
+        raise ConfigError("podCIDRs", "; ".join(problems), cfg.source)

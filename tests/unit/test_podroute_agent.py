@@ -21,6 +21,7 @@ from felix.routes import Route, dst_key
 from ipip.fake import FakeDataplane as FakeIPIP
 from podroute.agent import Agent
 from podroute.config import IPPool, NodeConfig, Paths
+from podroute.schema import ConfigError
 
 NODE_IP = IPv4Address("198.18.0.11")
 PEER = IPv4Address("198.18.0.12")
@@ -178,6 +179,15 @@ async def test_a_changed_cluster_file_reaches_the_speaker(short_dir):
     assert agent.speaker.hops == {IPv4Network("198.19.1.0/26"): NODE_IP, IPv4Network("198.19.2.0/26"): PEER}
     agent._stop.set()
     assert await asyncio.wait_for(run, 30) == 0
+
+
+def test_a_static_block_another_node_holds_is_refused_at_start(short_dir):
+    f = short_dir / "cluster.yaml"
+    f.write_text(f"nodes:\n  - {{name: n1, ip: {NODE_IP}}}\n"
+                 "  - {name: n2, ip: 198.18.0.12, podCIDRs: [198.19.1.0/25]}\n")
+    with pytest.raises(ConfigError, match=r"podCIDRs: podCIDRs 198.19.1.0/26 collides with block 198.19.1.0/25 "
+                                          r"held by node n2; pick another block"):
+        make(short_dir, cluster_file=f)
 
 
 def test_agent_module_stays_a_composition_root():
