@@ -12,6 +12,7 @@ from podroute.datastore import BGPConfiguration, BGPPeer, IPAMBlock, Node, key_o
 from podroute.datastore.fake import FakeDatastore, FakeServer
 from podroute.datastore.model import labels
 from podroute.schema import ConfigError
+from podroute.statusd import render
 
 A = IPv4Address
 N1 = Node("n1", A("198.18.0.11"))
@@ -91,6 +92,8 @@ async def test_outage_keeps_state_backs_off_and_catches_up_through_a_resync(runn
     await wait_until(lambda: not w.status()["available"])
     assert w.status()["datastore"] == "fake" and "down" in w.status()["last_error"]
     assert len(w.cluster.nodes) == 2                # the last state stays
+    assert "Datastore: fake, 2 node(s)" in render({"datastore": w.status()}) and \
+        "UNAVAILABLE since" in render({"datastore": w.status()})
     server.store.commit(puts=[N3], deletes=[key_of(N2)])   # changes while we cannot see them
     server.compact()                                # ... and their history is gone
     server.up()
