@@ -42,7 +42,7 @@ from podroute import statusd
 from podroute.bgp_fib import BgpToFib
 from podroute.clusterwatch import ClusterWatch
 from podroute.config import NodeConfig
-from podroute.datastore import Cluster
+from podroute.datastore import Cluster, Node
 from podroute.datastore.filestore import FileDatastore
 from podroute.encap import Encap
 from podroute.felix_loop import FelixDriver
@@ -100,7 +100,7 @@ class Agent:
         if cfg.cluster_file is not None:
             store = FileDatastore(cfg.cluster_file)
             self.cluster = ClusterWatch(store, node_name=cfg.node_name, node_ip=cfg.node_ip,
-                                        on_change=self._on_cluster)
+                                        on_change=self._on_cluster, register=Node(cfg.node_name, cfg.node_ip, cfg.asn))
             snapshot = store.load()
             cluster = self.cluster.prime(snapshot)
             static_block_check(cfg, snapshot)

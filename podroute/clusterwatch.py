@@ -12,6 +12,10 @@ Bad data keeps the last good state, with an error log line naming the key:
 - a view whose topology breaks a rule (two nodes with one address, overlapping blocks, this
   node missing or with another address) is not handed over.
 
+With ``register``, the node first registers itself (:meth:`Datastore.register_node`, under a
+lease of ``ttl_s`` the store keeps alive); a registration the store refuses is logged as
+rejected data.
+
 When the datastore is unavailable the last state stays in force; the watch is retried with
 exponential backoff (``BACKOFF_S``) from the last revision seen (a compacted revision then
 comes back as a Resync). :meth:`status` says so.
@@ -24,13 +28,14 @@ import time
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping
 
-from podroute.datastore import (Changes, Cluster, Datastore, Delete, Invalid, Put, Resource, Resync, Snapshot,
-                                Unavailable, cluster_from_resources)
+from podroute.datastore import (Changes, Cluster, Conflict, Datastore, Delete, Invalid, InvalidData, Node, Put,
+                                Resource, Resync, Snapshot, Unavailable, cluster_from_resources)
 from podroute.schema import ConfigError
 
 log = logging.getLogger("podroute.clusterwatch")
 
 BACKOFF_S = (0.5, 30.0)   # first and longest wait between attempts while the datastore is unavailable
+LEASE_TTL_S = 30.0        # a node that stops renewing is gone for the others after this long
 
 
 class ClusterWatch:
@@ -38,8 +43,10 @@ class ClusterWatch:
     ``cluster`` is the last good topology (after :meth:`prime`)."""
 
     def __init__(self, datastore: Datastore, *, node_name: str, node_ip: IPv4Address,
-                 on_change: Callable[[Cluster], None], backoff_s: tuple[float, float] = BACKOFF_S) -> None:
+                 on_change: Callable[[Cluster], None], backoff_s: tuple[float, float] = BACKOFF_S,
+                 register: Node | None = None, ttl_s: float = LEASE_TTL_S) -> None:
         self.datastore = datastore
+        self.register, self.ttl_s, self.registered = register, ttl_s, register is None
         self.node_name = node_name
         self.node_ip = node_ip
         self.on_change = on_change
@@ -124,6 +131,8 @@ class ClusterWatch:
         wait = self.backoff_s[0]
         while True:
             try:
+                if not self.registered:
+                    await self._register()
                 if self.revision == 0:
                     snap = await self.datastore.snapshot()
                     await self.handle(Resync(snap))
@@ -140,6 +149,16 @@ class ClusterWatch:
                 self.last_error = str(e)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.backoff_s[1])
+
+    async def _register(self) -> None:
+        assert self.register is not None
+        try:
+            await self.datastore.register_node(self.register, self.ttl_s)
+            log.info("node registered", extra={"kv": {"node": self.register.name, "ttl_s": self.ttl_s}})
+        except (Conflict, InvalidData) as e:
+            # not retried: the data must change first; derive() rejects views without us meanwhile
+            self._reject(getattr(e, "key", "?"), str(e))
+        self.registered = True
 
     def status(self) -> dict[str, Any]:
         """``{"datastore", "available", "since", "revision", "nodes", "last_error"}`` for

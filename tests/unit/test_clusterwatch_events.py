@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from podroute.clusterwatch import ClusterWatch
-from podroute.datastore import BGPConfiguration, BGPPeer, IPAMBlock, Node, key_of, peers_for
+from podroute.datastore import BGPConfiguration, Conflict, BGPPeer, IPAMBlock, Node, key_of, peers_for
 from podroute.datastore.fake import FakeDatastore, FakeServer
 from podroute.datastore.model import labels
 from podroute.schema import ConfigError
@@ -108,3 +108,43 @@ def test_prime_refuses_a_datastore_without_this_node():
     w = ClusterWatch(FakeDatastore(server), node_name="n1", node_ip=N1.address, on_change=lambda c: None)
     with pytest.raises(ConfigError, match=r"^fake: nodes/n1: this node \(n1\) is not listed"):
         w.prime(server.store.snapshot())
+
+
+async def test_the_node_registers_itself_and_retries_through_an_outage(caplog):
+    server = FakeServer()
+    server.put(BGPConfiguration(), N2)
+    server.down()
+    got: list = []
+    w = ClusterWatch(FakeDatastore(server), node_name="n1", node_ip=N1.address, on_change=got.append,
+                     backoff_s=(0.01, 0.05), register=N1, ttl_s=7)
+    task = asyncio.create_task(w.run())
+    try:
+        await wait_until(lambda: server.calls.count("register_node") >= 2)
+        assert key_of(N1) not in server.store.items
+        server.up()
+        await wait_until(lambda: got)
+        assert server.leases == {"n1": 7} and [n.name for n in got[-1].nodes] == ["n1", "n2"]
+        server.expire_lease("n1")                   # our own lease lapsed: not handed over, logged
+        await wait_until(lambda: any("not listed" in str(getattr(r, "kv", {}).get("error")) for r in caplog.records))
+        assert len(got) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_refused_registration_is_logged_and_not_retried(caplog):
+    server = FakeServer()
+    server.put(BGPConfiguration(), N1, N2)
+    server.fail_next("register_node", Conflict("nodes/n1", "registered with address 198.18.0.99", "n1"))
+    got: list = []
+    w = ClusterWatch(FakeDatastore(server), node_name="n1", node_ip=N1.address, on_change=got.append,
+                     backoff_s=(0.01, 0.05), register=N1)
+    task = asyncio.create_task(w.run())
+    try:
+        await wait_until(lambda: got)
+        assert server.calls.count("register_node") == 1
+        (rec,) = [r for r in caplog.records if "rejected" in r.getMessage()]
+        assert rec.kv["key"] == "nodes/n1" and "198.18.0.99" in rec.kv["error"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
