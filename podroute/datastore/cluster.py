@@ -6,8 +6,9 @@ datastore holds the same concepts in one YAML file (``clusterFile`` in the node 
     bgp:
       nodeToNodeMesh: true          # Calico's default: every node peers with every other node
       asn: 64512                    # default AS for nodes without their own
-      peers:                        # global peers: every node peers with these
+      peers:                        # global peers: every node peers with these ...
         - {address: 198.18.0.1, asn: 64512}
+        - {address: 198.18.0.254, asn: 65000, nodeSelector: {rack: r1}}  # ... or those labelled so
     nodes:
       - name: n1
         ip: 198.18.0.11
@@ -89,9 +90,13 @@ def _file_peer(name: str, node: str | None):
         if isinstance(value, dict) and "password" in value:
             raise ConfigError(join(path, "password"), "a cluster file is shared by every node: reference a 0600 "
                                                       "passwordFile instead of writing the secret")
+        selector = None
+        if node is None and isinstance(value, dict) and "nodeSelector" in value:
+            selector = _labels(value["nodeSelector"], join(path, "nodeSelector"))
+            value = {k: v for k, v in value.items() if k != "nodeSelector"}
         p = _peer(value, path)   # checks the passwordFile (a regular 0600 file) here too
         pf = value.get("passwordFile") if isinstance(value, dict) else None
-        return BGPPeer(f"{name}-{p.address}", p.address, p.asn, node=node,
+        return BGPPeer(f"{name}-{p.address}", p.address, p.asn, node=node, node_selector=selector,
                        password_file=Path(pf) if pf is not None else None, max_prefixes=p.max_prefixes,
                        hold_time=p.hold_time, passive=p.passive, port=p.port, source_address=p.source_address,
                        multihop_ttl=p.multihop_ttl, max_prefixes_action=p.max_prefixes_action)
