@@ -47,6 +47,9 @@ class ClusterWatch:
                  register: Node | None = None, ttl_s: float = LEASE_TTL_S) -> None:
         self.datastore = datastore
         self.register, self.ttl_s, self.registered = register, ttl_s, register is None
+        # Others that follow the same watch (e.g. podroute.ipamblocks.BlockView.handle): one
+        # stream per agent.
+        self.listeners: list[Callable[[Changes | Resync], None]] = []
         self.node_name = node_name
         self.node_ip = node_ip
         self.on_change = on_change
@@ -119,8 +122,11 @@ class ClusterWatch:
         return True
 
     async def handle(self, item: Changes | Resync) -> bool:
-        """Apply one watch item; True if a new topology was handed to ``on_change``."""
+        """Apply one watch item (and hand it to each of ``listeners``); True if a new topology
+        was handed to ``on_change``."""
         self._apply(item)
+        for listener in self.listeners:
+            listener(item)
         if isinstance(item, Changes) and not any(isinstance(e, (Put, Delete)) for e in item.events):
             return False
         return await self._update()

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import pytest
 
 from podroute.datastore import (BGPConfiguration, BGPPeer, Changes, Conflict, Datastore, Delete, IPAMBlock, Invalid,
-                                Node, Put, Resync, Unsupported, key_of)
+                                Node, Put, Resync, Unavailable, Unsupported, key_of)
 from podroute.datastore.model import block_key
 
 N1 = Node("n1", IPv4Address("198.18.0.11"))
@@ -33,6 +33,10 @@ class Harness(Protocol):
     async def corrupt(self, resource: Any) -> str: ...     # a malformed value; returns the key reported
 
     async def compact(self) -> None: ...
+
+    # optional: cut the store off / bring it back (etcd: stop and start the server)
+    # async def outage(self) -> None: ...
+    # async def restore(self) -> None: ...
 
 
 async def next_changes(it, want, timeout: float = 10.0) -> list:
@@ -146,3 +150,24 @@ async def test_peers_round_trip(harness):
     await harness.seed(CFG, N1, peer)
     snap = await harness.client().snapshot()
     assert snap.items[key_of(peer)].value == peer
+
+
+async def test_a_broken_watch_raises_unavailable_and_a_rewatch_catches_up(harness):
+    if not hasattr(harness, "outage"):
+        pytest.skip("this harness cannot cut its store off")
+    await harness.seed(CFG, N1)
+    ds = harness.client()
+    snap = await ds.snapshot()
+    it = ds.watch(snap.revision).__aiter__()
+    await harness.outage()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(it.__anext__(), 30)
+    with pytest.raises(Unavailable):
+        await ds.snapshot()
+    await harness.restore()
+    await harness.seed(N2)
+    it = ds.watch(snap.revision).__aiter__()
+    await next_changes(it, lambda g: any(isinstance(e, Put) and e.stored.value == N2 for e in events(g))
+                       or any(isinstance(i, Resync) and key_of(N2) in i.snapshot.items for i in g))
+    await it.aclose()
+    await ds.close()

@@ -11,6 +11,7 @@ from podroute.clusterwatch import ClusterWatch
 from podroute.datastore import BGPConfiguration, Conflict, BGPPeer, IPAMBlock, Node, key_of, peers_for
 from podroute.datastore.fake import FakeDatastore, FakeServer
 from podroute.datastore.model import labels
+from podroute.ipamblocks import BlockView
 from podroute.schema import ConfigError
 from podroute.statusd import render
 
@@ -55,6 +56,23 @@ async def test_list_then_watch_hands_over_each_new_topology_once(running):
     rev = server.store.revision
     await wait_until(lambda: w.revision == rev)
     assert len(got) == 2
+
+
+async def test_listeners_follow_the_same_stream(running):
+    server, w, got = running
+    view = BlockView("n2")
+    w.listeners.append(view.handle)
+    server.put(IPAMBlock(IPv4Network("198.19.2.64/26"), "n2"))
+    await wait_until(lambda: len(view.mine()) == 1)          # a Changes it saw
+    assert view.mine() == (IPv4Network("198.19.2.64/26"),)  # it joined after the first list
+    server.down()
+    await wait_until(lambda: not w.status()["available"])
+    server.put(N3)                                          # missed during the outage ...
+    server.put(BGPConfiguration(as_number=65001))
+    server.compact()                                        # ... and compacted away
+    server.up()
+    await wait_until(lambda: "nodes/n3" in view.view)       # through the Resync: the whole state
+    assert view.mine() == (IPv4Network("198.19.2.0/26"), IPv4Network("198.19.2.64/26"))
 
 
 async def test_peers_by_selector_and_global(running):

@@ -35,6 +35,12 @@ class FakeHarness:
     async def compact(self) -> None:
         self.server.compact()
 
+    async def outage(self) -> None:
+        self.server.down()
+
+    async def restore(self) -> None:
+        self.server.up()
+
 
 class FileHarness:
     """Writes the cluster file from resources; each client is a FileDatastore polling it."""
