@@ -23,7 +23,9 @@ Same-CIDR claims are atomic in the datastore; overlap with a block of another si
 against the view (pools fix the block size, so that only concerns static blocks).
 
 ``on_blocks(blocks)`` is called with the node's new block tuple whenever it changes (the
-agent then announces them, installs their blackholes and hands them to local IPAM).
+agent then announces them, installs their blackholes and hands them to local IPAM), and
+again with the unchanged tuple when a release that ``may_release(cidr)`` allowed (local IPAM
+stopped using the block, :mod:`podroute.nodeblocks`) did not happen.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import logging
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, Mapping
 
 from cni.errors import IPAMExhausted
 from podroute.datastore import (Changes, Conflict, Datastore, Delete, IPAMBlock, IPPool, Node, Put, Resync,
@@ -153,9 +155,11 @@ class BlockAffinity(BlockView):
 
     def __init__(self, datastore: Datastore, node: str, *, static: tuple[IPv4Network, ...] = (),
                  pools: tuple[IPPool, ...] = (), on_blocks: Callable[[tuple[IPv4Network, ...]], None] = lambda b: None,
-                 policy: BlockPolicy = BlockPolicy(), clock: Callable[[], float] = time.monotonic) -> None:
+                 policy: BlockPolicy = BlockPolicy(), clock: Callable[[], float] = time.monotonic,
+                 may_release: Callable[[IPv4Network], Awaitable[bool]] | None = None) -> None:
         super().__init__(node, pools=pools, on_blocks=on_blocks)
         self.ds, self.static, self.policy, self.clock = datastore, tuple(static), policy, clock
+        self.may_release = may_release
         self._empty_since: dict[IPv4Network, float] = {}
         self._gone_since: dict[str, float] = {}
 
@@ -229,6 +233,16 @@ class BlockAffinity(BlockView):
         log.info("block released", extra={"kv": {"block": st.value.cidr, "was": st.value.affinity}})
         return True
 
+    async def _release_own(self, st: Stored) -> bool:
+        try:
+            if await self._release(st):
+                return True
+        except BaseException:
+            self.on_blocks(self.mine())  # undo may_release: the block is still ours
+            raise
+        self.on_blocks(self.mine())
+        return False
+
     async def release_empty(self, used: Mapping[IPv4Network, int]) -> list[IPv4Network]:
         """Release dynamic blocks of this node empty (``used[cidr] == 0``) for ``grace_s``,
         keeping at least one block. Returns the released CIDRs."""
@@ -243,7 +257,9 @@ class BlockAffinity(BlockView):
             if since is None or now - since < self.policy.grace_s or len(self.mine()) <= 1:
                 continue
             st = self.view.get(block_key(cidr))
-            if st is not None and await self._release(st):
+            if st is None or (self.may_release is not None and not await self.may_release(cidr)):
+                continue
+            if await self._release_own(st):
                 self._empty_since.pop(cidr, None)
                 out.append(cidr)
         return out
