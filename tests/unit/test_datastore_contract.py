@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,16 @@ async def harness(request, tmp_path):
     yield h
     for c in getattr(h, "clients", ()):
         await c.close()
+
+
+async def test_file_store_ignores_a_missing_file_and_picks_it_up_again(tmp_path):
+    h = FileHarness(tmp_path / "cluster.yaml")
+    await h.seed(BGPConfiguration(), Node("n1", IPv4Address("198.18.0.11")))
+    ds = h.client()
+    before = await ds.snapshot()
+    h.path.unlink()
+    assert not await ds.poll_once()
+    assert (await ds.snapshot()).items == before.items
+    await h.seed(Node("n2", IPv4Address("198.18.0.12")))
+    assert "nodes/n2" in (await ds.snapshot()).items
+    await ds.close()
