@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .atomicfile import atomic_write
 from .errors import IPAMError, IPAMExhausted
@@ -55,6 +55,17 @@ def _copy(blk: _Block) -> _Block:
     return _Block(blk.cidr, blk.next, {ip: (h, dict(a)) for ip, (h, a) in blk.allocations.items()})
 
 
+def _checked(blocks: Sequence[IPv4Network]) -> list[IPv4Network]:
+    if not blocks:
+        raise ValueError("IPAM needs at least one block")
+    out = [IPv4Network(b) for b in blocks]
+    for i, a in enumerate(out):
+        for b in out[i + 1:]:
+            if a.overlaps(b):
+                raise ValueError(f"IPAM blocks {a} and {b} overlap")
+    return out
+
+
 class IPAM:
     """Allocator over ``blocks`` with state in ``state_dir`` (created if missing).
 
@@ -63,14 +74,10 @@ class IPAM:
     """
 
     def __init__(self, state_dir: Path, blocks: Sequence[IPv4Network],
-                 reserved: Iterable[IPv4Address] = ()) -> None:
-        if not blocks:
-            raise ValueError("IPAM needs at least one block")
-        self._blocks = [IPv4Network(b) for b in blocks]
-        for i, a in enumerate(self._blocks):
-            for b in self._blocks[i + 1:]:
-                if a.overlaps(b):
-                    raise ValueError(f"IPAM blocks {a} and {b} overlap")
+                 reserved: Iterable[IPv4Address] = (),
+                 on_exhausted: Callable[[], str | None] = lambda: None) -> None:
+        self._blocks = _checked(blocks)
+        self._on_exhausted = on_exhausted
         self._dir = Path(state_dir)
         self._reserved: set[IPv4Address] = {IPv4Address(r) for r in reserved}
         self._tlock = threading.Lock()  # flock is per open file description; serialise threads too
@@ -113,8 +120,25 @@ class IPAM:
                     blk.next = (int(ip) - int(blk.cidr.network_address) + 1) % blk.cidr.num_addresses
                     self._save(blk)
                     return Allocation(handle, ip, dict(attrs or {})), True
-        raise IPAMExhausted(f"no free address in IPAM blocks {', '.join(map(str, self._blocks))}",
-                            f"{len(self._reserved)} reserved")
+        hint = self._on_exhausted()  # e.g. the node's block claims: "pool exhausted: ..."
+        raise IPAMExhausted(f"no free address in IPAM blocks {', '.join(map(str, self._blocks))}"
+                            + (f"; {hint}" if hint else ""), f"{len(self._reserved)} reserved")
+
+    def set_blocks(self, blocks: Sequence[IPv4Network]) -> None:
+        """Hand out from ``blocks`` from now on (a node's blocks change as it claims and releases
+        them, :mod:`podroute.ipamblocks`). Raises ValueError when a dropped block still has
+        allocations, or for an empty, IPv6 or overlapping list."""
+        new = _checked(blocks)
+        with self._locked():
+            for blk in self._load_all():
+                if blk.cidr not in new and blk.allocations:
+                    raise ValueError(f"IPAM block {blk.cidr} still has {len(blk.allocations)} allocation(s)")
+            self._blocks = new
+
+    def usage(self) -> dict[IPv4Network, int]:
+        """Allocations per block (a fresh read of the state)."""
+        with self._locked():
+            return {blk.cidr: len(blk.allocations) for blk in self._load_all()}
 
     def release(self, handle: str) -> IPv4Address | None:
         """Free the address of ``handle``; return it, or None if the handle holds none."""

@@ -7,7 +7,8 @@ felix applies on every event and resyncs every ``resyncInterval`` seconds
 (:class:`podroute.felix_loop.FelixDriver`); the netlink monitor marks felix dirty when someone
 touches our routes. After a restart, the routes the previous run programmed are held until BGP
 re-converges (:class:`podroute.gr_hold.RestartHold`). Encapsulation devices come from
-:class:`podroute.encap.Encap`, the cluster file from :class:`podroute.clusterwatch.ClusterWatch`,
+:class:`podroute.encap.Encap`, the cluster topology from the datastore's events (:class:`podroute.clusterwatch.ClusterWatch`
+over the file datastore),
 the status snapshot from :mod:`podroute.status_view`.
 
 The agent builds the real kernel adapters (pyroute2, netlink) and the ExaBGP speaker unless
@@ -41,10 +42,12 @@ from podroute import statusd
 from podroute.bgp_fib import BgpToFib
 from podroute.clusterwatch import ClusterWatch
 from podroute.config import NodeConfig
-from podroute.datastore import Cluster
+from podroute.datastore import Cluster, Node
+from podroute.datastore.filestore import FileDatastore
 from podroute.encap import Encap
 from podroute.felix_loop import FelixDriver
 from podroute.gr_hold import RestartHold, previous_bgp_routes
+from podroute.ipamblocks import static_block_check
 from podroute.looplag import LoopLag
 from podroute.routing import FibPlanner
 from podroute.speaker_wiring import SpeakerFactory, apply_cluster, exabgp_speaker
@@ -95,9 +98,12 @@ class Agent:
         self.cluster: ClusterWatch | None = None
         cluster: Cluster | None = None
         if cfg.cluster_file is not None:
-            self.cluster = ClusterWatch(cfg.cluster_file, node_name=cfg.node_name, node_ip=cfg.node_ip,
-                                        on_change=self._on_cluster)
-            cluster = self.cluster.load()
+            store = FileDatastore(cfg.cluster_file)
+            self.cluster = ClusterWatch(store, node_name=cfg.node_name, node_ip=cfg.node_ip,
+                                        on_change=self._on_cluster, register=Node(cfg.node_name, cfg.node_ip, cfg.asn))
+            snapshot = store.load()
+            cluster = self.cluster.prime(snapshot)
+            static_block_check(cfg, snapshot)
         self.hold = RestartHold(self.routes, lambda: self.speaker.status(), cfg.graceful_restart_time)
         stale = previous_bgp_routes(self.dataplane, table=self.routes.table, protocol=cfg.route_protocol,
                                     desired=self.routes.desired())
@@ -120,7 +126,6 @@ class Agent:
         self.hold.check()  # End-of-RIB seen or the timer expired since the last event
 
     def _on_cluster(self, cluster: Cluster) -> None:
-        log.info("cluster file changed", extra={"kv": {"nodes": len(cluster.nodes)}})
         apply_cluster(self.speaker, self.cfg, cluster)
 
     def cni_readiness(self) -> str | None:
@@ -166,6 +171,7 @@ class Agent:
             "loop": self.looplag.status(),
             "encapsulation": self.encap.status(),
             "workloads": len(self.cni.endpoints()),
+            "datastore": self.cluster.status() if self.cluster is not None else None,
             "tasks": self.guard.running(),
             "task_failures": [f.__dict__ for f in self.guard.failures],
         }
@@ -241,6 +247,8 @@ class Agent:
         except Exception as e:  # noqa: BLE001 - shutting down regardless
             log.warning("speaker did not stop cleanly", extra={"kv": {"error": str(e)}})
         await g.cancel_all()
+        if self.cluster is not None:
+            await self.cluster.datastore.close()
         for t in (stop, failed):
             t.cancel()
         for sock in (self.cfg.paths.cni_socket, self.cfg.paths.agent_socket):

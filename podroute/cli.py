@@ -107,6 +107,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ipam_show(args: argparse.Namespace) -> int:
+    from podroute import ipamshow
+    data = ipamshow.collect(_load_config(args.config))
+    print(json.dumps(data, indent=2) if args.json else ipamshow.render(data))
+    return 0
+
+
 def cmd_cni_install(args: argparse.Namespace) -> int:
     from cni.install import install_shim
     from podroute.cniconf import write_conflist
@@ -175,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                     help="retry for up to SECONDS while the agent does not answer (e.g. right after start)")
     st.set_defaults(func=cmd_status)
+
+    ipam = sub.add_parser("ipam", help="IP address management").add_subparsers(dest="cmd", required=True)
+    show = ipam.add_parser("show", help="pools, blocks, their nodes and utilisation (this node's from its IPAM state)")
+    show.add_argument("--config", default=DEFAULT_CONFIG)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_ipam_show)
 
     cni = sub.add_parser("cni", help="CNI plugin installation").add_subparsers(dest="cmd", required=True)
     inst = cni.add_parser("install", help="install the podroute CNI plugin and its conflist")

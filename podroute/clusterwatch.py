@@ -1,86 +1,174 @@
-"""The file datastore: the cluster file that says which nodes exist and the BGP topology.
+"""The agent's consumer of datastore events: turns a snapshot and its watch into the cluster
+topology (:class:`podroute.datastore.Cluster`) the speaker's sessions and expected next hops
+come from (:mod:`podroute.speaker_wiring`).
 
-:class:`ClusterWatch` polls the file's (mtime, size) every ``poll_s`` seconds; a change is
-loaded off the event loop (a 10k-node file takes seconds to parse) and handed to ``on_change``
-(kube-router style: apply the change at once; an invalid file is logged and the last good one
-kept). A datastore watch can replace this class behind the same seam: ``run()`` and the
-callback.
+List, then watch (:class:`podroute.datastore.Datastore`): a :class:`Changes` updates the view
+key by key, a :class:`Resync` replaces it. After each, the topology is derived off the event
+loop (a 10k-node cluster takes a while; password files are read) and handed to ``on_change``
+only when it differs from the last one handed over, so unchanged sessions are not touched.
+
+Bad data keeps the last good state, with an error log line naming the key:
+- an :class:`Invalid` value leaves the key's previous value in the view;
+- a view whose topology breaks a rule (two nodes with one address, overlapping blocks, this
+  node missing or with another address) is not handed over.
+
+With ``register``, the node first registers itself (:meth:`Datastore.register_node`, under a
+lease of ``ttl_s`` the store keeps alive); a registration the store refuses is logged as
+rejected data.
+
+When the datastore is unavailable the last state stays in force; the watch is retried with
+exponential backoff (``BACKOFF_S``) from the last revision seen (a compacted revision then
+comes back as a Resync). :meth:`status` says so.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from ipaddress import IPv4Address
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from podroute.datastore import Cluster, load_cluster
+from podroute.datastore import (Changes, Cluster, Conflict, Datastore, Delete, Invalid, InvalidData, Node, Put,
+                                Resource, Resync, Snapshot, Unavailable, cluster_from_resources)
 from podroute.schema import ConfigError
 
 log = logging.getLogger("podroute.clusterwatch")
 
-POLL_S = 0.5
-Stamp = tuple[float, int]  # (st_mtime, st_size)
-
-
-def _stamp(path: Path) -> Stamp | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime, st.st_size)
+BACKOFF_S = (0.5, 30.0)   # first and longest wait between attempts while the datastore is unavailable
+LEASE_TTL_S = 30.0        # a node that stops renewing is gone for the others after this long
 
 
 class ClusterWatch:
-    """Watches ``path`` for node ``node_name`` (whose IP must be ``node_ip``). ``cluster`` is the
-    last good file (after :meth:`load`)."""
+    """Consumes ``datastore`` for node ``node_name`` (whose address must be ``node_ip``).
+    ``cluster`` is the last good topology (after :meth:`prime`)."""
 
-    def __init__(self, path: Path, *, node_name: str, node_ip: IPv4Address,
-                 on_change: Callable[[Cluster], None], poll_s: float = POLL_S) -> None:
-        self.path = path
+    def __init__(self, datastore: Datastore, *, node_name: str, node_ip: IPv4Address,
+                 on_change: Callable[[Cluster], None], backoff_s: tuple[float, float] = BACKOFF_S,
+                 register: Node | None = None, ttl_s: float = LEASE_TTL_S) -> None:
+        self.datastore = datastore
+        self.register, self.ttl_s, self.registered = register, ttl_s, register is None
+        # Others that follow the same watch (e.g. podroute.ipamblocks.BlockView.handle): one
+        # stream per agent.
+        self.listeners: list[Callable[[Changes | Resync], None]] = []
         self.node_name = node_name
         self.node_ip = node_ip
         self.on_change = on_change
-        self.poll_s = poll_s
+        self.backoff_s = backoff_s
         self.cluster: Cluster | None = None
-        self._stamp: Stamp | None = None
+        self.items: dict[str, Resource] = {}
+        self.revision = 0
+        self.available = True
+        self.last_error: str | None = None
+        self.since = time.time()
 
-    def read(self) -> Cluster:
-        """Read and check the file (blocking). Raises ConfigError naming the file when it is
-        invalid, does not list this node, or gives it another IP."""
-        stamp = _stamp(self.path)
-        cluster = load_cluster(self.path)
+    # --- deriving the topology ------------------------------------------------------------
+    def derive(self, items: Mapping[str, Resource]) -> Cluster:
+        """The topology of ``items`` (blocking). Raises ConfigError naming the key when it
+        breaks a rule or does not list this node with its address."""
+        cluster = cluster_from_resources(items)
         me = cluster.node(self.node_name)
         if me is None:
-            raise ConfigError("nodes", f"this node ({self.node_name}) is not listed", str(self.path))
+            raise ConfigError(f"nodes/{self.node_name}", f"this node ({self.node_name}) is not listed")
         if me.ip != self.node_ip:
-            raise ConfigError("nodes", f"{me.name} has ip {me.ip} but this node's nodeIP is {self.node_ip}",
-                              str(self.path))
-        self._stamp = stamp
+            raise ConfigError(f"nodes/{self.node_name}",
+                              f"{me.name} has ip {me.ip} but this node's nodeIP is {self.node_ip}")
         return cluster
 
-    def load(self) -> Cluster:
-        """The first read, at start (blocking; raises like :meth:`read`)."""
-        self.cluster = self.read()
+    def prime(self, snapshot: Snapshot) -> Cluster:
+        """Take the first snapshot (blocking, at start). Raises ConfigError when it is not
+        usable: the agent does not start on a bad datastore."""
+        try:
+            for bad in snapshot.invalid:
+                raise ConfigError(bad.key, bad.reason)
+            items = {k: s.value for k, s in snapshot.items.items()}
+            self.cluster = self.derive(items)
+        except ConfigError as e:
+            raise e.with_file(self.datastore.location) from None
+        self.items, self.revision = items, snapshot.revision
         return self.cluster
 
-    async def poll_once(self) -> bool:
-        """One poll: True if a changed, valid file was handed to ``on_change``."""
-        stamp = _stamp(self.path)
-        if stamp is None or stamp == self._stamp:
-            return False
+    def _reject(self, key: str, error: str) -> None:
+        self.last_error = error
+        log.error("datastore data rejected; keeping the last good state", extra={"kv": {"key": key, "error": error}})
+
+    def _apply(self, item: Changes | Resync) -> None:
+        if isinstance(item, Resync):
+            keep = {b.key: self.items[b.key] for b in item.snapshot.invalid if b.key in self.items}
+            self.items = {**{k: s.value for k, s in item.snapshot.items.items()}, **keep}
+            for bad in item.snapshot.invalid:
+                self._reject(bad.key, bad.reason)
+            self.revision = item.snapshot.revision
+            return
+        for ev in item.events:
+            if isinstance(ev, Put):
+                self.items[ev.stored.key] = ev.stored.value
+            elif isinstance(ev, Delete):
+                self.items.pop(ev.key, None)
+            elif isinstance(ev, Invalid):
+                self._reject(ev.error.key, ev.error.reason)
+        self.revision = item.revision
+
+    async def _update(self) -> bool:
         try:
-            cluster = await asyncio.to_thread(self.read)
+            cluster = await asyncio.to_thread(self.derive, dict(self.items))
         except ConfigError as e:
-            self._stamp = stamp  # not again until the file changes
-            log.error("cluster file rejected; keeping the previous one", extra={"kv": {"error": str(e)}})
+            self._reject(e.path, str(e))
+            return False
+        if cluster == self.cluster:
             return False
         self.cluster = cluster
+        log.info("cluster changed", extra={"kv": {"nodes": len(cluster.nodes), "revision": self.revision}})
         self.on_change(cluster)
         return True
 
+    async def handle(self, item: Changes | Resync) -> bool:
+        """Apply one watch item (and hand it to each of ``listeners``); True if a new topology
+        was handed to ``on_change``."""
+        self._apply(item)
+        for listener in self.listeners:
+            listener(item)
+        if isinstance(item, Changes) and not any(isinstance(e, (Put, Delete)) for e in item.events):
+            return False
+        return await self._update()
+
+    # --- the watch loop -------------------------------------------------------------------
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Watch until cancelled (list first if :meth:`prime` was not called)."""
+        wait = self.backoff_s[0]
         while True:
-            await asyncio.sleep(self.poll_s)
-            await self.poll_once()
+            try:
+                if not self.registered:
+                    await self._register()
+                if self.revision == 0:
+                    snap = await self.datastore.snapshot()
+                    await self.handle(Resync(snap))
+                async for item in self.datastore.watch(self.revision):
+                    if not self.available:
+                        log.info("datastore available again", extra={"kv": {"revision": self.revision}})
+                        self.available, self.since, wait = True, time.time(), self.backoff_s[0]
+                    await self.handle(item)
+            except Unavailable as e:
+                if self.available:
+                    log.error("datastore unavailable; keeping the last state",
+                              extra={"kv": {"datastore": self.datastore.name, "error": str(e)}})
+                    self.available, self.since = False, time.time()
+                self.last_error = str(e)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.backoff_s[1])
+
+    async def _register(self) -> None:
+        assert self.register is not None
+        try:
+            await self.datastore.register_node(self.register, self.ttl_s)
+            log.info("node registered", extra={"kv": {"node": self.register.name, "ttl_s": self.ttl_s}})
+        except (Conflict, InvalidData) as e:
+            # not retried: the data must change first; derive() rejects views without us meanwhile
+            self._reject(getattr(e, "key", "?"), str(e))
+        self.registered = True
+
+    def status(self) -> dict[str, Any]:
+        """``{"datastore", "available", "since", "revision", "nodes", "last_error"}`` for
+        ``podroute status`` (``since``: unix time of the last availability change)."""
+        return {"datastore": self.datastore.name, "available": self.available, "since": self.since,
+                "revision": self.revision, "nodes": len(self.cluster.nodes) if self.cluster else 0,
+                "last_error": self.last_error}

@@ -203,6 +203,12 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         if total > min(50, len(learned)):
             lines.append(f"... {total} learned routes in all")
     lines += ["", f"Workloads: {st.get('workloads', 0)}"]
+    ds = st.get("datastore")
+    if ds:
+        state = "available" if ds.get("available") else f"UNAVAILABLE since {_since(ds.get('since'), now)} ago " \
+                                                          f"(retrying; last state kept): {ds.get('last_error')}"
+        lines.append(f"Datastore: {ds.get('datastore')}, {ds.get('nodes')} node(s), revision {ds.get('revision')}, "
+                     f"{state}")
     loop = st.get("loop")
     if loop:
         lines.append(_loop_line(loop, now))

@@ -21,6 +21,7 @@ from felix.routes import Route, dst_key
 from ipip.fake import FakeDataplane as FakeIPIP
 from podroute.agent import Agent
 from podroute.config import IPPool, NodeConfig, Paths
+from podroute.schema import ConfigError
 
 NODE_IP = IPv4Address("198.18.0.11")
 PEER = IPv4Address("198.18.0.12")
@@ -120,7 +121,7 @@ async def test_agent_runs_wires_a_pod_through_felix_alone_and_stops_cleanly(shor
     assert wiring.routes == set() and "add_host_route" not in wiring.calls  # and nobody else
     st = agent.status()
     assert json.dumps(st) and st["workloads"] == 1 and st["fib"]["desired_by_owner"]["workloads"] == 1
-    assert set(st) == {"node", "started", "bgp", "fib", "loop", "encapsulation", "workloads", "tasks",
+    assert set(st) == {"node", "started", "bgp", "fib", "loop", "encapsulation", "workloads", "tasks", "datastore",
                        "task_failures"}
     assert {"felix", "cni-server", "bgp-speaker", "status-server"} <= set(st["tasks"])
     await agent.cni.handle(cni("DEL"))
@@ -170,7 +171,7 @@ async def test_a_changed_cluster_file_reaches_the_speaker(short_dir):
     f.write_text(f"nodes:\n  - {{name: n1, ip: {NODE_IP}, podCIDRs: [198.19.1.0/26]}}\n")
     agent, _, _ = make(short_dir, cluster_file=f)
     assert agent.speaker.cluster is not None and len(agent.speaker.cluster.nodes) == 1
-    agent.cluster.poll_s = 0.01
+    agent.cluster.datastore.poll_s = 0.01
     run = asyncio.create_task(agent.run(signals=False))
     f.write_text(f.read_text() + "  - {name: n2, ip: 198.18.0.12, podCIDRs: [198.19.2.0/26]}\n")
     await wait_until(lambda: agent.speaker.peer_sets)
@@ -178,6 +179,15 @@ async def test_a_changed_cluster_file_reaches_the_speaker(short_dir):
     assert agent.speaker.hops == {IPv4Network("198.19.1.0/26"): NODE_IP, IPv4Network("198.19.2.0/26"): PEER}
     agent._stop.set()
     assert await asyncio.wait_for(run, 30) == 0
+
+
+def test_a_static_block_another_node_holds_is_refused_at_start(short_dir):
+    f = short_dir / "cluster.yaml"
+    f.write_text(f"nodes:\n  - {{name: n1, ip: {NODE_IP}}}\n"
+                 "  - {name: n2, ip: 198.18.0.12, podCIDRs: [198.19.1.0/25]}\n")
+    with pytest.raises(ConfigError, match=r"podCIDRs: podCIDRs 198.19.1.0/26 collides with block 198.19.1.0/25 "
+                                          r"held by node n2; pick another block"):
+        make(short_dir, cluster_file=f)
 
 
 def test_agent_module_stays_a_composition_root():

@@ -20,9 +20,10 @@ from felix.worker import RouteTableWorker
 from ipip.fake import FakeDataplane as FakeIPIP
 from ipip.modes import Encapsulation
 from ipip.vxlan import VXLAN_IFNAME, VXLANParams
-from podroute import clusterwatch as cw_mod
 from podroute.bgp_fib import BgpToFib
 from podroute.clusterwatch import ClusterWatch
+from podroute.datastore import filestore as fs_mod
+from podroute.datastore.filestore import FileDatastore
 from podroute.config import IPPool, NodeConfig, Paths
 from podroute.encap import Encap
 from podroute.felix_loop import FelixDriver, RouteNotProgrammed
@@ -187,48 +188,68 @@ def write(path: Path, ip=NODE_IP, extra="") -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visible change
 
 
+def watch_file(path: Path, got: list, poll_s: float = 0.01) -> tuple[ClusterWatch, FileDatastore]:
+    store = FileDatastore(path, poll_s=poll_s)
+    w = ClusterWatch(store, node_name="n1", node_ip=NODE_IP, on_change=got.append)
+    w.prime(store.load())
+    return w, store
+
+
 async def test_cluster_watch_hands_a_changed_file_over_and_keeps_the_last_good_one(tmp_path, caplog):
     f = tmp_path / "cluster.yaml"
     write(f)
     got = []
-    w = ClusterWatch(f, node_name="n1", node_ip=NODE_IP, on_change=got.append, poll_s=0.01)
-    assert [n.name for n in w.load().nodes] == ["n1", "n2"]
-    assert not await w.poll_once()              # unchanged
+    w, store = watch_file(f, got)
+    assert [n.name for n in w.cluster.nodes] == ["n1", "n2"]
+    it = store.watch(w.revision).__aiter__()
+
+    async def step() -> bool:
+        assert await store.poll_once()
+        return await w.handle(await asyncio.wait_for(it.__anext__(), 10))
+
+    assert not await store.poll_once()          # unchanged
     write(f, extra="  - {name: n3, ip: 198.18.0.13, podCIDRs: [198.19.3.0/26]}\n")
-    assert await w.poll_once() and len(got[-1].nodes) == 3
+    assert await step() and len(got[-1].nodes) == 3
     write(f, ip="198.18.0.99")                   # this node with another IP: rejected
-    assert not await w.poll_once() and len(w.cluster.nodes) == 3
+    assert not await step() and len(w.cluster.nodes) == 3
     (rec,) = [r for r in caplog.records if "rejected" in r.getMessage()]
-    assert "198.18.0.99" in rec.kv["error"]
-    assert not await w.poll_once()              # not re-read until it changes again
+    assert "198.18.0.99" in rec.kv["error"] and rec.kv["key"] == "nodes/n1"
+    assert not await store.poll_once()          # not re-read until it changes again
+    f.write_text("nodes: [")                     # does not parse: the last good state stays
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 9_000_000_000))
+    assert not await step() and len(w.cluster.nodes) == 3
+    assert [r.kv["key"] for r in caplog.records if "rejected" in r.getMessage()][-1] == str(f)
+    await it.aclose()
+    await store.close()
 
 
 async def test_cluster_watch_loads_off_the_event_loop(tmp_path, monkeypatch):
     f = tmp_path / "cluster.yaml"
     write(f)
-    w = ClusterWatch(f, node_name="n1", node_ip=NODE_IP, on_change=lambda c: None)
-    w.load()
+    w, store = watch_file(f, [])
     loader_threads = []
-    real = cw_mod.load_cluster
-    monkeypatch.setattr(cw_mod, "load_cluster", lambda p: (loader_threads.append(threading.current_thread()),
-                                                             real(p))[1])
+    real = fs_mod.load_file_resources
+    monkeypatch.setattr(fs_mod, "load_file_resources",
+                        lambda p: (loader_threads.append(threading.current_thread()), real(p))[1])
     write(f, extra="  - {name: n3, ip: 198.18.0.13, podCIDRs: [198.19.3.0/26]}\n")
-    assert await w.poll_once()
+    assert await store.poll_once()
     assert loader_threads and threading.main_thread() not in loader_threads
 
 
-async def test_cluster_watch_run_polls(tmp_path):
+async def test_cluster_watch_run_follows_the_file(tmp_path):
     f = tmp_path / "cluster.yaml"
     write(f)
     got = []
-    w = ClusterWatch(f, node_name="n1", node_ip=NODE_IP, on_change=got.append, poll_s=0.01)
-    w.load()
+    w, store = watch_file(f, got)
     task = asyncio.create_task(w.run())
     try:
         write(f, extra="  - {name: n3, ip: 198.18.0.13, podCIDRs: [198.19.3.0/26]}\n")
         await wait_until(lambda: got)
+        assert [n.name for n in got[-1].nodes] == ["n1", "n2", "n3"]
     finally:
         task.cancel()
+        await store.close()
 
 
 # -- FelixDriver and FelixWorkloads ------------------------------------------------------------

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from podroute.datastore import expected_next_hops, parse_cluster, peers_for
+from podroute.datastore import BGPPeer, IPPool, expected_next_hops, file_resources, parse_cluster, peers_for
 from podroute.schema import ConfigError
 
 A = ipaddress.IPv4Address
@@ -75,3 +75,27 @@ def test_cluster_file_errors_name_the_key(mutate, message):
     with pytest.raises(ConfigError) as ei:
         parse_cluster(raw, "cluster.yaml")
     assert str(ei.value).startswith("cluster.yaml: ") and message in str(ei.value)
+
+
+def test_file_labels_selector_peers_pools_and_password_file_references(tmp_path):
+    secret = tmp_path / "md5"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    raw = cluster(peers=[{"address": "198.18.0.254", "asn": 65000, "nodeSelector": {"rack": "r1"},
+                          "passwordFile": str(secret)}])
+    raw["nodes"][0]["labels"] = {"rack": "r1"}
+    raw["ipPools"] = [{"cidr": "198.19.0.0/16", "blockSize": 26}]
+    items = file_resources(raw)
+    (peer,) = [r for r in items.values() if isinstance(r, BGPPeer)]
+    assert peer.password_file == secret and "s3cret" not in repr(items)      # the model holds the reference only
+    assert [r.cidr for r in items.values() if isinstance(r, IPPool)] == [ipaddress.IPv4Network("198.19.0.0/16")]
+    c = parse_cluster(raw)
+    assert [(str(p.address), p.password) for p in c.node("n1").peers] == [("198.18.0.254", "s3cret")]
+    assert c.node("n2").peers == () and c.global_peers == ()
+    assert [str(s.peer.address) for s in peers_for("n1", c) if s.source == "node"] == ["198.18.0.254"]
+
+
+def test_file_refuses_an_inline_password():
+    raw = cluster(peers=[{"address": "198.18.0.254", "asn": 65000, "password": "x"}])
+    with pytest.raises(ConfigError, match=r"bgp\.peers\[0\]\.password: a cluster file is shared by every node"):
+        parse_cluster(raw)

@@ -1,0 +1,52 @@
+"""The cluster datastore seam: one model, one Protocol, several stores.
+
+- :mod:`.model`: Calico's resources as frozen dataclasses (Node, BGPConfiguration, BGPPeer,
+  IPPool, IPAMBlock) and their keys.
+- :mod:`.api`: the :class:`Datastore` Protocol, its events (:class:`Snapshot`, then
+  :class:`Changes` of Put/Delete/Invalid and :class:`Resync`) and errors (Unavailable,
+  Conflict, InvalidData, Unsupported).
+- :mod:`.filestore`: the ``file`` store (the cluster file, :mod:`.cluster`), the default;
+  :mod:`.fake`: an in-memory store with fault injection for tests.
+- :mod:`.cluster`: the cluster file format and the BGP topology a set of resources implies
+  (:func:`peers_for`, :func:`expected_next_hops`).
+
+How the seam maps onto etcd v3 (keys ``<prefix><key>``, prefix ``/podroute/``):
+
+- revision: the etcd store revision; ``Stored.revision`` is the key's ModRevision.
+- ``snapshot()``: a prefix Range; ``Snapshot.revision`` = the response header's revision.
+- ``watch(rev)``: a prefix Watch with ``start_revision = rev + 1``; one WatchResponse -> one
+  Changes. ``ErrCompacted`` (compact_revision set) -> a fresh Range -> :class:`Resync`.
+  A broken stream or no leader -> :class:`Unavailable` (caller re-watches from its revision).
+- ``register_node``: LeaseGrant(TTL) + Put(nodes/<name>, lease) and a keep-alive task; lease
+  expiry deletes the key, which watchers see as Delete.
+- ``claim_block``: Txn ``If(Version(ipamblocks/<cidr>) == 0) Then Put`` (flannel, Calico);
+  the compare failing -> Range the key -> :class:`Conflict` naming the holder.
+- ``release_block``: Txn ``If(ModRevision(key) == rev) Then Delete``; else Conflict.
+- a value that does not decode -> :class:`Invalid` (in a snapshot: ``Snapshot.invalid``).
+
+And onto Kubernetes (CRDs as Calico's KDD; Nodes' annotations for Node):
+
+- revision: resourceVersion (opaque; compared only for equality in preconditions; the list's
+  resourceVersion is ``Snapshot.revision``).
+- ``snapshot()`` + ``watch(rev)``: LIST then WATCH ``?resourceVersion=rev&allowWatchBookmarks=true``;
+  bookmarks only advance the revision (an empty Changes); 410 Gone -> re-LIST -> :class:`Resync`.
+- ``register_node``: a patch of the Node's annotations (status subresource); no lease: the
+  node lifecycle controller deletes Nodes, so ``ttl_s`` is unused.
+- ``claim_block``: POST the IPAMBlock (create fails if it exists: 409 AlreadyExists ->
+  Conflict). ``release_block``: DELETE with ``preconditions.resourceVersion`` (409 -> Conflict).
+- HTTP 5xx / connection errors -> Unavailable; a CR that fails validation -> Invalid.
+"""
+from podroute.datastore.api import (Changes, Conflict, Datastore, DatastoreError, Delete, Invalid, InvalidData, Put,
+                                    Resync, Snapshot, Unavailable, Unsupported, WatchItem)
+from podroute.datastore.cluster import (MAX_CLUSTER_BYTES, Cluster, ClusterNode, PeerSpec, cluster_from_resources,
+                                        expected_next_hops, file_resources, load_cluster, parse_cluster, peers_for)
+from podroute.datastore.model import (BGPConfiguration, BGPPeer, IPAMBlock, IPPool, Node, Resource, Stored,
+                                      block_key, key_of)
+
+__all__ = [
+    "BGPConfiguration", "BGPPeer", "Changes", "Cluster", "ClusterNode", "Conflict", "Datastore", "DatastoreError",
+    "Delete", "IPAMBlock", "IPPool", "Invalid", "InvalidData", "MAX_CLUSTER_BYTES", "Node", "PeerSpec", "Put",
+    "Resource", "Resync", "Snapshot", "Stored", "Unavailable", "Unsupported", "WatchItem", "block_key",
+    "cluster_from_resources", "expected_next_hops", "file_resources", "key_of", "load_cluster", "parse_cluster",
+    "peers_for",
+]

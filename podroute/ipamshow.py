@@ -1,0 +1,76 @@
+"""``podroute ipam show``: pools, blocks, their nodes and utilisation (like
+``calicoctl ipam show --show-blocks``), from the datastore plus this node's local allocations.
+
+The datastore is the node config's: the cluster file when ``clusterFile`` is set, else the
+node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``). Addresses in use
+are known for this node's blocks only (read from its local IPAM state, :mod:`cni.ipam`);
+other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
+``ipPools`` when the datastore has none.
+"""
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+from typing import Any
+
+from cni.ipam import IPAM
+from podroute.config import NodeConfig
+from podroute.datastore import IPAMBlock, IPPool, Snapshot
+from podroute.datastore.filestore import FileDatastore
+from podroute.datastore.memory import MemoryStore
+from podroute.datastore.model import cidr_name
+from podroute.ipamblocks import BlockView
+
+
+def _snapshot(cfg: NodeConfig) -> Snapshot:
+    if cfg.cluster_file is not None:
+        return FileDatastore(cfg.cluster_file).load()
+    store = MemoryStore()
+    store.commit(puts=[IPAMBlock(c, cfg.node_name) for c in cfg.pod_cidrs])
+    return store.snapshot()
+
+
+def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Network, int] | None:
+    """Addresses allocated to pods per block of this node, or None without local IPAM state."""
+    state = cfg.paths.state_dir / "ipam"
+    if not blocks or not state.is_dir():
+        return None
+    used = {b: 0 for b in blocks}
+    for a in IPAM(state, blocks=blocks).allocations().values():
+        for b in blocks:
+            if a.ip in b:
+                used[b] += 1
+    return used
+
+
+def collect(cfg: NodeConfig) -> dict[str, Any]:
+    """``{"pools": [...], "blocks": [...]}``: each pool's CIDR, block size, state, size and
+    in-use (None when unknown); each block's CIDR, node, state, size and in-use."""
+    pools = tuple(IPPool(cidr_name(p.cidr), p.cidr, p.block_size, p.ipip_mode, p.vxlan_mode) for p in cfg.ip_pools)
+    view = BlockView(cfg.node_name, pools=pools)
+    view.load(_snapshot(cfg))
+    rows = view.rows(local_usage(cfg, view.mine()))
+    out_pools = []
+    for p in view.pools():
+        inside = [r for r in rows if r.cidr.subnet_of(p.cidr)]
+        known = [r.used for r in inside if r.used is not None]
+        out_pools.append({"cidr": str(p.cidr), "blockSize": p.block_size, "disabled": p.disabled,
+                          "size": p.cidr.num_addresses, "blocks": len(inside), "used": sum(known) if known else None})
+    return {"pools": out_pools,
+            "blocks": [{"cidr": str(r.cidr), "node": r.node, "state": r.state, "size": r.size, "used": r.used}
+                       for r in rows]}
+
+
+def _pct(used: int | None, size: int) -> str:
+    return "-" if used is None else f"{used} ({100 * used // size}%)"
+
+
+def render(data: dict[str, Any]) -> str:
+    """The table: one line per pool, then one per block."""
+    lines = [f"{'GROUPING':9} {'CIDR':20} {'NODE':16} {'IPS TOTAL':>10} {'IPS IN USE':>12} {'STATE':10}"]
+    for p in data["pools"]:
+        state = "disabled" if p["disabled"] else f"/{p['blockSize']} blocks"
+        lines.append(f"{'IP Pool':9} {p['cidr']:20} {'':16} {p['size']:>10} {_pct(p['used'], p['size']):>12} {state:10}")
+    for b in data["blocks"]:
+        lines.append(f"{'Block':9} {b['cidr']:20} {b['node'] or '-':16} {b['size']:>10} "
+                     f"{_pct(b['used'], b['size']):>12} {b['state']:10}")
+    return "\n".join(lines)
