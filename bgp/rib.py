@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping
 
+from nlcore.fast import new as _new, slot_setters as _slot_setters
+
 from .model import BestRoute, PathAttrs
 from .prefix import Prefix, from_key, key_of
 
@@ -218,12 +220,11 @@ class _PrefixView(abc.Mapping):
         return self._d.values()
 
 
-# A Loc-RIB entry per learned prefix is built in _recompute's one-path case; the frozen
-# dataclass __init__ (object.__setattr__ per field) was a fifth of that loop. BestRoute's
-# fields are the values given, nothing to validate.
-_new = object.__new__
-_set_prefix, _set_next_hops, _set_peers, _set_as_path = (
-    BestRoute.__dict__[f].__set__ for f in ("prefix", "next_hops", "peers", "as_path"))
+# nlcore.fast.slot_setters: _recompute's one-path case builds a Loc-RIB entry per learned
+# prefix from values it holds (nothing to validate); the frozen __init__ would cost about
+# twice as much (RouteOp's figures in nlcore.fast).
+_set_prefix, _set_next_hops, _set_peers, _set_as_path = _slot_setters(
+    BestRoute, "prefix", "next_hops", "peers", "as_path")
 
 
 def _path_len(attrs: PathAttrs) -> int:
