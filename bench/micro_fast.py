@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from bgp.prefix import _build_public, from_key, key_of as bgp_key_of
 from felix.dataplane import RouteOp, new_op
+from felix.plan import Plan, plan_incremental
 from felix.routes import Route, RouteType, Scope, _replace
 from nlcore import fast
 from nlcore.prefixkey import key_of
@@ -25,6 +26,40 @@ def _key_of_public(dst: IPv4Network) -> int:
     k = 1 << plen | int(dst.network_address) >> (32 - plen)
     carried = getattr(dst, "key", None)
     return carried if carried == k else k
+
+
+def _plan_unaliased(pending, actual, table, protocol):
+    # felix.plan.plan_incremental with attribute lookups per route instead of bound locals.
+    plan = Plan()
+    for key, want in pending.items():
+        if want is None:
+            have = actual.pop(key, None)
+            if have is None:
+                continue
+            if type(have) is tuple:
+                actual[key] = have
+                plan.pairs.append((key, None, have))
+                continue
+            plan.cleared.append(new_op("delete", have, table, protocol))
+            plan.cleared_keys.append(key)
+            continue
+        have = actual.get(key)
+        if have is None:
+            plan.sets.append(new_op("add", want, table, protocol))
+            plan.set_keys.append(key)
+        elif type(have) is tuple:
+            plan.pairs.append((key, want, have))
+        elif want is have or want.satisfied_by(have):
+            pass
+        elif want.metric == have.metric:
+            plan.sets.append(new_op("replace", want, table, protocol))
+            plan.set_keys.append(key)
+        else:
+            plan.deletes.append(new_op("delete", have, table, protocol))
+            plan.del_keys.append(key)
+            plan.sets.append(new_op("add", want, table, protocol))
+            plan.set_keys.append(key)
+    return plan
 
 
 def run(n: int) -> list[tuple[str, float]]:
@@ -63,6 +98,17 @@ def run(n: int) -> list[tuple[str, float]]:
         ("RouteOp: dataplane.new_op (slot setters)", "for p in nets: new_op('add', r0, 254, 90)"),
         ("Prefix from key: from_key (fast.new_network)", "for k in keys: from_key(k)"),
         ("Prefix from key: Prefix((net, len))", "for k in keys: public(*unkey(k))"),
+    ]
+    # RouteTable's incremental plan: n pending adds (routes not in the kernel yet) and n
+    # pending withdrawals (one route each), per dst.
+    adds = {bgp_key_of(p): Route(dst=p, gateway=gw) for p in nets}
+    g.update(adds=adds, wd=dict.fromkeys(adds), plan_incremental=plan_incremental,
+             plan_unaliased=_plan_unaliased)
+    cases += [
+        ("plan adds: plan_incremental (bound locals)", "plan_incremental(adds, {}, 254, 90)"),
+        ("plan adds: attribute lookups per route", "plan_unaliased(adds, {}, 254, 90)"),
+        ("plan withdrawals: plan_incremental", "plan_incremental(wd, dict(adds), 254, 90)"),
+        ("plan withdrawals: attribute lookups", "plan_unaliased(wd, dict(adds), 254, 90)"),
     ]
     number = max(1, 100_000 // n)
     out = []

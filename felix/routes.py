@@ -18,6 +18,7 @@ keyed by) are nlcore's, named here for felix's callers.
 from __future__ import annotations
 
 import enum
+from collections import abc
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
@@ -227,6 +228,32 @@ class Route:
         return " ".join(p for p in parts if p)
 
 
+class DstView(abc.Mapping):
+    """A read-only live view of a dst_key-indexed table of Routes, indexed by dst."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict[int, Route]) -> None:
+        self._d = d
+
+    def __getitem__(self, dst: IPv4Network) -> Route:
+        if not isinstance(dst, IPv4Network):
+            raise KeyError(dst)
+        return self._d[dst_key(dst)]
+
+    def __contains__(self, dst: object) -> bool:
+        return isinstance(dst, IPv4Network) and dst_key(dst) in self._d
+
+    def __iter__(self):
+        return (r.dst for r in self._d.values())
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def values(self):
+        return self._d.values()
+
+
 # nlcore.fast.slot_setters: Routes built from checked values skip __init__ (a quarter of its
 # cost, measured there).
 _set_dst, _set_type, _set_gateway, _set_ifname, _set_scope, _set_onlink, _set_multipath, _set_metric = \
@@ -247,4 +274,4 @@ def _replace(r: Route, ifname: str | None, multipath: tuple[NextHop, ...]) -> Ro
     return new
 
 
-__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "dst_key"]
+__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "DstView", "dst_key"]
