@@ -192,7 +192,7 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
         for entry in entries:
             prefix = _prefix(entry)
             if seen is not None:
-                if prefix in seen:  # FACTS pitfall 5: same prefix under two next-hop keys
+                if prefix in seen:  # IPv6 link-local next hops list it under two next-hop keys
                     continue
                 seen.add(prefix)
             announced.append((prefix, nh, attrs))

@@ -1,7 +1,7 @@
 """Per-peer Adj-RIB-In and the Loc-RIB derived from it by best-path selection.
 
-Decision process: a subset of RFC 4271 §9.1.2.2 (ExaBGP has no best-path logic of its own:
-FACTS "Supported / not"), in order:
+Decision process: a subset of RFC 4271 §9.1.2.2 (ExaBGP 5.0 has no best-path logic of its
+own: it hands every received path to the API), in order:
 
 1. highest LOCAL_PREF (absent = 100; RFC 4271 §5.1.5, the de-facto default)
 2. shortest AS_PATH (an AS_SET counts 1)
@@ -119,8 +119,8 @@ class Rib:
         return pool[0] if pool else None
 
     def flush_peer(self, peer: IPv4Address) -> dict[int, BestRoute | None]:
-        """Drop every path from ``peer`` (session down: ExaBGP sends no withdraws, FACTS
-        pitfall 2). Returns the Loc-RIB delta."""
+        """Drop every path from ``peer`` (session down: ExaBGP sends the API a ``state``
+        ``down`` event and no withdraws). Returns the Loc-RIB delta."""
         table = self._adj_in.pop(peer, {})
         return self._recompute(dict.fromkeys(table))
 

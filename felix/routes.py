@@ -157,8 +157,8 @@ class Route:
     def via_hop(cls, dst: IPv4Network, hop: NextHop, *, metric: int = 0) -> "Route":
         """``dst via hop.gateway [dev hop.ifname] [onlink]`` from an already validated NextHop
         (a NextHop's fields were checked when it was built): the BGP->FIB path builds one
-        Route per learned prefix from a few hundred shared hops, and re-validating each was a
-        third of its cost. Raises InvalidRoute unless ``dst`` is an IPv4Network, ``hop`` a
+        Route per learned prefix from a few hundred shared hops, and re-validating each would
+        be a third of its cost. Raises InvalidRoute unless ``dst`` is an IPv4Network, ``hop`` a
         NextHop with a gateway and ``metric`` a u32."""
         if type(hop) is not NextHop or hop.gateway is None or hop.weight != 1:
             raise InvalidRoute("hop", f"expected a NextHop with a gateway and weight 1, got {hop!r}")

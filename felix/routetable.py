@@ -78,7 +78,7 @@ class RouteTable:
      - a periodic full resync of a large table: a route the last dump found satisfying its desired
        route is remembered as (dst key, digest of its kernel bytes) and, while neither side
        changes, is counted and skipped by the next dump without being decoded; no decoded copy of
-       the table is kept between resyncs (at 100k routes a copy cost ~60 MB).
+       the table is kept between resyncs (at 100k routes a copy costs ~60 MB).
      - large tables: every table here is keyed by ``dst_key`` (one int per dst), not by the
        IPv4Network: an int hashes and compares in C, an IPv4Network calls Python per probe
        and, at 100k routes, misses the cache on the object before the probe starts.
