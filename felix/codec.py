@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Mapping
 
 from nlcore import prefixkey
 from nlcore.ack import Ack, decode_ack
-from nlcore.fast import (addr_int as _addr_int, net_len as _net_len, new as _new, new_network as _new_network,
+from nlcore.fast import (net_len as _net_len, net_len_addr as _net_len_addr, new as _new, new_network as _new_network,
                          slot_setters as _slot_setters)
 from nlcore.route import (PODROUTE_PROTO, REQUEST_FLAGS, encode_route_dump, nexthop, pack_delete,
                           pack_via)
@@ -70,22 +70,24 @@ def encode_route(action: str, route: Route, *, seq: int, ifindex: IfIndexOf,
     if table > 255 or route.metric or route.multipath:
         return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
                                     protocol=protocol, pid=pid, ack=ack)
-    dst = route.dst
-    net, plen = _net_len(dst)  # nlcore.fast
-    if not plen:
+    if action == "delete":
+        net, plen = _net_len(route.dst)  # nlcore.fast
+        if plen:
+            return pack_delete(_DEL_FLAGS if ack else _DEL_FLAGS_NOACK, seq, pid, net, plen, table,
+                               protocol)
         return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
                                     protocol=protocol, pid=pid, ack=ack)
-    if action == "delete":
-        return pack_delete(_DEL_FLAGS if ack else _DEL_FLAGS_NOACK, seq, pid, net, plen, table,
-                           protocol)
     gw = route.gateway
     flags = REQUEST_FLAGS.get(action)
     if gw is None or flags is None:
         return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
                                     protocol=protocol, pid=pid, ack=ack)
+    net, plen, gwip = _net_len_addr(route.dst, gw)  # nlcore.fast: one call for the three ints
+    if not plen:
+        return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
+                                    protocol=protocol, pid=pid, ack=ack)
     if not ack:
         flags &= ~NLM_F_ACK
-    gwip = _addr_int(gw)
     name = route.ifname
     return pack_via(flags, seq, pid, net, plen, table, protocol, route.scope, route.type,
                     RTNH_F_ONLINK if route.onlink else 0, gwip,

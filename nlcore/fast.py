@@ -34,7 +34,7 @@ from ipaddress import IPv4Address, IPv4Network
 from types import MemberDescriptorType
 from typing import Callable, TypeVar
 
-__all__ = ["IPADDRESS_INTERNALS", "addr_int", "net_len", "new", "new_network", "slot_setters"]
+__all__ = ["IPADDRESS_INTERNALS", "addr_int", "net_len", "net_len_addr", "new", "new_network", "slot_setters"]
 
 N = TypeVar("N", bound=IPv4Network)
 
@@ -81,6 +81,14 @@ def _addr_int(addr: IPv4Address) -> int:
     return addr._ip  # type: ignore[attr-defined]
 
 
+def _net_len_addr(net: IPv4Network, addr: IPv4Address) -> tuple[int, int, int]:
+    return net.network_address._ip, net._prefixlen, addr._ip  # type: ignore[attr-defined]
+
+
+def _net_len_addr_public(net: IPv4Network, addr: IPv4Address) -> tuple[int, int, int]:
+    return int(net.network_address), net.prefixlen, int(addr)
+
+
 _set_ip = IPv4Address.__dict__["_ip"].__set__ if "_ip" in IPv4Address.__dict__ else None
 _MASKS = [(IPv4Network._make_netmask(n)[0], int(IPv4Network._make_netmask(n)[0]))  # type: ignore[attr-defined]
           for n in range(33)]
@@ -114,7 +122,9 @@ def _self_check() -> bool:
             if not (fast == ref and hash(fast) == hash(ref) and str(fast) == text
                     and fast.broadcast_address == ref.broadcast_address and fast.subnet_of(ref)
                     and _net_len(ref) == _net_len_public(ref)
-                    and _addr_int(ref.network_address) == int(ref.network_address)):
+                    and _addr_int(ref.network_address) == int(ref.network_address)
+                    and _net_len_addr(ref, ref.network_address)
+                    == _net_len_addr_public(ref, ref.network_address)):
                 return False
         return True
     except Exception:  # noqa: BLE001 - any surprise means: use the public API
@@ -140,6 +150,15 @@ addr_int: Callable[[IPv4Address], int] = _addr_int if IPADDRESS_INTERNALS else i
 """``addr_int(addr) -> int``: ``int(addr)`` without ``IPv4Address.__int__``'s Python frame.
 Measured per address, 1k / 100k: inline ``._ip`` 10 / 24 ns, ``addr_int`` 29 / 67 ns,
 ``int(addr)`` 57 / 205 ns."""
+
+net_len_addr: Callable[[IPv4Network, IPv4Address], tuple[int, int, int]] = (
+    _net_len_addr if IPADDRESS_INTERNALS else _net_len_addr_public)
+"""``net_len_addr(net, addr) -> (network as int, prefix length, addr as int)``: :func:`net_len`
+and :func:`addr_int` in one call, for the route encoder's "dst via gateway" shape, which
+needs all three per route. Encoding 20k such routes (``felix.codec.encode_route``): 11.1 ms
+with the reads inline in the encoder, 12.3 ms through this one call, ~1 ms more through
+:func:`net_len` and :func:`addr_int`. The ~50 ns a route this costs over inline reads is
+under 0.5% of a route's FIB write (~14 us a route in ``python -m bench --only fib``)."""
 
 new_network: Callable[[type[N], int, int], N] = _new_network if IPADDRESS_INTERNALS else _new_network_public
 """``new_network(cls, net, plen)``: an instance of ``cls`` (IPv4Network or a subclass; its
