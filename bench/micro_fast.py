@@ -74,7 +74,7 @@ def run(n: int) -> list[tuple[str, float]]:
                                 "multipath", "metric")
     g = dict(nets=nets, addrs=addrs, keys=keys, gw=gw, r0=r0, Route=Route, RouteOp=RouteOp,
              new_op=new_op, U=RouteType.UNICAST, S=Scope.UNIVERSE, new=fast.new,
-             osa=object.__setattr__, net_len=fast.net_len, addr_int=fast.addr_int,
+             osa=object.__setattr__, net_len=fast.net_len, net_len_addr=fast.net_len_addr,
              key_of=key_of, key_pub=_key_of_public, from_key=from_key, public=_build_public,
              unkey=__import__("nlcore.prefixkey", fromlist=["unkey"]).unkey, replace=_replace)
     g.update(zip(("sd", "st", "sg", "si", "ss", "so", "sm", "se"), setters))
@@ -84,9 +84,9 @@ def run(n: int) -> list[tuple[str, float]]:
         ("net,len: public int(), .prefixlen", "for p in nets: a, b = int(p.network_address), p.prefixlen"),
         ("key: prefixkey.key_of (fast.net_len)", "for p in nets: key_of(p)"),
         ("key: same formula, public reads", "for p in nets: key_pub(p)"),
-        ("addr: inline ._ip", "for a in addrs: x = a._ip"),
-        ("addr: fast.addr_int", "for a in addrs: x = addr_int(a)"),
-        ("addr: int(addr)", "for a in addrs: x = int(a)"),
+        ("dst+gw: inline private reads", "for p, a in zip(nets, addrs): x = p.network_address._ip, p._prefixlen, a._ip"),
+        ("dst+gw: fast.net_len_addr", "for p, a in zip(nets, addrs): x = net_len_addr(p, a)"),
+        ("dst+gw: public", "for p, a in zip(nets, addrs): x = int(p.network_address), p.prefixlen, int(a)"),
         ("Route: __init__", "for p in nets: Route(dst=p, gateway=gw, ifname='eth0')"),
         ("Route: new + 8 slot setters", "for p in nets:\n r = new(Route); sd(r, p); st(r, U); sg(r, gw); "
          "si(r, 'eth0'); ss(r, S); so(r, False); sm(r, ()); se(r, 0)"),

@@ -9,7 +9,7 @@ changes.
 
 Two kinds of trick:
 
-- **CPython's ipaddress internals** (:func:`net_len`, :func:`addr_int`,
+- **CPython's ipaddress internals** (:func:`net_len`, :func:`net_len_addr`,
   :func:`new_network`): ``IPv4Address`` keeps its value in the slot ``_ip`` and
   ``IPv4Network`` keeps ``network_address``, ``netmask`` and ``_prefixlen`` in its instance
   dict (3.3 to 3.13). The import-time self-check :data:`IPADDRESS_INTERNALS` proves that on
@@ -24,9 +24,9 @@ Per-call cost: a Python-level function call costs ~35 ns here (1k: reading a pre
 address and length inline 19 ns, through :func:`net_len` 55 ns, publicly 95 ns). The slot
 setters are therefore handed out as bound C callables (the member descriptors' ``__set__``)
 that the caller aliases at module level and calls inline: building an object through them
-costs no frame beyond the caller's own. The ipaddress helpers are one frame each; their
-callers are per-route functions costing 0.2-2 us, where the ~35 ns frame is under the
-bench's noise.
+costs no frame beyond the caller's own. The ipaddress helpers are one frame each, called
+from per-route functions costing 0.2-2 us; the route encoder, the hottest, reads its three
+ints in one call (:func:`net_len_addr`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from ipaddress import IPv4Address, IPv4Network
 from types import MemberDescriptorType
 from typing import Callable, TypeVar
 
-__all__ = ["IPADDRESS_INTERNALS", "addr_int", "net_len", "net_len_addr", "new", "new_network", "slot_setters"]
+__all__ = ["IPADDRESS_INTERNALS", "net_len", "net_len_addr", "new", "new_network", "slot_setters"]
 
 N = TypeVar("N", bound=IPv4Network)
 
@@ -75,10 +75,6 @@ def _net_len(net: IPv4Network) -> tuple[int, int]:
 
 def _net_len_public(net: IPv4Network) -> tuple[int, int]:
     return int(net.network_address), net.prefixlen
-
-
-def _addr_int(addr: IPv4Address) -> int:
-    return addr._ip  # type: ignore[attr-defined]
 
 
 def _net_len_addr(net: IPv4Network, addr: IPv4Address) -> tuple[int, int, int]:
@@ -122,7 +118,6 @@ def _self_check() -> bool:
             if not (fast == ref and hash(fast) == hash(ref) and str(fast) == text
                     and fast.broadcast_address == ref.broadcast_address and fast.subnet_of(ref)
                     and _net_len(ref) == _net_len_public(ref)
-                    and _addr_int(ref.network_address) == int(ref.network_address)
                     and _net_len_addr(ref, ref.network_address)
                     == _net_len_addr_public(ref, ref.network_address)):
                 return False
@@ -146,18 +141,14 @@ dominates). Worth it where the caller is itself a function per route: the prefix
 bgp import policy and the pool match of podroute's routing. Inline private reads would save
 another ~35 ns per call; no caller runs in a loop where that shows in the bench."""
 
-addr_int: Callable[[IPv4Address], int] = _addr_int if IPADDRESS_INTERNALS else int  # type: ignore[assignment]
-"""``addr_int(addr) -> int``: ``int(addr)`` without ``IPv4Address.__int__``'s Python frame.
-Measured per address, 1k / 100k: inline ``._ip`` 10 / 24 ns, ``addr_int`` 29 / 67 ns,
-``int(addr)`` 57 / 205 ns."""
-
 net_len_addr: Callable[[IPv4Network, IPv4Address], tuple[int, int, int]] = (
     _net_len_addr if IPADDRESS_INTERNALS else _net_len_addr_public)
 """``net_len_addr(net, addr) -> (network as int, prefix length, addr as int)``: :func:`net_len`
-and :func:`addr_int` in one call, for the route encoder's "dst via gateway" shape, which
-needs all three per route. Encoding 20k such routes (``felix.codec.encode_route``): 11.1 ms
+and the address's int in one call, for the route encoder's "dst via gateway" shape, which
+needs all three per route. Measured per route at 1k: inline reads 49 ns, ``net_len_addr``
+71 ns, public ``int()``/``.prefixlen`` 172 ns. Encoding 20k such routes (``felix.codec.encode_route``): 11.1 ms
 with the reads inline in the encoder, 12.3 ms through this one call, ~1 ms more through
-:func:`net_len` and :func:`addr_int`. The ~50 ns a route this costs over inline reads is
+two calls (:func:`net_len`, then the address's). The ~50 ns a route this costs over inline reads is
 under 0.5% of a route's FIB write (~14 us a route in ``python -m bench --only fib``)."""
 
 new_network: Callable[[type[N], int, int], N] = _new_network if IPADDRESS_INTERNALS else _new_network_public
