@@ -146,14 +146,17 @@ net_len_addr: Callable[[IPv4Network, IPv4Address], tuple[int, int, int]] = (
 """``net_len_addr(net, addr) -> (network as int, prefix length, addr as int)``: :func:`net_len`
 and the address's int in one call, for the route encoder's "dst via gateway" shape, which
 needs all three per route. Measured per route at 1k: inline reads 49 ns, ``net_len_addr``
-71 ns, public ``int()``/``.prefixlen`` 172 ns. Encoding 20k such routes (``felix.codec.encode_route``): 11.1 ms
-with the reads inline in the encoder, 12.3 ms through this one call, ~1 ms more through
-two calls (:func:`net_len`, then the address's). The ~50 ns a route this costs over inline reads is
-under 0.5% of a route's FIB write (~14 us a route in ``python -m bench --only fib``)."""
+71 ns, public ``int()``/``.prefixlen`` 172 ns. Encoding 20k such routes
+(``felix.codec.encode_route``): 11.1 ms with the reads inline in the encoder, 12.3 ms
+through this one call, ~1 ms more through two calls (:func:`net_len`, then the address's).
+The ~50 ns a route this costs over inline reads is under 0.5% of a route's FIB write
+(~14 us a route in ``python -m bench --only fib``)."""
 
 new_network: Callable[[type[N], int, int], N] = _new_network if IPADDRESS_INTERNALS else _new_network_public
 """``new_network(cls, net, plen)``: an instance of ``cls`` (IPv4Network or a subclass; its
 ``__init__`` is not run) for ``net``/``plen``, without formatting and re-parsing text.
 Raises ValueError for a length outside 0..32 or host bits set (``net`` outside 32 bits
 counts as host bits). Measured per prefix from its key (``bgp.prefix.from_key``, 1k / 100k):
-0.52 / 0.53 us; ``Prefix((net, plen))``: 1.16 / 1.18 us."""
+0.52 / 0.53 us; ``Prefix((net, plen))``: 1.16 / 1.18 us. ``felix.codec.decode_route`` builds
+each decoded dst with it (with the slot setters, decoding 20k routes takes 59-66 ms; with
+``IPv4Network((net, plen))`` and ``object.__setattr__`` per field, 93-103 ms)."""
