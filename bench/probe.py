@@ -23,7 +23,7 @@ class FibCounter:
 
     def __init__(self, netns: str, protocol: int) -> None:
         from felix import codec
-        from felix.netlink import open_route_socket
+        from felix.nlsocket import open_route_socket
         self._c = codec
         self.protocol = protocol
         self.sock = open_route_socket(netns)

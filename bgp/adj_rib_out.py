@@ -225,7 +225,7 @@ class AdjRibOut:
                 self._gr.eor_sent(peer)  # that session is gone: nothing is owed to it
                 continue
             if peer in due.replay:
-                continue  # End-of-RIB only after the replay (FACTS pitfall 1)
+                continue  # End-of-RIB only after the replay (RFC 4724 §4.1: EoR ends the stale window)
             await session.command(api.cmd_eor(peer))
             self._gr.eor_sent(peer)
             self.log.info("sent End-of-RIB to %s", peer)

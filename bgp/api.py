@@ -11,6 +11,10 @@ unparsable command is answered ``error`` *before* the ``done`` of valid commands
 it (tests/fixtures/exabgp/pipelined_acks.txt), so acks cannot be matched by order when
 several commands are outstanding. Bulk ``announce attributes ... nlri P1 P2 ...`` keeps
 throughput up.
+
+Why one file of ~430 lines: it is the whole contract with ExaBGP's API in both directions
+(the event grammar, the command grammar and the ack discipline), kept where one reader can
+check it against ExaBGP 5.0's ``exabgp/reactor/api/`` in one pass.
 """
 from __future__ import annotations
 
@@ -192,7 +196,7 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
         for entry in entries:
             prefix = _prefix(entry)
             if seen is not None:
-                if prefix in seen:  # FACTS pitfall 5: same prefix under two next-hop keys
+                if prefix in seen:  # IPv6 link-local next hops list it under two next-hop keys
                     continue
                 seen.add(prefix)
             announced.append((prefix, nh, attrs))

@@ -3,7 +3,7 @@
 The config holds one ``process`` block running the stdlib relay (bgp/relay.py) and one
 ``neighbor`` block per peer. Settings that ExaBGP reads from its environment (not the
 config file) are returned by :func:`exabgp_env`. Shape follows ExaBGP 5.0.x
-(``exabgp/configuration/neighbor/__init__.py``; see shared FACTS-exabgp.md).
+(``exabgp/configuration/neighbor/__init__.py``).
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def render_config(cfg: SpeakerConfig, socket_path: Path, python: str = "/usr/bin
 
     Each neighbor: router-id, local-address, local-as, peer-as, hold-time, ipv4 unicast,
     graceful-restart (RFC 4724) + route-refresh capabilities, ``manual-eor true`` (we send
-    End-of-RIB after replaying announcements: FACTS pitfall 1), md5-password, passive/listen,
+    End-of-RIB after replaying announcements, else a restarted ExaBGP sends it at once and a
+    peer flushes our stale routes before the replay, RFC 4724 §4.2), md5-password, passive/listen,
     and the api block that feeds our relay parsed updates, notifications, opens and state.
     ExaBGP's own Adj-RIB-In is off (``adj-rib-in false``): the speaker keeps its own.
     """
@@ -152,7 +153,9 @@ def exabgp_env(cfg: SpeakerConfig, speed: float = 0.1) -> dict[str, str]:
 
     Root without dropping privileges (else the helper runs as nobody and dies), foreground,
     no named-pipe CLI, acks on, logs to stdout (captured by the speaker), reactor ``speed``
-    seconds per loop (0.1 doubles announce throughput vs 1.0: FACTS measured speeds).
+    (``exabgp/reactor/loop.py`` ``_prevent_spin``: past ``speed`` loops in one second, each
+    further loop sleeps ``speed``/100 s; with ExaBGP 5.0.15, 0.1 doubles announce throughput
+    against the default 1.0).
     """
     env = {
         "exabgp.daemon.user": "root",

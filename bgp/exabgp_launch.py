@@ -148,7 +148,8 @@ def install_cease_teardown() -> str | None:
     subcode C; podroute uses it only for subcode 1, "Maximum Number of Prefixes Reached",
     RFC 4486 §3) even when graceful restart was negotiated. ExaBGP 5.0's ``Peer._main`` closes
     the TCP session without a NOTIFICATION whenever the OPEN it sent carried the GR capability,
-    so the peer took the teardown for a restart and kept our routes as stale (RFC 4724 §4).
+    so without this the peer takes the teardown for a restart and keeps our routes as stale
+    (RFC 4724 §4).
 
     The API teardown removes GR from that one session's sent OPEN (built afresh per session),
     which is what the silent-close check reads. Stopping ExaBGP (SIGTERM: ``Peer.stop`` /

@@ -8,8 +8,8 @@ stays open for the session and closing it ends the helper (``cat`` sees EOF), so
 respawns it for the next session.
 
 The events pipe is enlarged to :data:`EVENT_PIPE_BYTES` (``F_SETPIPE_SZ``, fcntl(2)):
-ExaBGP's writes to it block its reactor, and the relay used to add a socket buffer in
-between (FACTS pitfall 4).
+ExaBGP writes events to it with blocking writes from its reactor, so a full pipe stalls
+every session until the speaker reads.
 """
 from __future__ import annotations
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping
 
+from nlcore.fast import net_len as _net_len
+
 from .model import PathAttrs
 
 _MASKS = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
@@ -72,10 +74,7 @@ class ImportPolicy:
                 return "originator_loop"
             if self.cluster_id is not None and self.cluster_id in attrs.cluster_list:
                 return "cluster_loop"
-        try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
-            net, plen = prefix.network_address._ip, prefix._prefixlen
-        except AttributeError:
-            net, plen = int(prefix.network_address), prefix.prefixlen
+        net, plen = _net_len(prefix)  # nlcore.fast
         if plen == 0:
             if not self.accept_default:
                 return "default"

@@ -1,6 +1,7 @@
 """Route reflection decisions (RFC 4456), for a podroute node acting as the route reflector.
 
-ExaBGP has no reflector logic (FACTS "Supported / not"): the speaker picks one best path per
+ExaBGP 5.0 has no reflector logic (no cluster-id or client configuration, no best-path
+selection, ``exabgp/configuration/neighbor/__init__.py``): the speaker picks one best path per
 prefix from its RIB (:meth:`bgp.rib.Rib.best_path`) and uses this module to decide where it
 goes and with which ORIGINATOR_ID / CLUSTER_LIST, then announces it per neighbor with
 ``neighbor N announce route ... originator-id I cluster-list [ ... ]``.

@@ -1,7 +1,7 @@
 """Per-peer Adj-RIB-In and the Loc-RIB derived from it by best-path selection.
 
-Decision process: a subset of RFC 4271 §9.1.2.2 (ExaBGP has no best-path logic of its own:
-FACTS "Supported / not"), in order:
+Decision process: a subset of RFC 4271 §9.1.2.2 (ExaBGP 5.0 has no best-path logic of its
+own: it hands every received path to the API), in order:
 
 1. highest LOCAL_PREF (absent = 100; RFC 4271 §5.1.5, the de-facto default)
 2. shortest AS_PATH (an AS_SET counts 1)
@@ -24,6 +24,8 @@ from types import MappingProxyType
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Mapping
+
+from nlcore.fast import new as _new, slot_setters as _slot_setters
 
 from .model import BestRoute, PathAttrs
 from .prefix import Prefix, from_key, key_of
@@ -117,8 +119,8 @@ class Rib:
         return pool[0] if pool else None
 
     def flush_peer(self, peer: IPv4Address) -> dict[int, BestRoute | None]:
-        """Drop every path from ``peer`` (session down: ExaBGP sends no withdraws, FACTS
-        pitfall 2). Returns the Loc-RIB delta."""
+        """Drop every path from ``peer`` (session down: ExaBGP sends the API a ``state``
+        ``down`` event and no withdraws). Returns the Loc-RIB delta."""
         table = self._adj_in.pop(peer, {})
         return self._recompute(dict.fromkeys(table))
 
@@ -218,12 +220,11 @@ class _PrefixView(abc.Mapping):
         return self._d.values()
 
 
-# A Loc-RIB entry per learned prefix is built in _recompute's one-path case; the frozen
-# dataclass __init__ (object.__setattr__ per field) was a fifth of that loop. BestRoute's
-# fields are the values given, nothing to validate.
-_new = object.__new__
-_set_prefix, _set_next_hops, _set_peers, _set_as_path = (
-    BestRoute.__dict__[f].__set__ for f in ("prefix", "next_hops", "peers", "as_path"))
+# nlcore.fast.slot_setters: _recompute's one-path case builds a Loc-RIB entry per learned
+# prefix from values it holds (nothing to validate); the frozen __init__ would cost about
+# twice as much (RouteOp's figures in nlcore.fast).
+_set_prefix, _set_next_hops, _set_peers, _set_as_path = _slot_setters(
+    BestRoute, "prefix", "next_hops", "peers", "as_path")
 
 
 def _path_len(attrs: PathAttrs) -> int:

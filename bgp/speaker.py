@@ -19,6 +19,9 @@ traffic). :meth:`Speaker.drain` is the separate, explicit withdrawal for a node 
 Runtime peer changes (:meth:`Speaker.set_peers`): the config file is rewritten and ExaBGP
 gets SIGUSR1 (reload: unchanged neighbors keep their sessions, added ones start, removed ones
 stop); added/changed neighbors get our announcements replayed per neighbor.
+
+Why one file of ~400 lines: it holds only the public surface and the event dispatch; every
+concern behind them has its own module (above).
 """
 from __future__ import annotations
 

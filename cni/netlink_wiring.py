@@ -20,6 +20,10 @@ one ``RTM_DELLINK`` (``ip link del group``), one unregister batch for any number
 path) when given, which tests use to run the host side inside a throwaway namespace.
 NetlinkError/OSError are mapped to :mod:`cni.errors` here: EEXIST -> InterfaceExists,
 EBUSY/EAGAIN/ENOBUFS -> WiringError code 11 (try again later), others -> code 999.
+
+Why one file of ~420 lines: one class implements :class:`cni.wiring.Wiring` operation by
+operation, and its helpers (namespace entry, sysctls, the errno mapping above) serve all of
+the operations.
 """
 from __future__ import annotations
 

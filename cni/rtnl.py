@@ -1,7 +1,7 @@
 """A small rtnetlink client for the CNI hot path: the messages pod wiring sends, nothing else.
 
 Why not pyroute2 here: an ADD is ~8 netlink requests whose kernel cost is ~1 ms in total,
-while pyroute2 spent ~8 ms of Python on them (an ``IPRoute`` per step, message classes,
+while pyroute2 spends ~8 ms of Python on them (an ``IPRoute`` per step, message classes,
 reply parsing; measured with strace + perf_counter, see bench/cni.py). The CNI ADD latency is
 what a pod waits for, so the requests are packed here with :mod:`struct` (<10 us each).
 pyroute2 is still used by :mod:`cni.netlink_wiring` for the CHECK-time reads.
@@ -131,7 +131,7 @@ def route(seq: int, action: str, dst: IPv4Address, dst_len: int, oif: int, *,
 def route_dump(seq: int, *, oif: int, protocol: int, table: int = RT_TABLE_MAIN) -> bytes:
     """``ip route show table <table> proto <protocol> dev <oif>``: an RTM_GETROUTE dump that
     the kernel filters itself on a socket with NETLINK_GET_STRICT_CHK (it still walks the whole
-    table, in-kernel: milliseconds at 100k routes where a pyroute2 dump took seconds)."""
+    table, in-kernel: milliseconds at 100k routes where a pyroute2 dump takes seconds)."""
     return encode_route_dump(seq, table=table, protocol=protocol, oif=oif)
 
 

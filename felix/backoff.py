@@ -2,9 +2,9 @@
 
 A route whose device does not exist (ENODEV: an IPAM allocation whose veth is gone), whose
 gateway is unreachable or whose dst another protocol holds stays desired and fails at every
-apply. Retrying it on a fixed 1 s timer, and logging every failure, made a node with one such
-route retry ~3 times a second (each failed apply started another 1 s timer chain) and log
-~39 lines a second. :class:`FailureBackoff` is fed every ApplyResult and says:
+apply. A fixed 1 s retry timer that every failed apply re-arms retries one such route ~3 times
+a second (each failed apply starts another timer chain), and logging every failure writes ~39
+lines a second. :class:`FailureBackoff` is fed every ApplyResult and says:
 
  - when to retry: ``base_s * 2 ** (attempts - 1)`` capped at ``max_s``, for the most recently
    failing route (a new failure is retried after ``base_s``; one that failed 6 times waits

@@ -16,6 +16,8 @@ from typing import Callable, Iterator, Mapping
 
 from nlcore import prefixkey
 from nlcore.ack import Ack, decode_ack
+from nlcore.fast import (net_len as _net_len, net_len_addr as _net_len_addr, new as _new, new_network as _new_network,
+                         slot_setters as _slot_setters)
 from nlcore.route import (PODROUTE_PROTO, REQUEST_FLAGS, encode_route_dump, nexthop, pack_delete,
                           pack_via)
 from nlcore.route import encode_route_general as _encode_general
@@ -68,28 +70,24 @@ def encode_route(action: str, route: Route, *, seq: int, ifindex: IfIndexOf,
     if table > 255 or route.metric or route.multipath:
         return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
                                     protocol=protocol, pid=pid, ack=ack)
-    dst = route.dst
-    try:  # CPython's ipaddress slots; anything else takes the general path
-        net, plen = dst.network_address._ip, dst._prefixlen
-    except AttributeError:
-        plen = 0
-    if not plen:
+    if action == "delete":
+        net, plen = _net_len(route.dst)  # nlcore.fast
+        if plen:
+            return pack_delete(_DEL_FLAGS if ack else _DEL_FLAGS_NOACK, seq, pid, net, plen, table,
+                               protocol)
         return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
                                     protocol=protocol, pid=pid, ack=ack)
-    if action == "delete":
-        return pack_delete(_DEL_FLAGS if ack else _DEL_FLAGS_NOACK, seq, pid, net, plen, table,
-                           protocol)
     gw = route.gateway
     flags = REQUEST_FLAGS.get(action)
     if gw is None or flags is None:
         return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
                                     protocol=protocol, pid=pid, ack=ack)
+    net, plen, gwip = _net_len_addr(route.dst, gw)  # nlcore.fast: one call for the three ints
+    if not plen:
+        return encode_route_general(action, route, seq=seq, ifindex=ifindex, table=table,
+                                    protocol=protocol, pid=pid, ack=ack)
     if not ack:
         flags &= ~NLM_F_ACK
-    try:
-        gwip = gw._ip
-    except AttributeError:
-        gwip = int(gw)
     name = route.ifname
     return pack_via(flags, seq, pid, net, plen, table, protocol, route.scope, route.type,
                     RTNH_F_ONLINK if route.onlink else 0, gwip,
@@ -187,23 +185,36 @@ def decode_route(buf, off: int, length: int, ifname_of: IfNameOf) -> tuple[Route
                 for t2, o2, l2 in _attrs(buf, p + RTNEXTHOP.size, p + nlen):
                     if t2 == RTA_GATEWAY and l2 >= 4:
                         hgw = IPv4Address(bytes(buf[o2:o2 + 4]))
-                hops.append(_unchecked(NextHop, gateway=hgw, ifname=_name(ifname_of, nidx),
-                                       onlink=bool(nflags & RTNH_F_ONLINK), weight=nhops + 1))
+                hop = _new(NextHop)
+                _hop_gateway(hop, hgw)
+                _hop_ifname(hop, _name(ifname_of, nidx))
+                _hop_onlink(hop, bool(nflags & RTNH_F_ONLINK))
+                _hop_weight(hop, nhops + 1)
+                hops.append(hop)
                 p += _align(nlen)
     rt = _RTYPES.get(rtype, rtype)
     sc = _SCOPES.get(scope, scope)
-    fields = dict(
-        dst=IPv4Network((dst, dst_len)), type=rt, gateway=gateway,
-        ifname=_name(ifname_of, oif) if (oif and rt is not RouteType.BLACKHOLE) else None,
-        scope=sc, onlink=bool(rflags & RTNH_F_ONLINK), multipath=tuple(hops), metric=metric)
-    if (rt is RouteType.UNICAST and sc is Scope.UNIVERSE and gateway is not None and not hops
-            and not (fields["onlink"] and fields["ifname"] is None)):
-        route = _unchecked(Route, **fields)       # the common "via" shape; valid by construction
-    else:
+    net = _new_network(IPv4Network, dst, dst_len)
+    ifname = _name(ifname_of, oif) if (oif and rt is not RouteType.BLACKHOLE) else None
+    onlink = bool(rflags & RTNH_F_ONLINK)
+    multipath = tuple(hops)
+    if not (rt is RouteType.UNICAST and sc is Scope.UNIVERSE and gateway is not None and not hops
+            and not (onlink and ifname is None)):
         try:
-            route = Route(**fields)
+            return (Route(dst=net, type=rt, gateway=gateway, ifname=ifname, scope=sc, onlink=onlink,
+                          multipath=multipath, metric=metric), table, proto)
         except ValueError:
-            route = _unchecked(Route, **fields)
+            pass
+    # The common "via" shape (valid by construction), or a shape Route would refuse.
+    route = _new(Route)
+    _set_dst(route, net)
+    _set_type(route, rt)
+    _set_gateway(route, gateway)
+    _set_ifname(route, ifname)
+    _set_scope(route, sc)
+    _set_onlink(route, onlink)
+    _set_multipath(route, multipath)
+    _set_metric(route, metric)
     return route, table, proto
 
 
@@ -227,11 +238,12 @@ def _name(ifname_of: IfNameOf, index: int) -> str | None:
     return ifname_of(index) or f"#{index}"
 
 
-def _unchecked(cls, **fields):
-    obj = object.__new__(cls)
-    for k, v in fields.items():
-        object.__setattr__(obj, k, v)
-    return obj
+# nlcore.fast.slot_setters: a decoded route's fields were checked by the decoder; the slot
+# setters cost a quarter of Route's __init__ (measured there).
+_set_dst, _set_type, _set_gateway, _set_ifname, _set_scope, _set_onlink, _set_multipath, _set_metric = \
+    _slot_setters(Route, "dst", "type", "gateway", "ifname", "scope", "onlink", "multipath", "metric")
+_hop_gateway, _hop_ifname, _hop_onlink, _hop_weight = \
+    _slot_setters(NextHop, "gateway", "ifname", "onlink", "weight")
 
 
 def _our_route_messages(buf, table: int | None, protocol: int | None) -> Iterator[tuple[int, int]]:

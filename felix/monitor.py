@@ -5,7 +5,7 @@ Calls ``on_change()`` when something may have moved the kernel away from desired
    writes. Echoes are recognised first by the originator: the kernel stamps a notification with
    the netlink port id of the socket whose request caused it (``nlmsg_pid``), so a message from
    one of ``own_portids()`` is dropped in the kernel by a socket filter (classic BPF,
-   ``felix.netlink.echo_filter``) before it is queued, so a 100k-route burst neither wakes us
+   ``felix.nlsocket.echo_filter``) before it is queued, so a 100k-route burst neither wakes us
    100k times nor overruns the receive buffer (which would force a full resync); the few that
    were queued before the filter caught up are skipped undecoded. Other messages are judged by the
    optional ``expected(route, deleted)`` callback (e.g. ``RouteTable.is_expected``); without it
@@ -14,7 +14,7 @@ Calls ``on_change()`` when something may have moved the kernel away from desired
    without sending RTM_DELROUTE, and a (re)created veth makes ENODEV routes installable);
  - a receive-buffer overrun (ENOBUFS: events were lost).
 Debouncing is the caller's job; on_change is called at most once per batch of readable messages.
-The socket comes from ``felix.netlink.open_route_socket`` (inside ``netns`` when given).
+The socket comes from ``felix.nlsocket.open_route_socket`` (inside ``netns`` when given).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import struct
 from typing import Callable, Collection
 
 from . import codec
-from .netlink import attach_echo_filter, open_route_socket
+from .nlsocket import attach_echo_filter, open_route_socket
 from .routes import MAIN_TABLE, PODROUTE_PROTO, Route
 
 log = logging.getLogger("felix.monitor")

@@ -1,128 +1,35 @@
 """The real RouteDataplane: raw NETLINK_ROUTE sockets + ``felix.codec`` (the only felix module that
-opens netlink sockets; ``felix.monitor`` gets its socket from ``open_route_socket`` here).
+writes routes; its socket and ``felix.monitor``'s come from ``felix.nlsocket``).
 
-Why not pyroute2: FACTS-kernel.md measured pyroute2 at 2.2k–3.7k routes/s and 1.1 s per 10k-route
-dump; hand-built messages, 1,000 per send() with every ack checked, reach ~37k/s.
+Why not pyroute2: on the test VM pyroute2 writes 2.2k routes/s one by one and 3.7k/s with
+``nlm_request_batch`` (500 per chunk), and dumps 10k routes in 1.1 s; hand-built messages,
+1,000 per send() with every ack checked, write ~37k/s (``python -m bench --only fib``).
 
 Namespaces: a netlink socket stays bound to the netns it was created in, so for ``netns=<name>``
-the socket is created by a short-lived thread that first ``setns(2)``-es itself into
+``felix.nlsocket`` creates it from a short-lived thread that first ``setns(2)``-es itself into
 /var/run/netns/<name> (only that thread moves). Interface names are resolved with an RTM_GETLINK
 dump on the same socket (``socket.if_nametoindex`` would answer for the caller's namespace).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import socket
-import struct
-import sys
 import time
 from typing import Mapping, Sequence
-
-from nlcore.netns import call_in_netns
 
 from . import codec
 from .dataplane import RouteFailure, RouteOp, RouteSink
 from .errors import DataplaneError
+from .nlsocket import open_route_socket
 from .routes import Route
 
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
 _ACK_TRUESIZE = 1024  # bytes of receive buffer one ack skb costs (conservative)
 # A 32 MB receive buffer holds at most ~32k ack skbs (_ACK_TRUESIZE each); twice that.
 _DRAIN_MAX = 65536
 
 log = logging.getLogger("felix.netlink")
-
-
-def open_route_socket(netns: str | None = None, *, groups: int = 0, rcvbuf: int = 32 << 20,
-                      sndbuf: int = 4 << 20) -> socket.socket:
-    """A bound ``AF_NETLINK/SOCK_RAW/NETLINK_ROUTE`` socket in ``netns`` (name under /var/run/netns,
-    an absolute path, or None for the caller's namespace), subscribed to ``groups`` (RTMGRP_* mask).
-
-    Sets SO_RCVBUFFORCE/SO_SNDBUFFORCE (root; falls back to SO_RCVBUF/SO_SNDBUF), NETLINK_CAP_ACK,
-    NETLINK_EXT_ACK and NETLINK_GET_STRICT_CHK (best effort). Raises DataplaneError (ENOENT for a
-    missing namespace, EPERM without CAP_SYS_ADMIN, ...).
-    """
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, codec.NETLINK_ROUTE)
-        try:
-            for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
-                                       (SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)):
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, force, size)
-                except OSError:
-                    s.setsockopt(socket.SOL_SOCKET, plain, size)
-            for opt in (codec.NETLINK_CAP_ACK, codec.NETLINK_EXT_ACK, codec.NETLINK_GET_STRICT_CHK):
-                try:
-                    s.setsockopt(codec.SOL_NETLINK, opt, 1)
-                except OSError:
-                    pass
-            s.bind((0, groups))
-        except BaseException:
-            s.close()
-            raise
-        return s
-
-    try:
-        if netns is None:
-            return make()
-        return call_in_netns(netns, make, timeout=10, name=f"felix-setns-{netns}")
-    except OSError as e:
-        raise DataplaneError(e.errno or errno.EIO, f"netlink socket (netns={netns}): {e}") from e
-
-
-SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
-# Classic BPF opcodes (<linux/filter.h>).
-_BPF_LD_H_ABS, _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x20, 0x15, 0x06
-_SOCK_FILTER = struct.Struct("=HBBI")
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def _as_loaded(value: int, size: int) -> int:
-    """A host-endian header field as a BPF absolute (big-endian) load reads it."""
-    return int.from_bytes(value.to_bytes(size, sys.byteorder), "big")
-
-
-def echo_filter(portids: Sequence[int]) -> bytes:
-    """A classic BPF program (struct sock_filter[], filter(2)/socket(7) SO_ATTACH_FILTER) that
-    drops RTM_NEWROUTE/RTM_DELROUTE notifications whose ``nlmsg_pid`` is one of ``portids``
-    (the echoes of our own writes: the kernel stamps a notification with the port id of the
-    socket whose request caused it) and passes everything else.
-
-    BPF absolute loads read big-endian; netlink headers are host-endian, so the constants are
-    the host values as a big-endian load sees them. A route notification is one message per
-    skb, so looking at the first header is enough. At most 250 port ids (ValueError)."""
-    if len(portids) > 250:
-        raise ValueError("too many port ids for one filter")
-    n = len(portids)
-    accept, drop = 4 + n, 5 + n
-    prog = [
-        (_BPF_LD_H_ABS, 0, 0, 4),                                           # nlmsg_type
-        (_BPF_JEQ_K, 1, 0, _as_loaded(codec.RTM_NEWROUTE, 2)),                     # -> 3
-        (_BPF_JEQ_K, 0, accept - 3, _as_loaded(codec.RTM_DELROUTE, 2)),            # else accept
-        (_BPF_LD_W_ABS, 0, 0, 12),                                          # nlmsg_pid
-    ]
-    for i, pid in enumerate(portids):
-        here = 4 + i
-        prog.append((_BPF_JEQ_K, drop - here - 1, 0, _as_loaded(pid, 4)))
-    prog += [(_BPF_RET_K, 0, 0, 0xFFFFFFFF), (_BPF_RET_K, 0, 0, 0)]
-    return b"".join(_SOCK_FILTER.pack(*ins) for ins in prog)
-
-
-def attach_echo_filter(sock: socket.socket, portids: Sequence[int]) -> None:
-    """Attach :func:`echo_filter` for ``portids`` to ``sock`` (replacing any earlier filter).
-    Raises OSError if the kernel refuses it."""
-    code = echo_filter(portids)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = _SockFprog(len(code) // _SOCK_FILTER.size, ctypes.addressof(buf))
-    # The kernel copies the program during the call; buf only has to outlive it.
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
 
 
 class _NoDevice(Exception):

@@ -18,10 +18,12 @@ keyed by) are nlcore's, named here for felix's callers.
 from __future__ import annotations
 
 import enum
+from collections import abc
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
 
+from nlcore.fast import new as _new, slot_setters as _slot_setters
 from nlcore.prefixkey import key_of as dst_key
 from nlcore.route import PODROUTE_PROTO
 from nlcore.wire import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RTN_BLACKHOLE, RTN_UNICAST
@@ -155,8 +157,8 @@ class Route:
     def via_hop(cls, dst: IPv4Network, hop: NextHop, *, metric: int = 0) -> "Route":
         """``dst via hop.gateway [dev hop.ifname] [onlink]`` from an already validated NextHop
         (a NextHop's fields were checked when it was built): the BGP->FIB path builds one
-        Route per learned prefix from a few hundred shared hops, and re-validating each was a
-        third of its cost. Raises InvalidRoute unless ``dst`` is an IPv4Network, ``hop`` a
+        Route per learned prefix from a few hundred shared hops, and re-validating each would
+        be a third of its cost. Raises InvalidRoute unless ``dst`` is an IPv4Network, ``hop`` a
         NextHop with a gateway and ``metric`` a u32."""
         if type(hop) is not NextHop or hop.gateway is None or hop.weight != 1:
             raise InvalidRoute("hop", f"expected a NextHop with a gateway and weight 1, got {hop!r}")
@@ -200,12 +202,12 @@ class Route:
         if self == actual:
             return True
         if self.ifname is None and self.gateway is not None and actual.ifname is not None:
-            return self == _replace_ifname(actual, None)
+            return self == _replace(actual, None, actual.multipath)
         if self.multipath and len(self.multipath) == len(actual.multipath):
             hops = tuple(
                 NextHop(a.gateway, None if d.ifname is None else a.ifname, a.onlink, a.weight)
                 for d, a in zip(self.multipath, actual.multipath))
-            return self.multipath == hops and _replace_multipath(actual, ()) == _replace_multipath(self, ())
+            return self.multipath == hops and _replace(actual, actual.ifname, ()) == _replace(self, self.ifname, ())
         return False
 
     def __str__(self) -> str:
@@ -226,28 +228,50 @@ class Route:
         return " ".join(p for p in parts if p)
 
 
-# Slot setters of the frozen Route (member descriptors bypass the frozen __setattr__).
-_new = object.__new__
-_set_dst, _set_type, _set_gateway, _set_ifname = (Route.__dict__[f].__set__ for f in
-                                                  ("dst", "type", "gateway", "ifname"))
-_set_scope, _set_onlink, _set_multipath, _set_metric = (Route.__dict__[f].__set__ for f in
-                                                        ("scope", "onlink", "multipath", "metric"))
+class DstView(abc.Mapping):
+    """A read-only live view of a dst_key-indexed table of Routes, indexed by dst."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict[int, Route]) -> None:
+        self._d = d
+
+    def __getitem__(self, dst: IPv4Network) -> Route:
+        if not isinstance(dst, IPv4Network):
+            raise KeyError(dst)
+        return self._d[dst_key(dst)]
+
+    def __contains__(self, dst: object) -> bool:
+        return isinstance(dst, IPv4Network) and dst_key(dst) in self._d
+
+    def __iter__(self):
+        return (r.dst for r in self._d.values())
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def values(self):
+        return self._d.values()
 
 
-def _replace_ifname(r: Route, ifname: str | None) -> Route:
-    new = object.__new__(Route)
-    for f in r.__dataclass_fields__:
-        object.__setattr__(new, f, getattr(r, f))
-    object.__setattr__(new, "ifname", ifname)
+# nlcore.fast.slot_setters: Routes built from checked values skip __init__ (a quarter of its
+# cost, measured there).
+_set_dst, _set_type, _set_gateway, _set_ifname, _set_scope, _set_onlink, _set_multipath, _set_metric = \
+    _slot_setters(Route, "dst", "type", "gateway", "ifname", "scope", "onlink", "multipath", "metric")
+
+
+def _replace(r: Route, ifname: str | None, multipath: tuple[NextHop, ...]) -> Route:
+    # A copy of ``r`` with ifname and multipath replaced, for comparison only.
+    new = _new(Route)
+    _set_dst(new, r.dst)
+    _set_type(new, r.type)
+    _set_gateway(new, r.gateway)
+    _set_ifname(new, ifname)
+    _set_scope(new, r.scope)
+    _set_onlink(new, r.onlink)
+    _set_multipath(new, multipath)
+    _set_metric(new, r.metric)
     return new
 
 
-def _replace_multipath(r: Route, mp: tuple[NextHop, ...]) -> Route:
-    new = object.__new__(Route)
-    for f in r.__dataclass_fields__:
-        object.__setattr__(new, f, getattr(r, f))
-    object.__setattr__(new, "multipath", mp)
-    return new
-
-
-__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "dst_key"]
+__all__ = ["PODROUTE_PROTO", "MAIN_TABLE", "RouteType", "Scope", "NextHop", "Route", "DstView", "dst_key"]

@@ -11,13 +11,13 @@ import logging
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from collections import abc
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from .dataplane import RouteDataplane, RouteFailure, RouteOp, new_op as _op
+from .dataplane import RouteDataplane, RouteFailure, RouteOp
 from .errors import DataplaneError, InvalidRoute
-from .routes import MAIN_TABLE, PODROUTE_PROTO, Route, dst_key
+from .plan import Plan, ResyncSink, as_tuple, plan_general, plan_incremental
+from .routes import MAIN_TABLE, PODROUTE_PROTO, DstView, Route, dst_key
 
 OWNER_PRIORITY: Mapping[str, int] = MappingProxyType({"workloads": 300, "blocks": 200, "bgp": 100})
 """Who wins when owners want the same dst: workloads (local pod /32) > blocks (local block
@@ -78,7 +78,7 @@ class RouteTable:
      - a periodic full resync of a large table: a route the last dump found satisfying its desired
        route is remembered as (dst key, digest of its kernel bytes) and, while neither side
        changes, is counted and skipped by the next dump without being decoded; no decoded copy of
-       the table is kept between resyncs (at 100k routes a copy cost ~60 MB).
+       the table is kept between resyncs (at 100k routes a copy costs ~60 MB).
      - large tables: every table here is keyed by ``dst_key`` (one int per dst), not by the
        IPv4Network: an int hashes and compares in C, an IPv4Network calls Python per probe
        and, at 100k routes, misses the cache on the object before the probe starts.
@@ -213,11 +213,11 @@ class RouteTable:
 
     def desired(self) -> Mapping[IPv4Network, Route]:
         """Read-only live view {dst: winning Route} after owner-priority resolution."""
-        return _DstView(self._desired)
+        return DstView(self._desired)
 
     def owned(self, owner: str) -> Mapping[IPv4Network, Route]:
         """The routes ``owner`` asked for (read-only view), whether or not they won priority."""
-        return _DstView(self._by_owner.get(owner, {}))
+        return DstView(self._by_owner.get(owner, {}))
 
     def owner_of(self, dst: IPv4Network | str) -> str | None:
         """The owner whose route for ``dst`` won, or None."""
@@ -243,19 +243,52 @@ class RouteTable:
     # -- reconciliation ---------------------------------------------------------------------------
     def apply(self) -> ApplyResult:
         """Make the kernel match desired state; see the class doc. Idempotent: a second call with
-        no changes in between writes nothing. Returns ApplyResult; never raises DataplaneError."""
+        no changes in between writes nothing. Returns ApplyResult; never raises DataplaneError.
+
+        Steps: drop the digests of dsts that changed (:meth:`_forget_digests`); when dirty,
+        re-read our routes (:meth:`_full_sync`), else plan the pending dsts against the cache
+        (felix.plan.plan_incremental); plan what neither settled (felix.plan.plan_general);
+        write and record (:meth:`_write`)."""
         t0 = time.perf_counter()
         full = self._dirty
+        self._forget_digests(full)
+        if full:
+            try:
+                plan, checked = self._full_sync()
+            except DataplaneError as e:
+                self._log.debug("route dump failed, nothing written: %s", e)
+                res = ApplyResult(0, 0, 0, (RouteFailure(None, e.errno, f"dump failed: {e.message}", "dump"),),
+                                  time.perf_counter() - t0, True)
+                self.last_result = res
+                return res
+        else:
+            plan, checked = plan_incremental(self._pending, self._actual, self.table, self.protocol), 0
+        plan_general(plan, self.table, self.protocol)
+        counts, failures, n_ops = self._write(plan)
+        if failures:
+            self._dirty = True
+            self._log.debug("apply: %d of %d route ops failed, first: %s %s: %s", len(failures), n_ops,
+                            failures[0].action, failures[0].route, failures[0].message)
+        else:
+            self._dirty = False
+        res = ApplyResult(counts["add"], counts["replace"], counts["delete"], tuple(failures),
+                          time.perf_counter() - t0, full, checked)
+        if res.changes or failures:
+            self._log.log(logging.INFO if res.changes else logging.DEBUG, "apply: +%d ~%d -%d, %d errors, %.1f ms%s",
+                          res.added, res.replaced, res.deleted, len(failures), res.duration_s * 1e3,
+                          " (full sync)" if full else "")
+        self.last_result = res
+        return res
+
+    def _forget_digests(self, full: bool) -> None:
+        # A digest certifies "the kernel route satisfied the desired one at the last dump".
+        # Every pending dst's desired route changed since, so its digest must not be trusted
+        # by the next dump, the digests' only reader; the dump drops them (a pop per
+        # withdrawn dst here is a cache miss on a key the dump allocated, at 100k routes).
+        # Nothing else needs dropping: incremental writes are all to pending dsts, and a full
+        # sync writes only dsts its dump could not settle, which are never verified.
         verified = self._verified
-        checked = 0
         if verified and self._pending:
-            # A digest certifies "the kernel route satisfied the desired one at the last dump".
-            # Every pending dst's desired route changed since, so its digest must not be
-            # trusted by the next dump, the digests' only reader. Dropping them is left to
-            # that dump: at 100k routes a pop per withdrawn dst here was a tenth of a
-            # withdrawal's convergence (each a cache miss on a key the dump allocated).
-            # Nothing else needs dropping: incremental writes are all to pending dsts, and a
-            # full sync writes only dsts its dump could not settle, which are never verified.
             self._unverified.update(self._pending)
             if len(self._unverified) > len(verified):
                 # More changed than verified (churn between resyncs): the set would outgrow
@@ -267,122 +300,49 @@ class RouteTable:
             for key in self._unverified:
                 pop(key, None)
             self._unverified = set()
-        if full:
-            sink = _ResyncSink(self._desired)
-            try:
-                unchanged = self._dp.dump_routes_verified(table=self.table, protocol=self.protocol,
-                                                          verified=verified, sink=sink)
-            except DataplaneError as e:
-                self._log.debug("route dump failed, nothing written: %s", e)
-                res = ApplyResult(0, 0, 0, (RouteFailure(None, e.errno, f"dump failed: {e.message}", "dump"),),
-                                  time.perf_counter() - t0, True)
-                self.last_result = res
-                return res
-            checked = sink.count
-            # Verified routes the kernel still holds byte for byte keep their entry (the desired
-            # Route object itself) and are not looked at again: neither side changed since.
-            old = self._actual
-            if len(unchanged) != len(verified):
-                self._verified = verified = {k: verified[k] for k in unchanged}
-            if len(unchanged) == len(old):
-                actual = old  # verified keys are a subset of old's dsts: all of them are intact
-            else:
-                actual = {k: e for k, e in old.items() if k in unchanged} if unchanged else {}
-            verified.update(sink.verified)
-            for key, entry in sink.fresh.items():
-                prev = actual.get(key)
-                if prev is None:
-                    actual[key] = entry
-                else:  # another route appeared next to a verified one
-                    actual[key] = _as_tuple(prev) + _as_tuple(entry)
-                    verified.pop(key, None)
-                    sink.needs.add(key)
-            self._actual = actual
-            # Dsts the sink could not settle, then desired dsts the kernel lacks.
-            desired = self._desired
-            pairs = [(key, desired.get(key), _as_tuple(actual[key])) for key in sink.needs]
-            pairs += [(key, want, ()) for key, want in desired.items() if key not in actual]
-        # ``cleared``: deletes whose _actual entry the incremental loop already removed (one
-        # probe instead of a get there and a pop after the write); put back if they fail.
-        cleared: list[RouteOp] = []
-        deletes: list[RouteOp] = []
-        sets: list[RouteOp] = []
-        cleared_keys: list[int] = []
-        del_keys: list[int] = []
-        set_keys: list[int] = []
-        if not full:
-            # Incremental: one lookup per side per changed dst, and the usual shapes (nothing
-            # there yet, or exactly one route of ours) decided inline; a 10k-route burst spends
-            # most of apply() here. Several routes at one dst take the general path below.
-            pairs = []
-            actual = self._actual
-            have_of, take = actual.get, actual.pop
-            op, table, proto = _op, self.table, self.protocol
-            add_set, add_del, add_clr = sets.append, deletes.append, cleared.append
-            add_skey, add_dkey, add_ckey = set_keys.append, del_keys.append, cleared_keys.append
-            for key, want in self._pending.items():
-                if want is None:  # withdrawn: the common shape of a burst of withdrawals
-                    have = take(key, None)
-                    if have is None:
-                        continue
-                    if type(have) is tuple:
-                        actual[key] = have
-                        pairs.append((key, None, have))
-                        continue
-                    add_clr(op("delete", have, table, proto))
-                    add_ckey(key)
-                    continue
-                have = have_of(key)
-                if have is None:
-                    if want is not None:
-                        add_set(op("add", want, table, proto))
-                        add_skey(key)
-                elif type(have) is tuple:
-                    pairs.append((key, want, have))
-                elif want is None:
-                    add_del(op("delete", have, table, proto))
-                    add_dkey(key)
-                elif want is have or want.satisfied_by(have):
-                    pass
-                elif want.metric == have.metric:
-                    add_set(op("replace", want, table, proto))
-                    add_skey(key)
-                else:
-                    add_del(op("delete", have, table, proto))
-                    add_dkey(key)
-                    add_set(op("add", want, table, proto))
-                    add_skey(key)
-        for key, want, have in pairs:
-            if want is None:
-                for r in have:
-                    deletes.append(self._op("delete", r))
-                    del_keys.append(key)
-                continue
-            keep = None
-            for r in have:
-                if want is r or want.satisfied_by(r):
-                    keep = r
-                    break
-            if keep is not None:
-                for r in have:
-                    if r is not keep:
-                        deletes.append(self._op("delete", r))
-                        del_keys.append(key)
-                continue
-            same_metric = any(r.metric == want.metric for r in have)
-            for r in have:
-                if r.metric != want.metric:
-                    deletes.append(self._op("delete", r))
-                    del_keys.append(key)
-            sets.append(self._op("replace" if same_metric else "add", want))
-            set_keys.append(key)
 
+    def _full_sync(self) -> tuple[Plan, int]:
+        """Re-read our routes (a verified dump, felix.plan.ResyncSink), rebuild ``_actual``
+        and plan the dsts the dump could not settle plus the desired dsts the kernel lacks.
+        Returns (plan with only ``pairs``, routes decoded). Raises DataplaneError (nothing
+        changed then)."""
+        verified = self._verified
+        sink = ResyncSink(self._desired)
+        unchanged = self._dp.dump_routes_verified(table=self.table, protocol=self.protocol,
+                                                  verified=verified, sink=sink)
+        # Verified routes the kernel still holds byte for byte keep their entry (the desired
+        # Route object itself) and are not looked at again: neither side changed since.
+        old = self._actual
+        if len(unchanged) != len(verified):
+            self._verified = verified = {k: verified[k] for k in unchanged}
+        if len(unchanged) == len(old):
+            actual = old  # verified keys are a subset of old's dsts: all of them are intact
+        else:
+            actual = {k: e for k, e in old.items() if k in unchanged} if unchanged else {}
+        verified.update(sink.verified)
+        for key, entry in sink.fresh.items():
+            prev = actual.get(key)
+            if prev is None:
+                actual[key] = entry
+            else:  # another route appeared next to a verified one
+                actual[key] = as_tuple(prev) + as_tuple(entry)
+                verified.pop(key, None)
+                sink.needs.add(key)
+        self._actual = actual
+        desired = self._desired
+        plan = Plan()
+        plan.pairs = [(key, desired.get(key), as_tuple(actual[key])) for key in sink.needs]
+        plan.pairs += [(key, want, ()) for key, want in desired.items() if key not in actual]
+        return plan, sink.count
+
+    def _write(self, plan: Plan) -> tuple[dict[str, int], list[RouteFailure], int]:
+        """Write ``plan`` in batches of ``batch_size``, record each success in ``_actual``,
+        keep failed dsts pending. Returns (successes by action, failures, ops written)."""
         failures: list[RouteFailure] = []
         failed_keys: list[int] = []
         counts = {"add": 0, "replace": 0, "delete": 0}
-        ops = cleared + deletes + sets
-        keys = cleared_keys + del_keys + set_keys
-        n_cleared = len(cleared)
+        ops, keys = plan.ops()
+        n_cleared = len(plan.cleared)
         record = self._record
         size = self.batch_size
         for start in range(0, len(ops), size):
@@ -412,23 +372,7 @@ class RouteTable:
                     record(key, op)
         desired = self._desired
         self._pending = {key: desired.get(key) for key in failed_keys}
-        if failures:
-            self._dirty = True
-            self._log.debug("apply: %d of %d route ops failed, first: %s %s: %s", len(failures), len(ops),
-                              failures[0].action, failures[0].route, failures[0].message)
-        else:
-            self._dirty = False
-        res = ApplyResult(counts["add"], counts["replace"], counts["delete"], tuple(failures),
-                          time.perf_counter() - t0, full, checked)
-        if res.changes or failures:
-            self._log.log(logging.INFO if res.changes else logging.DEBUG, "apply: +%d ~%d -%d, %d errors, %.1f ms%s",
-                          res.added, res.replaced, res.deleted, len(failures), res.duration_s * 1e3,
-                          " (full sync)" if full else "")
-        self.last_result = res
-        return res
-
-    def _op(self, action: str, route: Route) -> RouteOp:
-        return _op(action, route, self.table, self.protocol)
+        return counts, failures, len(ops)
 
     def _record(self, key: int, op: RouteOp) -> None:
         r = op.route
@@ -438,13 +382,13 @@ class RouteTable:
             cur = actual.pop(key, None)
             if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
                 return
-            have = tuple(x for x in _as_tuple(cur) if x.metric != r.metric)
+            have = tuple(x for x in as_tuple(cur) if x.metric != r.metric)
         else:
             cur = actual.get(key)
             if cur is None or (type(cur) is not tuple and cur.metric == r.metric):
                 actual[key] = r
                 return
-            have = tuple(x for x in _as_tuple(cur) if x.metric != r.metric) + (r,)
+            have = tuple(x for x in as_tuple(cur) if x.metric != r.metric) + (r,)
         if have:
             actual[key] = have[0] if len(have) == 1 else have
 
@@ -454,73 +398,3 @@ class RouteTable:
                                 f"conflict: a route of another protocol holds {f.route.dst if f.route else '?'}"
                                 f" in table {self.table}; left alone ({f.message})", f.action)
         return f
-
-
-class _ResyncSink:
-    """Judges each route a full dump decodes as it arrives (felix.dataplane.RouteSink).
-
-    A route that is the only one at its dst and satisfies the desired route is settled at once:
-    ``fresh`` holds the desired Route object for it and ``verified`` its digest, so the
-    decoded objects die immediately and a table-sized re-read never holds a decoded copy of
-    the table. Anything else (no desired route, not satisfied, several routes at one dst)
-    goes to ``needs`` for apply()'s diff, with the decoded routes in ``fresh``. All keyed
-    by dst_key."""
-
-    def __init__(self, desired: Mapping[int, Route]) -> None:
-        self._desired = desired
-        self.restart()
-
-    def restart(self) -> None:
-        self.fresh: dict[int, Route | tuple[Route, ...]] = {}
-        self.verified: dict[int, int] = {}
-        self.needs: set[int] = set()
-        self.count = 0
-
-    def route(self, key: int, digest: int, r: Route) -> None:
-        self.count += 1
-        want = self._desired.get(key)
-        prev = self.fresh.get(key)
-        if prev is None:
-            if want is not None and want.satisfied_by(r):
-                # Under the desired dst's own key object: the one the other tables hold
-                # (felix.routes.dst_key), so the int the dump allocated dies here.
-                key = dst_key(want.dst)
-                self.fresh[key] = want
-                self.verified[key] = digest
-                return
-            self.fresh[key] = r
-        else:
-            self.fresh[key] = _as_tuple(prev) + (r,)
-            self.verified.pop(key, None)
-        self.needs.add(key)
-
-
-def _as_tuple(have: Route | tuple[Route, ...]) -> tuple[Route, ...]:
-    """An entry of RouteTable._actual as a tuple of routes."""
-    return have if isinstance(have, tuple) else (have,)
-
-
-class _DstView(abc.Mapping):
-    """A read-only live view of a dst_key-indexed table of Routes, indexed by dst."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self, d: dict[int, Route]) -> None:
-        self._d = d
-
-    def __getitem__(self, dst: IPv4Network) -> Route:
-        if not isinstance(dst, IPv4Network):
-            raise KeyError(dst)
-        return self._d[dst_key(dst)]
-
-    def __contains__(self, dst: object) -> bool:
-        return isinstance(dst, IPv4Network) and dst_key(dst) in self._d
-
-    def __iter__(self):
-        return (r.dst for r in self._d.values())
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def values(self):
-        return self._d.values()

@@ -14,4 +14,7 @@ and still not each other.
 - :mod:`nlcore.netns`: run a function (open a socket) in another network namespace from a
   helper thread.
 - :mod:`nlcore.prefixkey`: ``1 << length | network >> (32 - length)``, the int key of a prefix.
+- :mod:`nlcore.fast`: the hot-path helpers (slot setters of frozen dataclasses, CPython's
+  ipaddress internals), each with the measurement that justifies it; the only module that
+  steps around a public Python API.
 """

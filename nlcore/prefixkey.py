@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
+from .fast import net_len as _net_len
+
 CARRIED = "key"
 """Name of the attribute through which an IPv4Network subclass offers its key to :func:`key_of`."""
 
@@ -41,12 +43,8 @@ def key_of(dst: IPv4Network) -> int:
     """The key of ``dst``: the object it carries as :data:`CARRIED` when that equals the key
     computed from its address and length (a wrong carried value is ignored), else the
     computed int."""
-    try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
-        plen = dst._prefixlen  # type: ignore[attr-defined]
-        k = 1 << plen | dst.network_address._ip >> (32 - plen)  # type: ignore[attr-defined]
-    except AttributeError:
-        plen = dst.prefixlen
-        k = 1 << plen | int(dst.network_address) >> (32 - plen)
+    net, plen = _net_len(dst)  # nlcore.fast: int() and .prefixlen are Python-level calls
+    k = 1 << plen | net >> (32 - plen)
     # getattr, not __dict__: reading an instance's __dict__ makes CPython 3.11+ build one for
     # it (its attributes live inline until then), ~60 bytes per prefix.
     carried = getattr(dst, "key", None)  # CARRIED, spelled out: a global lookup costs ~20 ns

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Sequence
 
 from felix.routes import NextHop, Route
+from nlcore.fast import net_len as _net_len
 from ipip.devices import TUNL0, VXLAN_IFNAME as VXLAN_DEV
 from ipip.modes import Encapsulation, PoolEncap, route_encap
 
@@ -55,10 +56,7 @@ class FibPlanner:
         self._hops: dict[tuple[int, int], tuple[NextHop, bool]] = {}
 
     def _pool_index(self, prefix: IPv4Network) -> int:
-        try:  # CPython's ipaddress slots: int() and .prefixlen are Python-level calls
-            net, plen = prefix.network_address._ip, prefix._prefixlen  # type: ignore[attr-defined]
-        except AttributeError:
-            net, plen = int(prefix.network_address), prefix.prefixlen
+        net, plen = _net_len(prefix)  # nlcore.fast
         for i, (pnet, pmask, plen_pool, _p) in enumerate(self._pools):
             if plen >= plen_pool and net & pmask == pnet:
                 return i
