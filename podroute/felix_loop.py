@@ -9,7 +9,9 @@ summarised (:mod:`felix.backoff`).
 
 :meth:`FelixDriver.wait_programmed` is how a caller learns that felix wrote (or removed) a
 route: the future resolves after the first apply that took in every setter queued before the
-call, with None if that apply reported no failure for the dst, or :class:`RouteNotProgrammed`.
+call and read the kernel, with None if that apply reported no failure for the dst, or
+:class:`RouteNotProgrammed`. An apply whose route dump failed decides nothing: the waiter
+stays for the next one.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from felix.worker import RouteTableWorker
 log = logging.getLogger("podroute.agent")  # the name operators filter the FIB log lines by
 
 DEBOUNCE_S = 0.005
+DUMP_RETRY_S = 0.05  # a waiter's next try after a failed dump: a dump retried at once meets the same churn
 STATUS_ERRORS = 100  # failures listed in last_apply: a status call stays cheap
 
 
@@ -119,27 +122,39 @@ class FelixDriver:
         waiters, self._waiting = self._waiting, {}
         return waiters
 
-    @staticmethod
-    def _settle(waiters: dict[IPv4Network, list[asyncio.Future[None]]], res: ApplyResult) -> None:
+    def _settle(self, waiters: dict[IPv4Network, list[asyncio.Future[None]]], res: ApplyResult) -> None:
+        """Resolve each waiter from ``res``: None if its dst had no failure, RouteNotProgrammed
+        naming the failure if it had one. A failed dump (route None: the kernel's route dump was
+        interrupted, NLM_F_DUMP_INTR, or overran) wrote nothing and says nothing about any dst,
+        so those waiters stay queued for the next apply, kicked after :data:`DUMP_RETRY_S`;
+        their caller bounds the total wait."""
         if not waiters:
             return
         failed: dict[IPv4Network, RouteFailure] = {}
-        dump: RouteFailure | None = None
+        dump_failed = False
         for f in res.errors:
             if f.route is None:
-                dump = f
+                dump_failed = True
             else:
                 failed.setdefault(f.route.dst, f)
+        requeued = False
         for dst, futs in waiters.items():
-            f = failed.get(dst) or dump
-            exc = None if f is None else RouteNotProgrammed(
-                f"{dst}: {f.message}" if f.route is not None else f"{dst}: felix could not read the FIB: {f.message}")
+            f = failed.get(dst)
+            if f is None and dump_failed:
+                live = [fut for fut in futs if not fut.done()]
+                if live:
+                    self._waiting.setdefault(dst, []).extend(live)
+                    requeued = True
+                continue
+            exc = None if f is None else RouteNotProgrammed(f"{dst}: {f.message}")
             for fut in futs:
                 if not fut.done():
                     if exc is None:
                         fut.set_result(None)
                     else:
                         fut.set_exception(exc)
+        if requeued:
+            asyncio.get_running_loop().call_later(DUMP_RETRY_S, self.kick)
 
     @staticmethod
     def _fail_waiters(waiters: dict[IPv4Network, list[asyncio.Future[None]]], why: str) -> None:

@@ -3,6 +3,7 @@ BGP -> FIB path, the cluster-file watch, felix's driver and its route waiters.""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
@@ -336,3 +337,14 @@ def test_bgp_section_sums_rejections_and_marks_passive_peers_from_the_effective_
     assert sec["routes_total"] == STATUS_ROUTES + 5 and len(sec["routes"]) == STATUS_ROUTES
     assert sec["routes"][0]["prefix"] == str(min(routes))  # the first ones, in prefix order
     assert sec["exabgp"] == {"pid": 4242, "restarts": 1, "last_exit": None} and sec["announced"] == [str(BLOCK)]
+
+
+async def test_a_failed_dump_keeps_the_waiter_until_an_apply_settles_its_route(felix):
+    # Under veth churn a full-sync dump can be interrupted (NLM_F_DUMP_INTR) on every retry;
+    # that says nothing about the route waited on, so the CNI ADD/DEL waiting on it must not
+    # fail (the churn test's DEL got 999 "felix could not read the FIB"): the next apply decides.
+    await wait_until(lambda: felix.driver.last_apply is not None)
+    felix.driver.routes.mark_dirty()
+    felix.dp.fail_dump_next(errno.EINTR, times=8, message="dump interrupted")
+    await asyncio.wait_for(felix.sink.workload_added(ep("198.19.1.10")), 10)
+    assert felix.dp.ours()[IPv4Network("198.19.1.10/32")] == workload_route(ep("198.19.1.10"))
