@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from waiting import until
 
 from podroute.clusterwatch import ClusterWatch
 from podroute.datastore import BGPConfiguration, Conflict, BGPPeer, IPAMBlock, Node, key_of, peers_for
@@ -23,10 +23,7 @@ B2 = IPAMBlock(IPv4Network("198.19.2.0/26"), "n2")
 
 
 async def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+    await until(cond, timeout, "the condition", step=0.005)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 import asyncio
 import logging
 import threading
-import time
 from ipaddress import IPv4Network
 
 import pytest
+from waiting import until
 
 from felix import worker as W
 from felix.fake import FakeDataplane
@@ -22,10 +22,7 @@ def nets(count):
 
 
 async def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+    await until(cond, timeout, "the condition", step=0.005)
 
 
 @pytest.fixture
