@@ -26,23 +26,22 @@ together at the end.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .errors import (INCOMPATIBLE_CNI_VERSION, INTERNAL, CNIError, InvalidConfig, NetnsNotFound,
                      WiringError)
 from .ipam import Allocation
 from .model import CNIRequest, WorkloadEndpoint
+from .steps import in_thread
 from .wiring import GATEWAY, Wiring
 
 if TYPE_CHECKING:
     from .plugin import CNIPlugin
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 KEPT, FINISHED, ROLLED_BACK, FAILED = "kept", "finished", "rolled back", "failed"
 GC_VERSION = "1.1.0"  # CNI spec 1.1.0 introduced GC; older configs must not get it
@@ -133,15 +132,6 @@ def finish(w: Wiring, ip: IPv4Address, attrs: Mapping[str, Any], protocol: int,
 
 # -- the passes ----------------------------------------------------------------------------
 
-async def _off_loop(what: str, fn: Callable[..., T], *args: Any) -> T:
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except CNIError:
-        raise
-    except Exception as e:  # a bug or an unexpected OS error: still a CNI error
-        raise CNIError(INTERNAL, f"{what} failed: {e}", repr(e)) from e
-
-
 def _del_request(alloc: Allocation) -> CNIRequest | None:
     """The DEL that removes ``alloc``, or None if its attrs do not name the attachment its
     handle is (a record from another writer: only its IP can be released)."""
@@ -168,8 +158,8 @@ class Reconciler:
         plugin's request lock. Raises CNIError only if the IPAM state cannot be read."""
         p = self.plugin
         async with p._lock:
-            allocs = await _off_loop("IPAM read", p.ipam.allocations)
-            veths = await _off_loop("list host veths", p.wiring.list_host_veths, p.host_prefix)
+            allocs = await in_thread("IPAM read", p.ipam.allocations)
+            veths = await in_thread("list host veths", p.wiring.list_host_veths, p.host_prefix)
             outcomes, errors = [], []
             for alloc in sorted(allocs.values(), key=lambda a: a.handle):
                 outcomes.append(await self._one(alloc, veths, errors))
@@ -179,7 +169,7 @@ class Reconciler:
             removed = []
             for name in orphans:
                 try:
-                    if await _off_loop("retire orphan veth", p.wiring.retire_host_veth, name):
+                    if await in_thread("retire orphan veth", p.wiring.retire_host_veth, name):
                         removed.append(name)
                         log.warning("reconcile: host veth %s has no IPAM record; removed", name)
                 except CNIError as e:
@@ -223,7 +213,7 @@ class Reconciler:
         (GC comes through :meth:`cni.plugin.CNIPlugin.handle`). Raises CNIError only if the
         IPAM state cannot be read."""
         keep = set(valid)
-        allocs = await _off_loop("IPAM read", self.plugin.ipam.allocations)
+        allocs = await in_thread("IPAM read", self.plugin.ipam.allocations)
         outcomes, errors = [], []
         for alloc in sorted(allocs.values(), key=lambda a: a.handle):
             a = alloc.attrs
@@ -249,7 +239,7 @@ class Reconciler:
                                          errors)
         mtu = a.get("mtu") if isinstance(a.get("mtu"), int) else p.mtu
         try:
-            wrong = await _off_loop("inspect attachment", defects, p.wiring, alloc.ip, a,
+            wrong = await in_thread("inspect attachment", defects, p.wiring, alloc.ip, a,
                                     p.protocol, mtu)
         except NetnsNotFound:
             return await self._roll_back(alloc, f"its netns {a['netns']} is gone", errors)
@@ -260,7 +250,7 @@ class Reconciler:
             return Outcome(alloc.handle, alloc.ip, KEPT)
         why = "; ".join(wrong)
         try:
-            await _off_loop("finish attachment", finish, p.wiring, alloc.ip, a, p.protocol, mtu)
+            await in_thread("finish attachment", finish, p.wiring, alloc.ip, a, p.protocol, mtu)
             await p._route_added(WorkloadEndpoint(a["container_id"], a["ifname"], a["host_ifname"],
                                                   alloc.ip, a["netns"], a.get("pod_namespace"),
                                                   a.get("pod_name")))
@@ -278,10 +268,10 @@ class Reconciler:
             if req is not None:
                 await p.delete(req)
             else:
-                await _off_loop("IPAM release", p.ipam.release, alloc.handle)
+                await in_thread("IPAM release", p.ipam.release, alloc.handle)
                 name = alloc.attrs.get("host_ifname")
                 if isinstance(name, str) and name.startswith(p.host_prefix):
-                    await _off_loop("retire host veth", p.wiring.retire_host_veth, name)
+                    await in_thread("retire host veth", p.wiring.retire_host_veth, name)
         except CNIError as e:
             errors.append(f"{alloc.handle}: rollback incomplete: {e.msg}")
             log.error("reconcile %s: %s; rollback incomplete: %s", alloc.handle, why, e.msg)
