@@ -72,3 +72,15 @@ def add_uplink(ns: str, address: str = "198.18.0.1/24", gateway: str = "198.18.0
     sh("ip", "link", "set", "dummy0p", "up", ns=ns)
     sh("ip", "link", "set", "dummy0", "up", ns=ns)
     sh("ip", "route", "add", "default", "via", gateway, "dev", "dummy0", ns=ns)
+
+
+def veth_link(ns_a: str, ns_b: str, addr_a: str, addr_b: str, names: tuple[str, str] = ("vb", "vs"),
+              plen: int = 24) -> None:
+    """A veth pair between ``ns_a`` and ``ns_b`` (ends ``names``), each end up with its
+    address (``addr_a``/``addr_b``, ``/plen``): the wire two test speakers peer over."""
+    a, b = names
+    sh("ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b, ns=ns_a)
+    sh("ip", "addr", "add", f"{addr_a}/{plen}", "dev", a, ns=ns_a)
+    sh("ip", "link", "set", a, "up", ns=ns_a)
+    sh("ip", "addr", "add", f"{addr_b}/{plen}", "dev", b, ns=ns_b)
+    sh("ip", "link", "set", b, "up", ns=ns_b)

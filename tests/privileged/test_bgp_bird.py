@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nsutil import netns_path, sh
+from nsutil import netns_path, sh, veth_link
 from waiting import wait
 
 pytestmark = pytest.mark.privileged
@@ -176,11 +176,7 @@ class Driver:
 @pytest.fixture
 def lab(make_netns, tmp_path):
     ns_b, ns_s = make_netns("bgpb"), make_netns("bgps")
-    sh("ip", "link", "add", "vb", "type", "veth", "peer", "name", "vs", "netns", ns_s, ns=ns_b)
-    sh("ip", "addr", "add", f"{BIRD_IP}/24", "dev", "vb", ns=ns_b)
-    sh("ip", "link", "set", "vb", "up", ns=ns_b)
-    sh("ip", "addr", "add", f"{SPK_IP}/24", "dev", "vs", ns=ns_s)
-    sh("ip", "link", "set", "vs", "up", ns=ns_s)
+    veth_link(ns_b, ns_s, BIRD_IP, SPK_IP)
     bird = Bird(ns_b, tmp_path)
     bird.start()
     cfg = {

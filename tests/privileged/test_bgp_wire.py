@@ -1,14 +1,13 @@
 """What the speaker puts on the wire, judged by a real BIRD 2 peer: the max-prefix teardown
 (RFC 4486 Cease) and the ``export_extra`` (service CIDR) announcement with its communities
-(RFC 1997). Helpers (Bird, Driver, the netns pair) come from test_bgp_bird.py."""
+(RFC 1997). Bird and Driver come from test_bgp_bird.py, the veth pair from nsutil."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
-from nsutil import sh
+from nsutil import veth_link
 from test_bgp_bird import BIRD_IP, SPK_IP, Bird, Driver
 from waiting import wait
 
@@ -21,11 +20,7 @@ OWN_BLOCK, SERVICE = "198.19.3.0/26", "198.19.200.0/24"
 def pair(make_netns, tmp_path):
     """``start(peer_overrides, **cfg_overrides)`` → (bird, driver) on a veth pair."""
     ns_b, ns_s = make_netns("wireb"), make_netns("wires")
-    sh("ip", "link", "add", "vb", "type", "veth", "peer", "name", "vs", "netns", ns_s, ns=ns_b)
-    sh("ip", "addr", "add", f"{BIRD_IP}/24", "dev", "vb", ns=ns_b)
-    sh("ip", "link", "set", "vb", "up", ns=ns_b)
-    sh("ip", "addr", "add", f"{SPK_IP}/24", "dev", "vs", ns=ns_s)
-    sh("ip", "link", "set", "vs", "up", ns=ns_s)
+    veth_link(ns_b, ns_s, BIRD_IP, SPK_IP)
     started: list = []
 
     def start(peer: dict, **cfg) -> tuple[Bird, Driver]:
