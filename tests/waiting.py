@@ -31,3 +31,8 @@ def wait(cond: Callable[[], T], timeout: float, what: str, step: float = 0.05) -
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(step)
+
+
+async def wait_until(cond: Callable[[], T], timeout: float = 10.0, step: float = 0.005) -> T:
+    """:func:`until` for the agent's unit tests: a 10 s default and a 5 ms step."""
+    return await until(cond, timeout, "the condition", step)

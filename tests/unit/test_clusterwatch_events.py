@@ -5,7 +5,7 @@ import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from waiting import until
+from waiting import wait_until
 
 from podroute.clusterwatch import ClusterWatch
 from podroute.datastore import BGPConfiguration, Conflict, BGPPeer, IPAMBlock, Node, key_of, peers_for
@@ -20,10 +20,6 @@ N1 = Node("n1", A("198.18.0.11"))
 N2 = Node("n2", A("198.18.0.12"), labels=labels({"rack": "r2"}))
 N3 = Node("n3", A("198.18.0.13"))
 B2 = IPAMBlock(IPv4Network("198.19.2.0/26"), "n2")
-
-
-async def wait_until(cond, timeout=10.0):
-    await until(cond, timeout, "the condition", step=0.005)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import threading
 from ipaddress import IPv4Network
 
 import pytest
-from waiting import until
+from waiting import wait_until
 
 from felix import worker as W
 from felix.fake import FakeDataplane
@@ -19,10 +19,6 @@ def N(s):
 
 def nets(count):
     return [IPv4Network((0xC6130000 + i * 64, 26)) for i in range(count)]
-
-
-async def wait_until(cond, timeout=10.0):
-    await until(cond, timeout, "the condition", step=0.005)
 
 
 @pytest.fixture

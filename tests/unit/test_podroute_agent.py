@@ -6,12 +6,12 @@ import asyncio
 import json
 import shutil
 import tempfile
-import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from waiting import wait_until
 
 from bgp.model import BestRoute, PeerStatus, SpeakerStatus
 from cni.fake_wiring import FakeWiring
@@ -95,13 +95,6 @@ def make(d: Path, dp: FakeDataplane | None = None, **kw) -> tuple[Agent, FakeDat
     agent = Agent(config(d, **kw), dataplane=dp, wiring=wiring, speaker_factory=FakeSpeaker,
                   start_monitor=False, ipip_dataplane=FakeIPIP())
     return agent, dp, wiring
-
-
-async def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def cni(command: str) -> CNIRequest:

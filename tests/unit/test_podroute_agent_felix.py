@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 
 import pytest
+from waiting import wait_until
 
 from bgp.model import BestRoute, SpeakerStatus
 from cni.fake_wiring import FakeWiring
@@ -60,13 +61,6 @@ async def agent(tmp_path, dp):
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert await asyncio.to_thread(a.routes.join, 10)
-
-
-async def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def bgp_delta(count, gw=PEER):

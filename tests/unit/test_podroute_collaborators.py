@@ -6,12 +6,12 @@ import asyncio
 import errno
 import os
 import threading
-import time
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from waiting import wait_until
 
 from bgp.model import BestRoute, SpeakerStatus
 from felix.fake import FakeDataplane
@@ -49,13 +49,6 @@ def underlay(mtu=1500) -> FakeIPIP:
     dp.add_foreign_link("eth0", mtu=mtu)
     dp.add_address("eth0", IPv4Interface(f"{NODE_IP}/24"))
     return dp
-
-
-async def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 # -- VtepRefs ------------------------------------------------------------------------------------

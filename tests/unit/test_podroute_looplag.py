@@ -3,17 +3,11 @@ import logging
 import time
 
 import pytest
+from waiting import wait_until
 
 from podroute.looplag import LoopLag
 
 THRESHOLD = 0.1
-
-
-async def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def _deliberately_blocking_call(seconds):
