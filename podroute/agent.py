@@ -148,14 +148,14 @@ class Agent:
 
     async def _cni_server(self) -> None:
         try:  # before the server accepts: no request may see a half-finished pod
-            await Reconciler(self.cni).run()
-        except CNIError as e:
+            await Reconciler(self.cni).run()  # ends by deleting the pairs a previous run retired
+        except CNIError as e:  # the IPAM state could not be read: the reconciler did nothing
             log.warning("could not reconcile IPAM records with the dataplane: %s", e.msg)
-        try:
-            if await self.cni.reap():  # veth pairs a previous run retired but did not delete
-                log.info("deleted veth pairs retired by a previous run")
-        except CNIError as e:
-            log.warning("could not delete retired veth pairs: %s", e.msg)
+            try:
+                if await self.cni.reap():  # veth pairs a previous run retired but did not delete
+                    log.info("deleted veth pairs retired by a previous run")
+            except CNIError as e2:
+                log.warning("could not delete retired veth pairs: %s", e2.msg)
         await CNIServer(self.cfg.paths.cni_socket, self.cni).run()
 
     # --- status -----------------------------------------------------------------------
