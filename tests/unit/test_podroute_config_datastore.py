@@ -1,6 +1,7 @@
 """The node config's ``datastore:`` and ``ipam:`` sections, and the datastore factory."""
 from __future__ import annotations
 
+import json
 import sys
 import types
 from ipaddress import IPv4Address, IPv4Network
@@ -106,3 +107,57 @@ def test_open_datastore_file_none_and_etcd_lazily(tmp_path, monkeypatch):
                         types.SimpleNamespace(EtcdDatastore=EtcdDatastore))
     e = open_datastore(cfg(datastore={**ETCD, "etcd": {**ETCD["etcd"], "prefix": "/x/"}}))
     assert isinstance(e, EtcdDatastore) and made == [(("http://198.18.0.2:2379",), "/x/")]
+
+
+# -- the etcd branch's callers, on a stand-in EtcdDatastore over the fake server ----------------
+
+def stand_in(monkeypatch, server):
+    """Install an EtcdDatastore stand-in (a FakeDatastore of ``server`` that records closes) as
+    podroute.datastore.etcdstore, for the callers of open_datastore."""
+    from podroute.datastore.fake import FakeDatastore
+    closed = []
+
+    class EtcdDatastore(FakeDatastore):
+        def __init__(self, endpoints, *, prefix="/podroute/", timeout_s=5.0):
+            super().__init__(server)
+
+        async def close(self):
+            closed.append(self)
+            await super().close()
+
+    monkeypatch.setitem(sys.modules, "podroute.datastore.etcdstore",
+                        types.SimpleNamespace(EtcdDatastore=EtcdDatastore))
+    return closed
+
+
+async def test_prepare_claims_on_its_own_client_and_closes_it(tmp_path, monkeypatch):
+    from podroute.blocks_wiring import prepare
+    from podroute.datastore import IPPool as StorePool
+    from podroute.datastore.fake import FakeServer
+    server = FakeServer()
+    server.put(StorePool("p", IPv4Network("198.19.0.0/24"), 26))
+    closed = stand_in(monkeypatch, server)
+    start = await prepare(cfg(datastore=ETCD, paths={"stateDir": str(tmp_path / "s"), "runDir": "/run/x"}))
+    assert len(start.blocks) == 1 and start.blocks[0].prefixlen == 26 and len(closed) == 1
+    with pytest.raises(ValueError, match="claims blocks"):
+        await prepare(cfg(**STATIC))
+
+
+def test_ipam_show_reads_the_claiming_store_once(tmp_path, monkeypatch, capsys):
+    from podroute import cli
+    from podroute.datastore import IPAMBlock, IPPool as StorePool, Node
+    from podroute.datastore.fake import FakeServer
+    server = FakeServer()
+    server.put(StorePool("p", IPv4Network("198.19.0.0/24"), 26), Node("n2", IPv4Address("198.18.0.12")),
+               IPAMBlock(IPv4Network("198.19.0.64/26"), "n2"))
+    closed = stand_in(monkeypatch, server)
+    conf = tmp_path / "node.yaml"
+    conf.write_text("nodeName: n1\nnodeIP: 198.18.0.11\ndatastore: {type: etcd, etcd: {endpoints: "
+                    f"[http://127.0.0.1:2379]}}}}\npaths: {{stateDir: {tmp_path / 's'}, runDir: /run/x}}\n")
+    assert cli.main(["ipam", "show", "--json", "--config", str(conf)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(b["cidr"], b["node"]) for b in data["blocks"]] == [("198.19.0.64/26", "n2")]
+    assert data["pools"][0]["cidr"] == "198.19.0.0/24" and len(closed) == 1
+    server.down()
+    assert cli.main(["ipam", "show", "--config", str(conf)]) == 1
+    assert "podroute ipam show: datastore: fake datastore is down" in capsys.readouterr().err
