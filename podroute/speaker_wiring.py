@@ -110,6 +110,10 @@ def exabgp_speaker(cfg: NodeConfig, on_changes: OnChanges, cluster: Cluster | No
 
 
 def apply_cluster(speaker: SpeakerPort, cfg: NodeConfig, cluster: Cluster) -> None:
-    """A new cluster file: re-derive the sessions and the expected next hops."""
+    """A new cluster topology: re-derive the expected next hops, and the sessions when they
+    differ from the speaker's (a block claimed anywhere changes the topology but not the
+    sessions, and set_peers rewrites ExaBGP's config and reloads it)."""
     speaker.set_expected_next_hops(next_hops(cluster))
-    speaker.set_peers(peer_configs(cfg, cluster))
+    peers = peer_configs(cfg, cluster)
+    if peers != tuple(speaker.config.peers):
+        speaker.set_peers(peers)

@@ -380,3 +380,23 @@ async def test_bad_data_in_the_first_snapshot_is_logged_and_the_node_starts(dirs
         assert rec.kv["key"] == "bgppeers/broken" and len(n.agent.cluster.cluster.nodes) == 2
     finally:
         await n.stop()
+
+
+def test_a_block_change_elsewhere_re_derives_next_hops_but_leaves_the_sessions(dirs):
+    from types import SimpleNamespace
+
+    from podroute.datastore import cluster_from_resources
+    from podroute.speaker_wiring import apply_cluster, peer_configs
+    cfg = etcd_config(dirs())
+    calls = []
+    items = {"nodes/n1": Node("n1", NODE_IP), "nodes/n2": N2,
+             block_key(N("198.19.0.0/28")): IPAMBlock(N("198.19.0.0/28"), "n2")}
+    before = cluster_from_resources(items)
+    speaker = SimpleNamespace(config=SimpleNamespace(peers=peer_configs(cfg, before)),
+                              set_peers=lambda p: calls.append(("peers", p)),
+                              set_expected_next_hops=lambda h: calls.append(("hops", dict(h))))
+    grown = cluster_from_resources({**items, block_key(N("198.19.0.16/28")): IPAMBlock(N("198.19.0.16/28"), "n2")})
+    apply_cluster(speaker, cfg, grown)
+    assert calls == [("hops", {N("198.19.0.0/28"): N2.address, N("198.19.0.16/28"): N2.address})]
+    apply_cluster(speaker, cfg, cluster_from_resources({**items, "nodes/n3": N3}))
+    assert calls[-1][0] == "peers" and {p.address for p in calls[-1][1]} == {N2.address, N3.address}
