@@ -61,8 +61,8 @@ from typing import Any
 
 from cni.shim import SUN_PATH_MAX
 from nlcore.route import PODROUTE_PROTO
-from podroute.config_datastore import (DatastoreConfig, EtcdConfig, IpamConfig, parse_datastore, parse_ipam,  # noqa: F401
-                                      parse_labels)
+from podroute.config_datastore import (DatastoreConfig, EtcdConfig, IpamConfig,  # noqa: F401 (EtcdConfig: re-export)
+                                      parse_datastore, parse_ipam, parse_labels)
 from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
                              clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
