@@ -5,8 +5,8 @@ The datastore is the node config's: etcd with ``datastore.type: etcd`` (one list
 client is closed; :class:`podroute.datastore.Unavailable` when it cannot be reached), the
 cluster file when ``clusterFile`` is set, else the node config alone (its ``podCIDRs`` as this
 node's blocks, its ``ipPools``). Addresses in use are known for this node's blocks only
-(read from its local IPAM state, :mod:`cni.ipam`); other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
-``ipPools`` when the datastore has none.
+(read from its local IPAM state, :mod:`cni.ipam`); other nodes' blocks show ``-``. Pools come
+from the datastore, or the node config's ``ipPools`` when the datastore has none.
 """
 from __future__ import annotations
 
