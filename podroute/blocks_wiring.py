@@ -5,9 +5,10 @@ Start (:func:`start_node`, before the agent is built; :func:`prepare` in ``podro
 the node lists the datastore, re-uses the blocks it holds from a previous run or claims its
 static ``podCIDRs`` (a collision is a :class:`podroute.schema.ConfigError` naming
 ``podCIDRs``) or claims one block (:meth:`podroute.ipamblocks.BlockAffinity.ensure`). While
-the datastore is unavailable, or no pool has a free block, it logs why and tries again with
-exponential backoff (:data:`podroute.clusterwatch.BACKOFF_S`): a node started while etcd is
-down joins once etcd is back. The result, :class:`NodeStart`, fixes what is decided once:
+the datastore is unavailable, holds no pool (and the node config sets none), or no pool has a
+free block, it logs why and tries again with exponential backoff
+(:data:`podroute.clusterwatch.BACKOFF_S`): a node started while etcd is down joins once etcd
+is back. The result, :class:`NodeStart`, fixes what is decided once:
 
 - the pools (the datastore's IPPools, else the node config's ``ipPools``): the encapsulation
   modes, the pod MTU and BGP import policy come from them; a pool added later takes effect at
@@ -125,12 +126,16 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
     while True:
         attempt += 1
         try:
-            await affinity.ensure()
-            snapshot = await store.snapshot()
-            affinity.load(snapshot)
-            if affinity.mine():
-                break
-            why = "this node's blocks went away while it started"
+            await affinity.refresh()
+            if not affinity.pools():  # nothing to claim from, and BGP import would refuse every route
+                why = "no IP pool: the datastore holds no IPPool and the node config sets no ipPools"
+            else:
+                await affinity.ensure()
+                snapshot = await store.snapshot()
+                affinity.load(snapshot)
+                if affinity.mine():
+                    break
+                why = "this node's blocks went away while it started"
         except Unavailable as e:
             why = f"datastore unavailable: {e}"
         except PoolExhausted as e:

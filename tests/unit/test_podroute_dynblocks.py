@@ -400,3 +400,14 @@ def test_a_block_change_elsewhere_re_derives_next_hops_but_leaves_the_sessions(d
     assert calls == [("hops", {N("198.19.0.0/28"): N2.address, N("198.19.0.16/28"): N2.address})]
     apply_cluster(speaker, cfg, cluster_from_resources({**items, "nodes/n3": N3}))
     assert calls[-1][0] == "peers" and {p.address for p in calls[-1][1]} == {N2.address, N3.address}
+
+
+async def test_a_node_waits_for_a_pool_even_with_static_blocks(dirs, caplog):
+    server = FakeServer()
+    joining = asyncio.create_task(start_node(etcd_config(dirs(), pod_cidrs=[N("198.19.0.64/28")]),
+                                             FakeDatastore(server), backoff_s=FAST))
+    await until(lambda: logged(caplog, "no IP pool"), T, "the missing pool logged")
+    assert not joining.done() and not holders(server)          # nothing claimed without a pool
+    server.put(POOL)
+    start = await asyncio.wait_for(joining, T)
+    assert start.blocks == (N("198.19.0.64/28"),) and start.pools == (ConfigPool(POOL.cidr, 28),)
