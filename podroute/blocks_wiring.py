@@ -46,6 +46,7 @@ from podroute.config import NodeConfig
 from podroute.datastore import (Changes, Datastore, IPPool, Node, Resync, Snapshot, Unavailable, key_of)
 from podroute.datastore.model import cidr_name
 from podroute.datastore.open import open_datastore
+from podroute.datastore.screen import screen_snapshot
 from podroute.ipamblocks import BlockAffinity, BlockCollision, BlockPolicy, PoolExhausted
 from podroute.nodeblocks import INTERVAL_S, NodeBlocks
 from podroute.schema import ConfigError
@@ -115,11 +116,18 @@ def registration(cfg: NodeConfig, previous: Node | None, tunnel: IPv4Address,
                 tunnel if ipip else None, tunnel if vxlan else None)
 
 
+def _static_inside_pools(cfg: NodeConfig, pools: tuple[IPPool, ...]) -> None:
+    for i, cidr in enumerate(cfg.pod_cidrs):
+        if not any(cidr.subnet_of(p.cidr) for p in pools):
+            raise ConfigError(f"podCIDRs[{i}]", f"{cidr} is not inside any of the datastore's IP pools "
+                                                f"({', '.join(str(p.cidr) for p in pools)})", cfg.source)
+
+
 async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[float, float] = BACKOFF_S,
                      sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> NodeStart:
     """List ``store``, claim or re-use this node's blocks, and decide the start (module doc).
     Retries while the store is unavailable or the pools are exhausted (until cancelled).
-    Raises ConfigError (``podCIDRs``) when a static block is another node's."""
+    Raises ConfigError (``podCIDRs``) when a static block is another node's or outside every pool."""
     affinity = BlockAffinity(store, cfg.node_name, static=cfg.pod_cidrs, pools=model_pools(cfg),
                              policy=policy_of(cfg))
     wait, attempt = backoff_s[0], 0
@@ -130,8 +138,9 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
             if not affinity.pools():  # nothing to claim from, and BGP import would refuse every route
                 why = "no IP pool: the datastore holds no IPPool and the node config sets no ipPools"
             else:
+                _static_inside_pools(cfg, affinity.pools())
                 await affinity.ensure()
-                snapshot = await store.snapshot()
+                snapshot = screen_snapshot(await store.snapshot())
                 affinity.load(snapshot)
                 if affinity.mine():
                     break

@@ -8,7 +8,9 @@ loop (a 10k-node cluster takes a while; password files are read) and handed to `
 only when it differs from the last one handed over, so unchanged sessions are not touched.
 
 Bad data keeps the last good state, with an error log line naming the key:
-- an :class:`Invalid` value leaves the key's previous value in the view;
+- an :class:`Invalid` value leaves the key's previous value in the view, and so does a value
+  that breaks a rule with the others (:mod:`podroute.datastore.screen`: overlapping pools, a
+  block outside every pool), which listeners see as Invalid too;
 - a view whose topology breaks a rule (two nodes with one address, overlapping blocks, this
   node missing or with another address) is not handed over.
 
@@ -38,6 +40,7 @@ from typing import Any, Callable, Mapping
 from podroute.config_datastore import DEFAULT_LEASE_TTL_S
 from podroute.datastore import (Changes, Cluster, Conflict, Datastore, Delete, Invalid, InvalidData, Node, Put,
                                 Resource, Resync, Snapshot, Unavailable, cluster_from_resources, key_of)
+from podroute.datastore.screen import screen, screen_snapshot
 from podroute.schema import ConfigError
 
 log = logging.getLogger("podroute.clusterwatch")
@@ -92,6 +95,7 @@ class ClusterWatch:
     def prime(self, snapshot: Snapshot) -> Cluster:
         """Take the first snapshot (blocking, at start). Raises ConfigError when it is not
         usable: the agent does not start on a bad datastore."""
+        snapshot = screen_snapshot(snapshot)
         try:
             for bad in snapshot.invalid:
                 if not self.self_registering:
@@ -150,8 +154,10 @@ class ClusterWatch:
         return True
 
     async def handle(self, item: Changes | Resync) -> bool:
-        """Apply one watch item (and hand it to each of ``listeners``); True if a new topology
-        was handed to ``on_change``."""
+        """Apply one watch item, screened (:mod:`podroute.datastore.screen`: a value that breaks
+        a rule with the others is rejected like one that does not parse), and hand it to each
+        of ``listeners``; True if a new topology was handed to ``on_change``."""
+        item = screen(self.items, item)
         self._apply(item)
         for listener in self.listeners:
             listener(item)

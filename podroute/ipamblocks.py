@@ -42,6 +42,7 @@ from podroute.config_datastore import DEFAULT_MAX_BLOCKS_PER_HOST, DEFAULT_RELEA
 from podroute.datastore import (Changes, Conflict, Datastore, Delete, IPAMBlock, IPPool, Node, Put, Resync,
                                 Snapshot, Stored, block_key)
 from podroute.datastore.model import BLOCK_CONFIRMED
+from podroute.datastore.screen import screen_snapshot
 from podroute.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ class BlockAffinity(BlockView):
         self._gone_since: dict[str, float] = {}
 
     async def refresh(self) -> None:
-        self.load(await self.ds.snapshot())
+        """Load a fresh list, screened as the agent's watch is (:mod:`podroute.datastore.screen`)."""
+        self.load(screen_snapshot(await self.ds.snapshot()))
 
     # --- claims ---------------------------------------------------------------------------
     async def _claim(self, cidr: IPv4Network) -> Stored:

@@ -411,3 +411,32 @@ async def test_a_node_waits_for_a_pool_even_with_static_blocks(dirs, caplog):
     server.put(POOL)
     start = await asyncio.wait_for(joining, T)
     assert start.blocks == (N("198.19.0.64/28"),) and start.pools == (ConfigPool(POOL.cidr, 28),)
+
+
+async def test_a_block_outside_every_pool_and_an_overlapping_pool_are_refused_naming_their_keys(dirs, caplog):
+    server = FakeServer()
+    server.put(POOL, N2)
+    n = await (await make_node(dirs(), server)).run()
+    try:
+        await until(lambda: n.agent.cluster.revision == server.store.revision, T, "registered and seen")
+        blocks, hops = n.blocks, dict(getattr(n.agent.speaker, "hops", {}))
+        outside = IPAMBlock(N("10.99.0.0/26"), "n1")          # affine to this very node
+        server.put(outside, IPPool("overlap", N("198.19.0.0/17")))
+        await until(lambda: n.agent.cluster.revision == server.store.revision, T, "the bad data seen")
+        keys = {r.kv["key"] for r in caplog.records if "rejected" in r.getMessage()}
+        assert {"ipamblocks/10-99-0-0-26", "ippools/overlap"} <= keys
+        assert n.blocks == blocks and n.agent.speaker.announced == blocks
+        assert N("10.99.0.0/26") not in n.dp.ours() and dict(getattr(n.agent.speaker, "hops", {})) == hops
+        st = await start_node(etcd_config(dirs(), name="n4", ip=IPv4Address("198.18.0.14")), FakeDatastore(server),
+                              backoff_s=FAST)
+        assert st.pools == (ConfigPool(POOL.cidr, 28),)     # a new node does not take the overlapping pool
+    finally:
+        await n.stop()
+
+
+async def test_a_static_block_outside_the_datastores_pools_is_refused(dirs):
+    server = FakeServer()
+    server.put(POOL)
+    with pytest.raises(ConfigError, match=r"^<memory>: podCIDRs\[0\]: 10.99.0.0/28 is not inside any of the "
+                                          r"datastore's IP pools \(198.19.0.0/24\)$"):
+        await start_node(etcd_config(dirs(), pod_cidrs=[N("10.99.0.0/28")]), FakeDatastore(server), backoff_s=FAST)
