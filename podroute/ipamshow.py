@@ -6,9 +6,13 @@ node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``). Add
 are known for this node's blocks only (read from its local IPAM state, :mod:`cni.ipam`);
 other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
 ``ipPools`` when the datastore has none.
+
+With ``datastore.type: etcd`` the datastore is etcd: one list on a client of its own, closed
+after it (:class:`podroute.datastore.Unavailable` when etcd cannot be reached).
 """
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -18,10 +22,22 @@ from podroute.datastore import IPAMBlock, IPPool, Snapshot
 from podroute.datastore.filestore import FileDatastore
 from podroute.datastore.memory import MemoryStore
 from podroute.datastore.model import cidr_name
+from podroute.datastore.open import open_datastore
 from podroute.ipamblocks import BlockView
 
 
+async def _list(cfg: NodeConfig) -> Snapshot:
+    store = open_datastore(cfg)
+    assert store is not None
+    try:
+        return await store.snapshot()
+    finally:
+        await store.close()
+
+
 def _snapshot(cfg: NodeConfig) -> Snapshot:
+    if cfg.datastore.claims_blocks:
+        return asyncio.run(_list(cfg))
     if cfg.cluster_file is not None:
         return FileDatastore(cfg.cluster_file).load()
     store = MemoryStore()
