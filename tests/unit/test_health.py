@@ -82,3 +82,12 @@ def test_served_report_goes_stale_when_the_loop_stops_evaluating():
 def test_liveness_without_a_running_ticker_is_not_live():
     h = Health(fake_agent({}), peer_wait_s=120, clock=Clock())
     assert not h.liveness().ok
+
+
+def test_podroute_status_prints_the_checks():
+    from podroute.statusd import render
+    h = Health(fake_agent({P2: ("connect", 0)}), peer_wait_s=120, clock=Clock())
+    text = render({"health": {"ready": h.readiness().as_dict(), "live": h.liveness().as_dict()}})
+    assert "Health: NOT READY, NOT LIVE" in text
+    assert "  bgp: FAILING: waiting for Established: 198.18.0.2 (connect, 120 s left)" in text
+    assert "  fib: ok: routes programmed" in text and "  loop: FAILING: " in text
