@@ -225,3 +225,21 @@ def test_the_commented_example_in_configs_node_yaml_enables_the_listener():
     raw = yaml.safe_load(text)
     raw.update(yaml.safe_load("\n".join(example)))
     assert parse(raw).metrics == MetricsConfig(IPv4Address("198.18.0.11"), 9091)
+
+
+async def test_datastore_families_follow_the_cluster_watch(short_dir):
+    f = short_dir / "cluster.yaml"
+    f.write_text("nodes:\n  - {name: n1, ip: 198.18.0.11, podCIDRs: [198.19.1.0/26]}\n")
+    agent, _dp, run = await start(short_dir, cluster_file=f)
+    try:
+        agent.cluster.datastore.poll_s = 0.01
+        m = await scrape(agent.metrics.port)
+        assert m[("podroute_datastore_connected", ())] == 1.0 and m[("podroute_datastore_errors_total", ())] == 0
+        before = m[("podroute_datastore_watch_events_total", ())]
+        f.write_text(f.read_text() + "  - {name: n2, ip: 198.18.0.12, podCIDRs: [198.19.2.0/26]}\n")
+        await wait_until(lambda: agent.cluster.status()["watch_events"] > before)
+        m = await scrape(agent.metrics.port)
+        assert m[("podroute_datastore_watch_events_total", ())] > before
+        assert m[("podroute_datastore_revision", ())] == agent.cluster.status()["revision"]
+    finally:
+        await stop(agent, run)
