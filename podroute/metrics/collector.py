@@ -61,8 +61,9 @@ def route_kind(r: Route) -> str:
 def count_kinds(rt: RouteTable) -> dict[str, int]:
     """Our routes in the kernel by kind (felix's thread: it iterates the table)."""
     counts = dict.fromkeys(FIB_KINDS, 0)
-    for r in rt.actual_routes():
-        counts[route_kind(r)] += 1
+    for e in rt.actual_entries():
+        for r in (e if type(e) is tuple else (e,)):
+            counts[route_kind(r)] += 1
     return counts
 
 

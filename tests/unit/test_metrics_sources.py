@@ -102,3 +102,10 @@ def test_backoff_failing_by_errno():
     fb.observe(ApplyResult(0, 0, 0, (RouteFailure(r1, E.EEXIST, "x", "add"),
                                      RouteFailure(r2, E.ENETUNREACH, "y", "add")), 0.001), 1.0)
     assert fb.failing_by_errno() == {E.EEXIST: 1, E.ENETUNREACH: 1}
+
+
+def test_count_kinds_counts_every_route_of_a_dst_with_several_metrics():
+    from types import SimpleNamespace
+    two = (Route.via("198.19.2.0/26", "198.18.0.12"), Route.via("198.19.2.0/26", "198.18.0.12", metric=5))
+    rt = SimpleNamespace(actual_entries=lambda: [two, Route.blackhole("198.19.1.0/26")])
+    assert count_kinds(rt) == {"remote": 2, "blackhole": 1, "workload": 0, "tunnel": 0}
