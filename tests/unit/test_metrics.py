@@ -243,3 +243,14 @@ async def test_datastore_families_follow_the_cluster_watch(short_dir):
         assert m[("podroute_datastore_revision", ())] == agent.cluster.status()["revision"]
     finally:
         await stop(agent, run)
+
+
+async def test_a_listener_that_cannot_bind_stops_the_agent_with_a_failure(short_dir):
+    a1, _, r1 = await start(short_dir / "a")
+    try:
+        a2, _dp, _w = make(short_dir / "b", metrics=MetricsConfig(LOOPBACK, a1.metrics.port))
+        code = await asyncio.wait_for(a2.run(signals=False), 20)
+        assert code == 1 and [f.name for f in a2.guard.failures] == ["metrics"]
+        assert "Address already in use" in a2.guard.failures[0].error
+    finally:
+        await stop(a1, r1)
