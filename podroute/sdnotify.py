@@ -3,11 +3,12 @@
 The protocol is one datagram per message on the AF_UNIX SOCK_DGRAM socket named by
 ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace: a leading NUL byte),
 the message being newline-separated ``KEY=VALUE`` assignments. It is implemented here in the
-dozen lines it needs rather than with a library: the packages on PyPI (``sdnotify``,
-``systemd-python``) either do exactly this with no abstract-namespace or error handling
-worth having, or need libsystemd and a C build; the protocol is stable and documented
-(sd_notify(3), "Notes": "the protocol ... is the documented interface"). The socket is
-non-blocking: a full receive queue drops a message rather than stalling the event loop.
+dozen lines it needs rather than with a library: ``sdnotify`` (PyPI, pure Python) does the
+same send over a blocking socket, swallows every error without a trace and leaves
+``$WATCHDOG_USEC``/``$WATCHDOG_PID`` to the caller; ``systemd-python`` binds libsystemd (a C
+build against libsystemd-dev) for one ``sendto``. The protocol is a documented, stable
+interface (sd_notify(3), "Notes"). The socket here is non-blocking: a full receive queue drops
+a message rather than stall the event loop, and a failed send is counted and logged once.
 
 What the agent sends (:class:`Notifier`):
 
