@@ -46,6 +46,8 @@ STALE_S = 3 * READY_PERIOD_S   # an evaluation older than this: the loop that ma
 
 @dataclass(frozen=True)
 class Check:
+    """One check: passed or not, and why (one line)."""
+
     ok: bool
     reason: str
 

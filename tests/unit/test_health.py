@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from ipaddress import IPv4Address
+import shutil
+import tempfile
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from types import SimpleNamespace
 
+from test_podroute_agent import PEER, make
+from waiting import until
+
 from bgp.model import PeerStatus, SpeakerStatus
+from felix.fake import FakeDataplane
+from felix.routes import Route
 from podroute.health import Health
 from podroute.looplag import LoopLag
 
@@ -91,3 +99,23 @@ def test_podroute_status_prints_the_checks():
     assert "Health: NOT READY, NOT LIVE" in text
     assert "  bgp: FAILING: waiting for Established: 198.18.0.2 (connect, 120 s left)" in text
     assert "  fib: ok: routes programmed" in text and "  loop: FAILING: " in text
+
+
+async def test_the_restart_hold_ends_on_time_without_any_bgp_event():
+    # The hold used to end only at the next apply after its time: with no BGP event and a long
+    # resyncInterval the previous run's routes (and not-ready) outlived gracefulRestartTime.
+    d = Path(tempfile.mkdtemp(prefix="pra-", dir="/tmp"))
+    try:
+        dp = FakeDataplane(links=("eth0",))
+        old = IPv4Network("198.19.3.0/26")
+        dp.add_foreign(Route.via(old, PEER), protocol=90)    # what the previous run programmed
+        agent, dp, _ = make(d, dp, graceful_restart_time=1)  # resyncInterval 3600; the peer never converges
+        run = asyncio.create_task(agent.run(signals=False))
+        await until(lambda: agent.felix.synced_at is not None, 5, "the first apply")
+        assert agent.hold.active and old in dp.ours()
+        await until(lambda: not agent.hold.active and old not in dp.ours(), 5, "the hold to end at its time")
+        assert agent.health.readiness().checks["fib"].ok
+        agent._stop.set()
+        assert await asyncio.wait_for(run, 20) == 0
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
