@@ -327,6 +327,9 @@ async def test_a_kick_during_an_apply_is_applied_next_without_a_second_debounce(
     await wait_until(lambda: tail.dst in felix.dp.ours(), timeout=10)
     assert asyncio.get_running_loop().time() - t0 < 1.5  # well under DEBOUNCE_S: no second sleep
 
+    # The tail shows in the fake's table while its apply is still returning to the loop; a
+    # waiter's verdict comes after felix has looked for kicks, so felix is idle from here on.
+    await asyncio.wait_for(felix.driver.wait_programmed(tail.dst), 10)
     idle = Route.blackhole(IPv4Network("198.19.9.128/26"))
     felix.routes.set_route("bgp", idle)
     felix.driver.kick()
