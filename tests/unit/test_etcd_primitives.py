@@ -274,3 +274,22 @@ async def test_bad_arguments_are_refused_before_reaching_etcd(client, prefix):
         KeyValue("/podroute/ippools/p1", b"{not json", 1, 1, 1).json()
     assert (await client.get_prefix(prefix)).items == ()   # nothing was written, the client still works
 
+
+async def test_a_cancellation_arriving_as_a_call_completes_is_not_lost():
+    """CPython 3.11's wait_for drops a cancellation that arrives in the loop iteration in which the
+    wrapped call completes (gh-86296). Found as a LeaseKeeper whose stop() hung: the keeper's renewal
+    returned, the cancel was lost, and it slept and renewed on. The call must end cancelled."""
+    c = EtcdClient("127.0.0.1", 1, timeout_s=1.0)        # no I/O: the op below is ours
+    reply: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def op():
+        return await reply
+
+    t = asyncio.create_task(c._call("test", op))
+    await asyncio.sleep(0)                    # t waits inside wait_for on op's task
+    reply.set_result("done")
+    await asyncio.sleep(0)                    # op's task completes; t is not resumed yet
+    t.cancel()                                # the cancellation lands as the call has completed
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    await c.close()
