@@ -9,6 +9,9 @@ only when it differs from the last one handed over, so unchanged sessions are no
 
 Bad data keeps the last good state, with an error log line naming the key:
 - an :class:`Invalid` value leaves the key's previous value in the view;
+- a value that contradicts others (an IP pool overlapping another, a block outside every
+  pool: :class:`podroute.datastore.rules.Screen`) is treated as Invalid; listeners get the
+  screened stream;
 - a view whose topology breaks a rule (two nodes with one address, overlapping blocks, this
   node missing or with another address) is not handed over.
 
@@ -30,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 from podroute.datastore import (Changes, Cluster, Conflict, Datastore, Delete, Invalid, InvalidData, Node, Put,
                                 Resource, Resync, Snapshot, Unavailable, cluster_from_resources)
+from podroute.datastore.rules import Screen
 from podroute.schema import ConfigError
 
 log = logging.getLogger("podroute.clusterwatch")
@@ -50,6 +54,7 @@ class ClusterWatch:
         # Others that follow the same watch (e.g. podroute.ipamblocks.BlockView.handle): one
         # stream per agent.
         self.listeners: list[Callable[[Changes | Resync], None]] = []
+        self.screen = Screen()
         self.node_name = node_name
         self.node_ip = node_ip
         self.on_change = on_change
@@ -77,6 +82,7 @@ class ClusterWatch:
     def prime(self, snapshot: Snapshot) -> Cluster:
         """Take the first snapshot (blocking, at start). Raises ConfigError when it is not
         usable: the agent does not start on a bad datastore."""
+        snapshot = self.screen.snapshot(snapshot)
         try:
             for bad in snapshot.invalid:
                 raise ConfigError(bad.key, bad.reason)
@@ -124,6 +130,7 @@ class ClusterWatch:
     async def handle(self, item: Changes | Resync) -> bool:
         """Apply one watch item (and hand it to each of ``listeners``); True if a new topology
         was handed to ``on_change``."""
+        item = self.screen.apply(item)
         self._apply(item)
         for listener in self.listeners:
             listener(item)

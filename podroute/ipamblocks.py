@@ -40,6 +40,7 @@ from cni.errors import IPAMExhausted
 from podroute.datastore import (Changes, Conflict, Datastore, Delete, IPAMBlock, IPPool, Node, Put, Resync,
                                 Snapshot, Stored, block_key)
 from podroute.datastore.model import BLOCK_CONFIRMED
+from podroute.datastore.rules import Screen
 from podroute.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -79,7 +80,9 @@ class BlockPolicy:
 
 class BlockView:
     """The blocks, pools and nodes of a datastore as node ``node`` sees them (read-only).
-    Keep it current with :meth:`handle` (the datastore's watch items) or :meth:`load`.
+    Keep it current with :meth:`handle` (the datastore's watch items) or :meth:`load`; both pass
+    through :class:`podroute.datastore.rules.Screen`, so an overlapping pool or a block outside
+    every pool is not taken in (the key keeps its last accepted value).
     ``pools`` is used when the datastore holds no IPPool (the node config's ``ipPools``)."""
 
     def __init__(self, node: str, *, pools: tuple[IPPool, ...] = (),
@@ -88,9 +91,11 @@ class BlockView:
         self.view: dict[str, Stored] = {}
         self.revision = 0
         self._published: tuple[IPv4Network, ...] | None = None
+        self._screen = Screen()
 
     # --- the view -------------------------------------------------------------------------
     def load(self, snapshot: Snapshot) -> None:
+        snapshot = self._screen.snapshot(snapshot)
         self.view, self.revision = dict(snapshot.items), snapshot.revision
         self._publish()
 
@@ -98,6 +103,7 @@ class BlockView:
         if isinstance(item, Resync):
             self.load(item.snapshot)
             return
+        item = self._screen.changes(item)
         for ev in item.events:
             if isinstance(ev, Put):
                 self.view[ev.stored.key] = ev.stored
