@@ -2,15 +2,18 @@
 ``calicoctl ipam show --show-blocks``), from the datastore plus this node's local allocations.
 
 The datastore is the node config's: the cluster file when ``clusterFile`` is set, else the
-node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``). Addresses in use
+node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``); or the etcd
+datastore named on the command line (``--endpoints``, ``--prefix``: :func:`etcd_snapshot`),
+where the node config is optional. Addresses in use
 are known for this node's blocks only (read from its local IPAM state, :mod:`cni.ipam`);
 other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
 ``ipPools`` when the datastore has none.
 """
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, Sequence
 
 from cni.ipam import IPAM
 from podroute.config import NodeConfig
@@ -29,6 +32,20 @@ def _snapshot(cfg: NodeConfig) -> Snapshot:
     return store.snapshot()
 
 
+def etcd_snapshot(endpoints: Sequence[str], prefix: str) -> Snapshot:
+    """One list of the etcd datastore (blocking: runs its own event loop). Raises Unavailable,
+    ValueError for a bad endpoint or prefix."""
+    from podroute.datastore.etcdstore import EtcdDatastore
+
+    async def read() -> Snapshot:
+        store = EtcdDatastore(endpoints, prefix=prefix)
+        try:
+            return await store.snapshot()
+        finally:
+            await store.close()
+    return asyncio.run(read())
+
+
 def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Network, int] | None:
     """Addresses allocated to pods per block of this node, or None without local IPAM state."""
     state = cfg.paths.state_dir / "ipam"
@@ -42,13 +59,17 @@ def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Ne
     return used
 
 
-def collect(cfg: NodeConfig) -> dict[str, Any]:
+def collect(cfg: NodeConfig | None, snapshot: Snapshot | None = None) -> dict[str, Any]:
     """``{"pools": [...], "blocks": [...]}``: each pool's CIDR, block size, state, size and
-    in-use (None when unknown); each block's CIDR, node, state, size and in-use."""
-    pools = tuple(IPPool(cidr_name(p.cidr), p.cidr, p.block_size, p.ipip_mode, p.vxlan_mode) for p in cfg.ip_pools)
-    view = BlockView(cfg.node_name, pools=pools)
-    view.load(_snapshot(cfg))
-    rows = view.rows(local_usage(cfg, view.mine()))
+    in-use (None when unknown); each block's CIDR, node, state, size and in-use. ``snapshot``:
+    the datastore's list (default: the node config's datastore); without ``cfg`` nothing is
+    known of local usage."""
+    pools = () if cfg is None else tuple(IPPool(cidr_name(p.cidr), p.cidr, p.block_size, p.ipip_mode, p.vxlan_mode)
+                                         for p in cfg.ip_pools)
+    view = BlockView(cfg.node_name if cfg is not None else "", pools=pools)
+    assert cfg is not None or snapshot is not None
+    view.load(snapshot if snapshot is not None else _snapshot(cfg))
+    rows = view.rows(local_usage(cfg, view.mine()) if cfg is not None else None)
     out_pools = []
     for p in view.pools():
         inside = [r for r in rows if r.cidr.subnet_of(p.cidr)]
