@@ -130,8 +130,8 @@ def _ippool(s: Section) -> IPPool:
                   s.get("ipipMode", choice(*ENCAP_MODES), "Never"), s.get("vxlanMode", choice(*ENCAP_MODES), "Never"),
                   s.get("disabled", boolean, False))
     if pool.ipip_mode != "Never" and pool.vxlan_mode != "Never":
-        raise ConfigError(join(s.path, "ipipMode"), f"ipipMode {pool.ipip_mode} and vxlanMode {pool.vxlan_mode} are mutually "
-                                      "exclusive (Calico refuses such a pool)")
+        raise ConfigError(join(s.path, "ipipMode"), f"ipipMode {pool.ipip_mode} and vxlanMode {pool.vxlan_mode} "
+                                                    "are mutually exclusive (Calico refuses such a pool)")
     return pool
 
 
