@@ -1,8 +1,10 @@
 """Felix's driver in the agent: when to apply, the periodic resync, drift, and who waits on a route.
 
 Every event (a BGP delta, a workload, drift seen by the netlink monitor, a retry timer) kicks
-the loop; it waits :data:`DEBOUNCE_S` so a burst becomes one batch, then applies on felix's own
-thread (:mod:`felix.worker`): dumps and writes wait on the kernel, never on the event loop. A
+the loop. A kick that finds felix idle waits :data:`DEBOUNCE_S` so a burst becomes one batch; a
+kick that arrived while an apply ran is applied as soon as that apply ends (the apply was its
+batching window), and a kick with a CNI request waiting on its route is not delayed. Applies run
+on felix's own thread (:mod:`felix.worker`): dumps and writes wait on the kernel, never on the event loop. A
 full resync every ``resync_s`` seconds is the safety net (kube-router's immediate apply plus
 periodic sync). Routes that keep failing are retried with backoff and logged once, then
 summarised (:mod:`felix.backoff`).

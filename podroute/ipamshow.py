@@ -2,12 +2,15 @@
 ``calicoctl ipam show --show-blocks``), from the datastore plus this node's local allocations.
 
 The datastore is the node config's: the cluster file when ``clusterFile`` is set, else the
-node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``); or the etcd
-datastore named on the command line (``--endpoints``, ``--prefix``: :func:`etcd_snapshot`),
-where the node config is optional. Addresses in use
+node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``). Addresses in use
 are known for this node's blocks only (read from its local IPAM state, :mod:`cni.ipam`);
 other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
 ``ipPools`` when the datastore has none.
+
+With ``datastore.type: etcd``, or the etcd named on the command line (``--endpoints``,
+``--prefix``: :func:`etcd_snapshot`; the node config is then optional), the datastore is etcd:
+one list on a client of its own, closed after it (:class:`podroute.datastore.Unavailable` when
+etcd cannot be reached).
 """
 from __future__ import annotations
 
@@ -17,14 +20,26 @@ from typing import Any, Sequence
 
 from cni.ipam import IPAM
 from podroute.config import NodeConfig
-from podroute.datastore import IPAMBlock, IPPool, Snapshot
+from podroute.datastore import Datastore, IPAMBlock, IPPool, Snapshot
 from podroute.datastore.filestore import FileDatastore
 from podroute.datastore.memory import MemoryStore
 from podroute.datastore.model import cidr_name
+from podroute.datastore.open import open_datastore
 from podroute.ipamblocks import BlockView
 
 
+async def _list(store: Datastore) -> Snapshot:
+    try:
+        return await store.snapshot()
+    finally:
+        await store.close()
+
+
 def _snapshot(cfg: NodeConfig) -> Snapshot:
+    if cfg.datastore.claims_blocks:
+        store = open_datastore(cfg)
+        assert store is not None
+        return asyncio.run(_list(store))
     if cfg.cluster_file is not None:
         return FileDatastore(cfg.cluster_file).load()
     store = MemoryStore()
@@ -36,14 +51,7 @@ def etcd_snapshot(endpoints: Sequence[str], prefix: str) -> Snapshot:
     """One list of the etcd datastore (blocking: runs its own event loop). Raises Unavailable,
     ValueError for a bad endpoint or prefix."""
     from podroute.datastore.etcdstore import EtcdDatastore
-
-    async def read() -> Snapshot:
-        store = EtcdDatastore(endpoints, prefix=prefix)
-        try:
-            return await store.snapshot()
-        finally:
-            await store.close()
-    return asyncio.run(read())
+    return asyncio.run(_list(EtcdDatastore(endpoints, prefix=prefix)))
 
 
 def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Network, int] | None:

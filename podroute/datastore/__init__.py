@@ -8,7 +8,7 @@
 - :mod:`.filestore`: the ``file`` store (the cluster file, :mod:`.cluster`), the default;
   :mod:`.etcdstore`: the ``etcd`` store (values in :mod:`.codec`'s JSON; imported on its own,
   it pulls in aetcd); :mod:`.fake`: an in-memory store with fault injection for tests.
-- :mod:`.rules`: the cross-resource rules the consumers apply to any store's stream
+- :mod:`.screen`: the cross-resource rules the consumers apply to any store's stream
   (overlapping pools, blocks outside every pool); :mod:`.apply`: ``podroute datastore apply``.
 - :mod:`.cluster`: the cluster file format and the BGP topology a set of resources implies
   (:func:`peers_for`, :func:`expected_next_hops`).

@@ -11,7 +11,7 @@ The file is either
 
 Everything is validated before anything is written: the file's own rules (ConfigError naming
 the file and key path), then the cross-resource rules against what etcd already holds
-(:class:`podroute.datastore.rules.Screen`: an IP pool overlapping another, a block outside every
+(:mod:`podroute.datastore.screen`: an IP pool overlapping another, a block outside every
 pool), so a refused file leaves etcd as it was. Pools, peers, nodes and the BGP configuration are
 created or replaced (:meth:`EtcdDatastore.put_resource`); blocks are claimed
 (``Version == 0``), never taken from another node: a block another node holds is an error.
@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Sequence
 
 from podroute.configfile import load_yaml
-from podroute.datastore.api import Conflict, InvalidData, Snapshot
+from podroute.datastore.api import Changes, Conflict, Invalid, InvalidData, Put, Snapshot
 from podroute.datastore.cluster import MAX_CLUSTER_BYTES, file_resources
 from podroute.datastore.codec import parse
 from podroute.datastore.etcdstore import EtcdDatastore
 from podroute.datastore.model import IPAMBlock, Resource, Stored, key_of
-from podroute.datastore.rules import Screen
+from podroute.datastore.screen import screen_changes, screen_snapshot
 from podroute.schema import ConfigError, join
 
 # Write order: what others refer to goes first (a block's pool, a peer's node).
@@ -70,15 +70,12 @@ def read_resources(path: str | Path) -> list[Resource]:
 def check_against(existing: Snapshot, resources: Sequence[Resource], source: str) -> None:
     """Refuse ``resources`` when, written after what etcd holds, they would break a rule
     (ConfigError naming the file and the key)."""
-    screen = Screen()
-    screen.snapshot(existing)
+    current = {k: s.value for k, s in screen_snapshot(existing).items.items()}
     top = existing.revision
-    for i, r in enumerate(resources, start=1):
-        st = Stored(key_of(r), r, top + i, top + i)
-        why = screen.breaks(st)
-        if why is not None:
-            raise ConfigError(key_of(r), why, source)
-        screen.view[st.key] = st
+    puts = tuple(Put(Stored(key_of(r), r, top + i, top + i)) for i, r in enumerate(resources, start=1))
+    for ev in screen_changes(current, Changes(top + len(puts), puts)).events:
+        if isinstance(ev, Invalid):
+            raise ConfigError(ev.error.key, ev.error.reason, source)
 
 
 async def apply(store: EtcdDatastore, resources: Sequence[Resource], source: str) -> list[Applied]:

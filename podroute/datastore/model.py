@@ -174,7 +174,7 @@ class Stored:
     """A resource as stored: ``revision`` is the revision of its last write (etcd ModRevision;
     Kubernetes resourceVersion), what compare-and-swap writes compare on; ``created`` the
     revision that created the key (etcd CreateRevision), 0 when the store does not say (it
-    orders which of two contradicting values came first: :mod:`podroute.datastore.rules`)."""
+    orders which of two contradicting values came first: :mod:`podroute.datastore.screen`)."""
     key: str
     value: Resource
     revision: int

@@ -84,7 +84,7 @@ async def test_apply_a_list_of_resources(h, tmp_path, capsys):
     ("- {kind: Pod, name: p}\n", "pools.yaml: [0].kind: 'Pod' found where one of"),
     ("- {kind: IPPool, name: P_1, cidr: 198.19.0.0/16}\n", "pools.yaml: [0].name: bad name 'P_1'"),
     ("nodes: [{name: n1, ip: nope}]\n", "pools.yaml: nodes[0].ip: 'nope' is not an IPv4 address"),
-    ("- {kind: IPPool, name: p2, cidr: 198.19.128.0/17}\n", "ippools/p2: IP pool 198.19.128.0/17 overlaps IP pool p1"),
+    ("- {kind: IPPool, name: p2, cidr: 198.19.128.0/17}\n", "ippools/p2: pool 198.19.128.0/17 overlaps pool 198.19.0.0/16 (ippools/p1)"),
     ("- {kind: IPAMBlock, cidr: 10.0.0.0/26, affinity: 'host:n1', state: confirmed}\n",
      "ipamblocks/10-0-0-0-26: block 10.0.0.0/26 is outside every IP pool"),
 ])

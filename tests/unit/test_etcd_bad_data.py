@@ -1,7 +1,8 @@
 """Issue 17 item 6 on the real etcd: bad data written behind podroute's back (a malformed value, a
 block outside every pool, overlapping pools) reaches the agent's consumers (ClusterWatch and the
 BlockView that follows its stream) through EtcdDatastore, is rejected with a log line naming the key,
-and the last good state stays in force; a fresh list (a restart, a Resync) decides the same way."""
+and the last good state stays in force; a fresh list (BlockAffinity.refresh at a restart, a Resync)
+decides the same way."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ from waiting import until
 from etcdstoreutil import EtcdHarness
 from podroute.clusterwatch import ClusterWatch
 from podroute.datastore import BGPConfiguration, IPAMBlock, IPPool, Node
-from podroute.ipamblocks import BlockView
+from podroute.ipamblocks import BlockAffinity, BlockView
 
 N1 = Node("n1", IPv4Address("198.18.0.11"))
 N2 = Node("n2", IPv4Address("198.18.0.12"))
@@ -58,28 +59,28 @@ async def test_overlapping_pool_is_rejected_and_the_first_pool_stays(watching, c
     h, w, view, got = watching
     await h.seed(IPPool("p2", IPv4Network("198.19.128.0/17"), block_size=28))
     await until(lambda: rejected(caplog, "ippools/p2"), 10, "the overlapping pool's rejection")
-    assert "overlaps IP pool p1 (198.19.0.0/16)" in rejected(caplog, "ippools/p2")[0]
+    assert "pool 198.19.128.0/17 overlaps pool 198.19.0.0/16 (ippools/p1)" in rejected(caplog, "ippools/p2")[0]
     assert view.pools() == (POOL,)
     # a later valid change still flows: the stream goes on past the bad value
     await h.seed(IPPool("p1", POOL.cidr, disabled=True))
     await until(lambda: view.pools()[0].disabled, 10, "p1's update")
     # a fresh list decides the same: the pool written first stays, the later one is rejected
-    fresh = BlockView("n1")
-    fresh.load(await h.client().snapshot())
-    assert [p.name for p in fresh.pools()] == ["p1"]
+    fresh = BlockAffinity(h.client(), "n1")
+    await fresh.refresh()
+    assert [p.name for p in fresh.pools()] == ["p1"] and fresh.pools()[0].disabled
 
 
 async def test_block_outside_every_pool_is_rejected_and_the_nodes_blocks_stay(watching, caplog):
     h, w, view, got = watching
     await h.seed(IPAMBlock(IPv4Network("10.1.0.0/26"), "n2"))
     await until(lambda: rejected(caplog, "ipamblocks/10-1-0-0-26"), 10, "the stray block's rejection")
-    assert "outside every IP pool (198.19.0.0/16)" in rejected(caplog, "ipamblocks/10-1-0-0-26")[0]
+    assert "is outside every IP pool (198.19.0.0/16)" in rejected(caplog, "ipamblocks/10-1-0-0-26")[0]
     assert set(view.blocks()) == {B2.cidr}
     await h.seed(N3)
     await until(lambda: len(got) == 2, 10, "n3 to be handed over")
     assert got[-1].node("n2").pod_cidrs == (B2.cidr,)       # the stray block never became a route
-    fresh = BlockView("n1")
-    fresh.load(await h.client().snapshot())
+    fresh = BlockAffinity(h.client(), "n1")
+    await fresh.refresh()
     assert set(fresh.blocks()) == {B2.cidr}
 
 
