@@ -112,3 +112,21 @@ async def test_a_block_held_by_another_node_is_an_error_and_etcd_down_is_one_lin
     assert await cli("datastore", "apply", "--file", str(f), "--endpoints", f"http://127.0.0.1:{free_port()}") == 1
     err = capsys.readouterr().err
     assert "podroute datastore apply: etcd at http://127.0.0.1:" in err and "Traceback" not in err
+
+
+async def test_ipam_show_reads_etcd_through_the_node_config(h, tmp_path, capsys):
+    """A node config with ``datastore.type: etcd`` (podroute.datastore.open) needs no flags."""
+    await h.seed(IPPool("p1", IPv4Network("198.19.0.0/16")))
+    await h.client().claim_block(IPAMBlock(IPv4Network("198.19.3.0/26"), "n1"))
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"""nodeName: n1
+nodeIP: 198.18.0.11
+datastore:
+  type: etcd
+  etcd: {{endpoints: ["{h.server.endpoint}"], prefix: "{h.prefix}"}}
+paths: {{stateDir: {tmp_path}/state, runDir: {tmp_path}/run}}
+""")
+    assert await cli("ipam", "show", "--config", str(cfg), "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["blocks"] == [{"cidr": "198.19.3.0/26", "node": "n1", "state": "confirmed", "size": 64, "used": None}]
+    assert [p["cidr"] for p in shown["pools"]] == ["198.19.0.0/16"]
