@@ -70,7 +70,8 @@ PUT_ATTEMPTS = 5                     # create-or-replace retries when another wr
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``http://198.18.0.2:2379`` or ``198.18.0.2:2379`` -> (host, port); ValueError naming it."""
+    """``http://198.18.0.2:2379`` or ``198.18.0.2:2379`` -> (host, port); an IPv6 host keeps its
+    brackets (``[fd00::2]``), as gRPC's target needs them. ValueError naming the endpoint."""
     text = endpoint if "://" in endpoint else f"http://{endpoint}"
     u = urllib.parse.urlsplit(text)
     if u.scheme != "http":
@@ -81,7 +82,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         port = None
     if not u.hostname or port is None or u.path not in ("", "/") or u.query or u.username:
         raise ValueError(f"etcd endpoint {endpoint!r}: want http://<host>:<port>, e.g. http://198.18.0.2:2379")
-    return u.hostname, port
+    return (f"[{u.hostname}]" if ":" in u.hostname else u.hostname), port
 
 
 @dataclass

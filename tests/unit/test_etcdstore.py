@@ -36,6 +36,7 @@ def test_constructor_does_no_io_and_refuses_bad_endpoints_and_prefixes():
     assert (ds.name, ds.location, ds.supports_claims) == ("etcd", "http://127.0.0.1:1", True)
     assert EtcdDatastore(["198.18.0.2:2379", "http://198.18.0.3:2379"]).location == \
         "198.18.0.2:2379,http://198.18.0.3:2379"
+    assert EtcdDatastore(["http://[fd00::2]:2379", "h.example:1"])._addrs == [("[fd00::2]", 2379), ("h.example", 1)]
     for bad in (["https://198.18.0.2:2379"], ["http://198.18.0.2"], ["http://198.18.0.2:2379/v3"], [], "h:1"):
         with pytest.raises(ValueError, match="etcd endpoint"):
             EtcdDatastore(bad)
