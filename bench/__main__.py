@@ -130,6 +130,18 @@ def bgp_figures(r: dict) -> list[dict]:
     return out
 
 
+def metrics_figure(r: dict) -> dict:
+    """BGP -> FIB convergence (100%) with metrics on (listener up, /metrics scraped every
+    second) against the same agent with metrics off, in the same run (bench/bgp.py)."""
+    n, on, off = r["n"], r["podroute_metrics"], r["podroute"]
+    return {"figure": f"bgp_conv_100pct_{n}_metrics_on", "unit": "ms", "higher_is_better": False,
+            "podroute": on["to_100_ms"], "anchor": off["to_100_ms"], "anchor_name": "podroute, metrics off",
+            "target_ratio": 1.05, "target": "<= 1.05x metrics off",
+            "detail": {"n": n, "to_99_ms_on": on["to_99_ms"], "to_99_ms_off": off["to_99_ms"],
+                       "scraper": on.get("scraper"), "loop_on": on.get("loop"), "health_on": on.get("health"),
+                       "order": "metrics off first, then metrics on (one run each)"}}
+
+
 def memory_figure(r: dict) -> dict:
     n, p, b = r["n"], r["podroute"], r["bird"]
     return {"figure": f"memory_{n}", "unit": "MB", "higher_is_better": False,
@@ -204,10 +216,13 @@ def main(argv: list[str] | None = None) -> int:
 
             def do_bgp():
                 for n in size["bgp"]:
-                    r = bgp.run(n, work / f"bgp{n}")
+                    # metrics on vs off: one extra announce run, at the largest size only
+                    r = bgp.run(n, work / f"bgp{n}", metrics_ab="bgp" in only and n == max(size["bgp"]))
                     bgp_runs.append(r)
                     if "bgp" in only:
                         figs.extend(bgp_figures(r))
+                        if "podroute_metrics" in r:
+                            figs.append(metrics_figure(r))
                     if "memory" in only and (args.size == "smoke" or n >= 10_000):
                         figs.append(memory_figure(r))
             group("bgp/memory", do_bgp)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from .dataplane import RouteDataplane, RouteFailure, RouteOp
 from .errors import DataplaneError, InvalidRoute
@@ -218,6 +218,15 @@ class RouteTable:
     def owned(self, owner: str) -> Mapping[IPv4Network, Route]:
         """The routes ``owner`` asked for (read-only view), whether or not they won priority."""
         return DstView(self._by_owner.get(owner, {}))
+
+    def actual_routes(self) -> Iterator[Route]:
+        """Our routes in the kernel as the last apply left them (its cache of the kernel, re-read
+        at every full sync). Iterates a table: owner thread only (felix.worker.submit)."""
+        for e in self._actual.values():
+            if type(e) is tuple:
+                yield from e
+            else:
+                yield e
 
     def owner_of(self, dst: IPv4Network | str) -> str | None:
         """The owner whose route for ``dst`` won, or None."""

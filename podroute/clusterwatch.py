@@ -60,6 +60,8 @@ class ClusterWatch:
         self.available = True
         self.last_error: str | None = None
         self.since = time.time()
+        self.watch_events = 0   # events taken in (a Resync counts one), since start
+        self.errors = 0         # data rejected plus watch attempts that found the store unavailable
 
     # --- deriving the topology ------------------------------------------------------------
     def derive(self, items: Mapping[str, Resource]) -> Cluster:
@@ -88,10 +90,12 @@ class ClusterWatch:
         return self.cluster
 
     def _reject(self, key: str, error: str) -> None:
+        self.errors += 1
         self.last_error = error
         log.error("datastore data rejected; keeping the last good state", extra={"kv": {"key": key, "error": error}})
 
     def _apply(self, item: Changes | Resync) -> None:
+        self.watch_events += 1 if isinstance(item, Resync) else len(item.events)
         if isinstance(item, Resync):
             keep = {b.key: self.items[b.key] for b in item.snapshot.invalid if b.key in self.items}
             self.items = {**{k: s.value for k, s in item.snapshot.items.items()}, **keep}
@@ -153,6 +157,7 @@ class ClusterWatch:
                               extra={"kv": {"datastore": self.datastore.name, "error": str(e)}})
                     self.available, self.since = False, time.time()
                 self.last_error = str(e)
+                self.errors += 1
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.backoff_s[1])
 
@@ -167,8 +172,9 @@ class ClusterWatch:
         self.registered = True
 
     def status(self) -> dict[str, Any]:
-        """``{"datastore", "available", "since", "revision", "nodes", "last_error"}`` for
-        ``podroute status`` (``since``: unix time of the last availability change)."""
+        """``{"datastore", "available", "since", "revision", "nodes", "last_error",
+        "watch_events", "errors"}`` for ``podroute status`` and the metrics (``since``: unix
+        time of the last availability change; the counters since start)."""
         return {"datastore": self.datastore.name, "available": self.available, "since": self.since,
                 "revision": self.revision, "nodes": len(self.cluster.nodes) if self.cluster else 0,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "watch_events": self.watch_events, "errors": self.errors}

@@ -52,6 +52,11 @@ class FelixDriver:
         self.last_apply: dict[str, Any] | None = None
         self.resyncs = 0
         self.drifts = 0
+        # time.time() of the first apply that read the kernel and wrote (no failed dump):
+        # the FIB is programmed from then on (readiness, podroute.health).
+        self.synced_at: float | None = None
+        # Called on the loop with each ApplyResult (the agent's metrics; None: nobody).
+        self.on_apply: Callable[[ApplyResult], None] | None = None
         self._kick = asyncio.Event()
         self._waiting: dict[IPv4Network, list[asyncio.Future[None]]] = {}
 
@@ -110,6 +115,10 @@ class FelixDriver:
                                "errors": [f"{f.route.dst if f.route else 'dump'}: {f.message}"
                                           for f in res.errors[:STATUS_ERRORS]],
                                "duration_s": round(res.duration_s, 6), "at": time.time()}
+            if self.synced_at is None and all(f.route is not None for f in res.errors):
+                self.synced_at = self.last_apply["at"]
+            if self.on_apply is not None:
+                self.on_apply(res)
             out = self.failures.observe(res, time.monotonic())
             _log_apply(res, out)
             if retry is not None:
