@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from podroute.config import MetricsConfig
 from podroute.lab import netns
 from podroute.lab.model import MON_IP, Lab, Node, router_ip, wait
 from podroute.lab.netns import LabError
@@ -43,10 +44,11 @@ from podroute.lab.netns import LabError
 PROMETHEUS = "prometheus"
 PROMTOOL = "promtool"
 PROM_PORT = 9090          # Prometheus's own default port
-METRICS_PORT = 9091       # the agents' metrics listener in the lab (Calico Felix's metrics port)
+METRICS_PORT = MetricsConfig.port   # the agents' metrics listener: node.yaml's default (Felix's 9091)
 JOB = "podroute"          # the scrape job; configs/prometheus/alerts.yml's PodrouteAgentDown selects it
 SCRAPE_INTERVAL_S = 1
 START_TIMEOUT_S = 30
+SCRAPE_WAIT_S = 30
 HTTP_TIMEOUT_S = 5.0
 RULES_FILE = Path(__file__).resolve().parents[2] / "configs" / "prometheus" / "alerts.yml"
 
@@ -147,6 +149,24 @@ def start(lab: Lab) -> None:
     if proc.poll() is not None:
         raise LabError(f"prometheus exited with {proc.returncode}: "
                        f"{(pdir / 'prometheus.log').read_text(errors='replace')[-1500:]}")
+
+
+def wait_scraping(lab: Lab, timeout: float = SCRAPE_WAIT_S) -> None:
+    """Wait until every node of ``lab`` is an active target whose last scrape succeeded.
+    Raises LabError listing each target's health and last error when that takes longer
+    than ``timeout`` s (Prometheus passes new targets on at most every 5 s)."""
+    want = {n.name for n in lab.nodes}
+    last: dict[str, tuple[str, str]] = {}
+
+    def scraping() -> bool:
+        nonlocal last
+        last = target_health(lab)
+        return set(last) == want and all(h == "up" for h, _ in last.values())
+    try:
+        wait("Prometheus to scrape every agent", scraping, timeout, 0.25)
+    except LabError as e:
+        detail = "; ".join(f"{n}: {h} {err}".strip() for n, (h, err) in sorted(last.items())) or "no targets"
+        raise LabError(f"{e} ({detail})") from None
 
 
 def stop(lab: Lab) -> None:

@@ -7,7 +7,8 @@ block takes to reach every other FIB (podroute.lab.probes), so that figure is me
 every run. It wires pods through each node's installed conflist exactly as a container
 runtime does (podroute.lab.pods, podroute.lab.libcni), pings every pod pair and writes
 ``report.txt`` and ``report.json`` (podroute.lab.report). With ``--monitoring`` a
-Prometheus scrapes every agent from before the first one starts (podroute.lab.monitoring).
+Prometheus started before the agents must be scraping every one of them before the
+report (podroute.lab.monitoring).
 
 Everything created is recorded in ``<state-dir>/<name>/lab.json`` (podroute.lab.model);
 ``lab down`` removes it: agents get SIGTERM first, then every process left in a lab
@@ -63,7 +64,7 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
     fabric.build(lab, opts.nodes)
     lab.timings["fabric_s"] = time.monotonic() - t0
     routers.start_all(lab)
-    if opts.monitoring:  # before the agents: it scrapes them from their first second
+    if opts.monitoring:  # before the agents: its target discovery (up to 5 s) overlaps their start
         say("starting Prometheus in the monitoring namespace")
         monitoring.start(lab)
     first, last = lab.nodes[:-1], lab.nodes[-1]
@@ -101,6 +102,8 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
         for j in range(1, opts.pods_per_node + 1):
             pods.wire(lab, n, j)
     lab.timings["pods_s"] = time.monotonic() - t0
+    if opts.monitoring:
+        monitoring.wait_scraping(lab)
     say("pinging every pod pair")
     matrix = probes.ping_matrix(lab.pods)
     statuses = {n.name: agents.status(n) or {} for n in lab.nodes}

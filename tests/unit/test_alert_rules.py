@@ -74,8 +74,9 @@ def test_the_unit_tests_fail_on_a_mutated_rule(tmp_path: Path, alert: str, old: 
     (tmp_path / "alerts.yml").write_text(text[:start] + block.replace(old, new) + text[end:])
     shutil.copyfile(RULE_TESTS, tmp_path / "alerts_test.yml")
     p = promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
-    assert p.returncode != 0, p.stdout
-    assert "FAILED" in p.stdout and f"alertname: {alert}," in p.stdout, p.stdout + p.stderr
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out
+    assert "FAILED" in out and f"alertname: {alert}," in out, out
 
 
 def test_the_agent_down_rule_selects_the_labs_scrape_job() -> None:

@@ -14,6 +14,7 @@ import yaml
 from podroute.config import load
 from podroute.lab import agents, model, monitoring
 from podroute.lab.model import Lab, Node
+from podroute.lab.netns import LabError
 from podroute.lab.options import MAX_NODES, required_tools
 
 
@@ -112,3 +113,18 @@ def test_describe_says_where_and_how_to_query(tmp_path: Path) -> None:
     text = "\n".join(monitoring.describe(lab))
     assert "http://198.18.0.254:9090 in namespace prl-t-mon (pid 42)" in text
     assert "ip netns exec prl-t-mon promtool query instant http://198.18.0.254:9090" in text
+
+
+def test_wait_scraping_needs_every_node_up_and_names_the_laggards(tmp_path: Path, monkeypatch) -> None:
+    lab = lab3(tmp_path)
+    answers = iter([{}, {"n1": ("up", "")}, {"n1": ("up", ""), "n2": ("up", ""), "n3": ("unknown", "")},
+                    {"n1": ("up", ""), "n2": ("up", ""), "n3": ("up", "")}])
+    monkeypatch.setattr(monitoring, "target_health", lambda lab: next(answers))
+    monkeypatch.setattr(model.time, "sleep", lambda s: None)
+    monitoring.wait_scraping(lab, timeout=5)
+    with pytest.raises(StopIteration):  # it asked until all three were up, and no further
+        next(answers)
+    down = {"n1": ("up", ""), "n2": ("down", "connection refused"), "n3": ("up", "")}
+    monkeypatch.setattr(monitoring, "target_health", lambda lab: down)
+    with pytest.raises(LabError, match=r"scrape every agent \(n1: up; n2: down connection refused; n3: up\)"):
+        monitoring.wait_scraping(lab, timeout=0.01)
