@@ -106,9 +106,10 @@ class Notifier:
         while True:
             rep = evaluate()
             if rep.ok != ok:
+                # not ready at start is expected (info); losing readiness is not (warning)
+                (log.warning if ok and not rep.ok else log.info)(
+                    "agent " + ("ready" if rep.ok else "not ready"), extra={"kv": {"checks": rep.summary()}})
                 ok = rep.ok
-                (log.info if ok else log.warning)("agent " + ("ready" if ok else "not ready"),
-                                                  extra={"kv": {"checks": rep.summary()}})
             line = summary(rep)
             msgs = []
             if line != self.last_status:

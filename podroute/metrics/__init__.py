@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics, generate_latest
 
 from podroute.metrics.collector import AgentCollector
 from podroute.metrics.instruments import InstrumentedCNI, Instruments
@@ -34,6 +34,9 @@ class AgentMetrics:
     (port 0: any free port, then :attr:`port`)."""
 
     def __init__(self, agent: Any, address: str, port: int) -> None:
+        # The *_created series (counter and histogram creation times) double the exposition
+        # and no rule or dashboard here reads them; the library's only switch is global.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         self.instruments = Instruments(self.registry)
         self.collector = AgentCollector(agent)

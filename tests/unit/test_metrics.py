@@ -120,7 +120,7 @@ async def test_readyz_and_livez_answer_json_with_a_reason_per_check(short_dir):
     agent, _dp, run = await start(short_dir)
     try:
         port = agent.metrics.port
-        await wait_until(lambda: agent.health.latest is not None)
+        await wait_until(lambda: agent.health.latest is not None and agent.health.latest.checks["fib"].ok)
         code, body = await asyncio.to_thread(get, port, "/readyz")
         rep = json.loads(body)
         assert code == 503 and rep["ok"] is False and set(rep["checks"]) == {"fib", "bgp", "agent"}
@@ -206,3 +206,15 @@ def test_config_metrics_section():
         parse({**BASE, "metrics": {"adress": "198.18.0.20"}})
     with pytest.raises(ConfigError, match=r"metrics\.address"):
         parse({**BASE, "metrics": {"address": "not-an-ip"}})
+
+
+def test_the_commented_example_in_configs_node_yaml_enables_the_listener():
+    import yaml
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "configs" / "node.yaml").read_text()
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("# metrics:"))
+    example = [lines[i][2:]] + [line[2:] for line in lines[i + 1:] if line.startswith("#   ")]
+    raw = yaml.safe_load(text)
+    raw.update(yaml.safe_load("\n".join(example)))
+    assert parse(raw).metrics == MetricsConfig(IPv4Address("198.18.0.11"), 9091)
