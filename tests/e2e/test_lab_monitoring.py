@@ -142,4 +142,5 @@ def test_prometheus_sees_sessions_fib_and_a_reflector_going_down(tmp_path):
         wait_for("every session up again", lambda: session_series(lb) == dict.fromkeys(expected, 1.0), 60, 0.2)
         wait_for("the alert resolved", lambda: session_down_alerts(lb) == {}, 10)
         print(json.dumps({"flip_s": flips, "observed_s": observed_s}))
-    assert not netns._alive(mon_pid)
+    assert not netns._alive(mon_pid)  # lab down stopped it and removed its config and TSDB
+    assert not (state / name / "prometheus").exists()
