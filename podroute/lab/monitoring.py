@@ -53,10 +53,12 @@ HTTP_TIMEOUT_S = 5.0
 RULES_FILE = Path(__file__).resolve().parents[2] / "configs" / "prometheus" / "alerts.yml"
 
 # Run inside the namespace by the venv's interpreter: an HTTP GET printing "<status>\n<body>",
-# status 0 when nothing answered (urllib only, so no curl is needed on the host).
+# status 0 when nothing answered (urllib only, so no curl is needed on the host; no proxy from
+# the environment, the lab's addresses are never behind one).
 _GET = """import sys, urllib.error, urllib.request
 try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    r = opener.open(sys.argv[1], timeout=float(sys.argv[2]))
     code, body = r.status, r.read()
 except urllib.error.HTTPError as e:
     code, body = e.code, e.read()

@@ -128,3 +128,32 @@ def test_wait_scraping_needs_every_node_up_and_names_the_laggards(tmp_path: Path
     monkeypatch.setattr(monitoring, "target_health", lambda lab: down)
     with pytest.raises(LabError, match=r"scrape every agent \(n1: up; n2: down connection refused; n3: up\)"):
         monitoring.wait_scraping(lab, timeout=0.01)
+
+
+def test_the_in_namespace_get_ignores_a_proxy_from_the_environment() -> None:
+    # The GET the lab runs inside the monitoring namespace, here against a loopback server with
+    # http_proxy pointing at a port nothing listens on: a proxied request would answer status 0.
+    import http.server
+    import os
+    import sys
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b'{"ok": false}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
+        p = subprocess.run([sys.executable, "-I", "-c", monitoring._GET, f"http://127.0.0.1:{server.server_port}/readyz",
+                            "5"], capture_output=True, text=True, timeout=30, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert p.stdout == '503\n{"ok": false}', p.stdout + p.stderr
