@@ -10,7 +10,8 @@ agent's /metrics; that Prometheus loaded configs/prometheus/alerts.yml and evalu
 Then it kills one reflector: its three series must read 0 in a scrape no later than one
 scrape interval plus :data:`FLIP_BOUND_S` after the kill (the scrape's own timestamp, read
 back from the TSDB), the other reflector's stay 1, PodrouteBGPSessionDown goes pending for
-exactly those three; the reflector restarts and every series is 1 again.
+exactly those three; the reflector restarts and every series is 1 again. Last it kills a
+node's agent: its ``up`` reads 0 at the next scrape and PodrouteAgentDown goes pending for it.
 """
 import json
 import signal
@@ -58,9 +59,14 @@ def fib_matches(lb, node):
     return bool(total) and float(total[0]["value"][1]) == len(lines)
 
 
+def alerts(lb, alertname, *labels):
+    """``{(label values...): state}`` of the active alerts named ``alertname``."""
+    return {tuple(a["labels"][k] for k in labels): a["state"]
+            for a in monitoring.api(lb, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == alertname}
+
+
 def session_down_alerts(lb):
-    return {(a["labels"]["node"], a["labels"]["peer"]): a["state"]
-            for a in monitoring.api(lb, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == "PodrouteBGPSessionDown"}
+    return alerts(lb, "PodrouteBGPSessionDown", "node", "peer")
 
 
 def test_prometheus_sees_sessions_fib_and_a_reflector_going_down(tmp_path):
@@ -141,6 +147,20 @@ def test_prometheus_sees_sessions_fib_and_a_reflector_going_down(tmp_path):
         control.start_router(lb, "rr")
         wait_for("every session up again", lambda: session_series(lb) == dict.fromkeys(expected, 1.0), 60, 0.2)
         wait_for("the alert resolved", lambda: session_down_alerts(lb) == {}, 10)
+
+        # kill a node's agent: its target is down at the next scrape, PodrouteAgentDown (job podroute)
+        # goes pending for it alone; restarted, it is scraped again with all its sessions up
+        n3 = lb.nodes[-1]
+        t_kill = time.time()
+        control.kill_agent(lb, n3.name, signal.SIGKILL)
+        wait_for("n3's target down", lambda: [r["value"][1] for r in monitoring.query(
+            lb, f'up{{node="{n3.name}"}}')] == ["0"], bound + 5, 0.05)
+        assert time.time() - t_kill <= bound + 1  # one scrape, plus the polling's own latency
+        wait_for("PodrouteAgentDown pending for n3", lambda: alerts(
+            lb, "PodrouteAgentDown", "node") == {(n3.name,): "pending"}, 10)
+        control.start_agent(lb, n3.name)
+        wait_for("n3 scraped again with its sessions up", lambda: session_series(lb) == dict.fromkeys(
+            expected, 1.0) and alerts(lb, "PodrouteAgentDown", "node") == {}, 60, 0.2)
         print(json.dumps({"flip_s": flips, "observed_s": observed_s}))
     assert not netns._alive(mon_pid)  # lab down stopped it and removed its config and TSDB
     assert not (state / name / "prometheus").exists()
