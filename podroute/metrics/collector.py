@@ -9,9 +9,10 @@ Three owners, three ways in (:meth:`AgentCollector.collect` runs on the listener
   those families out of that scrape rather than serve stale values; the loop-lag gauge is
   then read from the listener's thread and shows the stall;
 - felix's kernel view (routes by kind): counted on felix's own thread
-  (:meth:`felix.worker.RouteTableWorker.submit`), once per completed apply (cached until the
-  next), waited on for :data:`FELIX_ANSWER_S`; while felix is busy longer (a 100k-route
-  apply) the previous count is served;
+  (:meth:`felix.worker.RouteTableWorker.submit`), at most once per completed apply (cached
+  until the next), waited on for :data:`FELIX_ANSWER_S`. Counting 100k routes takes ~20-35
+  ms of that thread, so while felix is busy (a convergence) the previous count is served
+  instead of queueing a count between its applies: the gauge may lag a burst by a scrape;
 - IPAM usage: read on the listener's thread (the IPAM's own locks).
 
 Families and labels are listed in :data:`podroute.metrics.names.DOC` (the README table).
@@ -245,10 +246,14 @@ class AgentCollector:
     def _fib_kinds(self) -> Iterator[Metric]:
         routes = self.agent.routes
         fam = _g("podroute_fib_routes", ("kind",))
-        try:
-            counts = routes.submit(self._count).result(FELIX_ANSWER_S)
-        except concurrent.futures.TimeoutError:
-            counts = self._kinds[1] if self._kinds is not None else None
+        cached = self._kinds[1] if self._kinds is not None else None
+        if cached is not None and routes.busy_for() is not None:
+            counts = cached  # felix is applying: do not hold its next apply back (module doc)
+        else:
+            try:
+                counts = routes.submit(self._count).result(FELIX_ANSWER_S)
+            except concurrent.futures.TimeoutError:
+                counts = cached
         if counts is None:
             return  # felix has been busy since start: nothing counted yet
         for kind in FIB_KINDS:

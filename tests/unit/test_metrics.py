@@ -78,12 +78,19 @@ async def test_metrics_show_bgp_fib_cni_ipam_and_pass_promtool(short_dir):
         agent.bgp.apply({dst_key(n): BestRoute(n, (PEER,), (PEER,)) for n in (remote, conflict)})
         await wait_until(lambda: remote in dp.ours() and agent.felix.failures.failing == 1)
 
+        want = {"remote": 1, "blackhole": 1, "workload": 1, "tunnel": 0}
+
+        async def kinds_now() -> dict:
+            m = await scrape(port)
+            return {k: m[("podroute_fib_routes", (("kind", k),))] for k in want}
+        deadline = time.monotonic() + 5   # the gauge may lag a busy felix by a scrape (collector doc)
+        while (kinds := await kinds_now()) != want and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         m = await scrape(port)
         assert m[("podroute_bgp_session_up", (("peer", str(PEER)),))] == 1.0
         assert m[("podroute_bgp_session_state", (("peer", str(PEER)), ("state", "established")))] == 1.0
         assert m[("podroute_ready", ())] == 1.0
-        kinds = {k: m[("podroute_fib_routes", (("kind", k),))] for k in ("remote", "blackhole", "workload", "tunnel")}
-        assert kinds == {"remote": 1, "blackhole": 1, "workload": 1, "tunnel": 0}
+        assert kinds == want
         assert sum(kinds.values()) == len(dp.ours())                       # what `ip route show proto 90` counts
         assert m[("podroute_fib_write_errors_total", (("errno", "EEXIST"),))] >= 1
         assert m[("podroute_fib_conflict_routes", ())] == 1
