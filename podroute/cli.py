@@ -158,7 +158,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
                   pods_per_node=args.pods, keep_on_failure=args.keep, encapsulation=args.encapsulation,
                   encap_mode=args.encap_mode, subnets=args.subnets, topology=args.topology,
-                  router_restart_time=args.router_restart_time)
+                  router_restart_time=args.router_restart_time, monitoring_on=args.monitoring)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--encap-mode", default="Always", choices=["Always", "CrossSubnet"])
             sp.add_argument("--subnets", type=int, default=1,
                             help="spread nodes over this many underlay subnets joined by a router")
+            sp.add_argument("--monitoring", action="store_true",
+                            help="start a Prometheus (Debian's) in the lab scraping every agent's metrics, "
+                                 "with configs/prometheus/alerts.yml loaded")
     return p
 
 

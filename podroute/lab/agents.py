@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from podroute import statusd
-from podroute.lab import netns, pods
+from podroute.lab import monitoring, netns, pods
 from podroute.lab.model import ASN, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, Node, router_ip
 from podroute.lab.netns import LabError
 from podroute.lab.options import CLUSTER_FILE_TOPOLOGIES
@@ -59,7 +59,8 @@ def write_cluster(lab: Lab, members: list[Node]) -> None:
 
 def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     """``node``'s node.yaml as a document (the lab's encapsulation goes into the pool's
-    ``ipipMode``/``vxlanMode``, Calico IPPool spelling)."""
+    ``ipipMode``/``vxlanMode``, Calico IPPool spelling; a lab with monitoring adds the
+    ``metrics:`` listener on the node's underlay address)."""
     ndir = Path(node.dir)
     cfg: dict[str, Any] = {
         "nodeName": f"{lab.name}-{node.name}",
@@ -76,6 +77,8 @@ def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     }
     if lab.topology in CLUSTER_FILE_TOPOLOGIES:
         cfg["clusterFile"] = str(lab.path / "cluster.yaml")
+    if lab.monitoring:
+        cfg["metrics"] = monitoring.node_metrics(node)
     return cfg
 
 

@@ -4,7 +4,8 @@ Address plan (all from 198.18.0.0/15; nothing is added to the root namespace):
 underlay subnet ``s`` is 198.18.<s>.0/24 with the lab router at .1; the route reflector
 is 198.18.0.1 (AS 64512), the second reflector of ``rr2`` labs 198.18.0.2; node ``i``
 sits in subnet (i-1) mod K at 198.18.<s>.(10+i) and owns IPAM block 198.19.<i>.0/26 of
-pool 198.19.0.0/16; under a ToR (AS 65000) node ``i`` has AS 65000+i.
+pool 198.19.0.0/16; under a ToR (AS 65000) node ``i`` has AS 65000+i. The lab's Prometheus
+(``--monitoring``) is 198.18.0.254 on subnet 0.
 
 :class:`Lab` is mutable on purpose: the lab's steps append what they create and call
 :meth:`Lab.save` after each, so ``lab down`` can remove a half-built lab. Addresses are
@@ -24,6 +25,7 @@ from podroute.lab.netns import LabError
 
 RR_IP = ipaddress.IPv4Address("198.18.0.1")
 RR2_IP = ipaddress.IPv4Address("198.18.0.2")
+MON_IP = ipaddress.IPv4Address("198.18.0.254")   # above the highest node address (.210)
 POOL = ipaddress.IPv4Network("198.19.0.0/16")
 ASN = 64512
 TOR_ASN = 65000
@@ -88,6 +90,7 @@ class Lab:
     topology: str = "rr"
     peer: str = "bird"
     router_restart_time: int = 120
+    monitoring: dict[str, Any] = field(default_factory=dict)   # the lab's Prometheus (podroute.lab.monitoring)
 
     @property
     def prefix(self) -> str:
@@ -113,7 +116,8 @@ class Lab:
         return cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
                    raw["namespaces"], raw.get("routers", []), raw.get("timings", {}),
                    raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1),
-                   raw.get("topology", "rr"), raw.get("peer", "bird"), raw.get("router_restart_time", 120))
+                   raw.get("topology", "rr"), raw.get("peer", "bird"), raw.get("router_restart_time", 120),
+                   raw.get("monitoring", {}))
 
     def add_namespace(self, ns: str) -> None:
         """Record ``ns`` (just created) so that ``lab down`` removes it even if the next step fails."""

@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from podroute.lab import frr
+from podroute.lab import frr, monitoring
 from podroute.lab.netns import LabError
 
 ENCAPSULATIONS = ("none", "ipip", "vxlan")
@@ -53,6 +53,7 @@ class LabOptions:
     subnets: int = 1
     topology: str = "rr"
     router_restart_time: int = 120   # s, the graceful-restart time the external routers advertise (RFC 4724)
+    monitoring: bool = False         # a Prometheus scraping every agent (podroute.lab.monitoring)
 
     def validate(self) -> None:
         """Raise LabError for the first option out of range, in the order the CLI lists them."""
@@ -72,15 +73,17 @@ class LabOptions:
             raise LabError(f"--pods {self.pods_per_node}: need 1..{MAX_PODS_PER_NODE} pods per node")
 
 
-def required_tools(peer: str) -> tuple[str, ...]:
-    """The executables a lab with external routers of kind ``peer`` runs."""
-    return ("ip", "ping", *(("bird", "birdc") if peer == "bird" else (frr.BGPD, "vtysh")))
+def required_tools(peer: str, with_monitoring: bool = False) -> tuple[str, ...]:
+    """The executables a lab with external routers of kind ``peer`` runs (and with
+    ``with_monitoring``, Debian's prometheus and its promtool)."""
+    return ("ip", "ping", *(("bird", "birdc") if peer == "bird" else (frr.BGPD, "vtysh")),
+            *((monitoring.PROMETHEUS, monitoring.PROMTOOL) if with_monitoring else ()))
 
 
-def check_host(peer: str) -> None:
+def check_host(peer: str, with_monitoring: bool = False) -> None:
     """Raise LabError unless we are root and every tool of :func:`required_tools` is found."""
     if os.geteuid() != 0:
         raise LabError("the lab creates network namespaces and needs root")
-    for tool in required_tools(peer):
+    for tool in required_tools(peer, with_monitoring):
         if not shutil.which(tool):
             raise LabError(f"{tool} not found: run scripts/setup first")
