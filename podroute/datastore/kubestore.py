@@ -19,7 +19,8 @@ How the seam maps (also the package docstring of :mod:`podroute.datastore`):
 - :meth:`watch`: one WATCH per collection from its position, with bookmarks
   (:mod:`podroute.kube.watcher`), merged. One watch event -> one :class:`Changes`, whose
   revision is the highest resourceVersion seen on any collection, so it never goes back; a
-  bookmark -> an empty Changes. The per-collection positions behind each yielded revision are
+  bookmark -> an empty Changes, and so is the API server's accepting the watch of every
+  collection (a consumer learns the store answers again before any event). The per-collection positions behind each yielded revision are
   remembered, so a caller that watches again from the last revision it saw resumes every
   collection where it was. A Put whose value did not change (a Node's heartbeat, a label
   podroute does not use) is left out, as flannel re-queues a Node only when its annotations
@@ -65,6 +66,7 @@ CONFLICT_RETRIES = 10       # fresh reads after a 409 on a compare-on-resourceVe
 SNAPSHOT_ATTEMPTS = 3       # consistent LISTs tried when the cut expires (410) in between
 QUEUE_MAX = 256             # watch items buffered between the threads and the consumer
 REMEMBERED = 64             # yielded revisions whose per-collection positions are kept
+ANNOUNCE_AFTER_S = 0.5      # quiet this long after every watch was accepted: the watch is up
 
 
 class _Expired(Exception):
@@ -173,8 +175,11 @@ class KubeDatastore:
             last = {k: s.value for k, s in self._last.items.items()}
         current, generation = revision, 0
         watchers: list[Watcher] = []
+        started: set[str] = set()
+        announce = announced = False    # every collection is watched: say so unless an item comes first
 
         def start() -> None:
+            started.clear()
             watchers[:] = [Watcher(self.rest, k, positions[k.plural], generation, queue, loop, self.use_pod_cidr)
                            for k in self.kinds]
             for w in watchers:
@@ -189,12 +194,29 @@ class KubeDatastore:
         start()
         try:
             while True:
-                item = await queue.get()
+                if announce:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), ANNOUNCE_AFTER_S)
+                    except asyncio.TimeoutError:
+                        announce, announced = False, True
+                        yield Changes(current)
+                        continue
+                else:
+                    item = await queue.get()
+                announce = False
                 if item.generation != generation:
                     continue          # from threads halted by a resync
                 if item.what == "error":
                     assert item.error is not None
                     raise item.error
+                if item.what == "started":
+                    # An empty Changes once every collection is watched tells the consumer the
+                    # store answers before any event comes (a quiet cluster sends none for a
+                    # minute). Held back briefly: a watch from too old a revision is accepted
+                    # and then answered with a 410 ERROR event, which must come first.
+                    started.add(item.kind.plural)
+                    announce = not announced and generation == 0 and started == {k.plural for k in self.kinds}
+                    continue
                 if item.what == "expired":
                     halt()
                     snap = await self.snapshot()

@@ -36,8 +36,9 @@ PUT_POLL_S = 0.5        # how often a thread blocked on a full queue checks whet
 
 @dataclass(frozen=True)
 class Item:
-    """One thing a watch thread saw. ``what``: "event" (``puts``/``deletes`` at ``rv``),
-    "bookmark" (``rv`` only), "expired" (410 Gone) or "error" (``error``)."""
+    """One thing a watch thread saw. ``what``: "started" (the server accepted the first watch
+    request), "event" (``puts``/``deletes`` at ``rv``), "bookmark" (``rv`` only), "expired"
+    (410 Gone) or "error" (``error``)."""
     generation: int
     kind: Kind
     what: str
@@ -86,6 +87,7 @@ class Watcher(threading.Thread):
         from urllib3.exceptions import HTTPError
 
         busy_since: float | None = None
+        started = False
         while not self.halted.is_set():
             try:
                 resp = self.rest.open("GET", self.kind.path, read_timeout_s=READ_TIMEOUT_S, query={
@@ -106,6 +108,8 @@ class Watcher(threading.Thread):
             busy_since = None
             with self._resp_lock:
                 self._resp = resp
+            if not started:
+                started = self._put(Item(self.generation, self.kind, "started", self.rv))
             try:
                 if self.halted.is_set():
                     return
@@ -120,6 +124,9 @@ class Watcher(threading.Thread):
             finally:
                 with self._resp_lock:
                     self._resp = None
+                # Closed, not just released: a stream left unread would go back to the pool
+                # and the next request on that connection would read its remains (a hang).
+                resp.close()
                 resp.release_conn()
             # the server ended the stream after timeoutSeconds: watch again from self.rv
 
@@ -145,9 +152,11 @@ class Watcher(threading.Thread):
 
     def _put(self, item: Item) -> bool:
         """Block until the queue takes ``item`` (False if halted meanwhile or the loop is gone)."""
+        coro = self.queue.put(item)
         try:
-            fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
-        except RuntimeError:
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:          # the loop is closed: nobody is listening any more
+            coro.close()
             return False
         while True:
             try:
@@ -166,8 +175,8 @@ def _shutdown(resp: Any) -> None:
     try:
         resp.shutdown()
         return
-    except (AttributeError, ValueError, OSError):
-        pass           # an older urllib3, or the connection already went back to the pool
+    except (AttributeError, ValueError, RuntimeError, OSError):
+        pass           # an older urllib3, or the response is already closed
     sock = getattr(getattr(resp, "connection", None), "sock", None)
     if sock is not None:
         try:
