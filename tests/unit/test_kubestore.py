@@ -5,6 +5,8 @@ surfaces spec.podCIDR as the node's block, unchanged Nodes make no Put, and watc
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import threading
 from ipaddress import IPv4Address, IPv4Network
 
@@ -160,3 +162,27 @@ async def test_peer_changes_arrive_while_watching_and_the_threads_stop_on_close(
             break
         await asyncio.sleep(0.05)
     assert not any(t.name.startswith("kube-watch-") and t.is_alive() for t in threading.enumerate())
+
+
+async def test_kubectl_shows_what_podroute_wrote(admin, agent, kube_apiserver):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("needs kubectl (scripts/setup installs Debian's kubernetes-client)")
+    await admin.put_resource(Node("n1", IPv4Address("198.18.0.11"), labels=(("rack", "a"),)))
+    await admin.put_resource(IPPool("default", IPv4Network("198.19.0.0/16")))
+    await admin.put_resource(BGPPeer("tor-a", IPv4Address("198.18.0.1"), 65000, node_selector=(("rack", "a"),)))
+    await agent.claim_block(IPAMBlock(IPv4Network("198.19.1.0/26"), "n1"))
+    await agent.register_node(Node("n1", IPv4Address("198.18.0.11"), 64600), 30)
+    cp = await asyncio.to_thread(subprocess.run, [kubectl, "--kubeconfig", str(kube_apiserver.kubeconfig("agent")),
+                                                  "get", "nodes,ippools,bgppeers,ipamblocks", "-o", "wide"],
+                                 capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in cp.stdout.splitlines() if line and not line.startswith("NAME")}
+    assert "198.18.0.11" in rows["node/n1"]
+    assert rows["ippool.podroute.io/default"][:2] == ["198.19.0.0/16", "26"]
+    assert rows["bgppeer.podroute.io/tor-a"][:2] == ["198.18.0.1", "65000"] and "'a'" in rows["bgppeer.podroute.io/tor-a"]
+    assert rows["ipamblock.podroute.io/198-19-1-0-26"] == ["198.19.1.0/26", "host:n1", "confirmed"]
+    cp = await asyncio.to_thread(subprocess.run, [kubectl, "--kubeconfig", str(kube_apiserver.kubeconfig("admin")),
+                                                  "get", "node", "n1", "-o", "jsonpath={.metadata.annotations}"],
+                                 capture_output=True, text=True, timeout=60)
+    assert '"podroute.io/ASNumber":"64600"' in cp.stdout, cp.stdout
