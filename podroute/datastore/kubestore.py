@@ -30,7 +30,11 @@ How the seam maps (also the package docstring of :mod:`podroute.datastore`):
   read). There is no lease: a Node is removed by Kubernetes' node lifecycle (its controller, or
   ``kubectl delete node``), which watchers see as a Delete, so ``ttl_s`` is unused. A missing
   Node is InvalidData: podroute does not create Nodes (kubelet does; the agent's role has no
-  ``create nodes``). Conflict when the Node carries another agent's address annotation.
+  ``create nodes``). The address annotation is overwritten, as calico-node overwrites its
+  own: without a lease, an earlier run of this agent (before its address changed) cannot be
+  told from another live agent, and the Node is this machine's (kubelet's) object. Two Nodes
+  with one address are refused where the topology is derived
+  (:func:`podroute.datastore.cluster.cluster_from_resources`), naming the key.
 - :meth:`claim_block`: POST the IPAMBlock; 409 AlreadyExists -> GET -> Conflict naming the
   holder (or the existing block when it is already ours). :meth:`release_block`: DELETE with
   ``preconditions.resourceVersion`` (409 or 404 -> Conflict).
@@ -57,7 +61,7 @@ from podroute.datastore.model import IPAMBlock, Node, Resource, Stored, block_ke
 from podroute.kube import codec
 from podroute.kube.codec import ADDRESS, IPAMBLOCKS, KINDS, NODES, Kind
 from podroute.kube.rest import MERGE_PATCH, Forbidden, Rest, map_error
-from podroute.kube.watcher import Item, Watcher
+from podroute.kube.watcher import Inbox, Item, Watcher
 
 __all__ = ["Forbidden", "KubeDatastore"]
 
@@ -89,7 +93,6 @@ class KubeDatastore:
         self.use_pod_cidr = use_pod_cidr
         self.supports_claims = not use_pod_cidr
         self.kinds: tuple[Kind, ...] = tuple(k for k in KINDS if not (use_pod_cidr and k is IPAMBLOCKS))
-        self._registered: set[str] = set()
         self._positions: collections.OrderedDict[int, dict[str, int]] = collections.OrderedDict()
         self._last: Snapshot | None = None
         self._watchers: set[Watcher] = set()
@@ -167,8 +170,7 @@ class KubeDatastore:
     # --- watch ------------------------------------------------------------------------------------
     async def watch(self, revision: int) -> AsyncIterator[WatchItem]:
         await self._run(self.rest.connect)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Item] = asyncio.Queue(QUEUE_MAX)
+        inbox = Inbox(QUEUE_MAX)
         positions = dict(self._positions.get(revision) or {k.plural: revision for k in self.kinds})
         last: dict[str, Resource] = {}
         if self._last is not None and self._last.revision == revision:
@@ -180,7 +182,7 @@ class KubeDatastore:
 
         def start() -> None:
             started.clear()
-            watchers[:] = [Watcher(self.rest, k, positions[k.plural], generation, queue, loop, self.use_pod_cidr)
+            watchers[:] = [Watcher(self.rest, k, positions[k.plural], generation, inbox, self.use_pod_cidr)
                            for k in self.kinds]
             for w in watchers:
                 self._watchers.add(w)
@@ -194,15 +196,11 @@ class KubeDatastore:
         start()
         try:
             while True:
-                if announce:
-                    try:
-                        item = await asyncio.wait_for(queue.get(), ANNOUNCE_AFTER_S)
-                    except asyncio.TimeoutError:
-                        announce, announced = False, True
-                        yield Changes(current)
-                        continue
-                else:
-                    item = await queue.get()
+                item = await inbox.get(ANNOUNCE_AFTER_S if announce else None)
+                if item is None:
+                    announce, announced = False, True
+                    yield Changes(current)
+                    continue
                 announce = False
                 if item.generation != generation:
                     continue          # from threads halted by a resync
@@ -271,10 +269,6 @@ class KubeDatastore:
                 raise map_error(e, "get", NODES, key) from None
             except Exception as e:  # noqa: BLE001
                 raise map_error(e, "get", NODES, key) from None
-            theirs = ((obj.get("metadata") or {}).get("annotations") or {}).get(ADDRESS)
-            if theirs is not None and str(theirs).split("/", 1)[0] != str(node.address) \
-                    and node.name not in self._registered:
-                raise Conflict(key, f"registered by a podroute agent with address {theirs}", node.name)
             patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
                                   "annotations": {**codec.node_annotations(node), ADDRESS: str(node.address)}}}
             try:
@@ -285,7 +279,6 @@ class KubeDatastore:
                 raise map_error(e, "patch", NODES, key, "status") from None
             except Exception as e:  # noqa: BLE001
                 raise map_error(e, "patch", NODES, key, "status") from None
-            self._registered.add(node.name)
             return self._stored(NODES, new, key)
         raise Conflict(key, f"changed under us on each of {CONFLICT_RETRIES} attempts")
 
@@ -369,7 +362,6 @@ class KubeDatastore:
         for w in list(self._watchers):
             w.halt()
         self._watchers.clear()
-        self._registered.clear()
         await self._run(self.rest.close)
 
     # --- administrative writes (the lab, the CLI, tests); not part of the Protocol -----------------

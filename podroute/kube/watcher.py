@@ -1,9 +1,10 @@
-"""One collection's watch stream in its own thread, feeding an asyncio queue.
+"""One collection's watch stream in its own thread, feeding the event loop through an
+:class:`Inbox`.
 
 ``GET <collection>?watch=true&resourceVersion=<rv>&allowWatchBookmarks=true&timeoutSeconds=300``:
 each line is one watch event (ADDED, MODIFIED, DELETED, BOOKMARK or ERROR). The thread decodes
-the objects (:mod:`podroute.kube.codec`) and puts one :class:`Item` per event on the queue;
-``put`` blocks while the queue is full, so a slow consumer slows the reader instead of growing
+the objects (:mod:`podroute.kube.codec`) and puts one :class:`Item` per event in the inbox;
+``put`` blocks while the inbox is full, so a slow consumer slows the reader instead of growing
 memory. When the server ends the stream (``timeoutSeconds``) the thread watches again from the
 last resourceVersion it saw; it ends on :meth:`Watcher.halt`, on 410 Gone (an ``expired`` item:
 the caller lists again) and on any other failure (an ``error`` item carrying the seam's error).
@@ -16,8 +17,8 @@ workers are for short calls.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
+import queue
 import socket
 import threading
 import time
@@ -31,7 +32,7 @@ from podroute.kube.rest import Rest, lines, map_error
 WATCH_TIMEOUT_S = 300   # the server ends a watch after this; the thread re-watches from where it was
 READ_TIMEOUT_S = 150    # silence longer than this is a dead stream (the watch cache bookmarks about every minute)
 RETRY_429_S = 15.0      # how long "too many requests" (cache initialising) is retried before it is Unavailable
-PUT_POLL_S = 0.5        # how often a thread blocked on a full queue checks whether it was halted
+PUT_POLL_S = 0.5        # how often a thread blocked on a full inbox checks whether it was halted
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,57 @@ class Item:
     error: DatastoreError | None = field(default=None, compare=False)
 
 
-class Watcher(threading.Thread):
-    """Watches ``kind`` from ``rv`` into ``queue`` (of ``loop``) until halted or failed."""
+class Inbox:
+    """A bounded hand-over from threads to one coroutine: a thread-safe queue plus a wake-up
+    set on the loop (``call_soon_threadsafe``). No coroutine is ever made on a thread, so a
+    loop that closes while threads still report leaves nothing pending behind."""
 
-    def __init__(self, rest: Rest, kind: Kind, rv: int, generation: int, queue: asyncio.Queue,
-                 loop: asyncio.AbstractEventLoop, use_pod_cidr: bool = False) -> None:
+    def __init__(self, maxsize: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._items: queue.Queue[Item] = queue.Queue(maxsize)
+        self._wake = asyncio.Event()
+
+    def put(self, item: Item, halted: threading.Event) -> bool:
+        """From a thread: block until there is room (False when ``halted`` first, or the loop is gone)."""
+        while True:
+            try:
+                self._items.put(item, timeout=PUT_POLL_S)
+                break
+            except queue.Full:
+                if halted.is_set():
+                    return False
+        try:
+            self.loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:       # the loop is closed: nobody is listening any more
+            return False
+        return True
+
+    async def get(self, timeout: float | None = None) -> Item | None:
+        """The next item; None after ``timeout`` seconds without one."""
+        while True:
+            try:
+                return self._items.get_nowait()
+            except queue.Empty:
+                pass
+            self._wake.clear()
+            try:                  # again: a put may have come between the try and the clear
+                return self._items.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+
+
+class Watcher(threading.Thread):
+    """Watches ``kind`` from ``rv`` into ``inbox`` until halted or failed."""
+
+    def __init__(self, rest: Rest, kind: Kind, rv: int, generation: int, inbox: Inbox,
+                 use_pod_cidr: bool = False) -> None:
         super().__init__(name=f"kube-watch-{kind.plural}", daemon=True)
         self.rest, self.kind, self.rv, self.generation = rest, kind, rv, generation
-        self.queue, self.loop, self.use_pod_cidr = queue, loop, use_pod_cidr
+        self.inbox, self.use_pod_cidr = inbox, use_pod_cidr
         self.halted = threading.Event()
         self._resp: Any = None
         self._resp_lock = threading.Lock()
@@ -151,23 +195,7 @@ class Watcher(threading.Thread):
                               puts=tuple(decode(self.kind, obj, self.use_pod_cidr))))
 
     def _put(self, item: Item) -> bool:
-        """Block until the queue takes ``item`` (False if halted meanwhile or the loop is gone)."""
-        coro = self.queue.put(item)
-        try:
-            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:          # the loop is closed: nobody is listening any more
-            coro.close()
-            return False
-        while True:
-            try:
-                fut.result(PUT_POLL_S)
-                return True
-            except concurrent.futures.TimeoutError:
-                if self.halted.is_set():
-                    fut.cancel()
-                    return False
-            except concurrent.futures.CancelledError:
-                return False
+        return self.inbox.put(item, self.halted)
 
 
 def _shutdown(resp: Any) -> None:
