@@ -131,7 +131,11 @@ class KubeDatastore:
             items.extend(body.get("items") or ())
             meta = body.get("metadata") or {}
             if not meta.get("continue"):
-                return int(meta["resourceVersion"]), items
+                try:
+                    return int(meta["resourceVersion"]), items
+                except (KeyError, ValueError, TypeError):
+                    raise Unavailable(f"kube-apiserver {self.location}: list {kind.plural} has no numeric "
+                                      "resourceVersion (podroute needs an etcd-backed API server)") from None
             query = {"limit": PAGE, "continue": meta["continue"]}
 
     def _snapshot(self) -> Snapshot:
