@@ -186,3 +186,22 @@ async def test_kubectl_shows_what_podroute_wrote(admin, agent, kube_apiserver):
                                                   "get", "node", "n1", "-o", "jsonpath={.metadata.annotations}"],
                                  capture_output=True, text=True, timeout=60)
     assert '"podroute.io/ASNumber":"64600"' in cp.stdout, cp.stdout
+
+
+async def test_register_node_retries_from_a_fresh_read_when_the_node_changed_in_between(admin, agent):
+    await admin.put_resource(N1)
+    real_call, gets = agent.rest.call, []
+
+    def call(method, path, **kw):
+        out = real_call(method, path, **kw)
+        if method == "GET" and path == f"{NODES.path}/n1":
+            gets.append(out["metadata"]["resourceVersion"])
+            if len(gets) == 1:   # kubelet writes the Node between our read and our patch
+                admin.rest.call("PATCH", f"{NODES.path}/n1", body={"metadata": {"labels": {"rack": "c"}}},
+                                content_type="application/merge-patch+json")
+        return out
+
+    agent.rest.call = call
+    st = await agent.register_node(Node("n1", N1.address, 64700), 30)
+    assert len(gets) == 2 and gets[0] != gets[1]      # the first patch got a 409 and was retried
+    assert st.value == Node("n1", N1.address, 64700, labels=(("rack", "c"),))   # nobody's write was lost
