@@ -205,3 +205,20 @@ async def test_register_node_retries_from_a_fresh_read_when_the_node_changed_in_
     st = await agent.register_node(Node("n1", N1.address, 64700), 30)
     assert len(gets) == 2 and gets[0] != gets[1]      # the first patch got a 409 and was retried
     assert st.value == Node("n1", N1.address, 64700, labels=(("rack", "c"),))   # nobody's write was lost
+
+
+async def test_a_rewatch_resumes_each_collection_where_it_was(admin, agent):
+    # The merged watch's revision is the highest seen on any collection, so a collection can be
+    # behind it; a re-watch from that revision must start each collection at its own position.
+    # Provoked here by recording positions as the watch would after a node event overtook a pool event.
+    await admin.put_resource(N1)
+    snap = await agent.snapshot()
+    pool = IPPool("default", IPv4Network("198.19.0.0/16"))
+    await admin.put_resource(pool)                              # the pool event, not yet seen
+    n1 = await admin.put_resource(Node("n1", N1.address, labels=(("rack", "a"),)))
+    agent._remember(n1.revision, {**{k.plural: n1.revision for k in agent.kinds}, "ippools": snap.revision})
+    it = agent.watch(n1.revision).__aiter__()
+    got = await next_changes(it, lambda g: any(isinstance(e, Put) and e.stored.key == "ippools/default"
+                                               for c in g for e in c.events))
+    assert [e.stored.value for c in got for e in c.events if isinstance(e, Put)] == [pool]
+    await it.aclose()
