@@ -77,45 +77,56 @@ async def test_relabelling_moves_the_peer_and_a_deleted_node_leaves_at_run_time(
         await ds.close()
 
 
-async def test_a_verb_missing_from_the_role_is_a_clear_error_and_the_watch_recovers(kube_apiserver, admin, caplog):
+async def set_rules(admin: KubeDatastore, rules: list) -> list:
+    """Replace the shipped ClusterRole's rules; returns the rules it had."""
+    role = await asyncio.to_thread(admin.rest.call, "GET", ROLE)
+    old, role["rules"] = role["rules"], rules
+    await asyncio.to_thread(admin.rest.call, "PUT", ROLE, body=role)
+    return old
+
+
+def without(rules: list, resource: str, verb: str) -> list:
+    out = []
+    for r in rules:
+        verbs = [v for v in r["verbs"] if not (resource in r.get("resources", ()) and v == verb)]
+        if verbs:
+            out.append({**r, "verbs": verbs})
+    return out
+
+
+@pytest.mark.parametrize("resource, verb, named", [
+    # the rule that loses `watch` covers pools, peers and the BGP configuration: the first
+    # watch refused is named
+    ("bgppeers", "watch", r"denied watch (ippools|bgppeers|bgpconfigurations)\.podroute\.io: .*podroute-agent"),
+    ("nodes/status", "patch", r"denied patch nodes/status: .*podroute-agent"),     # the registration
+])
+async def test_a_verb_missing_from_the_role_is_a_clear_error_and_the_watch_recovers(kube_apiserver, admin, caplog,
+                                                                                    resource, verb, named):
     n1 = node("n1", "198.18.0.11", "a")
     await admin.put_resource(n1)
     role = await asyncio.to_thread(admin.rest.call, "GET", ROLE)
-    (peers_rule,) = [r for r in role["rules"] if "bgppeers" in r.get("resources", ())]
-    peers_rule["verbs"].remove("watch")
-    await asyncio.to_thread(admin.rest.call, "PUT", ROLE, body=role)
+    shipped = await set_rules(admin, without(role["rules"], resource, verb))
     got: list = []
     caplog.set_level(logging.ERROR, "podroute.clusterwatch")
     ds, w, task = await watching(kube_apiserver, n1, got)
     try:
         await until(lambda: not w.available and w.last_error, 15, "the watch to fail on the missing verb")
-        # the rule that lost `watch` covers pools, peers and the BGP configuration: the first
-        # watch to be refused is named
         err = w.status()["last_error"]
-        assert re.search(r"denied watch (ippools|bgppeers|bgpconfigurations)\.podroute\.io: .*podroute-agent", err), err
-        assert "configs/rbac.yaml" in err
+        assert re.search(named, err) and "configs/rbac.yaml" in err, err
         assert any(err in str(getattr(r, "kv", "")) for r in caplog.records)
         assert not task.done()                                         # no crash: it retries
         await asyncio.sleep(1.0)                                       # several backoff rounds
-        assert not task.done()
-        role = await asyncio.to_thread(admin.rest.call, "GET", ROLE)
-        for r in role["rules"]:
-            if "bgppeers" in r.get("resources", ()):
-                r["verbs"].append("watch")
-        await asyncio.to_thread(admin.rest.call, "PUT", ROLE, body=role)
+        assert not task.done() and not w.available
+        await set_rules(admin, shipped)
         # no event needed: the store says so once every collection is watched again
-        await until(lambda: w.available, 15, "the watch to recover once the role grants watch")
+        await until(lambda: w.available, 15, "the watch to recover once the role grants the verb")
         await admin.put_resource(TOR)
         await until(lambda: got and tor_nodes(got[-1]) == {"n1"}, 10, "a peer added after the recovery")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await ds.close()
-        role = await asyncio.to_thread(admin.rest.call, "GET", ROLE)
-        for r in role["rules"]:
-            if "bgppeers" in r.get("resources", ()) and "watch" not in r["verbs"]:
-                r["verbs"].append("watch")
-                await asyncio.to_thread(admin.rest.call, "PUT", ROLE, body=role)
+        await set_rules(admin, shipped)
 
 
 async def test_the_in_cluster_service_account_has_the_role(kube_apiserver, admin, tmp_path, monkeypatch):
