@@ -222,3 +222,32 @@ async def test_a_rewatch_resumes_each_collection_where_it_was(admin, agent):
                                                for c in g for e in c.events))
     assert [e.stored.value for c in got for e in c.events if isinstance(e, Put)] == [pool]
     await it.aclose()
+
+
+async def test_a_stream_the_server_ends_is_watched_again_from_where_it_was(admin, agent, monkeypatch):
+    from podroute.kube import watcher
+
+    monkeypatch.setattr(watcher, "WATCH_TIMEOUT_S", 2)           # the server ends each watch after 2 s
+    opened: list[str] = []
+    real_open = agent.rest.open
+
+    def counting_open(method, path, **kw):
+        if (kw.get("query") or {}).get("watch"):
+            opened.append(kw["query"]["resourceVersion"])
+        return real_open(method, path, **kw)
+
+    agent.rest.open = counting_open
+    snap = await agent.snapshot()
+    it = agent.watch(snap.revision).__aiter__()
+    await admin.put_resource(N1)
+    got = await next_changes(it, lambda g: any(isinstance(e, Put) for c in g for e in c.events))
+    for i in range(3):                                            # each change lands on a later stream
+        await asyncio.sleep(watcher.WATCH_TIMEOUT_S + 0.5)
+        pool = IPPool(f"p{i}", IPv4Network(f"198.19.{i}.0/24"))
+        await admin.put_resource(pool)
+        got = await next_changes(it, lambda g: any(isinstance(e, Put) and e.stored.value == pool
+                                                   for c in g for e in c.events), timeout=10)
+        assert not [e for c in got for e in c.events if not isinstance(e, Put)]
+    await it.aclose()
+    assert len(opened) >= 3 * len(agent.kinds)                    # the streams really were renewed
+    assert len(set(opened)) > 1                                   # from the revision each had reached
