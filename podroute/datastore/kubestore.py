@@ -46,6 +46,9 @@ How the seam maps (also the package docstring of :mod:`podroute.datastore`):
 Errors (:mod:`podroute.kube.rest`): 5xx, 429 and connection failures -> Unavailable; 401/403
 -> :class:`Forbidden` (an Unavailable) naming the verb and resource; an invalid object ->
 InvalidData naming it. Every blocking call runs off the event loop.
+
+(A little over 400 lines: the administrative writes at the end share the Protocol's read-
+then-write helpers; the wire details live in :mod:`podroute.kube`.)
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ CONFLICT_RETRIES = 10       # fresh reads after a 409 on a compare-on-resourceVe
 SNAPSHOT_ATTEMPTS = 3       # consistent LISTs tried when the cut expires (410) in between
 QUEUE_MAX = 256             # watch items buffered between the threads and the consumer
 REMEMBERED = 64             # yielded revisions whose per-collection positions are kept
-ANNOUNCE_AFTER_S = 0.5      # quiet this long after every watch was accepted: the watch is up
+ANNOUNCE_AFTER_S = 1.0      # quiet this long after every watch was accepted: the watch is up
 
 
 class _Expired(Exception):
@@ -218,6 +221,8 @@ class KubeDatastore:
                     # and then answered with a 410 ERROR event, which must come first.
                     started.add(item.kind.plural)
                     announce = not announced and generation == 0 and started == {k.plural for k in self.kinds}
+                    # (Events already due from the start revision come with the first bytes of
+                    # their stream, well inside ANNOUNCE_AFTER_S, so they still come first.)
                     continue
                 if item.what == "expired":
                     halt()
