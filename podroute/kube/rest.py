@@ -81,6 +81,8 @@ def map_error(e: Exception, verb: str, kind: Kind, key: str, subresource: str = 
         return Unavailable(f"kube-apiserver: {verb} {key}: HTTP {status} {detail}".rstrip())
     if isinstance(e, (HTTPError, OSError)):
         return Unavailable(f"kube-apiserver: {verb} {key}: {type(e).__name__}: {e}"[:500])
+    if isinstance(e, ValueError):          # a 2xx body that is not JSON: not an API server answering
+        return Unavailable(f"kube-apiserver: {verb} {key}: the answer is not JSON ({e})"[:500])
     raise e
 
 

@@ -125,3 +125,34 @@ def test_selectors_are_calicos_equality_terms():
     for bad in ["rack != 'a'", "has(rack)", "rack == a", "rack == 'a' || rack == 'b'", "a == 'x' && a == 'y'"]:
         with pytest.raises(ValueError):
             parse_selector(bad)
+
+
+def test_transport_failures_map_onto_the_seams_errors():
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import NewConnectionError, ProtocolError
+
+    from podroute.datastore import Conflict, Unavailable
+    from podroute.kube.rest import Forbidden, map_error
+
+    def api(status, message=""):
+        e = ApiException(status=status, reason="r")
+        e.body = '{"kind": "Status", "message": "%s"}' % message
+        return e
+
+    assert isinstance(map_error(ProtocolError("reset"), "watch", NODES, "nodes"), Unavailable)
+    assert isinstance(map_error(NewConnectionError(None, "refused"), "list", NODES, "nodes"), Unavailable)
+    assert isinstance(map_error(ValueError("Expecting value"), "get", NODES, "nodes/n1"), Unavailable)
+    assert isinstance(map_error(api(503), "list", NODES, "nodes"), Unavailable)
+    assert isinstance(map_error(api(429), "list", NODES, "nodes"), Unavailable)
+    f = map_error(api(403, "nodes is forbidden"), "list", NODES, "nodes")
+    assert isinstance(f, Forbidden) and (f.verb, f.resource) == ("list", "nodes")
+    f = map_error(api(403), "patch", NODES, "nodes/n1", "status")
+    assert f.resource == "nodes/status"
+    assert isinstance(map_error(api(401), "list", IPPOOLS, "ippools"), Forbidden)
+    assert "apply the CustomResourceDefinitions" in str(map_error(api(404), "list", IPPOOLS, "ippools"))
+    c = map_error(api(409, "already exists"), "create", IPAMBLOCKS, "ipamblocks/x")
+    assert isinstance(c, Conflict) and c.key == "ipamblocks/x"
+    bad = map_error(api(422, "spec.cidr: Invalid value"), "create", IPPOOLS, "ippools/p")
+    assert isinstance(bad, InvalidData) and bad.key == "ippools/p" and "spec.cidr" in bad.reason
+    with pytest.raises(KeyError):                       # a bug is not turned into an outage
+        map_error(KeyError("x"), "get", NODES, "nodes/n1")
