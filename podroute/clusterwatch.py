@@ -18,7 +18,10 @@ With ``register``, the node first registers itself (:meth:`Datastore.register_no
 lease of ``ttl_s`` the store keeps alive); a registration the store refuses is logged as
 rejected data. In a store where nodes register themselves (``supports_claims``: etcd):
 - the node's own registration is part of its view from the start (it is not in the first
-  snapshot of a new node, and the node does not wait for its own write to come back);
+  snapshot of a new node, and the node does not wait for its own write to come back), with
+  the labels the store holds for it once it holds the node: labels are not the agent's to
+  keep (on Kubernetes they are kubelet's and ``kubectl label``'s), so a relabel moves this
+  node's own sessions at run time too;
 - when its registration disappears (its lease lapsed during a long outage, or it was
   deleted), it registers again;
 - an invalid value in the first snapshot is logged and skipped (the other nodes' bad data
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping
 
@@ -84,7 +88,11 @@ class ClusterWatch:
         breaks a rule or does not list this node with its address."""
         if self.self_registering:
             assert self.register is not None
-            items = {**items, key_of(self.register): self.register}
+            own, key = self.register, key_of(self.register)
+            stored = items.get(key)
+            if isinstance(stored, Node):
+                own = replace(own, labels=stored.labels)  # the store's: kubectl label, an administrator
+            items = {**items, key: own}
         cluster = cluster_from_resources(items)
         me = cluster.node(self.node_name)
         if me is None:
