@@ -1,5 +1,7 @@
-"""A node's IPAM blocks on a datastore that claims them (etcd): how the node starts, and how its
-blocks then follow its pods at run time, for the agent (:mod:`podroute.agent`) to wire.
+"""A node's IPAM blocks on a datastore the node registers in (etcd, kubernetes): how the node
+starts, and how its blocks then follow its pods at run time, for the agent (:mod:`podroute.agent`)
+to wire. With kubernetes' ``usePodCIDR`` nothing is claimed: the node's one block is its Node's
+``spec.podCIDR`` (the node waits for it at start), and it is neither grown nor released.
 
 Start (:func:`start_node`, before the agent is built; :func:`prepare` in ``podroute node run``):
 the node lists the datastore, re-uses the blocks it holds from a previous run or claims its
@@ -43,7 +45,7 @@ from felix.routes import Route
 from podroute.clusterwatch import BACKOFF_S
 from podroute.config import IPPool as ConfigPool
 from podroute.config import NodeConfig
-from podroute.datastore import (Changes, Datastore, IPPool, Node, Resync, Snapshot, Unavailable, key_of)
+from podroute.datastore import (Changes, Datastore, IPAMBlock, IPPool, Node, Resync, Snapshot, Unavailable, key_of)
 from podroute.datastore.model import cidr_name
 from podroute.datastore.open import open_datastore
 from podroute.datastore.screen import screen_snapshot
@@ -123,9 +125,35 @@ def _static_inside_pools(cfg: NodeConfig, pools: tuple[IPPool, ...]) -> None:
                                                 f"({', '.join(str(p.cidr) for p in pools)})", cfg.source)
 
 
+NO_POOL = "no IP pool: the datastore holds no IPPool and the node config sets no ipPools"
+
+
+class _Wait(Exception):
+    """The node cannot start yet for the reason given; retried."""
+
+
+def pod_cidr_problem(name: str, raw: Snapshot, screened: Snapshot) -> str:
+    """Why node ``name`` has no block on a store whose blocks are the Nodes' ``spec.podCIDR``
+    (``raw``: the list as stored; ``screened``: after :func:`screen_snapshot`)."""
+    key = f"nodes/{name}"
+    if key not in raw.items:
+        bad = next((b.reason for b in raw.invalid if b.key == key), None)
+        return f"Node {name}: {bad}" if bad else (f"no Node object named {name} yet (kubelet registers it; "
+                                                  "podroute only annotates it)")
+    blocks = [s for s in raw.items.values() if isinstance(s.value, IPAMBlock) and s.value.affinity == name]
+    if not blocks:
+        # flannel fails the same way ("pod cidr not assigned") and waits too
+        return (f"Node {name} has no spec.podCIDR yet (usePodCIDR: kube-controller-manager "
+                "--allocate-node-cidrs assigns it)")
+    reasons = [b.reason for b in screened.invalid if b.key == blocks[0].key]
+    return f"Node {name}'s spec.podCIDR {blocks[0].value.cidr}: " + ("; ".join(reasons) or "not usable")
+
+
 async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[float, float] = BACKOFF_S,
                      sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> NodeStart:
     """List ``store``, claim or re-use this node's blocks, and decide the start (module doc).
+    On a store that cannot claim (kubernetes with usePodCIDR) the node's one block is its
+    Node's ``spec.podCIDR``: it waits, logging why, until the Node has one inside a pool.
     Retries while the store is unavailable or the pools are exhausted (until cancelled).
     Raises ConfigError (``podCIDRs``) when a static block is another node's or outside every pool."""
     affinity = BlockAffinity(store, cfg.node_name, static=cfg.pod_cidrs, pools=model_pools(cfg),
@@ -134,9 +162,17 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
     while True:
         attempt += 1
         try:
+            if not store.supports_claims:  # usePodCIDR: the block is the Node's, nothing to claim
+                raw = await store.snapshot()
+                snapshot = screen_snapshot(raw)
+                affinity.load(snapshot)
+                if affinity.pools() and affinity.mine():
+                    break
+                why = pod_cidr_problem(cfg.node_name, raw, snapshot) if affinity.pools() else NO_POOL
+                raise _Wait(why)
             await affinity.refresh()
             if not affinity.pools():  # nothing to claim from, and BGP import would refuse every route
-                why = "no IP pool: the datastore holds no IPPool and the node config sets no ipPools"
+                why = NO_POOL
             else:
                 _static_inside_pools(cfg, affinity.pools())
                 await affinity.ensure()
@@ -145,6 +181,8 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
                 if affinity.mine():
                     break
                 why = "this node's blocks went away while it started"
+        except _Wait as e:
+            why = str(e)
         except Unavailable as e:
             why = f"datastore unavailable: {e}"
         except PoolExhausted as e:
@@ -172,8 +210,8 @@ async def prepare(cfg: NodeConfig) -> NodeStart:
     """:func:`start_node` on a datastore client of its own (``podroute node run`` calls it in its
     own event loop before the agent's; the agent opens another client in its loop)."""
     store = open_datastore(cfg)
-    if store is None or not store.supports_claims:
-        raise ValueError("prepare() is for a datastore that claims blocks")
+    if store is None or not store.registers_nodes:
+        raise ValueError("prepare() is for a datastore the node registers in")
     try:
         return await start_node(cfg, store)
     finally:
@@ -193,7 +231,7 @@ class BlocksWiring:
         self.affinity = BlockAffinity(store, cfg.node_name, static=start.static, pools=model_pools(cfg),
                                       on_blocks=self._on_blocks, policy=policy_of(cfg), clock=clock,
                                       may_release=self._may_release)
-        self.nodeblocks = NodeBlocks(self.affinity, interval_s=interval_s)
+        self.nodeblocks = NodeBlocks(self.affinity, interval_s=interval_s, claims=store.supports_claims)
         self._routes: RouteSetter | None = None
         self._speaker: Announcer | None = None
         self._kick: Callable[[], None] = lambda: None

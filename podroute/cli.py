@@ -42,7 +42,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     _tune_malloc()
     start = None
-    if cfg.datastore.claims_blocks:  # the node's blocks and pools first (waits for the datastore)
+    if cfg.datastore.from_datastore:  # the node's blocks and pools first (waits for the datastore)
         from podroute.blocks_wiring import prepare
         start = asyncio.run(prepare(cfg))
     # Built outside the event loop: set-up uses blocking netlink (pyroute2's sync API
@@ -87,8 +87,9 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
-    blocks = (f"{len(cfg.pod_cidrs)} block(s)" if cfg.pod_cidrs or not cfg.datastore.claims_blocks
-              else f"blocks claimed in {cfg.datastore.type}")
+    blocks = (f"{len(cfg.pod_cidrs)} block(s)" if cfg.pod_cidrs or not cfg.datastore.from_datastore
+              else f"blocks claimed in {cfg.datastore.type}" if cfg.datastore.claims_blocks
+              else "its block is the Node's spec.podCIDR")
     print(f"{args.config}: ok (node {cfg.node_name}, {blocks}, {len(cfg.peers)} peer(s))")
     return 0
 

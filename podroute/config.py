@@ -1,7 +1,8 @@
 """The per-node config file: YAML in, a validated frozen :class:`NodeConfig` out.
 
 Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default; podCIDRs and
-ipPools are optional too with a datastore that claims blocks, ``datastore.type: etcd``)::
+ipPools are optional too with a datastore the node registers in, ``datastore.type: etcd`` or
+``kubernetes``)::
 
     nodeName: node1                  # DNS-1123 label
     nodeIP: 198.18.0.11              # the node's underlay address, BGP next hop for its blocks
@@ -15,11 +16,15 @@ ipPools are optional too with a datastore that claims blocks, ``datastore.type: 
     labels: {rack: r1}               # node labels (BGPPeer nodeSelector), registered with the node
     routeReflectorClusterID: 198.18.0.11   # this node is a route reflector (RFC 4456)
     datastore:
-      type: file                     # file (default: clusterFile, or none) | etcd
+      type: file                     # file (default: clusterFile, or none) | etcd | kubernetes
       etcd:                          # only with type etcd
         endpoints: [http://198.18.0.2:2379]   # http(s)://host:port, at least one
         prefix: /podroute/           # every key lives below it (starts and ends with /)
-      leaseTTL: 30                   # seconds, 2..86400: the node registration's lease
+      kubernetes:                    # only with type kubernetes (labels: the Node's, not set here)
+        kubeconfig: /etc/podroute/kubeconfig  # absent: the in-cluster service account
+        usePodCIDR: false            # true: the node's block is its Node's spec.podCIDR (no
+                                     # claims; podCIDRs refused)
+      leaseTTL: 30                   # seconds, 2..86400: the node registration's lease (etcd)
     ipam:
       maxBlocksPerHost: 0            # blocks this node may claim, 0 = no limit (Calico's default)
       releaseGracePeriod: 60         # seconds an empty block / a departed node's blocks wait
@@ -62,8 +67,8 @@ from typing import Any
 
 from cni.shim import SUN_PATH_MAX
 from nlcore.route import PODROUTE_PROTO
-from podroute.config_datastore import (DatastoreConfig, EtcdConfig, IpamConfig,  # noqa: F401 (EtcdConfig: re-export)
-                                      parse_datastore, parse_ipam, parse_labels)
+from podroute.config_datastore import (DatastoreConfig, EtcdConfig, IpamConfig,  # noqa: F401 (re-exports)
+                                      KubernetesConfig, parse_datastore, parse_ipam, parse_labels)
 from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
                              clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
@@ -301,10 +306,13 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     asn = s.get("asn", integer(*ASN_RANGE), DEFAULT_ASN)
     router_id = s.get("routerID", ipv4_address, None)
     datastore = parse_datastore(s)
-    # A claiming store hands out blocks and holds the pools: the node needs neither.
-    optional = () if datastore.claims_blocks else ...
+    # A registering store hands out blocks and holds the pools: the node needs neither.
+    optional = () if datastore.from_datastore else ...
     pools = s.get("ipPools", list_of(_pool, min_items=1), optional)
     no_overlaps((p.cidr for p in pools), "ipPools")
+    if datastore.from_datastore and not datastore.claims_blocks and s.raw.get("podCIDRs") is not None:
+        raise ConfigError("podCIDRs", "is set but datastore.kubernetes.usePodCIDR is true: the node's block "
+                                      "is its Node's spec.podCIDR; remove podCIDRs")
     cidrs = s.get("podCIDRs", list_of(ipv4_network, min_items=1), optional)
     no_overlaps(cidrs, "podCIDRs")
     for i, cidr in enumerate(cidrs):
@@ -335,6 +343,9 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     if cluster_file is not None and datastore.type != "file":
         raise ConfigError("clusterFile", f"is for datastore type file; with type {datastore.type} the "
                                          "datastore holds the nodes, peers and pools: remove clusterFile")
+    if datastore.type == "kubernetes" and s.raw.get("labels") is not None:
+        raise ConfigError("labels", "is not used with datastore type kubernetes: the Node's labels are "
+                                    "(kubelet --node-labels, kubectl label node); remove labels")
     labels = s.get("labels", parse_labels, ())
     rr_cluster_id = s.get("routeReflectorClusterID", ipv4_address, None)
     ipam = parse_ipam(s)

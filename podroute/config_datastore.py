@@ -1,6 +1,14 @@
 """The node config's cluster datastore and IPAM sections (``datastore:``, ``ipam:``, and the
 node's ``labels``), read by :mod:`podroute.config`, whose docstring shows the keys.
 
+``datastore.type: kubernetes`` (:class:`KubernetesConfig`): ``kubernetes.kubeconfig`` is a
+kubeconfig file (checked at load with the ``kubernetes`` client's own loader, so a bad one is
+named here and not at the first request); absent, the agent uses the in-cluster service
+account (``KUBERNETES_SERVICE_HOST`` and the mounted token, as calico-node does).
+``kubernetes.usePodCIDR`` (Calico's and flannel's name) takes the node's one block from its
+Node's ``spec.podCIDR`` (kube-controller-manager's ``--allocate-node-cidrs``) instead of
+claiming blocks; ``podCIDRs`` is refused with it.
+
 Defaults follow Calico: ``ipam.maxBlocksPerHost`` 0 = no limit (IPAMConfig), a release grace
 period before an empty block or a departed node's blocks go back to the pool (Calico's IPAM GC
 waits two syncs), and a registration lease like flannel's subnet leases. Errors are
@@ -9,12 +17,15 @@ waits two syncs), and a registration lease like flannel's subnet leases. Errors 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from podroute.schema import ConfigError, Section, choice, integer, join, list_of, number, show, string
+from podroute.schema import (ConfigError, Section, boolean, choice, clip, integer, join, list_of, number, show,
+                             string)
 
-DATASTORE_TYPES = ("file", "etcd")
-CLAIMING_DATASTORES = ("etcd",)      # stores in which nodes claim their own blocks and register
+DATASTORE_TYPES = ("file", "etcd", "kubernetes")
+# stores in which nodes register themselves and take their blocks and pools from the store
+REGISTERING_DATASTORES = ("etcd", "kubernetes")
 DEFAULT_ETCD_PREFIX = "/podroute/"
 DEFAULT_LEASE_TTL_S = 30.0   # a node that stops renewing is gone for the others after this long
 DEFAULT_MAX_BLOCKS_PER_HOST = 0      # Calico IPAMConfig: 0 = no limit
@@ -29,16 +40,32 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """Where the kubernetes datastore is: a kubeconfig (None: the in-cluster service account),
+    and whether a node's block is its Node's ``spec.podCIDR`` (``usePodCIDR``)."""
+    kubeconfig: Path | None = None
+    use_pod_cidr: bool = False
+
+
+@dataclass(frozen=True)
 class DatastoreConfig:
-    """The cluster datastore (``datastore:``). ``lease_ttl`` in seconds."""
+    """The cluster datastore (``datastore:``). ``lease_ttl`` in seconds (etcd's registration
+    lease; Kubernetes has none: Node lifecycle removes Nodes)."""
     type: str = "file"
     etcd: EtcdConfig = EtcdConfig()
     lease_ttl: float = DEFAULT_LEASE_TTL_S
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @property
+    def from_datastore(self) -> bool:
+        """The node registers itself in this store and takes its blocks and pools from it
+        (etcd, kubernetes): ``podCIDRs`` and ``ipPools`` are optional."""
+        return self.type in REGISTERING_DATASTORES
 
     @property
     def claims_blocks(self) -> bool:
-        """Nodes claim their IPAM blocks in this store and register under a lease."""
-        return self.type in CLAIMING_DATASTORES
+        """Nodes claim their IPAM blocks in this store (etcd; kubernetes unless usePodCIDR)."""
+        return self.from_datastore and not (self.type == "kubernetes" and self.kubernetes.use_pod_cidr)
 
 
 @dataclass(frozen=True)
@@ -75,6 +102,25 @@ def _prefix(value: Any, path: str) -> str:
     return text
 
 
+def _kubeconfig(value: Any, path: str) -> Path:
+    text = string(value, path)
+    if "\0" in text:
+        raise ConfigError(path, f"{show(text)} is not a usable path (NUL character)")
+    p = Path(text)
+    if not p.is_file():
+        raise ConfigError(path, f"{show(text)} is not a file: want a kubeconfig (absent: the in-cluster "
+                                "service account)")
+    # The client's own loader: what it refuses now would be refused at the first request.
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+    try:
+        config.load_kube_config(config_file=text, client_configuration=client.Configuration(),
+                                persist_config=False)
+    except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(path, f"{show(text)} is not a usable kubeconfig: {clip(str(e), 200)}") from None
+    return p
+
+
 def parse_labels(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ConfigError(path, "expected a mapping of label names to string values")
@@ -95,9 +141,17 @@ def parse_datastore(s: Section) -> DatastoreConfig:
         etcd = EtcdConfig(e.get("endpoints", list_of(_endpoint, min_items=1)),
                           e.get("prefix", _prefix, DEFAULT_ETCD_PREFIX))
     e.finish()
+    k = d.section("kubernetes")
+    if kind != "kubernetes" and k.raw:
+        raise ConfigError("datastore.kubernetes", f"is set but datastore.type is {kind}; set type: kubernetes "
+                                                  "or remove it")
+    kube = KubernetesConfig()
+    if kind == "kubernetes":
+        kube = KubernetesConfig(k.get("kubeconfig", _kubeconfig, None), k.get("usePodCIDR", boolean, False))
+    k.finish()
     ttl = d.get("leaseTTL", number(2, 86400), DEFAULT_LEASE_TTL_S)
     d.finish()
-    return DatastoreConfig(kind, etcd, ttl)
+    return DatastoreConfig(kind, etcd, ttl, kube)
 
 
 def parse_ipam(s: Section) -> IpamConfig:

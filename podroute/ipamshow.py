@@ -36,7 +36,7 @@ async def _list(store: Datastore) -> Snapshot:
 
 
 def _snapshot(cfg: NodeConfig) -> Snapshot:
-    if cfg.datastore.claims_blocks:
+    if cfg.datastore.from_datastore:
         store = open_datastore(cfg)
         assert store is not None
         return asyncio.run(_list(store))

@@ -10,7 +10,9 @@ ADD (kubelet and podman retry sandbox creation with backoff), and the retry find
 Each :meth:`tick` (every ``interval_s`` seconds, or at once when woken): claim a block when no
 address is free, release empty blocks after the grace period, release departed nodes' blocks.
 The datastore being unavailable only delays this; the node keeps the blocks it has (logged once
-when upkeep stops and once when it resumes).
+when upkeep stops and once when it resumes). With ``claims`` False (kubernetes' ``usePodCIDR``:
+the block is the Node's ``spec.podCIDR``) a round only measures usage and follows the Node's
+block; a full block fails the ADD with that reason.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ class NodeBlocks:
     called from any thread) and ``BlockAffinity(may_release=nb.may_release)``; set ``ipam``
     once the node has its first block (:meth:`BlockAffinity.ensure`)."""
 
-    def __init__(self, affinity: BlockAffinity, ipam: IPAM | None = None, interval_s: float = INTERVAL_S) -> None:
-        self.affinity, self.ipam, self.interval_s = affinity, ipam, interval_s
+    def __init__(self, affinity: BlockAffinity, ipam: IPAM | None = None, interval_s: float = INTERVAL_S,
+                 claims: bool = True) -> None:
+        self.affinity, self.ipam, self.interval_s, self.claims = affinity, ipam, interval_s, claims
         self.last_error: str | None = None
         self.usage: dict[IPv4Network, int] = {}   # addresses in use per block, as of the last round
         self._postponed = False
@@ -42,6 +45,8 @@ class NodeBlocks:
 
     def exhausted(self) -> str:
         """Local IPAM found no free address: wake the claimer; the text for the CNI error."""
+        if not self.claims:
+            return "the node's one block (its Node's spec.podCIDR, usePodCIDR) is full; try again once a pod goes"
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
         return self.last_error or "claiming another block for this node; try again"
@@ -82,6 +87,8 @@ class NodeBlocks:
         try:
             usage = await asyncio.to_thread(self.ipam.usage)
             self.usage = usage
+            if not self.claims:
+                return  # the block is the Node's spec.podCIDR: nothing to claim, release or reap
             if await asyncio.to_thread(self.ipam.free_count) == 0:
                 try:
                     await self.affinity.grow()

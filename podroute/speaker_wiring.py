@@ -85,7 +85,7 @@ def own_blocks(cfg: NodeConfig) -> tuple[IPv4Network, ...]:
     release one that another node then claims, so the fixed list would refuse that node's
     route: there the expected next hops (every node's blocks, ours via our node IP) guard
     our blocks instead."""
-    return () if cfg.datastore.claims_blocks else cfg.pod_cidrs
+    return () if cfg.datastore.from_datastore else cfg.pod_cidrs
 
 
 def speaker_config(cfg: NodeConfig, cluster: Cluster | None) -> SpeakerConfig:

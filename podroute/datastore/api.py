@@ -112,6 +112,8 @@ class Datastore(Protocol):
     name: str                    # "file", "fake", "etcd", "kubernetes"
     location: str                # for messages: the file's path, the endpoints, the API server
     supports_claims: bool        # False: block claims raise Unsupported (static blocks only)
+    registers_nodes: bool        # True: nodes register themselves (register_node) and start from
+                                 # the store (podroute.blocks_wiring.start_node); False: the file
 
     async def snapshot(self) -> Snapshot: ...
 

@@ -83,6 +83,7 @@ class FakeDatastore:
     name = "fake"
     location = "fake"
     supports_claims = True
+    registers_nodes = True
 
     def __init__(self, server: FakeServer) -> None:
         self.server = server

@@ -88,6 +88,7 @@ class KubeDatastore:
     and read); watches use their own longer read timeout. The constructor does no I/O."""
 
     name = "kubernetes"
+    registers_nodes = True      # podroute annotates the Node kubelet registered
 
     def __init__(self, kubeconfig: Path | None, *, node_name: str | None = None, use_pod_cidr: bool = False,
                  timeout_s: float = 5.0) -> None:

@@ -6,6 +6,9 @@
 - ``type: etcd``: :class:`podroute.datastore.etcdstore.EtcdDatastore` over ``datastore.etcd``'s
   endpoints and prefix. It is imported only here, so a node on the file datastore never loads
   the etcd client.
+- ``type: kubernetes``: :class:`podroute.datastore.kubestore.KubeDatastore` over
+  ``datastore.kubernetes``'s kubeconfig (None: in-cluster), acting for this node only
+  (``node_name``), with ``usePodCIDR``; imported only here too.
 
 Nothing here does I/O: the stores connect on first use (the file store on :meth:`FileDatastore.load`).
 """
@@ -30,4 +33,8 @@ def open_datastore(cfg: "NodeConfig") -> Datastore | None:
     if ds.type == "etcd":
         from podroute.datastore.etcdstore import EtcdDatastore  # the etcd client loads only for etcd
         return EtcdDatastore(ds.etcd.endpoints, prefix=ds.etcd.prefix)
+    if ds.type == "kubernetes":
+        from podroute.datastore.kubestore import KubeDatastore  # the kubernetes client loads only here
+        return KubeDatastore(ds.kubernetes.kubeconfig, node_name=cfg.node_name,
+                             use_pod_cidr=ds.kubernetes.use_pod_cidr)
     raise Unsupported(f"datastore type {ds.type!r} is not supported")

@@ -65,7 +65,7 @@ def test_the_file_datastore_still_requires_pod_cidrs_and_pools():
 @pytest.mark.parametrize("kw,match", [
     ({"datastore": ETCD, "clusterFile": "/etc/podroute/cluster.yaml"},
      r"^node.yaml: clusterFile: is for datastore type file; with type etcd the datastore holds"),
-    ({"datastore": {"type": "kubernetes"}}, r"^node.yaml: datastore.type: 'kubernetes' is not one of file, etcd$"),
+    ({"datastore": {"type": "consul"}}, r"^node.yaml: datastore.type: 'consul' is not one of file, etcd, kubernetes$"),
     ({"datastore": {"type": "etcd"}}, r"^node.yaml: datastore.etcd.endpoints: is required$"),
     ({"datastore": {"type": "etcd", "etcd": {"endpoints": []}}},
      r"^node.yaml: datastore.etcd.endpoints: needs at least 1 item"),
@@ -136,7 +136,7 @@ async def test_prepare_claims_on_its_own_client_and_closes_it(tmp_path, monkeypa
     closed = stand_in(monkeypatch, server)
     start = await prepare(cfg(datastore=ETCD, paths={"stateDir": str(tmp_path / "s"), "runDir": "/run/x"}))
     assert len(start.blocks) == 1 and start.blocks[0].prefixlen == 26 and len(closed) == 1
-    with pytest.raises(ValueError, match="claims blocks"):
+    with pytest.raises(ValueError, match="a datastore the node registers in"):
         await prepare(cfg(**STATIC))
 
 

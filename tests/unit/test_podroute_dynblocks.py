@@ -363,8 +363,8 @@ async def test_a_lapsed_registration_is_renewed(dirs):
         await n.stop()
 
 
-def test_an_agent_on_a_claiming_store_needs_its_start(dirs):
-    with pytest.raises(ValueError, match="claims blocks"):
+def test_an_agent_on_a_registering_store_needs_its_start(dirs):
+    with pytest.raises(ValueError, match="nodes register in the fake datastore: build the agent with the node.s start"):
         Agent(etcd_config(dirs()), dataplane=FakeDataplane(links=("eth0",)), wiring=SharedKernel(FakeDataplane()),
               speaker_factory=FakeSpeaker, start_monitor=False, ipip_dataplane=FakeIPIP(),
               datastore=FakeDatastore(FakeServer()))
