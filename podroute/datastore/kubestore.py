@@ -95,6 +95,7 @@ class KubeDatastore:
         self.node_name = node_name
         self.use_pod_cidr = use_pod_cidr
         self.supports_claims = not use_pod_cidr
+        self.self_registering = False   # kubelet owns Node objects; podroute only annotates them
         self.kinds: tuple[Kind, ...] = tuple(k for k in KINDS if not (use_pod_cidr and k is IPAMBLOCKS))
         self._positions: collections.OrderedDict[int, dict[str, int]] = collections.OrderedDict()
         self._last: Snapshot | None = None
