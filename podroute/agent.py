@@ -86,8 +86,9 @@ class Agent:
         store = datastore if datastore is not None else open_datastore(cfg)
         if start is not None:
             cfg = start.config(cfg)  # the claimed blocks and the datastore's pools
-        elif store is not None and store.registers_nodes:
-            raise ValueError(f"nodes register in the {store.name} datastore: build the agent with the node's start")
+        elif store is not None and store.blocks_from_store:
+            raise ValueError(f"the {store.name} datastore holds the node's blocks: "
+                             "build the agent with the node's start")
         self.cfg = cfg
         self.guard = TaskGuard()
         self.started = time.time()

@@ -210,8 +210,8 @@ async def prepare(cfg: NodeConfig) -> NodeStart:
     """:func:`start_node` on a datastore client of its own (``podroute node run`` calls it in its
     own event loop before the agent's; the agent opens another client in its loop)."""
     store = open_datastore(cfg)
-    if store is None or not store.registers_nodes:
-        raise ValueError("prepare() is for a datastore the node registers in")
+    if store is None or not store.blocks_from_store:
+        raise ValueError("prepare() is for a datastore that holds the node's blocks")
     try:
         return await start_node(cfg, store)
     finally:

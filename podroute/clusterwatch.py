@@ -16,12 +16,9 @@ Bad data keeps the last good state, with an error log line naming the key:
 
 With ``register``, the node first registers itself (:meth:`Datastore.register_node`, under a
 lease of ``ttl_s`` the store keeps alive); a registration the store refuses is logged as
-rejected data. In a store where nodes register themselves (``registers_nodes``: etcd, kubernetes):
+rejected data. In a store where nodes register themselves (``self_registering``: etcd):
 - the node's own registration is part of its view from the start (it is not in the first
-  snapshot of a new node, and the node does not wait for its own write to come back), with
-  the labels the store holds for it once it holds the node: labels are not the agent's to
-  keep (on Kubernetes they are kubelet's and ``kubectl label``'s), so a relabel moves this
-  node's own sessions at run time too;
+  snapshot of a new node, and the node does not wait for its own write to come back);
 - when its registration disappears (its lease lapsed during a long outage, or it was
   deleted), it registers again;
 - an invalid value in the first snapshot is logged and skipped (the other nodes' bad data
@@ -37,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping
 
@@ -81,18 +77,14 @@ class ClusterWatch:
     # --- deriving the topology ------------------------------------------------------------
     @property
     def self_registering(self) -> bool:
-        return self.register is not None and self.datastore.registers_nodes
+        return self.register is not None and self.datastore.self_registering
 
     def derive(self, items: Mapping[str, Resource]) -> Cluster:
         """The topology of ``items`` (blocking). Raises ConfigError naming the key when it
         breaks a rule or does not list this node with its address."""
         if self.self_registering:
             assert self.register is not None
-            own, key = self.register, key_of(self.register)
-            stored = items.get(key)
-            if isinstance(stored, Node):
-                own = replace(own, labels=stored.labels)  # the store's: kubectl label, an administrator
-            items = {**items, key: own}
+            items = {**items, key_of(self.register): self.register}
         cluster = cluster_from_resources(items)
         me = cluster.node(self.node_name)
         if me is None:

@@ -112,8 +112,15 @@ class Datastore(Protocol):
     name: str                    # "file", "fake", "etcd", "kubernetes"
     location: str                # for messages: the file's path, the endpoints, the API server
     supports_claims: bool        # False: block claims raise Unsupported (static blocks only)
-    registers_nodes: bool        # True: nodes register themselves (register_node) and start from
-                                 # the store (podroute.blocks_wiring.start_node); False: the file
+    # True: a node takes its blocks and pools from the store at start
+    # (podroute.blocks_wiring.start_node: claimed, or its Node's spec.podCIDR) and writes its own
+    # data with register_node; False: the file (static podCIDRs).
+    blocks_from_store: bool
+    # True: a node's record is the node's own write (etcd: under its lease), so a node counts
+    # itself in from the start and writes it again if it disappears. False: someone else owns
+    # the record (Kubernetes: kubelet creates Nodes, `kubectl delete node` means the node left,
+    # labels are set with kubectl) or the file does.
+    self_registering: bool
 
     async def snapshot(self) -> Snapshot: ...
 

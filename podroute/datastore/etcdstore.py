@@ -103,7 +103,8 @@ class EtcdDatastore:
 
     name = "etcd"
     supports_claims = True
-    registers_nodes = True
+    blocks_from_store = True
+    self_registering = True
 
     def __init__(self, endpoints: Sequence[str], *, prefix: str = DEFAULT_PREFIX, timeout_s: float = 5.0) -> None:
         if isinstance(endpoints, str) or not endpoints:

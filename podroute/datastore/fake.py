@@ -83,7 +83,8 @@ class FakeDatastore:
     name = "fake"
     location = "fake"
     supports_claims = True
-    registers_nodes = True
+    blocks_from_store = True
+    self_registering = True   # as etcd
 
     def __init__(self, server: FakeServer) -> None:
         self.server = server

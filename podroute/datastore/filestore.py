@@ -47,7 +47,8 @@ class FileDatastore:
 
     name = "file"
     supports_claims = False
-    registers_nodes = False
+    blocks_from_store = False
+    self_registering = False
 
     def __init__(self, path: Path, poll_s: float = POLL_S) -> None:
         self.path = Path(path)

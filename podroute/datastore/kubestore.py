@@ -88,7 +88,7 @@ class KubeDatastore:
     and read); watches use their own longer read timeout. The constructor does no I/O."""
 
     name = "kubernetes"
-    registers_nodes = True      # podroute annotates the Node kubelet registered
+    blocks_from_store = True    # claimed IPAMBlocks, or the Node's spec.podCIDR
 
     def __init__(self, kubeconfig: Path | None, *, node_name: str | None = None, use_pod_cidr: bool = False,
                  timeout_s: float = 5.0) -> None:
@@ -96,6 +96,7 @@ class KubeDatastore:
         self.node_name = node_name
         self.use_pod_cidr = use_pod_cidr
         self.supports_claims = not use_pod_cidr
+        self.self_registering = False   # kubelet owns Node objects; podroute only annotates them
         self.kinds: tuple[Kind, ...] = tuple(k for k in KINDS if not (use_pod_cidr and k is IPAMBLOCKS))
         self._positions: collections.OrderedDict[int, dict[str, int]] = collections.OrderedDict()
         self._last: Snapshot | None = None

@@ -162,26 +162,3 @@ async def test_a_refused_registration_is_logged_and_not_retried(caplog):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-
-async def test_a_self_registering_node_follows_its_stored_labels():
-    """The registration fills in this node until its write comes back, but its labels are the
-    store's (kubectl label on Kubernetes, an administrator on etcd): a relabel of this very
-    node moves its own label-selected peering at run time."""
-    tor = BGPPeer("tor", A("198.18.0.1"), 65000, node_selector=labels({"rack": "a"}))
-    server = FakeServer()
-    me = Node("n1", N1.address, labels=labels({"rack": "a"}))   # as registration() keeps them
-    server.put(BGPConfiguration(), tor, me)
-    got: list = []
-    w = ClusterWatch(FakeDatastore(server), node_name="n1", node_ip=N1.address, on_change=got.append,
-                     backoff_s=(0.01, 0.05), register=me)
-    task = asyncio.create_task(w.run())
-
-    def tor_peered() -> bool:
-        return any(s.peer.address == tor.peer_ip for s in peers_for("n1", got[-1]))
-    try:
-        await wait_until(lambda: got and tor_peered())
-        server.put(Node("n1", N1.address, labels=labels({"rack": "b"})))   # kubectl label --overwrite
-        await wait_until(lambda: not tor_peered())
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

@@ -136,7 +136,7 @@ async def test_prepare_claims_on_its_own_client_and_closes_it(tmp_path, monkeypa
     closed = stand_in(monkeypatch, server)
     start = await prepare(cfg(datastore=ETCD, paths={"stateDir": str(tmp_path / "s"), "runDir": "/run/x"}))
     assert len(start.blocks) == 1 and start.blocks[0].prefixlen == 26 and len(closed) == 1
-    with pytest.raises(ValueError, match="a datastore the node registers in"):
+    with pytest.raises(ValueError, match="a datastore that holds the node.s blocks"):
         await prepare(cfg(**STATIC))
 
 

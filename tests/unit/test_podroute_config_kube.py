@@ -92,11 +92,11 @@ def test_open_datastore_builds_the_kubernetes_store_for_this_node(tmp_path):
     kc = kubeconfig(tmp_path / "kubeconfig")
     s = open_datastore(cfg(datastore={"type": "kubernetes", "kubernetes": {"kubeconfig": str(kc)}}))
     assert isinstance(s, KubeDatastore)          # the constructor does no I/O: nothing dialled
-    assert (s.rest.kubeconfig, s.node_name, s.use_pod_cidr, s.supports_claims, s.registers_nodes) == \
+    assert (s.rest.kubeconfig, s.node_name, s.use_pod_cidr, s.supports_claims, s.blocks_from_store) == \
         (kc, "n1", False, True, True)
     p = open_datastore(cfg(datastore={"type": "kubernetes", "kubernetes": {"usePodCIDR": True}}))
     assert isinstance(p, KubeDatastore) and p.rest.kubeconfig is None and p.node_name == "n1"
-    assert p.use_pod_cidr and not p.supports_claims and p.registers_nodes
+    assert p.use_pod_cidr and not p.supports_claims and p.blocks_from_store
 
 
 # -- usePodCIDR: the agent on the fake datastore ------------------------------------------------------

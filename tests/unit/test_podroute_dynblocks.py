@@ -364,7 +364,7 @@ async def test_a_lapsed_registration_is_renewed(dirs):
 
 
 def test_an_agent_on_a_registering_store_needs_its_start(dirs):
-    with pytest.raises(ValueError, match="nodes register in the fake datastore: build the agent with the node.s start"):
+    with pytest.raises(ValueError, match="the fake datastore holds the node.s blocks: build the agent with"):
         Agent(etcd_config(dirs()), dataplane=FakeDataplane(links=("eth0",)), wiring=SharedKernel(FakeDataplane()),
               speaker_factory=FakeSpeaker, start_monitor=False, ipip_dataplane=FakeIPIP(),
               datastore=FakeDatastore(FakeServer()))
