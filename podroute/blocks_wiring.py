@@ -132,14 +132,17 @@ class _Wait(Exception):
     """The node cannot start yet for the reason given; retried."""
 
 
+def no_node(name: str) -> str:
+    return f"no Node object named {name} yet (kubelet registers it; podroute only annotates it)"
+
+
 def pod_cidr_problem(name: str, raw: Snapshot, screened: Snapshot) -> str:
     """Why node ``name`` has no block on a store whose blocks are the Nodes' ``spec.podCIDR``
     (``raw``: the list as stored; ``screened``: after :func:`screen_snapshot`)."""
     key = f"nodes/{name}"
     if key not in raw.items:
         bad = next((b.reason for b in raw.invalid if b.key == key), None)
-        return f"Node {name}: {bad}" if bad else (f"no Node object named {name} yet (kubelet registers it; "
-                                                  "podroute only annotates it)")
+        return f"Node {name}: {bad}" if bad else no_node(name)
     blocks = [s for s in raw.items.values() if isinstance(s.value, IPAMBlock) and s.value.affinity == name]
     if not blocks:
         # flannel fails the same way ("pod cidr not assigned") and waits too
@@ -171,6 +174,9 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
                 why = pod_cidr_problem(cfg.node_name, raw, snapshot) if affinity.pools() else NO_POOL
                 raise _Wait(why)
             await affinity.refresh()
+            if not store.self_registering and cfg.node_name not in affinity.nodes():
+                # kubelet creates the Node; claiming before it exists would leave blocks to no node
+                raise _Wait(no_node(cfg.node_name))
             if not affinity.pools():  # nothing to claim from, and BGP import would refuse every route
                 why = NO_POOL
             else:

@@ -165,3 +165,31 @@ async def test_a_pod_cidr_node_waits_for_its_nodes_pod_cidr_on_a_real_api_server
         await asyncio.gather(starting, return_exceptions=True)
         await store.close()
         await admin.close()
+
+
+async def test_a_claiming_node_waits_for_its_node_object_then_claims_on_a_real_api_server(kube_apiserver, dirs,
+                                                                                          caplog):
+    admin = KubeDatastore(kube_apiserver.kubeconfig("admin"))
+    for path in ("/api/v1/nodes", "/apis/podroute.io/v1/ippools", "/apis/podroute.io/v1/ipamblocks"):
+        await asyncio.to_thread(admin.rest.call, "DELETE", path)
+    await admin.put_resource(IPPool("pool", N("198.19.0.0/16"), 26))
+    store = KubeDatastore(kube_apiserver.kubeconfig("agent"), node_name="n2")
+    cfg = NodeConfig(node_name="n2", node_ip=IPv4Address("198.18.0.12"), pod_cidrs=(), ip_pools=(),
+                     paths=Paths(dirs() / "state", dirs() / "run"),
+                     datastore=DatastoreConfig("kubernetes", kubernetes=KubernetesConfig(None, False)))
+    caplog.set_level(logging.ERROR, "podroute.blocks")
+    starting = asyncio.create_task(start_node(cfg, store, backoff_s=(0.05, 0.2)))
+    try:
+        await until(lambda: logged(caplog, "no Node object named n2 yet"), T, "the reason it waits")
+        assert not any(k.startswith("ipamblocks/") for k in (await admin.snapshot()).items)   # no orphan claim
+        await admin.put_resource(Node("n2", IPv4Address("198.18.0.12")))      # kubelet registers the Node
+        start = await asyncio.wait_for(starting, T)
+        (block,) = start.blocks
+        held = {s.value.cidr: s.value.affinity for k, s in (await admin.snapshot()).items.items()
+                if k.startswith("ipamblocks/")}
+        assert held == {block: "n2"} and block.prefixlen == 26
+    finally:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await store.close()
+        await admin.close()
