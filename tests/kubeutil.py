@@ -44,10 +44,14 @@ def binary() -> Path:
 class KubeAPIServer:
     """etcd + kube-apiserver under ``workdir``. ``start()`` blocks until ``/readyz`` answers ok
     (at most START_TIMEOUT_S) and the manifests are applied; ``stop()`` stops both by PID;
-    ``stop_apiserver()``/``start_apiserver()`` cut the API server alone (same port, same data)."""
+    ``stop_apiserver()``/``start_apiserver()`` cut the API server alone (same port, same data).
+    ``host``: its address; to serve a test's namespaces, call :meth:`start` from a thread inside
+    one of them (``nlcore.netns.call_in_netns``): etcd, the API server and every check then run
+    there, and only that namespace's addresses are used."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
         self.workdir = workdir
+        self.host = host      # bind and advertise address (in its serving certificate)
         self.etcd = EtcdServer(workdir / "etcd", name="podroute-kube")
         self.port = free_port()
         self.tokens = {"admin": secrets.token_hex(16), "agent": secrets.token_hex(16)}
@@ -56,7 +60,7 @@ class KubeAPIServer:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -80,8 +84,8 @@ class KubeAPIServer:
 
     def argv(self) -> list[str]:
         w = self.workdir
-        return [str(binary()), f"--etcd-servers={self.etcd.endpoint}", "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1", f"--secure-port={self.port}", f"--cert-dir={w / 'certs'}",
+        return [str(binary()), f"--etcd-servers={self.etcd.endpoint}", f"--bind-address={self.host}",
+                f"--advertise-address={self.host}", f"--secure-port={self.port}", f"--cert-dir={w / 'certs'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={w / 'sa.pub'}", f"--service-account-signing-key-file={w / 'sa.key'}",
                 "--api-audiences=https://kubernetes.default.svc.cluster.local",
