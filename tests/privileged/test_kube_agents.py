@@ -36,7 +36,7 @@ from waiting import wait
 
 from nlcore.netns import call_in_netns
 from nlcore.route import PODROUTE_PROTO
-from podroute.datastore import BGPConfiguration, IPPool, Node
+from podroute.datastore import BGPConfiguration, BGPPeer, IPPool, Node
 from podroute.datastore.model import labels
 
 pytestmark = pytest.mark.privileged
@@ -46,12 +46,15 @@ NODES = {"n1": "198.18.0.11", "n2": "198.18.0.12"}
 POOL = IPPool("default-pool", IPv4Network("198.19.0.0/16"), block_size=26)
 CONVERGE_S = 60      # both agents up, claimed, Established and programmed, on a loaded 2-core machine
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+GRACE_S = 2          # ipam.releaseGracePeriod: a deleted Node's blocks go back after this
+TOR = BGPPeer("tor", IPv4Address(CTL_IP), 65000, node_selector=labels({"rack": "a"}))
+ROLE = "/apis/rbac.authorization.k8s.io/v1/clusterroles/podroute-node"
 
 
-def kubelet_node(name: str, ip: str) -> Node:
+def kubelet_node(name: str, ip: str, **extra: str) -> Node:
     """A Node as kubelet registers it: its InternalIP and the well-known labels."""
     return Node(name, IPv4Address(ip), labels=labels({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                                      "topology.kubernetes.io/zone": "zone-a"}))
+                                                      "topology.kubernetes.io/zone": "zone-a", **extra}))
 
 
 class Agent:
@@ -63,6 +66,7 @@ class Agent:
             "nodeName": name, "nodeIP": NODES[name],
             "datastore": {"type": "kubernetes", "kubernetes": {"kubeconfig": str(kubeconfig)}},
             "gracefulRestartTime": 10, "resyncInterval": 3600,
+            "ipam": {"releaseGracePeriod": GRACE_S},
             "paths": {"stateDir": str(d / "state"), "runDir": str(d / "run")}}))
         self.proc: subprocess.Popen | None = None
 
@@ -76,6 +80,11 @@ class Agent:
         p = subprocess.run([sys.executable, "-m", "podroute.cli", "status", "--json", "--config", str(self.conf)],
                            cwd=ROOT, capture_output=True, text=True, timeout=20)
         return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def peers(self) -> dict[str, dict]:
+        """``{peer address: status row}`` ({} while the agent does not answer)."""
+        st = self.status()
+        return {p["address"]: p for p in st["bgp"]["peers"]} if st else {}
 
     def routes(self) -> str:
         return sh("ip", "route", "show", "proto", str(PODROUTE_PROTO), ns=self.ns).stdout
@@ -193,4 +202,147 @@ def test_two_agents_claim_peer_and_route_on_a_real_api_server(cluster):
     except BaseException:
         for a in agents.values():
             print(f"--- {a.name} log ---\n{a.tail()}")
+        raise
+
+
+def seed(ctl, server, *extra, nodes=None):
+    async def op(ds):
+        await ds.put_resource(BGPConfiguration())             # node-to-node mesh on
+        await ds.put_resource(POOL)
+        for r in extra:
+            await ds.put_resource(r)
+        for n in nodes or [kubelet_node(name, ip) for name, ip in NODES.items()]:
+            await ds.put_resource(n)
+    admin(ctl, server, op)
+
+
+def held_blocks(ctl, server) -> dict[str, str]:
+    out = json.loads(kubectl(ctl, server, "get", "ipamblocks", "-o", "json"))
+    return {i["spec"]["affinity"].removeprefix("host:"): i["spec"]["cidr"] for i in out["items"]}
+
+
+def converged(agents: dict[str, Agent], held: dict[str, str]) -> bool:
+    for name, a in agents.items():
+        for other, ip in NODES.items():
+            if other != name and f"{held.get(other)} via {ip} dev eth0" not in a.routes():
+                return False
+    return True
+
+
+def test_kubectl_delete_node_removes_its_session_and_routes_and_its_block_returns(cluster):
+    """Must-show 3 on real agents: ``kubectl delete node n2`` takes n2's session and route off
+    n1 at run time, and n2's block is released (deleted) after the grace period."""
+    ctl, server, agents = cluster
+    seed(ctl, server)
+    for a in agents.values():
+        a.start()
+    try:
+        held = wait(lambda: (h := held_blocks(ctl, server)) and set(h) == set(NODES) and h, CONVERGE_S,
+                    "a block per node")
+        wait(lambda: converged(agents, held), CONVERGE_S, "each FIB to route the other's block")
+        n1 = agents["n1"]
+        assert set(n1.peers()) == {NODES["n2"]}
+        t0 = time.monotonic()
+        kubectl(ctl, server, "delete", "node", "n2")
+        wait(lambda: n1.status() and n1.peers() == {}, 15, "n1 to drop its session to the deleted n2")
+        wait(lambda: held["n2"] not in n1.routes(), 15, "n1 to drop the route to n2's block")
+        gone_s = time.monotonic() - t0
+        wait(lambda: "n2" not in held_blocks(ctl, server), GRACE_S + 20, "n2's block released after the grace")
+        released_s = time.monotonic() - t0
+        assert released_s >= GRACE_S
+        assert held_blocks(ctl, server) == {"n1": held["n1"]}
+        assert n1.proc.poll() is None and agents["n2"].proc.poll() is None   # neither agent crashed
+        print(f"\ndelete node n2: session and route gone in {gone_s:.1f} s, block released in {released_s:.1f} s "
+              f"(grace {GRACE_S} s)")
+    except BaseException:
+        for a in agents.values():
+            print(f"--- {a.name} log ---\n{a.tail()}")
+        raise
+
+
+def test_relabelling_a_node_moves_its_tor_session_at_run_time_and_nothing_else_flaps(cluster, tmp_path):
+    """Must-show 2 on real agents and a real BIRD ToR: a BGPPeer with ``nodeSelector: rack ==
+    'a'``; ``kubectl label`` moves the ToR session from n1 to n2 within seconds, and the
+    node-to-node session never re-establishes."""
+    from test_bgp_bird import Bird
+
+    from podroute.lab.bird import BirdNeighbor, render
+    ctl, server, agents = cluster
+    seed(ctl, server, TOR, nodes=[kubelet_node("n1", NODES["n1"], rack="a"),
+                                  kubelet_node("n2", NODES["n2"], rack="b")])
+    bird = Bird(ctl, tmp_path / "bird", conf=render(IPv4Address(CTL_IP), 65000,
+                                                    [BirdNeighbor(n, IPv4Address(ip), 64512) for n, ip in NODES.items()],
+                                                    tmp_path / "bird" / "bird.log", role="tor"))
+    bird.start()
+    for a in agents.values():
+        a.start()
+    n1, n2 = agents["n1"], agents["n2"]
+
+    def up(a: Agent, addr: str) -> bool:
+        return a.peers().get(addr, {}).get("state") == "established"
+    try:
+        wait(lambda: up(n1, CTL_IP) and up(n1, NODES["n2"]) and up(n2, NODES["n1"]), CONVERGE_S,
+             "n1 on the ToR and the mesh up")
+        assert set(n2.peers()) == {NODES["n1"]}                 # rack b: no ToR session
+        mesh_since = (n1.peers()[NODES["n2"]]["since"], n2.peers()[NODES["n1"]]["since"])
+        assert all(isinstance(t, (int, float)) and t > 0 for t in mesh_since), mesh_since   # when it came up
+        t0 = time.monotonic()
+        kubectl(ctl, server, "label", "node", "n1", "rack=b", "--overwrite")
+        kubectl(ctl, server, "label", "node", "n2", "rack=a", "--overwrite")
+        wait(lambda: up(n2, CTL_IP) and CTL_IP not in n1.peers(), 30, "the ToR session to move to n2")
+        moved_s = time.monotonic() - t0
+        assert "Established" in bird.birdc("show", "protocols", "n2")
+        now = (n1.peers()[NODES["n2"]], n2.peers()[NODES["n1"]])
+        assert [p["state"] for p in now] == ["established", "established"]
+        assert (now[0]["since"], now[1]["since"]) == mesh_since          # the mesh session never flapped
+        assert moved_s < 10, moved_s
+        print(f"\nrelabel: ToR session moved n1 -> n2 in {moved_s:.1f} s; mesh session untouched")
+    except BaseException:
+        for a in agents.values():
+            print(f"--- {a.name} log ---\n{a.tail()}")
+        raise
+    finally:
+        bird.kill()
+
+
+def test_a_verb_missing_from_the_role_is_a_clear_error_in_the_agents_log_and_status(cluster):
+    """Must-show 4 on a real agent: with ``watch`` taken off the rule for pools, peers and the
+    BGP configuration, the agent starts (list and claims are allowed), reports the denied verb
+    in ``podroute status`` and its log, keeps running, and recovers once the role is restored."""
+    ctl, server, agents = cluster
+    seed(ctl, server)
+
+    async def set_rules(ds, cut: bool):
+        role = await asyncio.to_thread(ds.rest.call, "GET", ROLE)
+        if cut:
+            role["rules"] = [{**r, "verbs": [v for v in r["verbs"] if v != "watch"]}
+                             if "bgppeers" in r.get("resources", ()) else r for r in role["rules"]]
+            return role, await asyncio.to_thread(ds.rest.call, "PUT", ROLE, body=role)
+        return role
+    shipped = admin(ctl, server, lambda ds: set_rules(ds, False))
+    admin(ctl, server, lambda ds: set_rules(ds, True))
+    n1 = agents["n1"]
+    n1.start()
+    try:
+        def denied() -> str | None:
+            st = n1.status()
+            err = (st or {}).get("datastore", {}).get("last_error") or ""
+            return err if st and st["datastore"]["state"] == "unavailable" and "denied watch" in err else None
+        err = wait(denied, CONVERGE_S, "the denied verb in n1's status")
+        assert "podroute-agent" in err and "configs/rbac.yaml" in err, err
+        assert "denied watch" in n1.log.read_text(errors="replace")
+        time.sleep(2)                                  # several retry rounds: still running
+        assert n1.proc.poll() is None and "Traceback" not in n1.log.read_text(errors="replace")
+
+        async def restore(ds):
+            role = await asyncio.to_thread(ds.rest.call, "GET", ROLE)
+            role["rules"] = shipped["rules"]
+            await asyncio.to_thread(ds.rest.call, "PUT", ROLE, body=role)
+        admin(ctl, server, restore)
+        wait(lambda: (n1.status() or {}).get("datastore", {}).get("state") == "connected", 60,
+             "n1's watch to recover once the role grants watch again")
+        assert n1.proc.poll() is None
+        print(f"\nmissing verb: status said {err[:120]!r}; recovered without a restart")
+    except BaseException:
+        print(f"--- n1 log ---\n{n1.tail()}")
         raise
