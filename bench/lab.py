@@ -8,6 +8,17 @@ With one side there is no asymmetry to correct: every N is timed by the same cod
 runner, from the joining node's BGP session coming up (its agent's own status ``since``, the
 latest of its sessions: with no other receiver there is no common sender clock to prefer) to
 the last other FIB holding its block, so the figure compares across N, not with another speaker.
+
+``lab_join_etcd_<N>`` (issue 17, item 7): the same join on the etcd datastore, with the file
+datastore as the anchor, both measured in the same run on the same topology (``mesh``: the
+other nodes learn the new node from the datastore and open their sessions to it, so the
+datastore is on the path; with a reflector the others never look at it). The figure is
+``timings.join_registered_s``: from the new agent's "node registered" log line (podroute.
+clusterwatch, once the datastore has its registration: the etcd put under its lease, or the
+cluster file listing it) until its block is in every other FIB. On etcd that includes
+claiming the block (a Version==0 transaction) and the other nodes' watch; on the file
+datastore the others read the file before the new agent is even up, so the anchor is the
+BGP part alone and the ratio is what etcd costs on top of it.
 """
 from __future__ import annotations
 
@@ -22,24 +33,43 @@ from pathlib import Path
 from . import ns as N
 
 
-def run_one(nodes: int, timeout: float = 600) -> dict:
+def run_one(nodes: int, timeout: float = 600, extra: tuple[str, ...] = ()) -> dict:
     name = "b" + secrets.token_hex(4)
     state = Path(tempfile.mkdtemp(prefix="prb-lab-"))
     base = [sys.executable, "-m", "podroute.cli", "lab"]
     try:
         p = subprocess.run([*base, "up", "--nodes", str(nodes), "--pods", "1", "--name", name,
-                            "--state-dir", str(state)], capture_output=True, text=True, timeout=timeout)
+                            "--state-dir", str(state), *extra], capture_output=True, text=True, timeout=timeout)
         try:
             rep = json.loads((state / name / "report.json").read_text())
         except (OSError, ValueError):
             raise N.BenchError(f"lab up --nodes {nodes} failed ({p.returncode}): {p.stderr[-600:]} {p.stdout[-600:]}")
         t = rep["timings"]
+        reg = t.get("join_registered_s")
         return {"nodes": nodes, "join_converge_ms": t["join_converge_s"] * 1e3,
-                "join_total_ms": t["join_total_s"] * 1e3, "lab_passed": rep.get("passed"), "rc": p.returncode}
+                "join_total_ms": t["join_total_s"] * 1e3, "join_registered_ms": reg * 1e3 if reg is not None else None,
+                "lab_passed": rep.get("passed"), "rc": p.returncode, "options": list(extra)}
     finally:
         subprocess.run([*base, "down", "--name", name, "--state-dir", str(state)], capture_output=True,
                        timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def run_datastores(sizes: list[int]) -> list[dict]:
+    """``lab_join_etcd_<N>``: registration -> block in every other FIB, etcd vs file (anchor)."""
+    out = []
+    for n in sizes:
+        file = run_one(n, extra=("--topology", "mesh", "--datastore", "file"))
+        etcd = run_one(n, extra=("--topology", "mesh", "--datastore", "etcd"))
+        for side, r in (("file", file), ("etcd", etcd)):
+            if r["join_registered_ms"] is None:
+                raise N.BenchError(f"lab --nodes {n} --datastore {side}: the new agent logged no registration")
+        out.append({"figure": f"lab_join_etcd_{n}", "unit": "ms", "higher_is_better": False,
+                    "podroute": etcd["join_registered_ms"], "anchor": file["join_registered_ms"],
+                    "anchor_name": "podroute on the file datastore, same topology (mesh), same run",
+                    "target_ratio": None, "target": "< 1000 ms at N=30",
+                    "target_abs_ms": 1000.0 if n >= 30 else None, "detail": {"etcd": etcd, "file": file}})
+    return out
 
 
 def run(sizes: list[int]) -> list[dict]:
@@ -53,4 +83,4 @@ def run(sizes: list[int]) -> list[dict]:
                                    f"x{r['join_converge_ms'] / max(first['join_converge_ms'], 1e-9):.2f})",
                     "target_ratio": None, "target": "< 1000 ms at N=30", "target_abs_ms": 1000.0 if r["nodes"] >= 30 else None,
                     "detail": r})
-    return out
+    return out + run_datastores(sizes)
