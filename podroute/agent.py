@@ -7,9 +7,12 @@ felix applies on every event and resyncs every ``resyncInterval`` seconds
 (:class:`podroute.felix_loop.FelixDriver`); the netlink monitor marks felix dirty when someone
 touches our routes. After a restart, the routes the previous run programmed are held until BGP
 re-converges (:class:`podroute.gr_hold.RestartHold`). Encapsulation devices come from
-:class:`podroute.encap.Encap`, the cluster topology from the datastore's events (:class:`podroute.clusterwatch.ClusterWatch`
-over the file datastore),
-the status snapshot from :mod:`podroute.status_view`.
+:class:`podroute.encap.Encap`, the cluster topology from the datastore's events
+(:class:`podroute.clusterwatch.ClusterWatch` over :func:`podroute.datastore.open.open_datastore`'s
+store), the status snapshot from :mod:`podroute.status_view`. On a datastore that claims blocks
+(etcd) the node starts from :class:`podroute.blocks_wiring.NodeStart` (its claimed blocks and the
+datastore's pools) and :class:`podroute.blocks_wiring.BlocksWiring` keeps its blocks, their
+announcements, blackholes and local IPAM in step at run time.
 
 The agent builds the real kernel adapters (pyroute2, netlink) and the ExaBGP speaker unless
 given others; ``podroute.cli`` imports this module only for ``node run``, so ``--help`` and the
@@ -40,10 +43,11 @@ from ipip.dataplane import IPIPDataplane
 from ipip.netlink import NetlinkDataplane as IPIPNetlink
 from podroute import statusd
 from podroute.bgp_fib import BgpToFib
+from podroute.blocks_wiring import BlocksWiring, NodeStart
 from podroute.clusterwatch import ClusterWatch
 from podroute.config import NodeConfig
-from podroute.datastore import Cluster, Node
-from podroute.datastore.filestore import FileDatastore
+from podroute.datastore import Cluster, Datastore, Node
+from podroute.datastore.open import open_datastore
 from podroute.encap import Encap
 from podroute.felix_loop import FelixDriver
 from podroute.gr_hold import RestartHold, previous_bgp_routes
@@ -51,7 +55,7 @@ from podroute.ipamblocks import static_block_check
 from podroute.looplag import LoopLag
 from podroute.routing import FibPlanner
 from podroute.speaker_wiring import SpeakerFactory, apply_cluster, exabgp_speaker
-from podroute.status_view import bgp_section, fib_section, node_section
+from podroute.status_view import bgp_section, datastore_section, fib_section, node_section
 from podroute.tasks import TaskGuard
 from podroute.vteps import VtepRefs
 from podroute.workloads import FelixWorkloads, workload_route
@@ -65,12 +69,20 @@ class Agent:
 
     ``dataplane`` (felix), ``wiring`` (CNI), ``ipip_dataplane`` and ``speaker_factory`` default
     to the kernel adapters and the ExaBGP speaker; tests pass fakes. ``speaker_factory(cfg,
-    on_changes, cluster)`` gets the Loc-RIB callback and the cluster file (or None). ``start_monitor=False``
-    leaves out the netlink route monitor."""
+    on_changes, cluster)`` gets the Loc-RIB callback and the cluster topology (or None). ``start_monitor=False``
+    leaves out the netlink route monitor. ``datastore`` defaults to the config's
+    (:func:`open_datastore`); one that claims blocks needs ``start``
+    (:func:`podroute.blocks_wiring.start_node` on it, or ``prepare``)."""
 
     def __init__(self, cfg: NodeConfig, *, dataplane: RouteDataplane | None = None,
                  wiring: Wiring | None = None, speaker_factory: SpeakerFactory | None = None,
-                 start_monitor: bool = True, ipip_dataplane: IPIPDataplane | None = None) -> None:
+                 start_monitor: bool = True, ipip_dataplane: IPIPDataplane | None = None,
+                 datastore: Datastore | None = None, start: NodeStart | None = None) -> None:
+        store = datastore if datastore is not None else open_datastore(cfg)
+        if start is not None:
+            cfg = start.config(cfg)  # the claimed blocks and the datastore's pools
+        elif store is not None and store.supports_claims:
+            raise ValueError(f"the {store.name} datastore claims blocks: build the agent with the node's start")
         self.cfg = cfg
         self.guard = TaskGuard()
         self.started = time.time()
@@ -89,7 +101,9 @@ class Agent:
         self.encap = Encap(cfg, ipip_dataplane if ipip_dataplane is not None else IPIPNetlink())
         cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
         # The node's tunnel address is the first of its first block: no pod may get it.
-        self.ipam = IPAM(cfg.paths.state_dir / "ipam", blocks=cfg.pod_cidrs, reserved=[self.encap.tunnel_address])
+        self.blocks = BlocksWiring(store, start, cfg) if store is not None and start is not None else None
+        self.ipam = IPAM(cfg.paths.state_dir / "ipam", blocks=cfg.pod_cidrs, reserved=[self.encap.tunnel_address],
+                         on_exhausted=self.blocks.exhausted if self.blocks is not None else lambda: None)
         self.cni = CNIPlugin(ipam=self.ipam, wiring=wiring if wiring is not None else NetlinkWiring(),
                              mtu=self.encap.pod_mtu, protocol=cfg.route_protocol,
                              workloads=FelixWorkloads(self.routes, self.felix), readiness=self.cni_readiness)
@@ -97,13 +111,14 @@ class Agent:
 
         self.cluster: ClusterWatch | None = None
         cluster: Cluster | None = None
-        if cfg.cluster_file is not None:
-            store = FileDatastore(cfg.cluster_file)
-            self.cluster = ClusterWatch(store, node_name=cfg.node_name, node_ip=cfg.node_ip,
-                                        on_change=self._on_cluster, register=Node(cfg.node_name, cfg.node_ip, cfg.asn))
-            snapshot = store.load()
+        if store is not None:
+            self.cluster = ClusterWatch(store, node_name=cfg.node_name, node_ip=cfg.node_ip, on_change=self._on_cluster,
+                                        register=start.node if start else Node(cfg.node_name, cfg.node_ip, cfg.asn),
+                                        ttl_s=cfg.datastore.lease_ttl)
+            snapshot = start.snapshot if start is not None else store.load()  # type: ignore[attr-defined]  # file
             cluster = self.cluster.prime(snapshot)
-            static_block_check(cfg, snapshot)
+            if start is None:
+                static_block_check(cfg, snapshot)
         self.hold = RestartHold(self.routes, lambda: self.speaker.status(), cfg.graceful_restart_time)
         stale = previous_bgp_routes(self.dataplane, table=self.routes.table, protocol=cfg.route_protocol,
                                     desired=self.routes.desired())
@@ -117,6 +132,9 @@ class Agent:
                             self.hold, self.felix.kick)
         self.speaker = (speaker_factory or exabgp_speaker)(cfg, self.bgp.apply, cluster)
         self.speaker.set_announcements(cfg.pod_cidrs)
+        if self.blocks is not None and self.cluster is not None:
+            self.blocks.attach(ipam=self.ipam, routes=self.routes, kick=self.felix.kick, speaker=self.speaker)
+            self.cluster.listeners.append(self.blocks.handle)
 
     # --- events -----------------------------------------------------------------------
     def kick(self) -> None:
@@ -163,7 +181,7 @@ class Agent:
         """The ``status --json`` snapshot (see :mod:`podroute.status_view`)."""
         f = self.felix
         return {
-            "node": node_section(self.cfg),
+            "node": node_section(self.cfg, self.blocks),
             "started": self.started,
             "bgp": bgp_section(self.speaker, self.cfg.asn),
             "fib": fib_section(self.routes, last_apply=f.last_apply, resyncs=f.resyncs, drifts=f.drifts,
@@ -171,7 +189,7 @@ class Agent:
             "loop": self.looplag.status(),
             "encapsulation": self.encap.status(),
             "workloads": len(self.cni.endpoints()),
-            "datastore": self.cluster.status() if self.cluster is not None else None,
+            "datastore": datastore_section(self.cluster, self.blocks, self.cfg),
             "tasks": self.guard.running(),
             "task_failures": [f.__dict__ for f in self.guard.failures],
         }
@@ -209,6 +227,8 @@ class Agent:
         g.start("bgp-speaker", self.speaker.run)
         if self.cluster is not None:
             g.start("cluster-watch", self.cluster.run)
+        if self.blocks is not None:
+            g.start("ipam-blocks", self.blocks.run)
         for name, mgr in (("tunl0", self.encap.tunl0), ("vxlan", self.encap.vxlan)):
             if mgr is not None:
                 g.start(name, mgr.run)

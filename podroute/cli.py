@@ -41,9 +41,13 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     logs.setup(args.log_level, args.log_format)
     _tune_malloc()
+    start = None
+    if cfg.datastore.claims_blocks:  # the node's blocks and pools first (waits for the datastore)
+        from podroute.blocks_wiring import prepare
+        start = asyncio.run(prepare(cfg))
     # Built outside the event loop: set-up uses blocking netlink (pyroute2's sync API
     # refuses to run inside a running loop), and it is one-off work before serving.
-    agent = Agent(cfg)
+    agent = Agent(cfg, start=start)
     # The agent holds 100k+ long-lived, acyclic route objects: leave what start-up built out
     # of every collection (gc.freeze) and collect the young generation less often, so a
     # table-sized burst does not pay repeated cyclic-GC passes over the whole heap.
@@ -83,7 +87,9 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
-    print(f"{args.config}: ok (node {cfg.node_name}, {len(cfg.pod_cidrs)} block(s), {len(cfg.peers)} peer(s))")
+    blocks = (f"{len(cfg.pod_cidrs)} block(s)" if cfg.pod_cidrs or not cfg.datastore.claims_blocks
+              else f"blocks claimed in {cfg.datastore.type}")
+    print(f"{args.config}: ok (node {cfg.node_name}, {blocks}, {len(cfg.peers)} peer(s))")
     return 0
 
 
@@ -109,7 +115,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ipam_show(args: argparse.Namespace) -> int:
     from podroute import ipamshow
-    data = ipamshow.collect(_load_config(args.config))
+    from podroute.datastore import DatastoreError
+    try:
+        data = ipamshow.collect(_load_config(args.config))
+    except DatastoreError as e:
+        print(f"podroute ipam show: datastore: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(data, indent=2) if args.json else ipamshow.render(data))
     return 0
 

@@ -8,17 +8,26 @@ loop (a 10k-node cluster takes a while; password files are read) and handed to `
 only when it differs from the last one handed over, so unchanged sessions are not touched.
 
 Bad data keeps the last good state, with an error log line naming the key:
-- an :class:`Invalid` value leaves the key's previous value in the view;
+- an :class:`Invalid` value leaves the key's previous value in the view, and so does a value
+  that breaks a rule with the others (:mod:`podroute.datastore.screen`: overlapping pools, a
+  block outside every pool), which listeners see as Invalid too;
 - a view whose topology breaks a rule (two nodes with one address, overlapping blocks, this
   node missing or with another address) is not handed over.
 
 With ``register``, the node first registers itself (:meth:`Datastore.register_node`, under a
 lease of ``ttl_s`` the store keeps alive); a registration the store refuses is logged as
-rejected data.
+rejected data. In a store where nodes register themselves (``supports_claims``: etcd):
+- the node's own registration is part of its view from the start (it is not in the first
+  snapshot of a new node, and the node does not wait for its own write to come back);
+- when its registration disappears (its lease lapsed during a long outage, or it was
+  deleted), it registers again;
+- an invalid value in the first snapshot is logged and skipped (the other nodes' bad data
+  must not keep this node from starting); with the file store it stops the start.
 
-When the datastore is unavailable the last state stays in force; the watch is retried with
-exponential backoff (``BACKOFF_S``) from the last revision seen (a compacted revision then
-comes back as a Resync). :meth:`status` says so.
+When the datastore is unavailable the last state stays in force; it is retried with
+exponential backoff (``BACKOFF_S``): a broken watch is listed again once the store answers
+(a :class:`Resync` that replaces the view, so what changed meanwhile is applied as a diff),
+then watched from that list's revision. :meth:`status` says so.
 """
 from __future__ import annotations
 
@@ -28,14 +37,16 @@ import time
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping
 
+from podroute.config_datastore import DEFAULT_LEASE_TTL_S
 from podroute.datastore import (Changes, Cluster, Conflict, Datastore, Delete, Invalid, InvalidData, Node, Put,
-                                Resource, Resync, Snapshot, Unavailable, cluster_from_resources)
+                                Resource, Resync, Snapshot, Unavailable, cluster_from_resources, key_of)
+from podroute.datastore.screen import screen, screen_snapshot
 from podroute.schema import ConfigError
 
 log = logging.getLogger("podroute.clusterwatch")
 
 BACKOFF_S = (0.5, 30.0)   # first and longest wait between attempts while the datastore is unavailable
-LEASE_TTL_S = 30.0        # a node that stops renewing is gone for the others after this long
+LEASE_TTL_S = DEFAULT_LEASE_TTL_S
 
 
 class ClusterWatch:
@@ -62,9 +73,16 @@ class ClusterWatch:
         self.since = time.time()
 
     # --- deriving the topology ------------------------------------------------------------
+    @property
+    def self_registering(self) -> bool:
+        return self.register is not None and self.datastore.supports_claims
+
     def derive(self, items: Mapping[str, Resource]) -> Cluster:
         """The topology of ``items`` (blocking). Raises ConfigError naming the key when it
         breaks a rule or does not list this node with its address."""
+        if self.self_registering:
+            assert self.register is not None
+            items = {**items, key_of(self.register): self.register}
         cluster = cluster_from_resources(items)
         me = cluster.node(self.node_name)
         if me is None:
@@ -77,9 +95,12 @@ class ClusterWatch:
     def prime(self, snapshot: Snapshot) -> Cluster:
         """Take the first snapshot (blocking, at start). Raises ConfigError when it is not
         usable: the agent does not start on a bad datastore."""
+        snapshot = screen_snapshot(snapshot)
         try:
             for bad in snapshot.invalid:
-                raise ConfigError(bad.key, bad.reason)
+                if not self.self_registering:
+                    raise ConfigError(bad.key, bad.reason)
+                self._reject(bad.key, bad.reason)
             items = {k: s.value for k, s in snapshot.items.items()}
             self.cluster = self.derive(items)
         except ConfigError as e:
@@ -91,8 +112,17 @@ class ClusterWatch:
         self.last_error = error
         log.error("datastore data rejected; keeping the last good state", extra={"kv": {"key": key, "error": error}})
 
+    def _own_key_gone(self) -> None:
+        if self.self_registering and self.registered:
+            log.warning("this node's registration is gone (lease expired or deleted); registering again",
+                        extra={"kv": {"node": self.node_name}})
+            self.registered = False
+
     def _apply(self, item: Changes | Resync) -> None:
+        own = f"nodes/{self.node_name}"
         if isinstance(item, Resync):
+            if own not in item.snapshot.items:
+                self._own_key_gone()
             keep = {b.key: self.items[b.key] for b in item.snapshot.invalid if b.key in self.items}
             self.items = {**{k: s.value for k, s in item.snapshot.items.items()}, **keep}
             for bad in item.snapshot.invalid:
@@ -104,6 +134,8 @@ class ClusterWatch:
                 self.items[ev.stored.key] = ev.stored.value
             elif isinstance(ev, Delete):
                 self.items.pop(ev.key, None)
+                if ev.key == own:
+                    self._own_key_gone()
             elif isinstance(ev, Invalid):
                 self._reject(ev.error.key, ev.error.reason)
         self.revision = item.revision
@@ -122,8 +154,10 @@ class ClusterWatch:
         return True
 
     async def handle(self, item: Changes | Resync) -> bool:
-        """Apply one watch item (and hand it to each of ``listeners``); True if a new topology
-        was handed to ``on_change``."""
+        """Apply one watch item, screened (:mod:`podroute.datastore.screen`: a value that breaks
+        a rule with the others is rejected like one that does not parse), and hand it to each
+        of ``listeners``; True if a new topology was handed to ``on_change``."""
+        item = screen(self.items, item)
         self._apply(item)
         for listener in self.listeners:
             listener(item)
@@ -139,14 +173,18 @@ class ClusterWatch:
             try:
                 if not self.registered:
                     await self._register()
-                if self.revision == 0:
+                if self.revision == 0 or not self.available:
+                    # After an outage a list is what shows the store is back (a watch with nothing
+                    # to report would not) and catches up at once: the view is replaced (Resync).
                     snap = await self.datastore.snapshot()
+                    if not self.available:
+                        log.info("datastore available again", extra={"kv": {"revision": snap.revision}})
+                        self.available, self.since, wait = True, time.time(), self.backoff_s[0]
                     await self.handle(Resync(snap))
                 async for item in self.datastore.watch(self.revision):
-                    if not self.available:
-                        log.info("datastore available again", extra={"kv": {"revision": self.revision}})
-                        self.available, self.since, wait = True, time.time(), self.backoff_s[0]
                     await self.handle(item)
+                    if not self.registered:
+                        await self._register()
             except Unavailable as e:
                 if self.available:
                     log.error("datastore unavailable; keeping the last state",
@@ -167,8 +205,11 @@ class ClusterWatch:
         self.registered = True
 
     def status(self) -> dict[str, Any]:
-        """``{"datastore", "available", "since", "revision", "nodes", "last_error"}`` for
-        ``podroute status`` (``since``: unix time of the last availability change)."""
-        return {"datastore": self.datastore.name, "available": self.available, "since": self.since,
+        """``{"datastore", "location", "state", "available", "since", "revision", "nodes",
+        "last_error"}`` for ``podroute status`` (``state``: "connected" or "unavailable";
+        ``since``: unix time of the last availability change)."""
+        return {"datastore": self.datastore.name, "location": self.datastore.location,
+                "state": "connected" if self.available else "unavailable",
+                "available": self.available, "since": self.since,
                 "revision": self.revision, "nodes": len(self.cluster.nodes) if self.cluster else 0,
                 "last_error": self.last_error}

@@ -1,17 +1,33 @@
 """The per-node config file: YAML in, a validated frozen :class:`NodeConfig` out.
 
-Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default)::
+Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default; podCIDRs and
+ipPools are optional too with a datastore that claims blocks, ``datastore.type: etcd``)::
 
     nodeName: node1                  # DNS-1123 label
     nodeIP: 198.18.0.11              # the node's underlay address, BGP next hop for its blocks
     asn: 64512                       # local AS, 1..4294967295 (RFC 6793 4-byte ASNs)
     routerID: 198.18.0.11            # BGP identifier, defaults to nodeIP
-    podCIDRs: [198.19.1.0/26]        # IPAM block(s) affine to this node (Calico block affinity)
-    ipPools:                         # cluster pools; podCIDRs must lie inside them
-      - {cidr: 198.19.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: Never}
+    podCIDRs: [198.19.1.0/26]        # static IPAM block(s) affine to this node (Calico block
+                                     # affinity); without them (etcd) the node claims its own
+    ipPools:                         # cluster pools; podCIDRs must lie inside them. With etcd
+      - {cidr: 198.19.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: Never}   # the
+                                     # datastore's IPPools win; these are used when it has none
+    labels: {rack: r1}               # node labels (BGPPeer nodeSelector), registered with the node
+    routeReflectorClusterID: 198.18.0.11   # this node is a route reflector (RFC 4456)
+    datastore:
+      type: file                     # file (default: clusterFile, or none) | etcd
+      etcd:                          # only with type etcd
+        endpoints: [http://198.18.0.2:2379]   # http(s)://host:port, at least one
+        prefix: /podroute/           # every key lives below it (starts and ends with /)
+      leaseTTL: 30                   # seconds, 2..86400: the node registration's lease
+    ipam:
+      maxBlocksPerHost: 0            # blocks this node may claim, 0 = no limit (Calico's default)
+      releaseGracePeriod: 60         # seconds an empty block / a departed node's blocks wait
+                                     # before release, 0..86400
     mtu: auto                        # pod veth MTU 576..9000; auto = underlay MTU minus the
                                      # encapsulation overhead in use (IPIP 20, VXLAN 50)
     clusterFile: /etc/podroute/cluster.yaml   # optional file datastore: other nodes, mesh, RRs
+                                     # (refused with datastore.type etcd: etcd holds them)
     peers:                           # BGP peers of this node
       - {address: 198.18.0.1, asn: 64512, holdTime: 90, passive: false,
          passwordFile: /etc/podroute/peer.md5,   # or password: "..."; a regular file, mode
@@ -45,6 +61,8 @@ from typing import Any
 
 from cni.shim import SUN_PATH_MAX
 from nlcore.route import PODROUTE_PROTO
+from podroute.config_datastore import (DatastoreConfig, EtcdConfig, IpamConfig,  # noqa: F401 (EtcdConfig: re-export)
+                                      parse_datastore, parse_ipam, parse_labels)
 from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
                              clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
@@ -123,6 +141,10 @@ class NodeConfig:
     accept_default: bool = False
     service_cidrs: tuple[ServiceCIDR, ...] = ()
     source: str = "<memory>"
+    datastore: DatastoreConfig = DatastoreConfig()
+    ipam: IpamConfig = IpamConfig()
+    labels: tuple[tuple[str, str], ...] = ()     # sorted (name, value) pairs
+    rr_cluster_id: ipaddress.IPv4Address | None = None
 
     @property
     def bgp_router_id(self) -> ipaddress.IPv4Address:
@@ -268,12 +290,15 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     node_ip = s.get("nodeIP", ipv4_address)
     asn = s.get("asn", integer(*ASN_RANGE), DEFAULT_ASN)
     router_id = s.get("routerID", ipv4_address, None)
-    pools = s.get("ipPools", list_of(_pool, min_items=1))
+    datastore = parse_datastore(s)
+    # A claiming store hands out blocks and holds the pools: the node needs neither.
+    optional = () if datastore.claims_blocks else ...
+    pools = s.get("ipPools", list_of(_pool, min_items=1), optional)
     no_overlaps((p.cidr for p in pools), "ipPools")
-    cidrs = s.get("podCIDRs", list_of(ipv4_network, min_items=1))
+    cidrs = s.get("podCIDRs", list_of(ipv4_network, min_items=1), optional)
     no_overlaps(cidrs, "podCIDRs")
     for i, cidr in enumerate(cidrs):
-        if not any(cidr.subnet_of(p.cidr) for p in pools):
+        if pools and not any(cidr.subnet_of(p.cidr) for p in pools):
             raise ConfigError(join("podCIDRs", i), f"{cidr} is not inside any of ipPools ({', '.join(str(p.cidr) for p in pools)})")
     if any(node_ip in c for c in cidrs):
         raise ConfigError("nodeIP", f"{node_ip} lies inside podCIDRs")
@@ -297,6 +322,12 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     paths = Paths(p.get("stateDir", _file_path, Paths.state_dir), p.get("runDir", _run_dir, Paths.run_dir))
     p.finish()
     cluster_file = s.get("clusterFile", _file_path, None)
+    if cluster_file is not None and datastore.type != "file":
+        raise ConfigError("clusterFile", f"is for datastore type file; with type {datastore.type} the "
+                                         "datastore holds the nodes, peers and pools: remove clusterFile")
+    labels = s.get("labels", parse_labels, ())
+    rr_cluster_id = s.get("routeReflectorClusterID", ipv4_address, None)
+    ipam = parse_ipam(s)
     import_extra = s.get("importExtraCIDRs", list_of(ipv4_network), ())
     accept_default = s.get("acceptDefaultRoute", boolean, False)
     services = s.get("serviceCIDRs", list_of(_service), ())
@@ -307,7 +338,7 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     s.finish()
     return NodeConfig(name, node_ip, cidrs, pools, asn, router_id, mtu, peers, listen_address,
                       listen_port, gr, proto, resync, paths, cluster_file, import_extra, accept_default,
-                      services, source)
+                      services, source, datastore, ipam, labels, rr_cluster_id)
 
 
 def load(path: str | os.PathLike[str]) -> NodeConfig:

@@ -8,7 +8,8 @@ is this node's side:
   another node holds, or that overlaps one, is refused with :class:`BlockCollision`); a node
   without static blocks and without a block from a previous run claims one.
 - :meth:`grow`: claims another block when every address of the node's blocks is used, up to
-  ``max_blocks_per_host``; :class:`PoolExhausted` when no enabled pool has a free block.
+  ``max_blocks_per_host`` (0: no limit, as Calico's IPAMConfig); :class:`PoolExhausted` when
+  no enabled pool has a free block.
 - :meth:`release_empty`: releases a dynamic block that has been empty for ``grace_s`` and is
   not the node's last (Calico's IPAM GC never releases a node's last block either).
 - :meth:`reap_departed`: releases the blocks of a node that is no longer registered (deleted
@@ -37,9 +38,11 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, Mapping
 
 from cni.errors import IPAMExhausted
+from podroute.config_datastore import DEFAULT_MAX_BLOCKS_PER_HOST, DEFAULT_RELEASE_GRACE_S
 from podroute.datastore import (Changes, Conflict, Datastore, Delete, IPAMBlock, IPPool, Node, Put, Resync,
                                 Snapshot, Stored, block_key)
 from podroute.datastore.model import BLOCK_CONFIRMED
+from podroute.datastore.screen import screen_snapshot
 from podroute.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -47,8 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podroute.ipamblocks")
 
-MAX_BLOCKS_PER_HOST = 20    # Calico's IPAMConfig.maxBlocksPerHost (0 there means unlimited)
-GRACE_S = 300.0             # how long a block stays empty / a node stays gone before release
+MAX_BLOCKS_PER_HOST = DEFAULT_MAX_BLOCKS_PER_HOST   # Calico's IPAMConfig.maxBlocksPerHost: 0 = no limit
+GRACE_S = DEFAULT_RELEASE_GRACE_S   # how long a block stays empty / a node stays gone before release
 MAX_CLAIM_ATTEMPTS = 100    # Calico retries a conflicting block write up to 100 times
 
 
@@ -164,7 +167,8 @@ class BlockAffinity(BlockView):
         self._gone_since: dict[str, float] = {}
 
     async def refresh(self) -> None:
-        self.load(await self.ds.snapshot())
+        """Load a fresh list, screened as the agent's watch is (:mod:`podroute.datastore.screen`)."""
+        self.load(screen_snapshot(await self.ds.snapshot()))
 
     # --- claims ---------------------------------------------------------------------------
     async def _claim(self, cidr: IPv4Network) -> Stored:
@@ -203,7 +207,7 @@ class BlockAffinity(BlockView):
     async def grow(self) -> IPv4Network:
         """Claim one more block. Raises PoolExhausted when the node is at
         ``max_blocks_per_host`` or every enabled pool is full."""
-        if len(self.mine()) >= self.policy.max_blocks_per_host:
+        if 0 < self.policy.max_blocks_per_host <= len(self.mine()):
             raise PoolExhausted(f"node {self.node} holds {len(self.mine())} blocks, its maxBlocksPerHost; "
                                 "no more addresses until pods go")
         attempts = 0

@@ -1,27 +1,41 @@
 """``podroute ipam show``: pools, blocks, their nodes and utilisation (like
 ``calicoctl ipam show --show-blocks``), from the datastore plus this node's local allocations.
 
-The datastore is the node config's: the cluster file when ``clusterFile`` is set, else the
-node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``). Addresses in use
-are known for this node's blocks only (read from its local IPAM state, :mod:`cni.ipam`);
-other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
-``ipPools`` when the datastore has none.
+The datastore is the node config's: etcd with ``datastore.type: etcd`` (one list, then the
+client is closed; :class:`podroute.datastore.Unavailable` when it cannot be reached), the
+cluster file when ``clusterFile`` is set, else the node config alone (its ``podCIDRs`` as this
+node's blocks, its ``ipPools``). Addresses in use are known for this node's blocks only
+(read from its local IPAM state, :mod:`cni.ipam`); other nodes' blocks show ``-``. Pools come
+from the datastore, or the node config's ``ipPools`` when the datastore has none.
 """
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Network
 from typing import Any
 
 from cni.ipam import IPAM
+from podroute.blocks_wiring import model_pools
 from podroute.config import NodeConfig
-from podroute.datastore import IPAMBlock, IPPool, Snapshot
+from podroute.datastore import IPAMBlock, Snapshot
 from podroute.datastore.filestore import FileDatastore
 from podroute.datastore.memory import MemoryStore
-from podroute.datastore.model import cidr_name
+from podroute.datastore.open import open_datastore
 from podroute.ipamblocks import BlockView
 
 
+async def _list(cfg: NodeConfig) -> Snapshot:
+    store = open_datastore(cfg)
+    assert store is not None
+    try:
+        return await store.snapshot()
+    finally:
+        await store.close()
+
+
 def _snapshot(cfg: NodeConfig) -> Snapshot:
+    if cfg.datastore.claims_blocks:
+        return asyncio.run(_list(cfg))
     if cfg.cluster_file is not None:
         return FileDatastore(cfg.cluster_file).load()
     store = MemoryStore()
@@ -45,8 +59,7 @@ def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Ne
 def collect(cfg: NodeConfig) -> dict[str, Any]:
     """``{"pools": [...], "blocks": [...]}``: each pool's CIDR, block size, state, size and
     in-use (None when unknown); each block's CIDR, node, state, size and in-use."""
-    pools = tuple(IPPool(cidr_name(p.cidr), p.cidr, p.block_size, p.ipip_mode, p.vxlan_mode) for p in cfg.ip_pools)
-    view = BlockView(cfg.node_name, pools=pools)
+    view = BlockView(cfg.node_name, pools=model_pools(cfg))
     view.load(_snapshot(cfg))
     rows = view.rows(local_usage(cfg, view.mine()))
     out_pools = []

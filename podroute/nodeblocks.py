@@ -9,7 +9,8 @@ ADD (kubelet and podman retry sandbox creation with backoff), and the retry find
 
 Each :meth:`tick` (every ``interval_s`` seconds, or at once when woken): claim a block when no
 address is free, release empty blocks after the grace period, release departed nodes' blocks.
-The datastore being unavailable only delays this; the node keeps the blocks it has.
+The datastore being unavailable only delays this; the node keeps the blocks it has (logged once
+when upkeep stops and once when it resumes).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class NodeBlocks:
     def __init__(self, affinity: BlockAffinity, ipam: IPAM | None = None, interval_s: float = INTERVAL_S) -> None:
         self.affinity, self.ipam, self.interval_s = affinity, ipam, interval_s
         self.last_error: str | None = None
+        self.usage: dict[IPv4Network, int] = {}   # addresses in use per block, as of the last round
+        self._postponed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
 
@@ -42,6 +45,10 @@ class NodeBlocks:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
         return self.last_error or "claiming another block for this node; try again"
+
+    def wake(self) -> None:
+        """Run a round now (from the event loop's thread), e.g. after the node's blocks changed."""
+        self._wake.set()
 
     async def may_release(self, cidr: IPv4Network) -> bool:
         """Stop handing out from ``cidr`` before it is released; False if a pod got an
@@ -60,7 +67,13 @@ class NodeBlocks:
         assert self.ipam is not None
         mine = self.affinity.mine()
         if mine and set(mine) != set(self.ipam.blocks):
-            await asyncio.to_thread(self.ipam.set_blocks, mine)
+            try:
+                await asyncio.to_thread(self.ipam.set_blocks, mine)
+            except ValueError as e:
+                # A block taken from us (deleted in the datastore) while pods still use it: they
+                # keep their addresses; local IPAM keeps handing out from the blocks it has.
+                log.error("local IPAM keeps its blocks", extra={"kv": {"blocks": ",".join(map(str, mine)),
+                                                                      "error": str(e)}})
 
     async def tick(self) -> None:
         """One round: grow if full, release empties and departed nodes' blocks, and give local
@@ -68,6 +81,7 @@ class NodeBlocks:
         assert self.ipam is not None
         try:
             usage = await asyncio.to_thread(self.ipam.usage)
+            self.usage = usage
             if await asyncio.to_thread(self.ipam.free_count) == 0:
                 try:
                     await self.affinity.grow()
@@ -88,8 +102,13 @@ class NodeBlocks:
         while True:
             try:
                 await self.tick()
+                if self._postponed:
+                    log.info("block upkeep resumed", extra={"kv": {"node": self.affinity.node}})
+                self._postponed = False
             except DatastoreError as e:
-                log.warning("block upkeep postponed", extra={"kv": {"error": str(e)}})
+                if not self._postponed:  # once per outage, not every round
+                    log.warning("block upkeep postponed; the node keeps its blocks", extra={"kv": {"error": str(e)}})
+                self._postponed = True
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             except asyncio.TimeoutError:

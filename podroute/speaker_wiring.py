@@ -1,6 +1,6 @@
 """What the agent tells the BGP speaker: its config, its sessions, and the speaker it builds.
 
-The sessions are the config's peers plus, with a cluster file, the topology the file implies
+The sessions are the config's peers plus, with a datastore, the topology it implies
 (:func:`podroute.datastore.peers_for`: mesh, route reflectors, global and per-node peers).
 """
 from __future__ import annotations
@@ -80,12 +80,20 @@ def next_hops(cluster: Cluster | None) -> dict[IPv4Network, IPv4Address]:
     return expected_next_hops(cluster) if cluster is not None else {}
 
 
+def own_blocks(cfg: NodeConfig) -> tuple[IPv4Network, ...]:
+    """The blocks import policy refuses to learn. A node that claims blocks at run time may
+    release one that another node then claims, so the fixed list would refuse that node's
+    route: there the expected next hops (every node's blocks, ours via our node IP) guard
+    our blocks instead."""
+    return () if cfg.datastore.claims_blocks else cfg.pod_cidrs
+
+
 def speaker_config(cfg: NodeConfig, cluster: Cluster | None) -> SpeakerConfig:
     me = cluster.node(cfg.node_name) if cluster is not None else None
     return SpeakerConfig(router_id=cfg.bgp_router_id, local_as=cfg.asn, local_address=cfg.node_ip,
                          peers=peer_configs(cfg, cluster),
                          announce=cfg.pod_cidrs, import_pools=tuple(p.cidr for p in cfg.ip_pools),
-                         own_blocks=cfg.pod_cidrs, node_ip=cfg.node_ip,
+                         own_blocks=own_blocks(cfg), node_ip=cfg.node_ip,
                          listen_address=cfg.listen_address, listen_port=cfg.listen_port,
                          graceful_restart_time=cfg.graceful_restart_time,
                          state_dir=cfg.paths.state_dir / "bgp", exabgp_bin=exabgp_bin(),
@@ -102,6 +110,10 @@ def exabgp_speaker(cfg: NodeConfig, on_changes: OnChanges, cluster: Cluster | No
 
 
 def apply_cluster(speaker: SpeakerPort, cfg: NodeConfig, cluster: Cluster) -> None:
-    """A new cluster file: re-derive the sessions and the expected next hops."""
+    """A new cluster topology: re-derive the expected next hops, and the sessions when they
+    differ from the speaker's (a block claimed anywhere changes the topology but not the
+    sessions, and set_peers rewrites ExaBGP's config and reloads it)."""
     speaker.set_expected_next_hops(next_hops(cluster))
-    speaker.set_peers(peer_configs(cfg, cluster))
+    peers = peer_configs(cfg, cluster)
+    if peers != tuple(speaker.config.peers):
+        speaker.set_peers(peers)

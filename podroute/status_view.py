@@ -5,8 +5,9 @@ counts by reason, the ExaBGP process, announced prefixes, the Loc-RIB's first
 :data:`STATUS_ROUTES` routes and its size), ``fib`` (routes desired per owner, the last apply,
 resync/drift counters, whether our restart hold is on, failing routes, felix's thread),
 ``loop`` (the coordinator's loop-lag contract, :meth:`podroute.looplag.LoopLag.status`),
-``encapsulation`` (:meth:`podroute.encap.Encap.status`), ``workloads`` (count), ``tasks`` and
-``task_failures``. Everything is JSON-serialisable.
+``encapsulation`` (:meth:`podroute.encap.Encap.status`), ``workloads`` (count), ``datastore``
+(:func:`datastore_section`: None without a datastore), ``tasks`` and ``task_failures``.
+Everything is JSON-serialisable.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import heapq
 from typing import Any
 
 from felix.worker import RouteTableWorker
+from podroute.blocks_wiring import BlocksWiring
+from podroute.clusterwatch import ClusterWatch
 from podroute.config import NodeConfig
 from podroute.speaker_wiring import SpeakerPort
 
@@ -57,6 +60,27 @@ def fib_section(routes: RouteTableWorker, *, last_apply: dict[str, Any] | None, 
             "failing_routes": failing, "worker": routes.stats()}
 
 
-def node_section(cfg: NodeConfig) -> dict[str, Any]:
+def node_section(cfg: NodeConfig, blocks: BlocksWiring | None = None) -> dict[str, Any]:
+    """``pod_cidrs``: the node's blocks now (claimed ones change at run time), else the config's."""
+    cidrs = blocks.blocks if blocks is not None else cfg.pod_cidrs
     return {"name": cfg.node_name, "ip": str(cfg.node_ip), "asn": cfg.asn,
-            "router_id": str(cfg.bgp_router_id), "pod_cidrs": [str(c) for c in cfg.pod_cidrs]}
+            "router_id": str(cfg.bgp_router_id), "pod_cidrs": [str(c) for c in cidrs]}
+
+
+def datastore_section(cluster: ClusterWatch | None, blocks: BlocksWiring | None,
+                      cfg: NodeConfig) -> dict[str, Any] | None:
+    """The datastore's state (:meth:`ClusterWatch.status`: ``datastore``, ``location``, ``state``
+    "connected"/"unavailable", ``available``, ``since``, ``revision``, ``nodes``, ``last_error``)
+    and this node's blocks: ``blocks`` [{``cidr``, ``size``, ``used`` (None: not known),
+    ``tunnel``}], ``tunnel_address``, ``claim_error`` (why the last claim failed, or None),
+    ``max_blocks_per_host`` (0: no limit; None: the store does not claim). None without a
+    datastore."""
+    if cluster is None:
+        return None
+    if blocks is not None:
+        return {**cluster.status(), **blocks.status()}
+    static = [{"cidr": str(c), "size": c.num_addresses, "used": None, "tunnel": i == 0}
+              for i, c in enumerate(cfg.pod_cidrs)]
+    return {**cluster.status(), "blocks": static,
+            "tunnel_address": str(cfg.pod_cidrs[0].network_address) if cfg.pod_cidrs else None,
+            "claim_error": None, "max_blocks_per_host": None}

@@ -205,10 +205,17 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     lines += ["", f"Workloads: {st.get('workloads', 0)}"]
     ds = st.get("datastore")
     if ds:
-        state = "available" if ds.get("available") else f"UNAVAILABLE since {_since(ds.get('since'), now)} ago " \
+        state = "connected" if ds.get("available") else f"UNAVAILABLE since {_since(ds.get('since'), now)} ago " \
                                                           f"(retrying; last state kept): {ds.get('last_error')}"
         lines.append(f"Datastore: {ds.get('datastore')}, {ds.get('nodes')} node(s), revision {ds.get('revision')}, "
                      f"{state}")
+        blocks = ds.get("blocks") or []
+        if blocks:
+            lines.append("IPAM blocks: " + ", ".join(
+                f"{b['cidr']} ({'-' if b.get('used') is None else b['used']}/{b['size']} used"
+                + (", tunnel" if b.get("tunnel") else "") + ")" for b in blocks))
+        if ds.get("claim_error"):
+            lines.append(f"Block claims failing: {ds['claim_error']}")
     loop = st.get("loop")
     if loop:
         lines.append(_loop_line(loop, now))

@@ -106,3 +106,22 @@ def test_ipam_set_blocks_refuses_to_drop_a_block_in_use(tmp_path):
     assert ipam.usage() == {N("198.19.0.0/28"): 16}
     with pytest.raises(ValueError, match="overlap"):
         ipam.set_blocks([N("198.19.0.0/28"), N("198.19.0.0/27")])
+
+
+async def test_an_outage_postpones_upkeep_with_one_log_line_and_a_resume(tmp_path, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="podroute.nodeblocks")
+    server, clock, announced, aff, nb = await setup(tmp_path, IPPool("p", N("198.19.0.0/24"), block_size=28))
+    for i in range(16):
+        nb.ipam.allocate(f"net.c{i}.eth0")                 # full: every round tries to claim
+    server.down()
+    run = asyncio.create_task(nb.run())
+    try:
+        await asyncio.wait_for(_until(lambda: nb._postponed), 10)
+        await asyncio.sleep(0.3)                            # several more rounds at 0.05 s
+        assert caplog.text.count("block upkeep postponed") == 1 and len(aff.mine()) == 1
+        server.up()
+        await asyncio.wait_for(_until(lambda: len(aff.mine()) == 2), 10)
+        assert "block upkeep resumed" in caplog.text
+    finally:
+        run.cancel()
