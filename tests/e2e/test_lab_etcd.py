@@ -152,7 +152,7 @@ def test_growth_claims_a_second_block(mesh: Lab) -> None:
     first = n1.block
     have = sum(1 for p in lab.pods if p.node == n1.name)
     for j in range(have + 1, GROWTH_PODS + 1):
-        pods.wire(lab, n1, j)
+        pods.wire(lab, n1, j, retry_s=10)   # code 11 while n1 claims its second block: retried, as kubelet does
     mine = [p for p in lab.pods if p.node == n1.name]
     assert len(mine) == GROWTH_PODS
     blocks = probes.own_blocks(n1.ns)
