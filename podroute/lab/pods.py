@@ -132,8 +132,9 @@ def delete(node_dir: Path, node_ns: str, att: libcni.Attachment) -> None:
 
 
 def container_id(lab: Lab, node: Node, j: int) -> str:
-    """The container ID of pod ``j`` of ``node``: ``<lab><node>pod<j>`` padded with '0' to 16."""
-    return f"{lab.name}{node.name}pod{j}".ljust(16, "0")
+    """The container ID of pod ``j`` of ``node``: ``<lab><node>pod<j>-`` padded with '0' to 16
+    (the '-' ends the number: padding alone made pod 1 and pod 10 the same container)."""
+    return f"{lab.name}{node.name}pod{j}-".ljust(16, "0")
 
 
 def wire(lab: Lab, node: Node, j: int, retry_s: float = 0.0) -> Pod:

@@ -95,7 +95,7 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
                      FIB_LEARN_TIMEOUT_S)
     lab.timings["established_s"] = time.monotonic() - t0
 
-    say(f"joining {last.name} and timing until its block {last.block} is in every other FIB")
+    say(f"joining {last.name} and timing until its block {last.block or '(it claims one)'} is in every other FIB")
     pods.install(Path(last.dir), agents.node_config(lab, last))  # before the clock: times the agent only
     t_agent = time.time()
     if cluster_file:

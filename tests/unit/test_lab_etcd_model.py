@@ -174,3 +174,16 @@ def test_registration_time_comes_from_the_agents_log(tmp_path: Path) -> None:
                              t_registered=want)
     assert (t.total_s, t.converge_s, t.registered_s) == (2.5, 0.25, 0.5)
     assert probes.converge_time(1.0, 0.0, 0).registered_s is None
+
+
+def test_pod_container_ids_are_distinct_past_nine_pods(tmp_path: Path) -> None:
+    # padding "<lab><node>pod<j>" with '0' gave pod 1 and pod 10 one ID (the 10th ADD then
+    # failed: "already attached with different netns")
+    from cni import validate
+    from podroute.lab import pods
+    lab = Lab("eae1e42", str(tmp_path))
+    node = Node("n1", "prl-eae1e42-n1", "198.18.0.11", "", str(tmp_path / "n1"), index=1)
+    ids = [pods.container_id(lab, node, j) for j in range(1, 101)]
+    assert len(set(ids)) == 100
+    for cid in ids:
+        validate.container_id(cid)
