@@ -170,6 +170,7 @@ def test_growth_claims_a_second_block(mesh: Lab) -> None:
         wait(lambda o=other: probes.fib_has(o.ns, second), 15,
                    f"{second} in {other.name}'s FIB")
         assert f"via {n1.ip}" in " ".join(r for r in probes.fib_routes(other.ns) if r.startswith(second))
+    print(f"growth: {len(mine)} pods on {n1.name}: {len(in_first)} in {first}, {len(in_second)} in {second}")
     src = next(p for p in lab.pods if p.node == n2.name)
     for dst in (in_first[0], in_second[-1]):
         assert probes.ping(src, dst), f"{src.name} cannot reach {dst.name} ({dst.ip})"
@@ -215,6 +216,9 @@ def test_bad_data_is_rejected_and_the_last_good_state_stays(mesh: Lab) -> None:
                                                   for line in text.splitlines())]
             wait(lambda n=n: not logged(n), 15,
                        f"{n.name} to log an error naming each bad key (missing: {logged(n)})")
+        with open(Path(lab.nodes[0].dir) / "agent.log", errors="replace") as f:
+            f.seek(logs[lab.nodes[0].name])
+            print("bad data:", *[line for line in f.read().splitlines() if "level=error" in line][:3], sep="\n  ")
         time.sleep(0.5)  # not a synchronisation: a window in which a wrongly accepted value would act
         assert fibs(lab) == before_fib
         assert sessions(lab) == before_sessions
@@ -230,7 +234,7 @@ def test_bad_data_is_rejected_and_the_last_good_state_stays(mesh: Lab) -> None:
 def test_leave_by_lease_expiry(mesh: Lab) -> None:
     lab = reload(mesh)
     add = podroute("lab", "node", "add", "--lab", lab.name, "--state-dir", str(lab.path.parent), "--name", "gone",
-                   "--lease-ttl", str(LEAVE_TTL_S), 180)
+                   "--lease-ttl", str(LEAVE_TTL_S), timeout=180)
     assert add.returncode == 0, add.stdout + add.stderr
     assert "reached all 3 other FIBs" in add.stdout, add.stdout
     lab = reload(lab)
@@ -274,13 +278,14 @@ def test_etcd_outage_keeps_traffic_and_sessions_and_a_late_node_joins(mesh: Lab)
         etcd.stop(lab)
         t_stop = time.monotonic()
         add = podroute("lab", "node", "add", "--lab", lab.name, "--state-dir", str(lab.path.parent),
-                       "--name", "late", "--no-wait", 120)
+                       "--name", "late", "--no-wait", timeout=120)
         assert add.returncode == 0, add.stdout + add.stderr
         wait(lambda: not (status(lab.nodes[0]).get("datastore") or {}).get("available", True), 30,
                    "n1's status to say the datastore is unavailable")
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_stop)))  # the outage itself
         lab = reload(lab)
         etcd.start(lab)
+        t_back = time.monotonic()
         late = next(n for n in lab.nodes if n.name == "late")
         wait(lambda: agents.established(late) and bool(probes.own_blocks(late.ns)), 60,
                    "the node added during the outage to register, claim a block and peer")
@@ -289,6 +294,8 @@ def test_etcd_outage_keeps_traffic_and_sessions_and_a_late_node_joins(mesh: Lab)
             if n is not late:
                 wait(lambda n=n: probes.fib_has(n.ns, late.block), 30,
                            f"{late.block} in {n.name}'s FIB")
+        print(f"outage: etcd down {t_back - t_stop:.1f} s; {late.name} (added meanwhile) had its block "
+              f"{late.block} in every FIB {time.monotonic() - t_back:.1f} s after etcd was back")
         wait(lambda: all((status(n).get("datastore") or {}).get("available") for n in lab.nodes
                                if n is not late), 60, "every agent to see etcd again")
     finally:
@@ -296,6 +303,7 @@ def test_etcd_outage_keeps_traffic_and_sessions_and_a_late_node_joins(mesh: Lab)
         out, _ = ping.communicate(timeout=10)
     stats = next(line for line in out.splitlines() if "packets transmitted" in line)
     sent, received = int(stats.split()[0]), int(stats.split()[3])
+    print(f"outage: ping {src.ip} -> {dst.ip} every 10 ms: {stats}")
     assert sent > OUTAGE_S * 50 and received == sent, f"ping {src.ip} -> {dst.ip} across the outage: {stats}"
     after = sessions(lab)
     for key, (state, since) in before.items():  # no session went down and came back
