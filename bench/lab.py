@@ -9,16 +9,24 @@ runner, from the joining node's BGP session coming up (its agent's own status ``
 latest of its sessions: with no other receiver there is no common sender clock to prefer) to
 the last other FIB holding its block, so the figure compares across N, not with another speaker.
 
-``lab_join_etcd_<N>`` (issue 17, item 7): the same join on the etcd datastore, with the file
-datastore as the anchor, both measured in the same run on the same topology (``mesh``: the
-other nodes learn the new node from the datastore and open their sessions to it, so the
-datastore is on the path; with a reflector the others never look at it). The figure is
-``timings.join_registered_s``: from the new agent's "node registered" log line (podroute.
-clusterwatch, once the datastore has its registration: the etcd put under its lease, or the
-cluster file listing it) until its block is in every other FIB. On etcd that includes
-claiming the block (a Version==0 transaction) and the other nodes' watch; on the file
-datastore the others read the file before the new agent is even up, so the anchor is the
-BGP part alone and the ratio is what etcd costs on top of it.
+``lab_join_etcd_<N>`` and ``lab_join_etcd_registered_<N>`` (issue 17, item 7): the same join
+with the lab on a real etcd (``--datastore etcd``), beside the same lab on the file datastore
+(the anchor), both in the same run on the lab's default topology (a BIRD route reflector):
+
+- ``lab_join_etcd_<N>``: from starting the new node's agent until its block is in every other
+  FIB (``timings.join_total_s``), etcd vs file: the ratio is what the etcd start costs (list,
+  claim a block in a Version==0 transaction, register under a lease) on top of the BGP join.
+- ``lab_join_etcd_registered_<N>``: on etcd, from the new node's registration (its agent's
+  "node registered" log line, podroute.clusterwatch, once etcd has the key under its lease)
+  until its block is in every other FIB (``timings.join_registered_s``); target < 1 s at N=30.
+  No anchor: a node on the file datastore does not register (its config and, with a cluster
+  file, the file list it before it starts).
+
+Not the node-to-node mesh: there every other node learns the new node from the datastore and
+adds a session to it by reloading ExaBGP, and an announcement replayed to a neighbour during that
+reload is sometimes lost (seen at N=10 on etcd: a node's block never reached one peer), so a
+mesh lab of 10 or more nodes does not reliably come up; that is a speaker bug, reported, not a
+figure.
 """
 from __future__ import annotations
 
@@ -56,19 +64,26 @@ def run_one(nodes: int, timeout: float = 600, extra: tuple[str, ...] = ()) -> di
 
 
 def run_datastores(sizes: list[int]) -> list[dict]:
-    """``lab_join_etcd_<N>``: registration -> block in every other FIB, etcd vs file (anchor)."""
+    """``lab_join_etcd_<N>`` (etcd vs file, agent start -> every FIB) and
+    ``lab_join_etcd_registered_<N>`` (etcd, registration -> every FIB) for each N."""
     out = []
     for n in sizes:
-        file = run_one(n, extra=("--topology", "mesh", "--datastore", "file"))
-        etcd = run_one(n, extra=("--topology", "mesh", "--datastore", "etcd"))
-        for side, r in (("file", file), ("etcd", etcd)):
-            if r["join_registered_ms"] is None:
-                raise N.BenchError(f"lab --nodes {n} --datastore {side}: the new agent logged no registration")
+        file = run_one(n, extra=("--datastore", "file"))
+        etcd = run_one(n, extra=("--datastore", "etcd"))
+        if etcd["join_registered_ms"] is None:
+            raise N.BenchError(f"lab --nodes {n} --datastore etcd: the new agent logged no registration")
+        detail = {"etcd": etcd, "file": file}
         out.append({"figure": f"lab_join_etcd_{n}", "unit": "ms", "higher_is_better": False,
-                    "podroute": etcd["join_registered_ms"], "anchor": file["join_registered_ms"],
-                    "anchor_name": "podroute on the file datastore, same topology (mesh), same run",
+                    "podroute": etcd["join_total_ms"], "anchor": file["join_total_ms"],
+                    "anchor_name": "the same lab on the file datastore, same run (agent start -> every FIB)",
+                    "target_ratio": None, "target": "informational (the etcd start's cost)",
+                    "target_abs_ms": None, "detail": detail})
+        out.append({"figure": f"lab_join_etcd_registered_{n}", "unit": "ms", "higher_is_better": False,
+                    "podroute": etcd["join_registered_ms"], "anchor": None,
+                    "anchor_name": "none (a file-datastore node does not register); file join_total "
+                                   f"{file['join_total_ms']:.0f} ms in the same run",
                     "target_ratio": None, "target": "< 1000 ms at N=30",
-                    "target_abs_ms": 1000.0 if n >= 30 else None, "detail": {"etcd": etcd, "file": file}})
+                    "target_abs_ms": 1000.0 if n >= 30 else None, "detail": detail})
     return out
 
 
