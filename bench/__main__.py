@@ -130,6 +130,33 @@ def bgp_figures(r: dict) -> list[dict]:
     return out
 
 
+def metrics_figure(r: dict) -> dict:
+    """BGP -> FIB convergence (100%) with metrics on (listener up, /metrics scraped every
+    second) against the same agent with metrics off, in the same run: the median of the
+    metrics-on runs against the median of the metrics-off runs, alternated after the main
+    podroute run (bench/bgp.py ``AB_ORDER``). The detail also has the CPU time of the agent and
+    ExaBGP (every thread) from the first route in the FIB to convergence, per run."""
+    import statistics
+    n, runs = r["n"], r["podroute_ab"]
+    on = [x["to_100_ms"] for x in runs if x["metrics"]]
+    off = [x["to_100_ms"] for x in runs if not x["metrics"]]
+    cpu = [x.get("cpu_ms_all_threads") or 0.0 for x in runs]
+    return {"figure": f"bgp_conv_100pct_{n}_metrics_on", "unit": "ms", "higher_is_better": False,
+            "podroute": statistics.median(on), "anchor": statistics.median(off), "anchor_name": "podroute, metrics off",
+            "target_ratio": 1.05, "target": "<= 1.05x metrics off",
+            "detail": {"n": n, "order": ["on" if x["metrics"] else "off" for x in runs],
+                       "to_100_ms": [x["to_100_ms"] for x in runs], "to_99_ms": [x["to_99_ms"] for x in runs],
+                       "withdraw_ms": [x["withdraw_ms"] for x in runs],
+                       "mean_on_ms": sum(on) / len(on), "mean_off_ms": sum(off) / len(off),
+                       "cpu_ms_all_threads": cpu,
+                       "cpu_ratio_median": statistics.median([c for c, x in zip(cpu, runs) if x["metrics"]])
+                       / max(1e-9, statistics.median([c for c, x in zip(cpu, runs) if not x["metrics"]])),
+                       "main_run_to_100_ms": r["podroute"]["to_100_ms"],
+                       "scraper": [x.get("scraper") for x in runs if x["metrics"]],
+                       "loop_worst_s": [(x.get("loop") or {}).get("worst_s") for x in runs],
+                       "ready": [((x.get("health") or {}).get("ready") or {}).get("ok") for x in runs]}}
+
+
 def memory_figure(r: dict) -> dict:
     n, p, b = r["n"], r["podroute"], r["bird"]
     return {"figure": f"memory_{n}", "unit": "MB", "higher_is_better": False,
@@ -204,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
 
             def do_bgp():
                 for n in size["bgp"]:
-                    r = bgp.run(n, work / f"bgp{n}")
+                    # metrics on vs off: one extra announce run, at the largest size only
+                    r = bgp.run(n, work / f"bgp{n}", metrics_ab="bgp" in only and n == max(size["bgp"]))
                     bgp_runs.append(r)
                     if "bgp" in only:
                         figs.extend(bgp_figures(r))
+                        if "podroute_ab" in r:
+                            figs.append(metrics_figure(r))
                     if "memory" in only and (args.size == "smoke" or n >= 10_000):
                         figs.append(memory_figure(r))
             group("bgp/memory", do_bgp)

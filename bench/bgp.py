@@ -50,7 +50,7 @@ from pathlib import Path
 import yaml
 
 from . import ns as N
-from .probe import FibCounter, cpu_delta, tree_cpu_ms, tree_rss_mb, wait_count
+from .probe import FibCounter, cpu_delta, tree_cpu_all_threads_ms, tree_cpu_ms, tree_rss_mb, wait_count
 
 SRC_IP, POD_IP, BIRD_IP = "198.18.0.1", "198.18.0.11", "198.18.0.12"
 ASN = 64512
@@ -217,7 +217,7 @@ def _run_frr(ns: str, workdir: Path, src: Source, n: int, timeout: float) -> dic
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _agent_conf(d: Path) -> Path:
+def _agent_conf(d: Path, metrics: bool = False) -> Path:
     cfg = {
         "nodeName": "bench-pod", "nodeIP": POD_IP, "asn": ASN, "podCIDRs": ["198.19.1.0/26"],
         "ipPools": [{"cidr": "198.19.0.0/16", "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Never"},
@@ -227,6 +227,8 @@ def _agent_conf(d: Path) -> Path:
         "resyncInterval": 3600,
         "paths": {"stateDir": str(d / "state"), "runDir": str(d / "run")},
     }
+    if metrics:
+        cfg["metrics"] = {"address": POD_IP, "port": METRICS_PORT}
     path = d / "node.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -238,6 +240,102 @@ def _agent_status(d: Path) -> dict | None:
         return statusd.query(d / "run" / "agent.sock", timeout=30)
     except Exception:  # noqa: BLE001 - not up yet
         return None
+
+
+# --- metrics on: the same agent with its metrics listener, scraped ---------------------------------
+METRICS_PORT = 9091
+# 15x Prometheus's default scrape rate: the listener's cost shows, if it has one
+SCRAPE_S = float(os.environ.get("BENCH_METRICS_SCRAPE_S", "1.0"))
+
+
+class Scraper:
+    """GETs ``/metrics`` from the agent every SCRAPE_S on a thread, over a TCP socket made in the
+    agent's namespace (no process per scrape); counts scrapes and their bytes."""
+
+    def __init__(self, ns: str) -> None:
+        import threading
+        self.ns, self.scrapes, self.bytes, self.errors = ns, 0, 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+        self._t.start()
+
+    def _get(self) -> int:
+        import socket
+        from nlcore.netns import call_in_netns
+        s = call_in_netns(self.ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM), timeout=5)
+        with s:
+            s.settimeout(10)
+            s.connect((POD_IP, METRICS_PORT))
+            s.sendall(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            n = 0
+            while chunk := s.recv(65536):
+                n += len(chunk)
+            return n
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_S):
+            try:
+                self.bytes += self._get()
+                self.scrapes += 1
+            except OSError:
+                self.errors += 1  # not up yet, or restarting
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join(15)
+        return {"scrapes": self.scrapes, "bytes": self.bytes, "errors": self.errors, "interval_s": SCRAPE_S}
+
+
+def _podroute_again(n: int, workdir: Path, spaces: dict[str, str], src: Source, timeout: float,
+                    metrics: bool, tag: str) -> dict:
+    """One more podroute announce convergence (``_converge``), with ``metrics:`` configured and
+    /metrics scraped every SCRAPE_S when ``metrics``, then its withdrawal (so the FIB is empty
+    for the next run) and a graceful stop. Same namespaces and sender as the main run."""
+    import sys
+    birdc(src.sock, "enable", "s1", ns=src.ns)
+    t0 = time.monotonic()
+    while f"{n} of {n} " not in birdc(src.sock, "show", "route", "count", ns=src.ns):
+        if time.monotonic() - t0 > 60:
+            raise N.BenchError("source BIRD never reloaded its static routes")
+        time.sleep(0.05)
+    ad = workdir / f"agent-{tag}"
+    ad.mkdir(exist_ok=True)
+    cfgp = _agent_conf(ad, metrics=metrics)
+    fc = FibCounter(spaces["pod"], 90)
+    scraper = None
+    try:
+        ap = N.popen([sys.executable, "-m", "podroute.cli", "node", "run", "--config", str(cfgp)],
+                     ns=spaces["pod"], log=ad / "agent.log",
+                     env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        scraper = Scraper(spaces["pod"]) if metrics else None
+        cpu_marks: list[float] = []
+
+        def mark(c: int) -> None:  # CPU used (all threads) from the first learned route in the FIB on
+            if c and not cpu_marks:
+                cpu_marks.append(tree_cpu_all_threads_ms(ap.pid))
+        try:
+            p = _converge(n, fc, src, "r_pod", timeout, on_change=mark)
+            p["cpu_ms_all_threads"] = tree_cpu_all_threads_ms(ap.pid) - cpu_marks[0] if cpu_marks else None
+        except N.BenchError as e:
+            raise N.BenchError(f"podroute agent ({tag}): {e}; log tail: {(ad / 'agent.log').read_text()[-800:]}")
+        if scraper is not None:
+            p["scraper"] = scraper.stop()
+            scraper = None
+            if not p["scraper"]["scrapes"] and SCRAPE_S <= 1.0:
+                raise N.BenchError(f"podroute agent ({tag}): /metrics was never scraped")
+        st = _agent_status(ad) or {}
+        p["loop"], p["health"], p["metrics"] = st.get("loop"), st.get("health"), metrics
+        p.update(_withdraw(fc, src, timeout))
+        N.stop(ap, grace=15)
+        return p
+    finally:
+        if scraper is not None:
+            scraper.stop()
+        fc.close()
+
+
+# metrics off/on, ABBA then BAAB: a linear drift and the order within a pair cancel out
+AB_ORDER = (False, True, True, False, True, False, False, True)
 
 
 # --- the figure ----------------------------------------------------------------------------------
@@ -257,10 +355,16 @@ def _topology(workdir: Path) -> dict[str, str]:
     return spaces
 
 
-def run(n: int, workdir: Path, timeout: float = 300) -> dict:
+def run(n: int, workdir: Path, timeout: float = 300, metrics_ab: bool = False) -> dict:
     """Announce + withdraw convergence of ``n`` routes into podroute and BIRD (announce only into
     FRR), and their RSS. Returns ``{"n", "bird", "frr", "podroute"}``, each receiver's dict with
-    the keys of ``_converge``, ``_memory`` and (podroute, BIRD) ``_withdraw``."""
+    the keys of ``_converge``, ``_memory`` and (podroute, BIRD) ``_withdraw``. With
+    ``metrics_ab``, also ``"podroute_ab"``: eight more podroute announce convergences, metrics
+    off and on in the order :data:`AB_ORDER` (:func:`_podroute_again`). Why eight and not one:
+    the first 100k-route run in a namespace can be much slower than the ones after it
+    (measured 2,800 ms, then 1,692 ms for the run right after it), and back-to-back runs on
+    this shared 2-core machine differ by 10-30 %, so one extra run measures the order and the
+    noise, not a 5 % effect; each extra run costs ~3 s (the group: ~30 s -> ~55 s)."""
     import sys
     workdir.mkdir(parents=True, exist_ok=True)
     spaces = _topology(workdir)
@@ -332,6 +436,9 @@ def run(n: int, workdir: Path, timeout: float = 300) -> dict:
             N.stop(ap, grace=15)
         finally:
             fc.close()
+        if metrics_ab:
+            out["podroute_ab"] = [_podroute_again(n, workdir, spaces, src, timeout, m, f"ab{i}-{'on' if m else 'off'}")
+                                  for i, m in enumerate(AB_ORDER)]
     finally:
         for ns_ in spaces.values():
             N.delete_ns(ns_)

@@ -92,6 +92,8 @@ class AdjRibOut:
         self.acked: dict[IPv4Network, tuple[str, ...]] = {}
         self.reflected: dict[IPv4Address, dict[IPv4Network, str]] = {}
         self.reflected_count: dict[IPv4Address, int] = {}
+        # Our prefixes handed to ExaBGP for every neighbor since start (status, metrics).
+        self.prefixes_sent = {"announce": 0, "withdraw": 0}
         self.due = Due()
         self._gr = gr
         self._rib = rib
@@ -239,6 +241,7 @@ class AdjRibOut:
         rejected = False
         for line, chunk in zip(api.cmds_bulk_withdraw(gone), chunks(gone)):
             await session.command(line)
+            self.prefixes_sent["withdraw"] += len(chunk)
             self.held.difference_update(chunk)
             for p in chunk:
                 self.acked.pop(p, None)
@@ -253,6 +256,7 @@ class AdjRibOut:
                     self.log.error("%s", exc)
                     rejected = True
                     continue
+                self.prefixes_sent["announce"] += len(chunk)
                 for p in chunk:
                     self.acked[p] = comms
         if new and not rejected:

@@ -185,16 +185,22 @@ class PeerStatus:
     # fast path, since the speaker started (0 with the plain exabgp entry point).
     withdrawn_undecoded: int = 0
     announced_undecoded: int = 0
+    # Times the session left Established, and UPDATE messages received, since the speaker started.
+    flaps: int = 0
+    updates_received: int = 0
 
 
 @dataclass(frozen=True)
 class SpeakerStatus:
     """Whole-speaker status: ``exabgp_pid`` None when not running; ``exabgp_restarts`` counts
     starts after the first; ``last_exit`` describes the last exit (code and stderr tail);
-    ``announced`` is the desired announced set."""
+    ``announced`` is the desired announced set; ``prefixes_sent``: prefixes handed to ExaBGP
+    to announce / withdraw to every neighbor since the speaker started (``{"announce": n,
+    "withdraw": n}``; ExaBGP packs them into UPDATEs, which it does not report)."""
 
     peers: tuple[PeerStatus, ...]
     exabgp_pid: int | None
     exabgp_restarts: int
     last_exit: str | None
     announced: tuple[IPv4Network, ...]
+    prefixes_sent: Mapping[str, int] = field(default_factory=dict)

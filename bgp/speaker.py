@@ -57,7 +57,8 @@ Changes = Mapping[int, "BestRoute | None"]
 class _Peer:
     """Session state of one neighbor as ExaBGP reports it."""
 
-    __slots__ = ("address", "asn", "state", "since", "last_error", "eor_received")
+    __slots__ = ("address", "asn", "state", "since", "last_error", "eor_received", "flaps",
+                 "updates_received")
 
     def __init__(self, address: IPv4Address, asn: int) -> None:
         self.address = address
@@ -66,9 +67,13 @@ class _Peer:
         self.since = time.time()
         self.last_error: str | None = None
         self.eor_received = False
+        self.flaps = 0              # times the session left Established
+        self.updates_received = 0   # UPDATE messages (one ExaBGP update event each)
 
     def set_state(self, state: str) -> None:
         if state != self.state:
+            if self.state == "established":
+                self.flaps += 1
             self.state = state
             self.since = time.time()
             # End-of-RIB (RFC 4724 §2) marks the end of one session's initial update burst.
@@ -229,11 +234,13 @@ class Speaker:
                 reflected_routes=self.rib_out.reflected_count.get(addr, 0),
                 rr_client=bool(cfg and cfg.rr_client),
                 withdrawn_undecoded=withdrawn_undecoded,
-                announced_undecoded=announced_undecoded))
+                announced_undecoded=announced_undecoded,
+                flaps=p.flaps, updates_received=p.updates_received))
         return SpeakerStatus(
             peers=tuple(peers), exabgp_pid=self.process.pid,
             exabgp_restarts=self.process.restarts, last_exit=self.process.last_exit,
-            announced=tuple(sorted(self.rib_out.desired())))
+            announced=tuple(sorted(self.rib_out.desired())),
+            prefixes_sent=dict(self.rib_out.prefixes_sent))
 
     def best_routes(self) -> Mapping[IPv4Network, BestRoute]:
         """The current Loc-RIB (a copy)."""
@@ -359,6 +366,7 @@ class Speaker:
             self.log.debug("ignoring %s for unconfigured peer %s", type(ev).__name__, peer)
             return
         if isinstance(ev, api.UpdateEvent):
+            self._peers[peer].updates_received += 1
             withdrawn = withdrawn_keys(ev)
             self.gr.refreshed(peer, withdrawn, ev.announced)
             if self.rib_in.receive(peer, ev, withdrawn, self._peer_cfgs.get(peer),

@@ -175,6 +175,16 @@ class IPAM:
                        - len(set(blk.allocations) | {r for r in self._reserved if r in blk.cidr})
                        for blk in self._load_all())
 
+    def block_usage(self) -> dict[IPv4Network, tuple[int, int]]:
+        """Per block: (addresses in use: allocated or reserved, addresses :meth:`claim` could
+        still hand out), a fresh read of the state. Raises IPAMError (code 5) on unreadable state."""
+        with self._locked():
+            out = {}
+            for blk in self._load_all():
+                used = len(set(blk.allocations) | {r for r in self._reserved if r in blk.cidr})
+                out[blk.cidr] = (used, blk.cidr.num_addresses - used)
+            return out
+
     def reserve(self, ip: IPv4Address) -> None:
         """Never hand out ``ip`` from now on (in-memory, this instance; pass ``reserved=``
         at construction for a permanent reservation). An existing allocation is kept."""

@@ -71,6 +71,14 @@ class FailureBackoff:
         """How many dsts (plus the dump, if it fails) are failing now."""
         return len(self._failing)
 
+    def failing_by_errno(self) -> dict[int, int]:
+        """Failing dsts (and the dump) now, per errno: EEXIST counts the dsts another
+        protocol's route holds (RouteTable's conflict)."""
+        out: dict[int, int] = {}
+        for f in self._failing.values():
+            out[f.failure.errno] = out.get(f.failure.errno, 0) + 1
+        return out
+
     def delay(self, attempts: int) -> float:
         """Seconds before retry number ``attempts + 1`` of something that failed ``attempts`` times."""
         return min(self.base_s * 2 ** min(max(attempts, 1) - 1, 62), self.max_s)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, ValuesView
 
 from .dataplane import RouteDataplane, RouteFailure, RouteOp
 from .errors import DataplaneError, InvalidRoute
@@ -218,6 +218,11 @@ class RouteTable:
     def owned(self, owner: str) -> Mapping[IPv4Network, Route]:
         """The routes ``owner`` asked for (read-only view), whether or not they won priority."""
         return DstView(self._by_owner.get(owner, {}))
+
+    def actual_entries(self) -> ValuesView[Route | tuple[Route, ...]]:
+        """Our routes in the kernel per dst (a tuple where several metrics exist) as the last
+        apply left them; re-read at every full sync. Owner thread only (felix.worker.submit)."""
+        return self._actual.values()
 
     def owner_of(self, dst: IPv4Network | str) -> str | None:
         """The owner whose route for ``dst`` won, or None."""

@@ -27,6 +27,7 @@ Setters and ``apply`` are called from one thread (the event loop's) after start.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -41,7 +42,7 @@ log = logging.getLogger("felix.worker")
 T = TypeVar("T")
 
 _SET, _REMOVE, _CALL = 0, 1, 2  # queued setter kinds
-_TAKE, _CALL_JOB, _STOP = "take", "call", "stop"  # jobs for the owner thread
+_TAKE, _CALL_JOB, _SUBMIT, _STOP = "take", "call", "submit", "stop"  # jobs for the owner thread
 _FLUSH_AT = 4096  # queued setters handed to the thread at once: it takes them in while the loop works on
 
 
@@ -165,6 +166,21 @@ class RouteTableWorker:
         self._jobs.put((_CALL_JOB, loop, fut, fn))
         return await fut
 
+    def submit(self, fn: Callable[[RouteTable], T]) -> "concurrent.futures.Future[T]":
+        """``fn(routetable)`` on the owner thread, from any thread (the metrics listener's):
+        a concurrent Future with its result or exception. It runs between jobs, so it sees
+        the table as the last apply left it; setters still queued on the loop's side are not
+        handed over (that list belongs to the loop). Before :meth:`start`, runs ``fn`` now."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._thread is None:
+            try:
+                fut.set_result(fn(self.routetable))
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+            return fut
+        self._jobs.put((_SUBMIT, fut, fn))
+        return fut
+
     # -- reads (see module doc for why these are safe from the loop) ------------------------------
     def desired(self) -> Mapping[IPv4Network, Route]:
         return self.routetable.desired()
@@ -187,6 +203,8 @@ class RouteTableWorker:
             try:
                 if kind == _TAKE:
                     self._take(job[1])
+                elif kind == _SUBMIT:
+                    _run_submitted(self.routetable, job[1], job[2])
                 else:
                     self._run_call(*job[1:])
             except Exception:  # noqa: BLE001 - a dead owner thread would stall every later apply
@@ -220,6 +238,15 @@ class RouteTableWorker:
             loop.call_soon_threadsafe(_deliver, fut, res, exc)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
+
+
+def _run_submitted(rt: RouteTable, fut: concurrent.futures.Future, fn) -> None:
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        fut.set_result(fn(rt))
+    except Exception as e:  # noqa: BLE001 - handed to the caller
+        fut.set_exception(e)
 
 
 def _deliver(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:

@@ -12,7 +12,9 @@ re-converges (:class:`podroute.gr_hold.RestartHold`). Encapsulation devices come
 store), the status snapshot from :mod:`podroute.status_view`. On a datastore that claims blocks
 (etcd) the node starts from :class:`podroute.blocks_wiring.NodeStart` (its claimed blocks and the
 datastore's pools) and :class:`podroute.blocks_wiring.BlocksWiring` keeps its blocks, their
-announcements, blackholes and local IPAM in step at run time.
+announcements, blackholes and local IPAM in step at run time. Readiness comes from
+:mod:`podroute.health` (systemd's notifications: :mod:`podroute.sdnotify`), metrics and the
+health endpoints from :mod:`podroute.metrics` when configured.
 
 The agent builds the real kernel adapters (pyroute2, netlink) and the ExaBGP speaker unless
 given others; ``podroute.cli`` imports this module only for ``node run``, so ``--help`` and the
@@ -31,7 +33,7 @@ from cni.ipam import IPAM
 from cni.netlink_wiring import NetlinkWiring
 from cni.plugin import CNIPlugin
 from cni.reconcile import Reconciler
-from cni.server import CNIServer
+from cni.server import CNIHandler, CNIServer
 from cni.wiring import Wiring
 from felix.dataplane import RouteDataplane
 from felix.monitor import RouteMonitor
@@ -51,9 +53,12 @@ from podroute.datastore.open import open_datastore
 from podroute.encap import Encap
 from podroute.felix_loop import FelixDriver
 from podroute.gr_hold import RestartHold, previous_bgp_routes
+from podroute.health import Health
 from podroute.ipamblocks import static_block_check
 from podroute.looplag import LoopLag
+from podroute.metrics import AgentMetrics
 from podroute.routing import FibPlanner
+from podroute.sdnotify import Notifier
 from podroute.speaker_wiring import SpeakerFactory, apply_cluster, exabgp_speaker
 from podroute.status_view import bgp_section, datastore_section, fib_section, node_section
 from podroute.tasks import TaskGuard
@@ -135,6 +140,14 @@ class Agent:
         if self.blocks is not None and self.cluster is not None:
             self.blocks.attach(ipam=self.ipam, routes=self.routes, kick=self.felix.kick, speaker=self.speaker)
             self.cluster.listeners.append(self.blocks.handle)
+        # Readiness (/readyz, status, systemd READY=1); metrics only when configured.
+        self.health = Health(self, peer_wait_s=cfg.graceful_restart_time)
+        self.notifier = Notifier()
+        self.cni_handler: CNIHandler = self.cni
+        self.metrics: AgentMetrics | None = None
+        if cfg.metrics is not None:
+            self.metrics = AgentMetrics(self, str(cfg.metrics.address), cfg.metrics.port)
+            self.metrics.install(self)
 
     # --- events -----------------------------------------------------------------------
     def kick(self) -> None:
@@ -174,7 +187,7 @@ class Agent:
                     log.info("deleted veth pairs retired by a previous run")
             except CNIError as e2:
                 log.warning("could not delete retired veth pairs: %s", e2.msg)
-        await CNIServer(self.cfg.paths.cni_socket, self.cni).run()
+        await CNIServer(self.cfg.paths.cni_socket, self.cni_handler).run()
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -192,6 +205,7 @@ class Agent:
             "datastore": datastore_section(self.cluster, self.blocks, self.cfg),
             "tasks": self.guard.running(),
             "task_failures": [f.__dict__ for f in self.guard.failures],
+            "health": {"ready": self.health.readiness().as_dict(), "live": self.health.liveness().as_dict()},
         }
 
     # --- lifecycle --------------------------------------------------------------------
@@ -232,6 +246,11 @@ class Agent:
         for name, mgr in (("tunl0", self.encap.tunl0), ("vxlan", self.encap.vxlan)):
             if mgr is not None:
                 g.start(name, mgr.run)
+        g.start("readiness", lambda: self.notifier.readiness(self.health.readiness, self.health.status_line))
+        if self.notifier.watchdog_s is not None:
+            g.start("sd-watchdog", self.notifier.watchdog)
+        if self.metrics is not None:
+            g.start("metrics", self.metrics.run)
 
     async def run(self, *, signals: bool = True) -> int:
         """Run until SIGTERM/SIGINT (``signals``) or a drain (exit 0) or a guarded task crashes
@@ -250,6 +269,8 @@ class Agent:
                                                  "pod_cidrs": ",".join(map(str, self.cfg.pod_cidrs)),
                                                  "peers": len(self.cfg.peers), "config": self.cfg.source}})
         self.kick()
+        if self.hold.active:  # the hold ends on time even if no BGP event or resync comes by then
+            loop.call_later(self.cfg.graceful_restart_time + 0.1, self.kick)
         self._start_tasks()
         try:
             await asyncio.to_thread(self.encap.remove_unused)
@@ -262,6 +283,7 @@ class Agent:
         code = 1 if g.failed.is_set() else 0
         log.info("agent stopping", extra={"kv": {"reason": "task failure" if code else self._stop_reason}})
         g.stopping = True  # from here on, a task returning is the shutdown, not a crash
+        self.notifier.stopping()
         try:
             await asyncio.wait_for(self.speaker.stop(), timeout=SPEAKER_STOP_S)  # graceful: no withdrawal
         except Exception as e:  # noqa: BLE001 - shutting down regardless
@@ -273,5 +295,6 @@ class Agent:
             t.cancel()
         for sock in (self.cfg.paths.cni_socket, self.cfg.paths.agent_socket):
             sock.unlink(missing_ok=True)
+        self.notifier.close()
         log.info("agent stopped", extra={"kv": {"exit_code": code}})
         return code

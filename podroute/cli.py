@@ -116,12 +116,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ipam_show(args: argparse.Namespace) -> int:
     from podroute import ipamshow
     from podroute.datastore import DatastoreError
+    # With --endpoints the node config is optional: it only adds this node's local usage.
+    cfg = _load_config(args.config) if not args.endpoints or Path(args.config).exists() else None
     try:
-        data = ipamshow.collect(_load_config(args.config))
-    except DatastoreError as e:
+        snap = ipamshow.etcd_snapshot(args.endpoints.split(","), args.prefix) if args.endpoints else None
+        data = ipamshow.collect(cfg, snap)
+    except (DatastoreError, ValueError) as e:
         print(f"podroute ipam show: datastore: {e}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else ipamshow.render(data))
+    return 0
+
+
+def cmd_datastore_apply(args: argparse.Namespace) -> int:
+    from podroute.datastore import Conflict, DatastoreError
+    from podroute.datastore.apply import apply_file, describe_conflict, render
+    try:
+        done = asyncio.run(apply_file(args.file, args.endpoints.split(","), args.prefix))
+    except Conflict as e:
+        print(f"podroute datastore apply: {describe_conflict(e)}; nothing after it was written", file=sys.stderr)
+        return 1
+    except (DatastoreError, ValueError) as e:
+        print(f"podroute datastore apply: {e}", file=sys.stderr)
+        return 1
+    print(render(done, args.endpoints, args.prefix))
     return 0
 
 
@@ -140,8 +158,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
                   pods_per_node=args.pods, keep_on_failure=args.keep, encapsulation=args.encapsulation,
                   encap_mode=args.encap_mode, subnets=args.subnets, topology=args.topology,
-                  router_restart_time=args.router_restart_time, datastore=args.datastore,
-                  lease_ttl=args.lease_ttl, release_grace=args.release_grace)
+                  router_restart_time=args.router_restart_time, monitoring_on=args.monitoring,
+                  datastore=args.datastore, lease_ttl=args.lease_ttl, release_grace=args.release_grace)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -210,7 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = ipam.add_parser("show", help="pools, blocks, their nodes and utilisation (this node's from its IPAM state)")
     show.add_argument("--config", default=DEFAULT_CONFIG)
     show.add_argument("--json", action="store_true")
+    show.add_argument("--endpoints", help="read the etcd datastore at these endpoints (comma-separated "
+                                          "http://host:port) instead of the node config's")
+    show.add_argument("--prefix", default="/podroute/", help="etcd key prefix (with --endpoints)")
     show.set_defaults(func=cmd_ipam_show)
+
+    ds = sub.add_parser("datastore", help="cluster datastore tools").add_subparsers(dest="cmd", required=True)
+    apl = ds.add_parser("apply", help="create or replace pools, BGP configuration, peers and nodes in etcd from a "
+                                      "cluster file or a list of resources (blocks are claimed, never taken)")
+    apl.add_argument("--file", required=True, help="YAML: a cluster file, or a list of resources with 'kind'")
+    apl.add_argument("--endpoints", required=True, help="etcd endpoints, comma-separated http://host:port")
+    apl.add_argument("--prefix", default="/podroute/", help="etcd key prefix")
+    apl.set_defaults(func=cmd_datastore_apply)
 
     cni = sub.add_parser("cni", help="CNI plugin installation").add_subparsers(dest="cmd", required=True)
     inst = cni.add_parser("install", help="install the podroute CNI plugin and its conflist")
@@ -248,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--encap-mode", default="Always", choices=["Always", "CrossSubnet"])
             sp.add_argument("--subnets", type=int, default=1,
                             help="spread nodes over this many underlay subnets joined by a router")
+            sp.add_argument("--monitoring", action="store_true",
+                            help="start a Prometheus (Debian's) in the lab scraping every agent's metrics, "
+                                 "with configs/prometheus/alerts.yml loaded")
             sp.add_argument("--datastore", default="file", choices=["file", "etcd"],
                             help="file: node configs and a cluster file; etcd: a real etcd in the lab, nodes "
                                  "register themselves and claim their own IPAM blocks")

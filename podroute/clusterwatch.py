@@ -71,6 +71,8 @@ class ClusterWatch:
         self.available = True
         self.last_error: str | None = None
         self.since = time.time()
+        self.watch_events = 0   # events taken in (a Resync counts one), since start
+        self.errors = 0         # data rejected plus watch attempts that found the store unavailable
 
     # --- deriving the topology ------------------------------------------------------------
     @property
@@ -109,6 +111,7 @@ class ClusterWatch:
         return self.cluster
 
     def _reject(self, key: str, error: str) -> None:
+        self.errors += 1
         self.last_error = error
         log.error("datastore data rejected; keeping the last good state", extra={"kv": {"key": key, "error": error}})
 
@@ -120,6 +123,7 @@ class ClusterWatch:
 
     def _apply(self, item: Changes | Resync) -> None:
         own = f"nodes/{self.node_name}"
+        self.watch_events += 1 if isinstance(item, Resync) else len(item.events)
         if isinstance(item, Resync):
             if own not in item.snapshot.items:
                 self._own_key_gone()
@@ -191,6 +195,7 @@ class ClusterWatch:
                               extra={"kv": {"datastore": self.datastore.name, "error": str(e)}})
                     self.available, self.since = False, time.time()
                 self.last_error = str(e)
+                self.errors += 1
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.backoff_s[1])
 
@@ -206,10 +211,11 @@ class ClusterWatch:
 
     def status(self) -> dict[str, Any]:
         """``{"datastore", "location", "state", "available", "since", "revision", "nodes",
-        "last_error"}`` for ``podroute status`` (``state``: "connected" or "unavailable";
-        ``since``: unix time of the last availability change)."""
+        "last_error", "watch_events", "errors"}`` for ``podroute status`` and the metrics
+        (``state``: "connected" or "unavailable"; ``since``: unix time of the last availability
+        change; the counters since start)."""
         return {"datastore": self.datastore.name, "location": self.datastore.location,
                 "state": "connected" if self.available else "unavailable",
                 "available": self.available, "since": self.since,
                 "revision": self.revision, "nodes": len(self.cluster.nodes) if self.cluster else 0,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "watch_events": self.watch_events, "errors": self.errors}

@@ -44,6 +44,7 @@ ipPools are optional too with a datastore that claims blocks, ``datastore.type: 
     routeProtocol: 90                # rtnetlink protocol number stamped on our routes
     resyncInterval: 30               # seconds between full FIB resyncs (the safety net)
     paths: {stateDir: /var/lib/podroute, runDir: /run/podroute}
+    metrics: {address: 198.18.0.11, port: 9091}   # optional: /metrics, /livez, /readyz (off if absent)
 
 Errors: :func:`load` raises :class:`podroute.schema.ConfigError` whose ``str`` is
 one line naming the file, the key path and what is wrong, whatever bytes the file holds
@@ -121,6 +122,14 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The metrics and health listener (``metrics:``; its presence enables it): ``/metrics``,
+    ``/livez`` and ``/readyz`` on ``address``:``port`` (:mod:`podroute.metrics.server`)."""
+    address: ipaddress.IPv4Address
+    port: int = 9091   # Calico Felix's metrics port
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_name: str
     node_ip: ipaddress.IPv4Address
@@ -145,6 +154,7 @@ class NodeConfig:
     ipam: IpamConfig = IpamConfig()
     labels: tuple[tuple[str, str], ...] = ()     # sorted (name, value) pairs
     rr_cluster_id: ipaddress.IPv4Address | None = None
+    metrics: "MetricsConfig | None" = None   # None: no metrics/health listener (the default)
 
     @property
     def bgp_router_id(self) -> ipaddress.IPv4Address:
@@ -335,10 +345,23 @@ def _parse(raw: Any, source: str) -> NodeConfig:
         for c in cidrs:
             if svc.cidr.overlaps(c):
                 raise ConfigError(join(join("serviceCIDRs", i), "cidr"), f"{svc.cidr} overlaps podCIDRs {c}")
+    metrics = _metrics(s, node_ip)
     s.finish()
     return NodeConfig(name, node_ip, cidrs, pools, asn, router_id, mtu, peers, listen_address,
                       listen_port, gr, proto, resync, paths, cluster_file, import_extra, accept_default,
-                      services, source, datastore, ipam, labels, rr_cluster_id)
+                      services, source, datastore, ipam, labels, rr_cluster_id, metrics=metrics)
+
+
+def _metrics(s: Section, node_ip: ipaddress.IPv4Address) -> MetricsConfig | None:
+    """``metrics: {address, port}``: absent (or null) leaves the listener off; ``address``
+    defaults to nodeIP, ``port`` to 9091."""
+    if s.raw.get("metrics") is None:
+        s.get("metrics", lambda v, p: v, None)  # consumed: an explicit null is "off" too
+        return None
+    m = s.section("metrics")
+    out = MetricsConfig(m.get("address", ipv4_address, node_ip), m.get("port", integer(1, 65535), 9091))
+    m.finish()
+    return out
 
 
 def load(path: str | os.PathLike[str]) -> NodeConfig:

@@ -8,7 +8,6 @@ waits two syncs), and a registration lease like flannel's subnet leases. Errors 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ DEFAULT_ETCD_PREFIX = "/podroute/"
 DEFAULT_LEASE_TTL_S = 30.0   # a node that stops renewing is gone for the others after this long
 DEFAULT_MAX_BLOCKS_PER_HOST = 0      # Calico IPAMConfig: 0 = no limit
 DEFAULT_RELEASE_GRACE_S = 60.0
-_ENDPOINT = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
 
 
 @dataclass(frozen=True)
@@ -52,17 +50,28 @@ class IpamConfig:
 
 
 def _endpoint(value: Any, path: str) -> str:
+    # The etcd layer owns what an endpoint and a prefix may be (http only: aetcd has no TLS).
+    # Imported here, not at the top: only an etcd config pays for loading aetcd and gRPC.
+    from podroute.datastore.etcdstore import parse_endpoint
+
     text = string(value, path)
-    m = _ENDPOINT.match(text)
-    if not m or not 1 <= int(m.group(2)) <= 65535:
-        raise ConfigError(path, f"{show(text)} is not an etcd client URL http(s)://host:port")
+    try:
+        parse_endpoint(text)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
     return text.rstrip("/")
 
 
 def _prefix(value: Any, path: str) -> str:
+    from podroute.etcd.keys import KeyLayout
+
     text = string(value, path)
-    if not (text.startswith("/") and text.endswith("/")) or "\0" in text or len(text) > 255:
-        raise ConfigError(path, f"{show(text)} is not a key prefix: it must start and end with '/'")
+    if len(text) > 255:
+        raise ConfigError(path, f"{show(text)} is not a key prefix: at most 255 characters")
+    try:
+        KeyLayout(text)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
     return text
 
 

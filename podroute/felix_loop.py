@@ -1,8 +1,10 @@
 """Felix's driver in the agent: when to apply, the periodic resync, drift, and who waits on a route.
 
 Every event (a BGP delta, a workload, drift seen by the netlink monitor, a retry timer) kicks
-the loop; it waits :data:`DEBOUNCE_S` so a burst becomes one batch, then applies on felix's own
-thread (:mod:`felix.worker`): dumps and writes wait on the kernel, never on the event loop. A
+the loop. A kick that finds felix idle waits :data:`DEBOUNCE_S` so a burst becomes one batch; a
+kick that arrived while an apply ran is applied as soon as that apply ends (the apply was its
+batching window), and a kick with a CNI request waiting on its route is not delayed. Applies run
+on felix's own thread (:mod:`felix.worker`): dumps and writes wait on the kernel, never on the event loop. A
 full resync every ``resync_s`` seconds is the safety net (kube-router's immediate apply plus
 periodic sync). Routes that keep failing are retried with backoff and logged once, then
 summarised (:mod:`felix.backoff`).
@@ -52,6 +54,11 @@ class FelixDriver:
         self.last_apply: dict[str, Any] | None = None
         self.resyncs = 0
         self.drifts = 0
+        # time.time() of the first apply that read the kernel and wrote (no failed dump):
+        # the FIB is programmed from then on (readiness, podroute.health).
+        self.synced_at: float | None = None
+        # Called on the loop with each ApplyResult (the agent's metrics; None: nobody).
+        self.on_apply: Callable[[ApplyResult], None] | None = None
         self._kick = asyncio.Event()
         self._waiting: dict[IPv4Network, list[asyncio.Future[None]]] = {}
 
@@ -110,6 +117,10 @@ class FelixDriver:
                                "errors": [f"{f.route.dst if f.route else 'dump'}: {f.message}"
                                           for f in res.errors[:STATUS_ERRORS]],
                                "duration_s": round(res.duration_s, 6), "at": time.time()}
+            if self.synced_at is None and all(f.route is not None for f in res.errors):
+                self.synced_at = self.last_apply["at"]
+            if self.on_apply is not None:
+                self.on_apply(res)
             out = self.failures.observe(res, time.monotonic())
             _log_apply(res, out)
             if retry is not None:

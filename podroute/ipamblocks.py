@@ -94,7 +94,11 @@ class BlockView:
 
     # --- the view -------------------------------------------------------------------------
     def load(self, snapshot: Snapshot) -> None:
-        self.view, self.revision = dict(snapshot.items), snapshot.revision
+        """Replace the view with ``snapshot``; a key the snapshot rejects (``invalid``) keeps the
+        value it had, as ClusterWatch keeps it: a block of ours gone bad in the store must not make
+        this node drop its own block at the next Resync."""
+        keep = {b.key: self.view[b.key] for b in snapshot.invalid if b.key in self.view}
+        self.view, self.revision = {**snapshot.items, **keep}, snapshot.revision
         self._publish()
 
     def handle(self, item: Changes | Resync) -> None:

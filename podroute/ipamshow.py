@@ -1,32 +1,34 @@
 """``podroute ipam show``: pools, blocks, their nodes and utilisation (like
 ``calicoctl ipam show --show-blocks``), from the datastore plus this node's local allocations.
 
-The datastore is the node config's: etcd with ``datastore.type: etcd`` (one list, then the
-client is closed; :class:`podroute.datastore.Unavailable` when it cannot be reached), the
-cluster file when ``clusterFile`` is set, else the node config alone (its ``podCIDRs`` as this
-node's blocks, its ``ipPools``). Addresses in use are known for this node's blocks only
-(read from its local IPAM state, :mod:`cni.ipam`); other nodes' blocks show ``-``. Pools come
-from the datastore, or the node config's ``ipPools`` when the datastore has none.
+The datastore is the node config's: the cluster file when ``clusterFile`` is set, else the
+node config alone (its ``podCIDRs`` as this node's blocks, its ``ipPools``). Addresses in use
+are known for this node's blocks only (read from its local IPAM state, :mod:`cni.ipam`);
+other nodes' blocks show ``-``. Pools come from the datastore, or the node config's
+``ipPools`` when the datastore has none.
+
+With ``datastore.type: etcd``, or the etcd named on the command line (``--endpoints``,
+``--prefix``: :func:`etcd_snapshot`; the node config is then optional), the datastore is etcd:
+one list on a client of its own, closed after it (:class:`podroute.datastore.Unavailable` when
+etcd cannot be reached).
 """
 from __future__ import annotations
 
 import asyncio
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, Sequence
 
 from cni.ipam import IPAM
-from podroute.blocks_wiring import model_pools
 from podroute.config import NodeConfig
-from podroute.datastore import IPAMBlock, Snapshot
+from podroute.datastore import Datastore, IPAMBlock, IPPool, Snapshot
 from podroute.datastore.filestore import FileDatastore
 from podroute.datastore.memory import MemoryStore
+from podroute.datastore.model import cidr_name
 from podroute.datastore.open import open_datastore
 from podroute.ipamblocks import BlockView
 
 
-async def _list(cfg: NodeConfig) -> Snapshot:
-    store = open_datastore(cfg)
-    assert store is not None
+async def _list(store: Datastore) -> Snapshot:
     try:
         return await store.snapshot()
     finally:
@@ -35,12 +37,21 @@ async def _list(cfg: NodeConfig) -> Snapshot:
 
 def _snapshot(cfg: NodeConfig) -> Snapshot:
     if cfg.datastore.claims_blocks:
-        return asyncio.run(_list(cfg))
+        store = open_datastore(cfg)
+        assert store is not None
+        return asyncio.run(_list(store))
     if cfg.cluster_file is not None:
         return FileDatastore(cfg.cluster_file).load()
     store = MemoryStore()
     store.commit(puts=[IPAMBlock(c, cfg.node_name) for c in cfg.pod_cidrs])
     return store.snapshot()
+
+
+def etcd_snapshot(endpoints: Sequence[str], prefix: str) -> Snapshot:
+    """One list of the etcd datastore (blocking: runs its own event loop). Raises Unavailable,
+    ValueError for a bad endpoint or prefix."""
+    from podroute.datastore.etcdstore import EtcdDatastore
+    return asyncio.run(_list(EtcdDatastore(endpoints, prefix=prefix)))
 
 
 def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Network, int] | None:
@@ -56,12 +67,17 @@ def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Ne
     return used
 
 
-def collect(cfg: NodeConfig) -> dict[str, Any]:
+def collect(cfg: NodeConfig | None, snapshot: Snapshot | None = None) -> dict[str, Any]:
     """``{"pools": [...], "blocks": [...]}``: each pool's CIDR, block size, state, size and
-    in-use (None when unknown); each block's CIDR, node, state, size and in-use."""
-    view = BlockView(cfg.node_name, pools=model_pools(cfg))
-    view.load(_snapshot(cfg))
-    rows = view.rows(local_usage(cfg, view.mine()))
+    in-use (None when unknown); each block's CIDR, node, state, size and in-use. ``snapshot``:
+    the datastore's list (default: the node config's datastore); without ``cfg`` nothing is
+    known of local usage."""
+    pools = () if cfg is None else tuple(IPPool(cidr_name(p.cidr), p.cidr, p.block_size, p.ipip_mode, p.vxlan_mode)
+                                         for p in cfg.ip_pools)
+    view = BlockView(cfg.node_name if cfg is not None else "", pools=pools)
+    assert cfg is not None or snapshot is not None
+    view.load(snapshot if snapshot is not None else _snapshot(cfg))
+    rows = view.rows(local_usage(cfg, view.mine()) if cfg is not None else None)
     out_pools = []
     for p in view.pools():
         inside = [r for r in rows if r.cidr.subnet_of(p.cidr)]

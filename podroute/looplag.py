@@ -110,6 +110,13 @@ class LoopLag:
         return {"lag_s": round(self._lag, 6), "worst_s": round(best[0], 6) if best else 0.0,
                 "worst_at": best[1] if best else None, "threshold_s": self.threshold_s}
 
+    def overdue_s(self) -> float | None:
+        """Seconds the ticker is past its due time now (0.0 while the loop keeps time; growing
+        while the loop is blocked), or None when :meth:`run` is not running. Safe from any
+        thread (one attribute read): ``/livez`` asks it from the metrics listener's thread."""
+        due = self._due
+        return None if due is None else max(0.0, time.monotonic() - due)
+
     def _expire(self, now: float) -> None:
         # A slot goes once all of it is older than the window: a worst figure stays
         # visible for window_s to window_s + one slot (window_s / 60).

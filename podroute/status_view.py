@@ -6,8 +6,9 @@ counts by reason, the ExaBGP process, announced prefixes, the Loc-RIB's first
 resync/drift counters, whether our restart hold is on, failing routes, felix's thread),
 ``loop`` (the coordinator's loop-lag contract, :meth:`podroute.looplag.LoopLag.status`),
 ``encapsulation`` (:meth:`podroute.encap.Encap.status`), ``workloads`` (count), ``datastore``
-(:func:`datastore_section`: None without a datastore), ``tasks`` and ``task_failures``.
-Everything is JSON-serialisable.
+(:func:`datastore_section`: None without a datastore), ``tasks``, ``task_failures`` and
+``health`` (``{"ready": ..., "live": ...}``: the ``/readyz`` and ``/livez`` reports,
+:mod:`podroute.health`). Everything is JSON-serialisable.
 """
 from __future__ import annotations
 

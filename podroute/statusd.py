@@ -151,6 +151,17 @@ def _loop_line(loop: dict[str, Any], now: float) -> str:
             f"threshold {1000 * threshold:.0f} ms{flag}")
 
 
+def _health_lines(health: dict[str, Any] | None) -> list[str]:
+    """The ``/readyz`` and ``/livez`` checks (``Agent.status()["health"]``), one line each."""
+    if not health:
+        return []
+    ready, live = health.get("ready") or {}, health.get("live") or {}
+    out = [f"Health: {'ready' if ready.get('ok') else 'NOT READY'}, {'live' if live.get('ok') else 'NOT LIVE'}"]
+    for name, c in {**(ready.get("checks") or {}), **(live.get("checks") or {})}.items():
+        out.append(f"  {name}: {'ok' if c.get('ok') else 'FAILING'}: {c.get('reason', '')}")
+    return out
+
+
 def render(st: dict[str, Any], now: float | None = None) -> str:
     """Render a status snapshot like ``calicoctl node status``: header, peers table, routes."""
     now = now or time.time()
@@ -219,6 +230,7 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     loop = st.get("loop")
     if loop:
         lines.append(_loop_line(loop, now))
+    lines += _health_lines(st.get("health"))
     failures = st.get("task_failures", [])
     for f in failures:
         lines.append(f"TASK FAILED: {f['name']}: {f['error']}")

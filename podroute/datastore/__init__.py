@@ -6,7 +6,10 @@
   :class:`Changes` of Put/Delete/Invalid and :class:`Resync`) and errors (Unavailable,
   Conflict, InvalidData, Unsupported).
 - :mod:`.filestore`: the ``file`` store (the cluster file, :mod:`.cluster`), the default;
-  :mod:`.fake`: an in-memory store with fault injection for tests.
+  :mod:`.etcdstore`: the ``etcd`` store (values in :mod:`.codec`'s JSON; imported on its own,
+  it pulls in aetcd); :mod:`.fake`: an in-memory store with fault injection for tests.
+- :mod:`.screen`: the cross-resource rules the consumers apply to any store's stream
+  (overlapping pools, blocks outside every pool); :mod:`.apply`: ``podroute datastore apply``.
 - :mod:`.cluster`: the cluster file format and the BGP topology a set of resources implies
   (:func:`peers_for`, :func:`expected_next_hops`).
 
@@ -14,8 +17,8 @@ How the seam maps onto etcd v3 (keys ``<prefix><key>``, prefix ``/podroute/``):
 
 - revision: the etcd store revision; ``Stored.revision`` is the key's ModRevision.
 - ``snapshot()``: a prefix Range; ``Snapshot.revision`` = the response header's revision.
-- ``watch(rev)``: a prefix Watch with ``start_revision = rev + 1``; one WatchResponse -> one
-  Changes. ``ErrCompacted`` (compact_revision set) -> a fresh Range -> :class:`Resync`.
+- ``watch(rev)``: a prefix Watch with ``start_revision = rev + 1``; the events that arrived
+  together (at least one WatchResponse; a revision is never split) -> one Changes. ``ErrCompacted`` (compact_revision set) -> a fresh Range -> :class:`Resync`.
   A broken stream or no leader -> :class:`Unavailable` (caller re-watches from its revision).
 - ``register_node``: LeaseGrant(TTL) + Put(nodes/<name>, lease) and a keep-alive task; lease
   expiry deletes the key, which watchers see as Delete.

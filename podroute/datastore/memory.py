@@ -50,7 +50,7 @@ class MemoryStore:
             if old is not None and old.value == res and key not in self.invalid:
                 continue
             self.invalid.pop(key, None)
-            self.items[key] = st = Stored(key, res, rev)
+            self.items[key] = st = Stored(key, res, rev, old.created if old is not None else rev)
             events.append(Put(st))
         for err in invalid:
             self.invalid[err.key] = err

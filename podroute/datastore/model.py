@@ -6,6 +6,11 @@ splits block and affinity into IPAMBlock + BlockAffinity; here the affinity is a
 the block, which is what a claim compares on). Each resource has one datastore key,
 :func:`key_of`, relative to the datastore's prefix (``nodes/n1``, ``ipamblocks/198-19-1-0-26``);
 CIDRs in keys are spelled as Calico names its objects (``.`` and ``/`` replaced by ``-``).
+This module is the one owner of that mapping: the collections (:data:`PREFIXES`, named as
+Calico's resource plurals), :func:`key_of`, :func:`block_key` and :func:`cidr_name` /
+:func:`parse_cidr_name`. The etcd store puts its prefix in front
+(:class:`podroute.etcd.keys.KeyLayout`); the Kubernetes store maps the same collections onto
+its resources.
 
 A stored resource is a :class:`Stored`: the value plus the revision it was last written at
 (etcd ModRevision, Kubernetes resourceVersion as an opaque int) that compare-and-swap
@@ -14,6 +19,7 @@ writes compare on.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Union
@@ -25,6 +31,18 @@ BLOCK_STATES = (BLOCK_CONFIRMED, BLOCK_RELEASING)
 
 Labels = tuple[tuple[str, str], ...]   # sorted (key, value) pairs: hashable, order-free
 
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` if it is a valid object name: a DNS-1123 subdomain (lower-case alphanumerics,
+    '-' and '.', at most 253 characters), as Kubernetes and Calico name objects; ValueError
+    naming it otherwise."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"bad {what} {name!r}: want a DNS-1123 subdomain "
+                         "(lower-case a-z, 0-9, '-', '.'; at most 253 characters)")
+    return name
+
 
 def labels(mapping: Mapping[str, str] | None = None) -> Labels:
     """A :data:`Labels` value from a mapping."""
@@ -34,6 +52,18 @@ def labels(mapping: Mapping[str, str] | None = None) -> Labels:
 def cidr_name(cidr: ipaddress.IPv4Network) -> str:
     """Calico's object name for a CIDR: ``198.19.1.0/26`` -> ``198-19-1-0-26``."""
     return str(cidr).replace(".", "-").replace("/", "-")
+
+
+def parse_cidr_name(name: str) -> ipaddress.IPv4Network:
+    """Inverse of :func:`cidr_name`; ValueError naming ``name`` when it is not one (strict:
+    host bits must be zero)."""
+    parts = name.split("-")
+    if len(parts) != 5 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        raise ValueError(f"bad block name {name!r}: want <a>-<b>-<c>-<d>-<prefix length>, e.g. 198-19-1-0-26")
+    try:
+        return ipaddress.IPv4Network(f"{'.'.join(parts[:4])}/{parts[4]}", strict=True)
+    except ValueError as e:
+        raise ValueError(f"bad block name {name!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -112,31 +142,40 @@ class IPAMBlock:
 
 Resource = Union[Node, BGPConfiguration, BGPPeer, IPPool, IPAMBlock]
 
-PREFIXES = {Node: "nodes/", BGPConfiguration: "bgpconfigurations/", BGPPeer: "bgppeers/",
-            IPPool: "ippools/", IPAMBlock: "ipamblocks/"}
+NODES = "nodes/"
+BGPCONFIGURATIONS = "bgpconfigurations/"
+BGPPEERS = "bgppeers/"
+IPPOOLS = "ippools/"
+IPAMBLOCKS = "ipamblocks/"
+DEFAULT_BGPCONFIGURATION = "default"     # the cluster-wide one (Calico's name)
+PREFIXES = {Node: NODES, BGPConfiguration: BGPCONFIGURATIONS, BGPPeer: BGPPEERS, IPPool: IPPOOLS,
+            IPAMBlock: IPAMBLOCKS}
 
 
 def key_of(resource: Resource) -> str:
     """The resource's key below the datastore prefix."""
     if isinstance(resource, Node):
-        return f"nodes/{resource.name}"
+        return NODES + resource.name
     if isinstance(resource, BGPConfiguration):
-        return "bgpconfigurations/default"
+        return BGPCONFIGURATIONS + DEFAULT_BGPCONFIGURATION
     if isinstance(resource, BGPPeer):
-        return f"bgppeers/{resource.name}"
+        return BGPPEERS + resource.name
     if isinstance(resource, IPPool):
-        return f"ippools/{resource.name}"
-    return f"ipamblocks/{cidr_name(resource.cidr)}"
+        return IPPOOLS + resource.name
+    return block_key(resource.cidr)
 
 
 def block_key(cidr: ipaddress.IPv4Network) -> str:
-    return f"ipamblocks/{cidr_name(cidr)}"
+    return IPAMBLOCKS + cidr_name(cidr)
 
 
 @dataclass(frozen=True)
 class Stored:
     """A resource as stored: ``revision`` is the revision of its last write (etcd ModRevision;
-    Kubernetes resourceVersion), what compare-and-swap writes compare on."""
+    Kubernetes resourceVersion), what compare-and-swap writes compare on; ``created`` the
+    revision that created the key (etcd CreateRevision), 0 when the store does not say (it
+    orders which of two contradicting values came first: :mod:`podroute.datastore.screen`)."""
     key: str
     value: Resource
     revision: int
+    created: int = 0

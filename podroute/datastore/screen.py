@@ -9,8 +9,10 @@ does not parse); these rules need the other values, so consumers screen what the
   key, so every consumer keeps the key's last good value, as for a value that does not parse.
   The newcomer is what is refused: a pool overlapping one already in force, a block outside
   every pool in force.
-- :func:`screen_snapshot`: the same over a list, pools taken in revision order (the older of two
-  overlapping pools stays), then blocks; the refused keys join ``Snapshot.invalid``.
+- :func:`screen_snapshot`: the same over a list, pools taken in the order they were created
+  (``Stored.created``, etcd CreateRevision; the last write when a store does not say), so the
+  older of two overlapping pools stays also after it was updated; then blocks. The refused
+  keys join ``Snapshot.invalid``.
 
 Blocks are not checked when the datastore holds no pool (the file datastore without
 ``ipPools``: the node configs' pools apply). Deleting a pool does not retract its blocks.
@@ -73,7 +75,7 @@ def screen_snapshot(snapshot: Snapshot) -> Snapshot:
     pools: dict[str, IPPool] = {}
     bad: list[InvalidData] = []
     for st in sorted((s for s in snapshot.items.values() if isinstance(s.value, IPPool)),
-                     key=lambda s: (s.revision, s.key)):
+                     key=lambda s: (s.created or s.revision, s.key)):
         assert isinstance(st.value, IPPool)
         why = _pool_problem(st.key, st.value, pools)
         if why is None:

@@ -22,22 +22,23 @@ watch.py (watch_prefix: list-then-watch, reconnects), lease.py (LeaseKeeper), ke
 types.py (KeyValue, Listing, WatchEvent, Lease), errors.py.
 
 Key layout, under one prefix (default ``/podroute/``, configurable: ``KeyLayout(prefix)``); every value
-is a JSON object written by the datastore. Adapted from Calico's etcdv3 layout
-(``/calico/resources/v3/projectcalico.org/<plural>/<name>``, ``/calico/ipam/v2/assignment/ipv4/block/<cidr>``)
-and flannel's subnet leases (``/coreos.com/network/subnets/10.5.67.0-24`` under a TTL lease):
+is a JSON object written by the etcd datastore (podroute/datastore/codec.py). The relative keys are the
+cluster model's (``podroute.datastore.model.key_of``: Calico's resource plurals, a block named as Calico
+names IPAMBlock objects); keys.py only adds the prefix. Adapted from Calico's etcdv3 layout
+(``/calico/resources/v3/projectcalico.org/<plural>/<name>``) and flannel's subnet leases
+(``/coreos.com/network/subnets/10.5.67.0-24`` under a TTL lease):
 
-==========================================  ==================================================  ================
-key                                         holds                                               written as
-==========================================  ==================================================  ================
-``/podroute/nodes/<name>``                  a node: address, ASN, RR cluster ID, labels,        put under the
-                                            tunnel/VTEP data                                    node's lease
-``/podroute/ipam/blocks/<cidr>``            an IPAM block and the node it is affine to;         create
-                                            ``<cidr>`` is ``10.244.1.0-26`` ('/' -> '-')        (Version == 0)
-``/podroute/pools/<name>``                  an IP pool: CIDR, block size, encapsulation         create / update
-``/podroute/bgppeers/<name>``               a BGP peer and the nodes it applies to              create / update
-``/podroute/bgpconfig/default``             cluster BGP configuration (``node.<name>``: one     create / update
-                                            node's, as Calico names it)
-==========================================  ==================================================  ================
+==============================================  ==================================================  ================
+key                                             holds                                               written as
+==============================================  ==================================================  ================
+``/podroute/nodes/<name>``                      a node: address, ASN, RR cluster ID, labels,        put under the
+                                                tunnel/VTEP data                                    node's lease
+``/podroute/ipamblocks/<cidr>``                 an IPAM block and the node it is affine to;         create
+                                                ``<cidr>`` is ``198-19-1-0-26``                     (Version == 0)
+``/podroute/ippools/<name>``                    an IP pool: CIDR, block size, encapsulation         create / update
+``/podroute/bgppeers/<name>``                   a BGP peer and the nodes it applies to              create / update
+``/podroute/bgpconfigurations/default``         cluster BGP configuration                           create / update
+==============================================  ==================================================  ================
 
 Writes that may race are transactions: a create compares ``Version(key) == 0`` (flannel's subnet
 claim, Calico's etcdv3 Create); an update or a delete compares ``ModRevision(key)`` with the revision

@@ -103,11 +103,19 @@ class EtcdClient:
         # The outer wait_for bounds the parts of a call that gRPC's deadline does not cover
         # (aetcd's connect, its watcher start-up).
         try:
-            return await asyncio.wait_for(op(), self.timeout_s + 1.0)
+            result = await asyncio.wait_for(op(), self.timeout_s + 1.0)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             raise map_error(e, what) from e
+        # Python 3.11's wait_for returns the result when a cancellation arrives just as the call
+        # completes, and the cancellation is lost (CPython gh-86296, fixed in 3.12): a LeaseKeeper
+        # being stopped then renewed on forever and its stop() never returned. The request is still
+        # pending on the task (Task.cancelling()), so honour it here.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError(f"cancelled during etcd {what}")
+        return result
 
     # -- reads ---------------------------------------------------------------------------------------
 

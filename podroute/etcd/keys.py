@@ -1,54 +1,35 @@
-"""podroute's etcd key layout (documented in podroute/etcd/__init__.py): the one owner of key strings.
+"""podroute's etcd key layout (documented in podroute/etcd/__init__.py): absolute etcd keys.
 
-Every key is ``<prefix><collection>/<name>``. Names are Kubernetes-style object names (DNS-1123
-subdomains: lower-case alphanumerics, '-' and '.', at most 253 characters), as Calico's resource names
-are; an IPAM block's name is its CIDR with '/' replaced by '-' (flannel's subnet keys,
-``10.5.67.0-24``). IPv6 keeps its ':' (legal in an etcd key; Calico's Kubernetes names replace it only
-because Kubernetes names cannot hold it), so a name parses back to one CIDR unambiguously.
+Every key is ``<prefix><collection><name>``. The collections, the names and the relative key of
+each resource belong to the cluster model (:mod:`podroute.datastore.model`: ``key_of``,
+``block_key``, ``cidr_name``), which every datastore shares; this module only puts the prefix in
+front, checks names, and takes keys apart again. Names are Kubernetes-style object names (DNS-1123
+subdomains: lower-case alphanumerics, '-' and '.', at most 253 characters), as Calico's resource
+names are; an IPAM block's name is its CIDR spelled as Calico names its IPAMBlock objects
+(``198.19.1.0/26`` -> ``198-19-1-0-26``).
 """
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network
+
+from podroute.datastore.model import (BGPCONFIGURATIONS, BGPPEERS, DEFAULT_BGPCONFIGURATION, IPAMBLOCKS, IPPOOLS,
+                                      NODES, _NAME, block_key, check_name, cidr_name,
+                                      parse_cidr_name)
 
 DEFAULT_PREFIX = "/podroute/"
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
-NODES = "nodes/"
-BLOCKS = "ipam/blocks/"
-POOLS = "pools/"
-BGPPEERS = "bgppeers/"
-BGPCONFIG = "bgpconfig/"
-DEFAULT_BGPCONFIG = "default"
+# The model's collections under their etcd-layer names (one owner: the model).
+BLOCKS = IPAMBLOCKS
+POOLS = IPPOOLS
+BGPCONFIG = BGPCONFIGURATIONS
+DEFAULT_BGPCONFIG = DEFAULT_BGPCONFIGURATION
+COLLECTIONS = (NODES, BLOCKS, POOLS, BGPPEERS, BGPCONFIG)
+block_name = cidr_name
+parse_block_name = parse_cidr_name
 
-
-def check_name(name: str, what: str = "name") -> str:
-    """``name`` if it is a valid object name (see module docstring); ValueError naming it otherwise."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"bad {what} {name!r}: want a DNS-1123 subdomain "
-                         "(lower-case a-z, 0-9, '-', '.'; at most 253 characters)")
-    return name
-
-
-def block_name(cidr: IPv4Network | IPv6Network) -> str:
-    """``10.244.1.0/26`` -> ``10.244.1.0-26``; ``fd00::/122`` -> ``fd00::-122``."""
-    if not isinstance(cidr, (IPv4Network, IPv6Network)):
-        raise TypeError(f"block CIDR must be an ipaddress network, not {type(cidr).__name__}")
-    return f"{cidr.network_address}-{cidr.prefixlen}"
-
-
-def parse_block_name(name: str) -> IPv4Network | IPv6Network:
-    """Inverse of :func:`block_name`; ValueError naming ``name`` when it is not one (strict: host bits
-    must be zero)."""
-    addr, sep, plen = name.rpartition("-")
-    if not sep or not plen.isdigit():
-        raise ValueError(f"bad IPAM block name {name!r}: want <address>-<prefix length>")
-    try:
-        return ipaddress.ip_network(f"{addr}/{plen}", strict=True)
-    except ValueError as e:
-        raise ValueError(f"bad IPAM block name {name!r}: {e}") from None
+__all__ = ["BGPCONFIG", "BGPPEERS", "BLOCKS", "COLLECTIONS", "DEFAULT_BGPCONFIG", "DEFAULT_PREFIX", "KeyLayout",
+           "NODES", "POOLS", "block_name", "check_name", "parse_block_name"]
 
 
 @dataclass(frozen=True)
@@ -65,15 +46,26 @@ class KeyLayout:
 
     def collection(self, kind: str) -> str:
         """The prefix of one collection, e.g. ``collection(NODES)`` -> ``/podroute/nodes/``."""
-        if kind not in (NODES, BLOCKS, POOLS, BGPPEERS, BGPCONFIG):
+        if kind not in COLLECTIONS:
             raise ValueError(f"unknown podroute etcd collection {kind!r}")
         return self.prefix + kind
+
+    def key(self, relative: str) -> str:
+        """The etcd key of a model key (``key_of(resource)``); ValueError when ``relative`` is not
+        ``<collection><valid name>``."""
+        self.split(self.prefix + relative)
+        return self.prefix + relative
+
+    def relative(self, key: str) -> str:
+        """The model key of etcd key ``key`` (inverse of :meth:`key`); ValueError naming it."""
+        kind, name = self.split(key)
+        return kind + name
 
     def node(self, name: str) -> str:
         return self.prefix + NODES + check_name(name, "node name")
 
-    def block(self, cidr: IPv4Network | IPv6Network) -> str:
-        return self.prefix + BLOCKS + block_name(cidr)
+    def block(self, cidr: IPv4Network) -> str:
+        return self.prefix + block_key(cidr)
 
     def pool(self, name: str) -> str:
         return self.prefix + POOLS + check_name(name, "IP pool name")
@@ -82,15 +74,16 @@ class KeyLayout:
         return self.prefix + BGPPEERS + check_name(name, "BGP peer name")
 
     def bgpconfig(self, name: str = DEFAULT_BGPCONFIG) -> str:
-        """``default`` is cluster-wide; ``node.<name>`` is one node's, as Calico names them."""
+        """``default`` is cluster-wide (the only one the model has today)."""
         return self.prefix + BGPCONFIG + check_name(name, "BGP configuration name")
 
     def split(self, key: str) -> tuple[str, str]:
         """``/podroute/nodes/n1`` -> ``("nodes/", "n1")``; ValueError naming the key when it is not
-        ``<prefix><known collection><name>``."""
+        ``<prefix><known collection><valid name>``."""
         if key.startswith(self.prefix):
             rest = key[len(self.prefix):]
-            for kind in (NODES, BLOCKS, POOLS, BGPPEERS, BGPCONFIG):
-                if rest.startswith(kind) and rest[len(kind):] and "/" not in rest[len(kind):]:
-                    return kind, rest[len(kind):]
+            for kind in COLLECTIONS:
+                name = rest[len(kind):]
+                if rest.startswith(kind) and _NAME.match(name):
+                    return kind, name
         raise ValueError(f"etcd key {key!r} is not in podroute's layout under {self.prefix!r}")

@@ -46,6 +46,7 @@ class WatchEvent:
     value: bytes
     mod_revision: int
     version: int
+    create_revision: int = 0      # of a put; 0 for a delete
 
     def json(self) -> Any:
         """As :meth:`KeyValue.json`."""

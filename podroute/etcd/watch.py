@@ -42,7 +42,8 @@ def _event(ev) -> WatchEvent:
     kind = "put" if ev.kind == "PUT" else "delete"
     return WatchEvent(kind=kind, key=kv.key.decode("utf-8", "surrogateescape"),
                       value=bytes(kv.value) if kind == "put" else b"",
-                      mod_revision=kv.mod_revision, version=kv.version)
+                      mod_revision=kv.mod_revision, version=kv.version,
+                      create_revision=kv.create_revision if kind == "put" else 0)
 
 
 async def watch_prefix(client: EtcdClient, prefix: str, start_revision: int,

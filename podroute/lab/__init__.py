@@ -26,6 +26,7 @@ Modules, by concern:
   installed conflist with libcni's semantics
 - :mod:`~podroute.lab.probes`: FIB probes, new-node convergence timing, the ping matrix
 - :mod:`~podroute.lab.report`: report.txt and report.json from given inputs
+- :mod:`~podroute.lab.monitoring`: the lab's Prometheus (``--monitoring``) and its HTTP API
 - :mod:`~podroute.lab.runner`: ``lab up``, ``lab down``, ``lab status``
 - :mod:`~podroute.lab.reconfigure`: ``lab reconfigure`` (switch encapsulation, rolling restart)
 """

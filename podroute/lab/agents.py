@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from podroute import statusd
-from podroute.lab import netns, pods
+from podroute.lab import monitoring, netns, pods
 from podroute.lab.model import ASN, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, Node, router_ip
 from podroute.lab.netns import LabError
 from podroute.lab.options import CLUSTER_FILE_TOPOLOGIES
@@ -60,7 +60,8 @@ def write_cluster(lab: Lab, members: list[Node]) -> None:
 
 def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     """``node``'s node.yaml as a document (the lab's encapsulation goes into the pool's
-    ``ipipMode``/``vxlanMode``, Calico IPPool spelling). On the etcd datastore it has a
+    ``ipipMode``/``vxlanMode``, Calico IPPool spelling; a lab with monitoring adds the
+    ``metrics:`` listener on the node's underlay address). On the etcd datastore it has a
     ``datastore``/``ipam`` section instead of ``podCIDRs``, ``ipPools`` and ``peers``: the
     node claims its blocks, and pools, peers and the other nodes come from etcd."""
     if lab.datastore == "etcd":
@@ -81,6 +82,8 @@ def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     }
     if lab.topology in CLUSTER_FILE_TOPOLOGIES:
         cfg["clusterFile"] = str(lab.path / "cluster.yaml")
+    if lab.monitoring:
+        cfg["metrics"] = monitoring.node_metrics(node)
     return cfg
 
 
@@ -89,6 +92,7 @@ def etcd_node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     from podroute.lab.etcd import PREFIX  # lazy: a file lab does not load the etcd client
     ndir = Path(node.dir)
     rr = {"routeReflectorClusterID": node.ip} if lab.topology == "podroute-rr" and node is lab.nodes[0] else {}
+    metrics = {"metrics": monitoring.node_metrics(node)} if lab.monitoring else {}
     return {
         "nodeName": lab.node_name(node),
         "nodeIP": node.ip,
@@ -100,6 +104,7 @@ def etcd_node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
         "mtu": "auto",
         "resyncInterval": 30,
         "paths": {"stateDir": str(ndir / "state"), "runDir": str(ndir / "run")},
+        **metrics,
     }
 
 

@@ -4,7 +4,8 @@
 namespace and uplink on its subnet's bridge), tells the cluster about it the way the lab's
 datastore does (file: the cluster file lists it, for mesh / podroute-rr labs; etcd: nothing
 to write unless the topology gives each node its own BGPPeer, the agent registers itself),
-configures it on the external routers (podroute.lab.routers.add_neighbor), writes its
+configures it on the external routers (podroute.lab.routers.add_neighbor) and, with
+``--monitoring``, in Prometheus' targets (podroute.lab.monitoring.write_targets), writes its
 node.yaml, installs its CNI plugin and starts its agent. Unless ``wait`` is off it then
 waits for its sessions, times until its block is in every other node's FIB
 (podroute.lab.probes.time_join: from the agent's start and from its registration), wires
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 from podroute import statusd
-from podroute.lab import agents, control, fabric, netns, pods, probes, routers
+from podroute.lab import agents, control, fabric, monitoring, netns, pods, probes, routers
 from podroute.lab.model import Lab, Node, say, wait
 from podroute.lab.netns import LabError
 from podroute.lab.options import (CLUSTER_FILE_TOPOLOGIES, MAX_LEASE_TTL_S, MAX_NODES, MAX_PODS_PER_NODE,
@@ -83,6 +84,7 @@ def add(lab: Lab, name: str | None = None, *, wait_join: bool = True, n_pods: in
     elif lab.topology in CLUSTER_FILE_TOPOLOGIES:
         agents.write_cluster(lab, lab.nodes)
     routers.add_neighbor(lab, node)
+    monitoring.write_targets(lab)   # Prometheus (--monitoring) scrapes it from now on
     pods.install(Path(node.dir), agents.node_config(lab, node))
     t_started = time.time()
     agents.start(lab, node, install_cni=False)
@@ -150,6 +152,7 @@ def remove(lab: Lab, name: str, *, expire: bool = False) -> list[str]:
         elif lab.topology in CLUSTER_FILE_TOPOLOGIES:
             agents.write_cluster(lab, lab.nodes)
         routers.remove_neighbor(lab, node)
+    monitoring.write_targets(lab)
     gone = [p for p in lab.pods if p.node == name]
     for ns in [p.ns for p in gone] + [node.ns]:
         netns.delete(ns)

@@ -4,10 +4,11 @@ Address plan (all from 198.18.0.0/15; nothing is added to the root namespace):
 underlay subnet ``s`` is 198.18.<s>.0/24 with the lab router at .1; the route reflector
 is 198.18.0.1 (AS 64512), the second reflector of ``rr2`` labs 198.18.0.2; node ``i``
 sits in subnet (i-1) mod K at 198.18.<s>.(10+i) and owns IPAM block 198.19.<i>.0/26 of
-pool 198.19.0.0/16; under a ToR (AS 65000) node ``i`` has AS 65000+i. A lab on the etcd
-datastore (``--datastore etcd``) runs etcd at 198.18.0.3 (:data:`ETCD_IP`, subnet 0) and its
-nodes claim their blocks from the pool themselves, so a node's block is known only once its
-agent has claimed it (``Node.block`` is "" until then).
+pool 198.19.0.0/16; under a ToR (AS 65000) node ``i`` has AS 65000+i. The lab's Prometheus
+(``--monitoring``) is 198.18.0.254 on subnet 0. A lab on the etcd datastore (``--datastore
+etcd``) runs etcd at 198.18.0.3 (:data:`ETCD_IP`, subnet 0) and its nodes claim their blocks
+from the pool themselves, so a node's block is known only once its agent has claimed it
+(``Node.block`` is "" until then).
 
 :class:`Lab` is mutable on purpose: the lab's steps append what they create and call
 :meth:`Lab.save` after each, so ``lab down`` can remove a half-built lab. Addresses are
@@ -27,6 +28,7 @@ from podroute.lab.netns import LabError
 
 RR_IP = ipaddress.IPv4Address("198.18.0.1")
 RR2_IP = ipaddress.IPv4Address("198.18.0.2")
+MON_IP = ipaddress.IPv4Address("198.18.0.254")   # above the highest node address (.210)
 ETCD_IP = ipaddress.IPv4Address("198.18.0.3")   # below the first node (.11); .2 is rr2's
 ETCD_CLIENT_PORT = 2379                           # etcd's IANA-registered client port
 DATASTORES = ("file", "etcd")
@@ -96,6 +98,7 @@ class Lab:
     topology: str = "rr"
     peer: str = "bird"
     router_restart_time: int = 120
+    monitoring: dict[str, Any] = field(default_factory=dict)   # the lab's Prometheus (podroute.lab.monitoring)
     datastore: str = "file"
     etcd: dict[str, Any] = field(default_factory=dict)   # ns, ip, endpoint, pid, dir (etcd labs)
     lease_ttl: int = 30            # s, the nodes' leaseTTL (etcd labs)
@@ -131,8 +134,8 @@ class Lab:
                    raw["namespaces"], raw.get("routers", []), raw.get("timings", {}),
                    raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1),
                    raw.get("topology", "rr"), raw.get("peer", "bird"), raw.get("router_restart_time", 120),
-                   raw.get("datastore", "file"), raw.get("etcd", {}), raw.get("lease_ttl", 30),
-                   raw.get("release_grace", 60), raw.get("last_index", len(raw["nodes"])))
+                   raw.get("monitoring", {}), raw.get("datastore", "file"), raw.get("etcd", {}),
+                   raw.get("lease_ttl", 30), raw.get("release_grace", 60), raw.get("last_index", len(raw["nodes"])))
 
     @property
     def etcd_endpoint(self) -> str:

@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from podroute.lab import frr
+from podroute.lab import frr, monitoring
 from podroute.lab.model import DATASTORES
 from podroute.lab.netns import LabError
 
@@ -57,6 +57,7 @@ class LabOptions:
     subnets: int = 1
     topology: str = "rr"
     router_restart_time: int = 120   # s, the graceful-restart time the external routers advertise (RFC 4724)
+    monitoring: bool = False         # a Prometheus scraping every agent (podroute.lab.monitoring)
     datastore: str = "file"
     lease_ttl: int = 30              # s, etcd labs: the nodes' datastore.leaseTTL
     release_grace: int = 60          # s, etcd labs: the nodes' ipam.releaseGracePeriod
@@ -85,16 +86,19 @@ class LabOptions:
             raise LabError(f"--release-grace {self.release_grace}: need 0..{MAX_RELEASE_GRACE_S} seconds")
 
 
-def required_tools(peer: str, datastore: str = "file") -> tuple[str, ...]:
-    """The executables a lab with external routers of kind ``peer`` on ``datastore`` runs."""
+def required_tools(peer: str, with_monitoring: bool = False, datastore: str = "file") -> tuple[str, ...]:
+    """The executables a lab with external routers of kind ``peer`` runs (with
+    ``with_monitoring``, Debian's prometheus and its promtool; on the etcd ``datastore``, etcd
+    and etcdctl)."""
     return ("ip", "ping", *(("bird", "birdc") if peer == "bird" else (frr.BGPD, "vtysh")),
+            *((monitoring.PROMETHEUS, monitoring.PROMTOOL) if with_monitoring else ()),
             *(("etcd", "etcdctl") if datastore == "etcd" else ()))
 
 
-def check_host(peer: str, datastore: str = "file") -> None:
+def check_host(peer: str, with_monitoring: bool = False, datastore: str = "file") -> None:
     """Raise LabError unless we are root and every tool of :func:`required_tools` is found."""
     if os.geteuid() != 0:
         raise LabError("the lab creates network namespaces and needs root")
-    for tool in required_tools(peer, datastore):
+    for tool in required_tools(peer, with_monitoring, datastore):
         if not shutil.which(tool):
             raise LabError(f"{tool} not found: run scripts/setup first")

@@ -6,7 +6,9 @@ N-1 node agents (podroute.lab.agents), then starts the last node and times how l
 block takes to reach every other FIB (podroute.lab.probes), so that figure is measured on
 every run. It wires pods through each node's installed conflist exactly as a container
 runtime does (podroute.lab.pods, podroute.lab.libcni), pings every pod pair and writes
-``report.txt`` and ``report.json`` (podroute.lab.report).
+``report.txt`` and ``report.json`` (podroute.lab.report). With ``--monitoring`` a
+Prometheus started before the agents must be scraping every one of them before the
+report (podroute.lab.monitoring).
 
 With ``--datastore etcd`` the lab first starts a real etcd in its own namespace and writes
 the pool, the BGP configuration and the BGP peers into it (podroute.lab.etcd); the node
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from podroute import statusd
-from podroute.lab import agents, fabric, netns, pods, probes, report, routers
+from podroute.lab import agents, fabric, monitoring, netns, pods, probes, report, routers
 from podroute.lab.model import Lab, say, wait
 from podroute.lab.netns import LabError
 from podroute.lab.options import CLUSTER_FILE_TOPOLOGIES, LabOptions, check_host
@@ -75,6 +77,9 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
         etcd.seed(lab)
         lab.timings["etcd_s"] = time.monotonic() - t0
     routers.start_all(lab)
+    if opts.monitoring:  # before the agents: its target discovery (up to 5 s) overlaps their start
+        say("starting Prometheus in the monitoring namespace")
+        monitoring.start(lab)
     first, last = lab.nodes[:-1], lab.nodes[-1]
     cluster_file = opts.topology in CLUSTER_FILE_TOPOLOGIES and lab.datastore == "file"
     if cluster_file:
@@ -116,6 +121,8 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
         for j in range(1, opts.pods_per_node + 1):
             pods.wire(lab, n, j)
     lab.timings["pods_s"] = time.monotonic() - t0
+    if opts.monitoring:
+        monitoring.wait_scraping(lab)
     say("pinging every pod pair")
     matrix = probes.ping_matrix(lab.pods)
     statuses = {n.name: agents.status(n) or {} for n in lab.nodes}
@@ -129,19 +136,19 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
 
 def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node: int = 2,
            keep_on_failure: bool = False, encapsulation: str = "none", encap_mode: str = "Always",
-           subnets: int = 1, topology: str = "rr", router_restart_time: int = 120, datastore: str = "file",
-           lease_ttl: int = 30, release_grace: int = 60) -> int:
+           subnets: int = 1, topology: str = "rr", router_restart_time: int = 120,
+           monitoring_on: bool = False, datastore: str = "file", lease_ttl: int = 30, release_grace: int = 60) -> int:
     """Build and prove the lab. Returns 0 when every check passed, 1 otherwise, 2 for bad
     options or a host that cannot run the lab (message on stderr). ``lease_ttl`` and
     ``release_grace`` (s) are the nodes' ``datastore.leaseTTL`` and ``ipam.releaseGracePeriod``
     on the etcd datastore."""
     opts = LabOptions(name=name, nodes=nodes, peer=peer, pods_per_node=pods_per_node,
                       encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets, topology=topology,
-                      router_restart_time=router_restart_time, datastore=datastore, lease_ttl=lease_ttl,
-                      release_grace=release_grace)
+                      router_restart_time=router_restart_time, monitoring=monitoring_on, datastore=datastore,
+                      lease_ttl=lease_ttl, release_grace=release_grace)
     try:
         opts.validate()
-        check_host(peer, datastore)
+        check_host(peer, monitoring_on, datastore)
     except LabError as e:
         print(f"podroute lab: {e}", file=sys.stderr)
         return 2
@@ -165,13 +172,16 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
     print(text)
     (root / "report.txt").write_text(text + "\n")
     (root / "report.json").write_text(json.dumps(doc, indent=2))
+    if lab.monitoring:
+        print("\n" + "\n".join(monitoring.describe(lab)))
     print(f"\nreport saved to {root / 'report.txt'}; inspect with: podroute lab status --name {name}; "
           f"remove with: podroute lab down --name {name}")
     return 0 if passed else 1
 
 
 def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
-    """Remove every namespace, process and file of lab ``name``. Idempotent. Returns 1 when
+    """Remove every namespace, process and file of lab ``name`` (its Prometheus, when it has
+    one, stopped by PID with the rest). Idempotent. Returns 1 when
     a lab namespace is still present afterwards, else 0."""
     root = state_root / name
     lab = Lab.load(root)
@@ -181,6 +191,7 @@ def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
         netns.kill_pids([n.pid for n in lab.nodes if n.pid], grace=10)
         netns.kill_pids([r["pid"] for r in lab.routers if r.get("pid")] +
                         ([lab.etcd["pid"]] if lab.etcd.get("pid") else []), grace=5)
+        monitoring.stop(lab)
     spaces = set(netns.list_prefixed(prefix)) | set(lab.namespaces if lab else [])
     for ns in sorted(spaces, reverse=True):  # pods before nodes before the fabric
         netns.delete(ns)
@@ -192,7 +203,8 @@ def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
 
 
 def lab_status(*, name: str, state_root: Path) -> int:
-    """Print each node's agent status (or "agent not answering"). Returns 1 for an unknown lab."""
+    """Print each node's agent status (or "agent not answering"), and the lab's Prometheus
+    with its targets' health when it has one. Returns 1 for an unknown lab."""
     lab = Lab.load(state_root / name)
     if not lab:
         print(f"no lab '{name}' under {state_root}", file=sys.stderr)
@@ -204,6 +216,8 @@ def lab_status(*, name: str, state_root: Path) -> int:
         print(f"=== {n.name} ({n.ns}, {n.ip}, agent pid {n.pid})")
         print(statusd.render(st) if st else "agent not answering")
         print()
+    if lab.monitoring:
+        print("\n".join(monitoring.status_lines(lab)))
     return 0
 
 

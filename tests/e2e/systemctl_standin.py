@@ -11,7 +11,11 @@ unit and nothing more, and refuses anything else:
 - ``ExecStart=`` is started in a new session with ``LimitNOFILE=`` (capped at the hard
   limit this process may not raise), its output appended to
   ``$STANDIN_LOG_DIR/<unit>.log`` and its PID written to ``$STANDIN_LOG_DIR/<unit>.pid``;
-  like ``Type=exec``, this returns once the program has been executed.
+  like ``Type=exec``, this returns once the program has been executed; with ``Type=notify``
+  it passes ``NOTIFY_SOCKET`` (a datagram socket of its own) and returns once ``READY=1``
+  arrives, failing if the program exits first or ``TimeoutStartSec=`` passes. What the
+  program sends after that goes nowhere (the stand-in has exited), and ``WatchdogSec=`` is
+  not enforced (no ``WATCHDOG_USEC``).
 
 Stdlib only; run by /usr/bin/python3. Exit 0 on success, 1 with the reason otherwise.
 """
@@ -20,8 +24,12 @@ from __future__ import annotations
 import os
 import resource
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 UNIT_DIR = Path("/etc/systemd/system")
@@ -92,11 +100,34 @@ def main(argv: list[str]) -> int:
             n = int(nofile[-1]) if hard == resource.RLIM_INFINITY else min(int(nofile[-1]), hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
+    notify = (values(service, "Type") or ["simple"])[-1] == "notify"
+    env = dict(os.environ)
+    if notify:
+        sock_dir = tempfile.mkdtemp(prefix="standin-")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(os.path.join(sock_dir, "notify"))
+        env["NOTIFY_SOCKET"] = os.path.join(sock_dir, "notify")
     with open(log_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(shlex.split(start[0].lstrip("-+!@:")), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limits)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limits, env=env)
     (log_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
-    return 0
+    if not notify:
+        return 0
+    try:
+        deadline = time.monotonic() + float((values(service, "TimeoutStartSec") or ["90"])[-1])
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return fail(f"{name}: the program exited ({proc.returncode}) before READY=1")
+            try:
+                if "READY=1" in sock.recv(4096).decode(errors="replace").split("\n"):
+                    return 0
+            except socket.timeout:
+                pass
+        return fail(f"{name}: no READY=1 within TimeoutStartSec")
+    finally:
+        sock.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

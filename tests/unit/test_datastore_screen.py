@@ -45,3 +45,15 @@ def test_changes_refuse_the_newcomer_and_follow_pools_written_in_the_same_batch(
     gone = Changes(9, (Delete("ippools/p", 9), Put(st(OVER, 9))))   # the old pool goes first: fine
     assert screen_changes(current, gone) is gone
     assert isinstance(screen(current, Resync(Snapshot(9, {"x": st(OVER, 1), "y": st(POOL, 2)}))), Resync)
+
+
+def test_updating_the_older_pool_does_not_make_the_refused_one_win_on_the_next_list():
+    """Found on etcd (tests/unit/test_etcd_bad_data.py): pools were ordered by their last write, so
+    once the pool in force was updated (say, disabled), the next list (a restart, a Resync) kept
+    the overlapping pool that had been refused and refused the one in force. Age is the key's
+    creation (Stored.created, etcd CreateRevision), not its last write."""
+    updated = Stored(key_of(POOL), IPPool("p", POOL.cidr, disabled=True), 12, 3)     # created at 3, written at 12
+    refused = Stored(key_of(OVER), OVER, 9, 9)
+    snap = screen_snapshot(Snapshot(12, {s.key: s for s in (updated, refused)}))
+    assert set(snap.items) == {"ippools/p"} and snap.items["ippools/p"].value.disabled
+    assert [b.key for b in snap.invalid] == ["ippools/over"]

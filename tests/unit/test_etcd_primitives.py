@@ -60,7 +60,7 @@ async def test_get_prefix_gives_items_sorted_with_revisions(client, prefix, etcd
 
 
 async def test_create_conflicts_when_the_key_exists_and_names_the_holder(client, prefix):
-    key = prefix + "ipam/blocks/10.244.0.0-26"
+    key = prefix + "ipamblocks/10-244-0-0-26"
     rev = await client.create(key, b'{"affinity": "host:n1"}')
     with pytest.raises(EtcdConflict) as ei:
         await client.create(key, b'{"affinity": "host:n2"}')
@@ -71,7 +71,7 @@ async def test_create_conflicts_when_the_key_exists_and_names_the_holder(client,
 
 
 async def test_update_and_delete_compare_the_mod_revision(client, prefix):
-    key = prefix + "pools/default"
+    key = prefix + "ippools/default"
     rev1 = await client.create(key, b'{"v": 1}')
     rev2 = await client.update(key, b'{"v": 2}', rev1)
     assert rev2 > rev1
@@ -160,27 +160,33 @@ async def test_watch_yields_puts_and_deletes_in_order_from_a_revision(client, pr
 def test_key_layout_names_and_round_trips():
     import ipaddress
 
+    from podroute.datastore.model import IPPool, key_of
     from podroute.etcd import block_name, parse_block_name
 
     k = KeyLayout()
     assert k.node("n1") == "/podroute/nodes/n1"
-    assert k.block(ipaddress.ip_network("10.244.1.0/26")) == "/podroute/ipam/blocks/10.244.1.0-26"
-    assert k.bgpconfig() == "/podroute/bgpconfig/default"
-    assert k.split("/podroute/ipam/blocks/10.244.1.0-26") == ("ipam/blocks/", "10.244.1.0-26")
-    for net in ("10.244.1.0/26", "fd00:10::/122", "0.0.0.0/0"):
+    assert k.block(ipaddress.ip_network("10.244.1.0/26")) == "/podroute/ipamblocks/10-244-1-0-26"
+    assert k.bgpconfig() == "/podroute/bgpconfigurations/default"
+    assert k.split("/podroute/ipamblocks/10-244-1-0-26") == ("ipamblocks/", "10-244-1-0-26")
+    # one mapping: the etcd key is the prefix plus the model's key
+    pool = IPPool("p1", ipaddress.ip_network("10.244.0.0/16"))
+    assert k.key(key_of(pool)) == k.pool("p1") == "/podroute/ippools/p1"
+    assert k.relative("/podroute/ippools/p1") == key_of(pool)
+    for net in ("10.244.1.0/26", "0.0.0.0/0", "198.19.255.240/28"):
         n = ipaddress.ip_network(net)
         assert parse_block_name(block_name(n)) == n
-    assert KeyLayout("/cluster-a/").pool("default") == "/cluster-a/pools/default"
+    assert KeyLayout("/cluster-a/").pool("default") == "/cluster-a/ippools/default"
     for bad in ("", "N1", "a/b", "-x", "x" * 254):
         with pytest.raises(ValueError, match="bad node name"):
             k.node(bad)
-    for bad in ("10.244.1.1-26", "10.244.1.0", "10.244.1.0-33", "x-1"):
-        with pytest.raises(ValueError, match="bad IPAM block name"):
+    for bad in ("10-244-1-1-26", "10-244-1-0", "10-244-1-0-33", "x-1", "10.244.1.0-26"):
+        with pytest.raises(ValueError, match="bad block name"):
             parse_block_name(bad)
     for bad in ("podroute/", "/podroute", "//", "/a//b/"):
         with pytest.raises(ValueError, match="bad etcd key prefix"):
             KeyLayout(bad)
-    for bad in ("/podroute/nodes/", "/podroute/unknown/x", "/other/nodes/n1", "/podroute/nodes/a/b"):
+    for bad in ("/podroute/nodes/", "/podroute/unknown/x", "/other/nodes/n1", "/podroute/nodes/a/b",
+                "/podroute/ipam/blocks/10.244.1.0-26"):
         with pytest.raises(ValueError, match="not in podroute's layout"):
             k.split(bad)
 
@@ -243,7 +249,7 @@ async def test_twenty_claimers_sixteen_blocks_no_block_held_twice(etcd_server, p
     assert len(winners) == 16 and sum(k is None for k in won) == 4
     assert sorted(winners.values()) == sorted(blocks)      # each block won exactly once
     # etcd itself (read by etcdctl) holds each block for exactly the claimer that won it, once.
-    got = etcdctl_json(etcd_server, "get", "--prefix", layout.collection("ipam/blocks/"))
+    got = etcdctl_json(etcd_server, "get", "--prefix", layout.collection("ipamblocks/"))
     import base64
     held = {base64.b64decode(kv["key"]).decode(): json.loads(base64.b64decode(kv["value"]))["affinity"]
             for kv in got["kvs"]}
@@ -264,6 +270,26 @@ async def test_bad_arguments_are_refused_before_reaching_etcd(client, prefix):
         await client.update(prefix + "a", b"{}", 0)
     with pytest.raises(ValueError, match="start_revision"):
         await watch_prefix(client, prefix, 0).__anext__()
-    with pytest.raises(ValueError, match=r"etcd key '/podroute/pools/p1': value is not JSON"):
-        KeyValue("/podroute/pools/p1", b"{not json", 1, 1, 1).json()
+    with pytest.raises(ValueError, match=r"etcd key '/podroute/ippools/p1': value is not JSON"):
+        KeyValue("/podroute/ippools/p1", b"{not json", 1, 1, 1).json()
     assert (await client.get_prefix(prefix)).items == ()   # nothing was written, the client still works
+
+
+async def test_a_cancellation_arriving_as_a_call_completes_is_not_lost():
+    """CPython 3.11's wait_for drops a cancellation that arrives in the loop iteration in which the
+    wrapped call completes (gh-86296). Found as a LeaseKeeper whose stop() hung: the keeper's renewal
+    returned, the cancel was lost, and it slept and renewed on. The call must end cancelled."""
+    c = EtcdClient("127.0.0.1", 1, timeout_s=1.0)        # no I/O: the op below is ours
+    reply: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def op():
+        return await reply
+
+    t = asyncio.create_task(c._call("test", op))
+    await asyncio.sleep(0)                    # t waits inside wait_for on op's task
+    reply.set_result("done")
+    await asyncio.sleep(0)                    # op's task completes; t is not resumed yet
+    t.cancel()                                # the cancellation lands as the call has completed
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    await c.close()

@@ -115,7 +115,7 @@ async def test_agent_runs_wires_a_pod_through_felix_alone_and_stops_cleanly(shor
     st = agent.status()
     assert json.dumps(st) and st["workloads"] == 1 and st["fib"]["desired_by_owner"]["workloads"] == 1
     assert set(st) == {"node", "started", "bgp", "fib", "loop", "encapsulation", "workloads", "tasks", "datastore",
-                       "task_failures"}
+                       "task_failures", "health"}
     assert {"felix", "cni-server", "bgp-speaker", "status-server"} <= set(st["tasks"])
     await agent.cni.handle(cni("DEL"))
     assert ip not in dp.ours()

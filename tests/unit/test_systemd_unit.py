@@ -75,3 +75,12 @@ def test_verify_fails_without_the_installed_commands(tmp_path):
     # the check above has teeth: the same root without /opt/podroute/venv fails verify
     p = verify(make_root(tmp_path, with_commands=False))
     assert p.returncode != 0 and "/opt/podroute/venv/bin/podroute is not executable" in p.stderr
+
+
+def test_unit_is_type_notify_with_a_watchdog():
+    # the agent sends READY=1 and WATCHDOG=1 (podroute.sdnotify); systemd restarts it when the pings stop
+    keys = dict(line.split("=", 1) for line in UNIT.read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+    assert keys["Type"] == "notify" and keys["NotifyAccess"] == "main"
+    assert keys["WatchdogSec"] == "30" and keys["Restart"] == "on-failure"
+    assert int(keys["TimeoutStartSec"]) > 120  # readiness may wait gracefulRestartTime for a peer
