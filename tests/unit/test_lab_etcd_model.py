@@ -46,8 +46,8 @@ def test_etcd_topologies_are_accepted(topology: str) -> None:
 
 
 def test_an_etcd_lab_needs_etcd_and_etcdctl() -> None:
-    assert {"etcd", "etcdctl"} <= set(required_tools("bird", "etcd"))
-    assert "etcd" not in required_tools("bird", "file")
+    assert {"etcd", "etcdctl"} <= set(required_tools("bird", datastore="etcd"))
+    assert "etcd" not in required_tools("bird", datastore="file")
 
 
 def test_resources_for_a_reflector_lab(tmp_path: Path) -> None:
