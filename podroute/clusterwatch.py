@@ -16,7 +16,7 @@ Bad data keeps the last good state, with an error log line naming the key:
 
 With ``register``, the node first registers itself (:meth:`Datastore.register_node`, under a
 lease of ``ttl_s`` the store keeps alive); a registration the store refuses is logged as
-rejected data. In a store where nodes register themselves (``supports_claims``: etcd):
+rejected data. In a store where nodes register themselves (``self_registering``: etcd):
 - the node's own registration is part of its view from the start (it is not in the first
   snapshot of a new node, and the node does not wait for its own write to come back);
 - when its registration disappears (its lease lapsed during a long outage, or it was
@@ -77,7 +77,7 @@ class ClusterWatch:
     # --- deriving the topology ------------------------------------------------------------
     @property
     def self_registering(self) -> bool:
-        return self.register is not None and self.datastore.supports_claims
+        return self.register is not None and self.datastore.self_registering
 
     def derive(self, items: Mapping[str, Resource]) -> Cluster:
         """The topology of ``items`` (blocking). Raises ConfigError naming the key when it

@@ -53,3 +53,18 @@ def etcd_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def kube_apiserver(tmp_path_factory):
+    """A real kube-apiserver with its own etcd on loopback, RBAC on, podroute's CRDs and role
+    applied (tests/kubeutil.py), one per test module, stopped by PID at teardown. Tests that stop
+    the API server must leave it running again (``kube_apiserver.start_apiserver()``)."""
+    from kubeutil import KubeAPIServer, binary
+
+    if shutil.which("etcd") is None or not binary().exists():
+        pytest.skip(f"needs Debian's etcd-server and {binary()} (scripts/setup builds it)")
+    server = KubeAPIServer(tmp_path_factory.mktemp("kube"))
+    server.start()
+    yield server
+    server.stop()

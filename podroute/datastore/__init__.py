@@ -29,15 +29,23 @@ How the seam maps onto etcd v3 (keys ``<prefix><key>``, prefix ``/podroute/``):
 
 And onto Kubernetes (CRDs as Calico's KDD; Nodes' annotations for Node):
 
-- revision: resourceVersion (opaque; compared only for equality in preconditions; the list's
-  resourceVersion is ``Snapshot.revision``).
-- ``snapshot()`` + ``watch(rev)``: LIST then WATCH ``?resourceVersion=rev&allowWatchBookmarks=true``;
-  bookmarks only advance the revision (an empty Changes); 410 Gone -> re-LIST -> :class:`Resync`.
-- ``register_node``: a patch of the Node's annotations (status subresource); no lease: the
-  node lifecycle controller deletes Nodes, so ``ttl_s`` is unused.
+- revision: resourceVersion as an int (an etcd revision, shared by every collection); the
+  nodes LIST's resourceVersion is ``Snapshot.revision`` and the CRD collections are listed at
+  exactly it (``resourceVersionMatch=Exact``), one cut across all of them.
+- ``watch(rev)``: one WATCH per collection ``?resourceVersion=rev&allowWatchBookmarks=true``,
+  merged; a Changes' revision is the highest seen on any collection (it never goes back) and
+  the store remembers each collection's position behind it for a re-watch. Bookmarks only
+  advance the revision (an empty Changes); 410 Gone -> re-LIST -> :class:`Resync`.
+- ``register_node``: GET, then a merge patch of podroute's annotations on ``nodes/<n>/status``
+  (a 409 retried from a fresh read); no lease: the node lifecycle controller (or ``kubectl
+  delete node``) deletes Nodes, so ``ttl_s`` is unused. podroute never creates Nodes.
 - ``claim_block``: POST the IPAMBlock (create fails if it exists: 409 AlreadyExists ->
   Conflict). ``release_block``: DELETE with ``preconditions.resourceVersion`` (409 -> Conflict).
-- HTTP 5xx / connection errors -> Unavailable; a CR that fails validation -> Invalid.
+  With ``usePodCIDR`` a Node's ``spec.podCIDR`` is its block (a confirmed IPAMBlock put and
+  deleted with the Node) and claims are Unsupported.
+- HTTP 5xx / 429 / connection errors -> Unavailable (403 -> ``kubestore.Forbidden``, an
+  Unavailable naming the verb); a write the schema rejects -> InvalidData; a stored object
+  podroute cannot read -> Invalid. See :mod:`.kubestore`.
 """
 from podroute.datastore.api import (Changes, Conflict, Datastore, DatastoreError, Delete, Invalid, InvalidData, Put,
                                     Resync, Snapshot, Unavailable, Unsupported, WatchItem)

@@ -112,6 +112,11 @@ class Datastore(Protocol):
     name: str                    # "file", "fake", "etcd", "kubernetes"
     location: str                # for messages: the file's path, the endpoints, the API server
     supports_claims: bool        # False: block claims raise Unsupported (static blocks only)
+    # True: a node's record is the node's own write (etcd: under its lease), so a node counts
+    # itself in from the start and writes it again if it disappears. False: someone else owns
+    # the record (Kubernetes: kubelet creates Nodes, `kubectl delete node` means the node left,
+    # labels are set with kubectl) or the file does.
+    self_registering: bool
 
     async def snapshot(self) -> Snapshot: ...
 

@@ -103,6 +103,7 @@ class EtcdDatastore:
 
     name = "etcd"
     supports_claims = True
+    self_registering = True
 
     def __init__(self, endpoints: Sequence[str], *, prefix: str = DEFAULT_PREFIX, timeout_s: float = 5.0) -> None:
         if isinstance(endpoints, str) or not endpoints:

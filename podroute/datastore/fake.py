@@ -83,6 +83,7 @@ class FakeDatastore:
     name = "fake"
     location = "fake"
     supports_claims = True
+    self_registering = True   # as etcd
 
     def __init__(self, server: FakeServer) -> None:
         self.server = server

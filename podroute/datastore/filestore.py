@@ -47,6 +47,7 @@ class FileDatastore:
 
     name = "file"
     supports_claims = False
+    self_registering = False
 
     def __init__(self, path: Path, poll_s: float = POLL_S) -> None:
         self.path = Path(path)
