@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from podroute.etcd.keys import DEFAULT_PREFIX as PREFIX  # the lab keeps etcd's default key prefix
