@@ -159,7 +159,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     return lab_up(nodes=args.nodes, peer=args.peer, name=args.name, state_root=Path(args.state_dir),
                   pods_per_node=args.pods, keep_on_failure=args.keep, encapsulation=args.encapsulation,
                   encap_mode=args.encap_mode, subnets=args.subnets, topology=args.topology,
-                  router_restart_time=args.router_restart_time, monitoring_on=args.monitoring)
+                  router_restart_time=args.router_restart_time, monitoring_on=args.monitoring,
+                  datastore=args.datastore, lease_ttl=args.lease_ttl, release_grace=args.release_grace)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -176,6 +177,17 @@ def cmd_lab_reconfigure(args: argparse.Namespace) -> int:
     from podroute.lab.reconfigure import lab_reconfigure
     return lab_reconfigure(name=args.name, state_root=Path(args.state_dir), encapsulation=args.encapsulation,
                            encap_mode=args.encap_mode, timeout=args.timeout)
+
+
+def cmd_lab_node_add(args: argparse.Namespace) -> int:
+    from podroute.lab.membership import node_add
+    return node_add(lab_name=args.lab, state_root=Path(args.state_dir), name=args.name, wait_join=not args.no_wait,
+                    n_pods=args.pods, lease_ttl=args.lease_ttl)
+
+
+def cmd_lab_node_remove(args: argparse.Namespace) -> int:
+    from podroute.lab.membership import node_remove
+    return node_remove(lab_name=args.lab, state_root=Path(args.state_dir), name=args.node, expire=args.expire)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--monitoring", action="store_true",
                             help="start a Prometheus (Debian's) in the lab scraping every agent's metrics, "
                                  "with configs/prometheus/alerts.yml loaded")
+            sp.add_argument("--datastore", default="file", choices=["file", "etcd"],
+                            help="file: node configs and a cluster file; etcd: a real etcd in the lab, nodes "
+                                 "register themselves and claim their own IPAM blocks")
+            sp.add_argument("--lease-ttl", type=int, default=30, help="etcd: the nodes' registration lease TTL (s)")
+            sp.add_argument("--release-grace", type=int, default=60,
+                            help="etcd: seconds before an empty or departed node's block is released")
+    lnode = lab.add_parser("node", help="add or remove a node of a running lab").add_subparsers(dest="sub",
+                                                                                             required=True)
+    nadd = lnode.add_parser("add", help="add a node at run time and time its join")
+    nadd.add_argument("--name", help="node name (default n<next index>)")
+    nadd.add_argument("--pods", type=int, default=1, help="pods to wire on it once it has joined")
+    nadd.add_argument("--no-wait", action="store_true", help="return once its agent is started (no pods)")
+    nadd.add_argument("--lease-ttl", type=int, help="etcd: this node's lease TTL (s), instead of the lab's")
+    nrm = lnode.add_parser("remove", help="remove a node at run time")
+    nrm.add_argument("node", help="node name, e.g. n4")
+    nrm.add_argument("--expire", action="store_true",
+                     help="etcd: kill it and leave its registration to expire by lease, instead of draining it "
+                          "and deleting the registration")
+    for sp, func in ((nadd, cmd_lab_node_add), (nrm, cmd_lab_node_remove)):
+        sp.add_argument("--lab", default="lab", help="lab name (lab up --name)")
+        sp.add_argument("--state-dir", default="/var/lib/podroute-lab")
+        sp.set_defaults(func=func)
     return p
 
 

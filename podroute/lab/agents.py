@@ -28,8 +28,9 @@ PEER_HOLD_TIME_S = 30
 
 def node_peers(lab: Lab, node: Node) -> list[dict[str, Any]]:
     """The ``peers`` of ``node``'s config (node.yaml spelling): its reflector(s) or ToR;
-    empty for cluster-file topologies, whose peers come from the cluster file."""
-    if lab.topology in CLUSTER_FILE_TOPOLOGIES:
+    empty for cluster-file topologies, whose peers come from the cluster file, and on the
+    etcd datastore, whose BGPPeers the lab writes (podroute.lab.etcd)."""
+    if lab.topology in CLUSTER_FILE_TOPOLOGIES or lab.datastore == "etcd":
         return []
     if lab.topology == "rr2":
         return [{"address": str(RR_IP), "asn": ASN, "holdTime": PEER_HOLD_TIME_S},
@@ -43,7 +44,7 @@ def cluster_doc(lab: Lab, members: list[Node]) -> dict[str, Any]:
     every other; podroute-rr: the lab's first node is the route reflector, RFC 4456)."""
     nodes = []
     for n in members:
-        entry: dict[str, Any] = {"name": f"{lab.name}-{n.name}", "ip": n.ip, "asn": n.asn, "podCIDRs": [n.block]}
+        entry: dict[str, Any] = {"name": lab.node_name(n), "ip": n.ip, "asn": n.asn, "podCIDRs": [n.block]}
         if lab.topology == "podroute-rr" and n is lab.nodes[0]:
             entry["routeReflectorClusterID"] = n.ip
         nodes.append(entry)
@@ -60,10 +61,14 @@ def write_cluster(lab: Lab, members: list[Node]) -> None:
 def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     """``node``'s node.yaml as a document (the lab's encapsulation goes into the pool's
     ``ipipMode``/``vxlanMode``, Calico IPPool spelling; a lab with monitoring adds the
-    ``metrics:`` listener on the node's underlay address)."""
+    ``metrics:`` listener on the node's underlay address). On the etcd datastore it has a
+    ``datastore``/``ipam`` section instead of ``podCIDRs``, ``ipPools`` and ``peers``: the
+    node claims its blocks, and pools, peers and the other nodes come from etcd."""
+    if lab.datastore == "etcd":
+        return etcd_node_config_doc(lab, node)
     ndir = Path(node.dir)
     cfg: dict[str, Any] = {
-        "nodeName": f"{lab.name}-{node.name}",
+        "nodeName": lab.node_name(node),
         "nodeIP": node.ip,
         "asn": node.asn,
         "podCIDRs": [node.block],
@@ -80,6 +85,27 @@ def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     if lab.monitoring:
         cfg["metrics"] = monitoring.node_metrics(node)
     return cfg
+
+
+def etcd_node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
+    """node.yaml of a node of an etcd lab (the contract's ``datastore: {type: etcd}`` shape)."""
+    from podroute.lab.etcd import PREFIX  # lazy: a file lab does not load the etcd client
+    ndir = Path(node.dir)
+    rr = {"routeReflectorClusterID": node.ip} if lab.topology == "podroute-rr" and node is lab.nodes[0] else {}
+    metrics = {"metrics": monitoring.node_metrics(node)} if lab.monitoring else {}
+    return {
+        "nodeName": lab.node_name(node),
+        "nodeIP": node.ip,
+        "asn": node.asn,
+        **rr,
+        "datastore": {"type": "etcd", "etcd": {"endpoints": [lab.etcd_endpoint], "prefix": PREFIX},
+                      "leaseTTL": node.lease_ttl or lab.lease_ttl},
+        "ipam": {"releaseGracePeriod": lab.release_grace},
+        "mtu": "auto",
+        "resyncInterval": 30,
+        "paths": {"stateDir": str(ndir / "state"), "runDir": str(ndir / "run")},
+        **metrics,
+    }
 
 
 def node_config(lab: Lab, node: Node) -> Path:

@@ -6,8 +6,11 @@ Namespaces (``prl-<name>-``)::
     rr       the route reflector / ToR and the underlay's L3 hop between subnets:
              eth<s> 198.18.<s>.1/24 on each subnet, IP forwarding on
     rr2      (topology rr2 only) the second reflector, eth0 198.18.0.2/24 on br0
+    etcd     (etcd labs only) the cluster's etcd, eth0 198.18.0.3/24 on br0, default via
+             198.18.0.1 (nodes of every subnet reach it through the router namespace)
     n<i>     node i in subnet s = (i-1) mod K: eth0 198.18.<s>.(10+i)/24, default via
-             198.18.<s>.1, IP forwarding on
+             198.18.<s>.1, IP forwarding on (a node added at run time with a name of its
+             own, ``lab node add --name web``, is ``prl-<lab>-web``; its fabric port stays n<i>)
 
 Every veth is created with both ends directly inside lab namespaces (podroute.lab.netns),
 and every namespace is recorded in lab.json before the next step.
@@ -15,7 +18,7 @@ and every namespace is recorded in lab.json before the next step.
 from __future__ import annotations
 
 from podroute.lab import netns
-from podroute.lab.model import ASN, RR2_IP, TOR_ASN, Lab, Node, node_block, node_ip, router_ip
+from podroute.lab.model import ASN, ETCD_IP, RR2_IP, TOR_ASN, Lab, Node, node_block, node_ip, router_ip
 from podroute.lab.netns import LabError
 
 
@@ -58,20 +61,42 @@ def build(lab: Lab, n_nodes: int) -> None:
         netns.veth(rr2, "eth0", fab, "rr2")
         netns.ip("link", "set", "rr2", "master", "br0", ns=fab)
         netns.ip("addr", "add", f"{RR2_IP}/24", "dev", "eth0", ns=rr2)
+    if lab.datastore == "etcd":
+        etcd_ns = lab.prefix + "etcd"
+        netns.add(etcd_ns)
+        lab.add_namespace(etcd_ns)
+        netns.veth(etcd_ns, "eth0", fab, "etcd")
+        netns.ip("link", "set", "etcd", "master", "br0", ns=fab)
+        netns.ip("addr", "add", f"{ETCD_IP}/24", "dev", "eth0", ns=etcd_ns)
+        netns.ip("route", "add", "default", "via", str(router_ip(0)), ns=etcd_ns)
     for i in range(1, n_nodes + 1):
-        s = (i - 1) % lab.subnets
-        node_ns = f"{lab.prefix}n{i}"
-        netns.add(node_ns)
-        lab.add_namespace(node_ns)
-        netns.veth(node_ns, "eth0", fab, f"n{i}")
-        netns.ip("link", "set", f"n{i}", "master", f"br{s}", ns=fab)
-        ip = node_ip(i, s)
-        netns.ip("addr", "add", f"{ip}/24", "dev", "eth0", ns=node_ns)
-        # A node has a default route in real life; proxy ARP for 169.254.1.1 needs one too.
-        netns.ip("route", "add", "default", "via", str(router_ip(s)), ns=node_ns)
-        netns.sysctl(node_ns, "net.ipv4.ip_forward", "1")
-        ndir = lab.path / f"n{i}"
-        ndir.mkdir(parents=True, exist_ok=True)
-        asn = TOR_ASN + i if lab.topology == "tor" else ASN  # AS per node under a ToR
-        lab.nodes.append(Node(f"n{i}", node_ns, str(ip), str(node_block(i)), str(ndir), subnet=s, asn=asn))
+        add_node(lab, i)
     lab.save()
+
+
+def add_node(lab: Lab, i: int, name: str | None = None) -> Node:
+    """Create node ``i``'s namespace (named ``n<i>`` unless ``name``) on its subnet's bridge,
+    append it to ``lab.nodes`` and return it. Its block is ``node_block(i)`` on the file
+    datastore and "" (claimed by its agent later) on etcd. Raises LabError from ``ip``."""
+    name = name or f"n{i}"
+    fab = lab.prefix + "fab"
+    s = (i - 1) % lab.subnets
+    node_ns = f"{lab.prefix}{name}"
+    netns.add(node_ns)
+    lab.add_namespace(node_ns)
+    netns.veth(node_ns, "eth0", fab, f"n{i}")
+    netns.ip("link", "set", f"n{i}", "master", f"br{s}", ns=fab)
+    ip = node_ip(i, s)
+    netns.ip("addr", "add", f"{ip}/24", "dev", "eth0", ns=node_ns)
+    # A node has a default route in real life; proxy ARP for 169.254.1.1 needs one too.
+    netns.ip("route", "add", "default", "via", str(router_ip(s)), ns=node_ns)
+    netns.sysctl(node_ns, "net.ipv4.ip_forward", "1")
+    ndir = lab.path / name
+    ndir.mkdir(parents=True, exist_ok=True)
+    asn = TOR_ASN + i if lab.topology == "tor" else ASN  # AS per node under a ToR
+    block = str(node_block(i)) if lab.datastore == "file" else ""
+    node = Node(name, node_ns, str(ip), block, str(ndir), subnet=s, asn=asn, index=i)
+    lab.nodes.append(node)
+    lab.last_index = max(lab.last_index, i)
+    lab.save()
+    return node

@@ -5,7 +5,10 @@ underlay subnet ``s`` is 198.18.<s>.0/24 with the lab router at .1; the route re
 is 198.18.0.1 (AS 64512), the second reflector of ``rr2`` labs 198.18.0.2; node ``i``
 sits in subnet (i-1) mod K at 198.18.<s>.(10+i) and owns IPAM block 198.19.<i>.0/26 of
 pool 198.19.0.0/16; under a ToR (AS 65000) node ``i`` has AS 65000+i. The lab's Prometheus
-(``--monitoring``) is 198.18.0.254 on subnet 0.
+(``--monitoring``) is 198.18.0.254 on subnet 0. A lab on the etcd datastore (``--datastore
+etcd``) runs etcd at 198.18.0.3 (:data:`ETCD_IP`, subnet 0) and its nodes claim their blocks
+from the pool themselves, so a node's block is known only once its agent has claimed it
+(``Node.block`` is "" until then).
 
 :class:`Lab` is mutable on purpose: the lab's steps append what they create and call
 :meth:`Lab.save` after each, so ``lab down`` can remove a half-built lab. Addresses are
@@ -26,6 +29,9 @@ from podroute.lab.netns import LabError
 RR_IP = ipaddress.IPv4Address("198.18.0.1")
 RR2_IP = ipaddress.IPv4Address("198.18.0.2")
 MON_IP = ipaddress.IPv4Address("198.18.0.254")   # above the highest node address (.210)
+ETCD_IP = ipaddress.IPv4Address("198.18.0.3")   # below the first node (.11); .2 is rr2's
+ETCD_CLIENT_PORT = 2379                           # etcd's IANA-registered client port
+DATASTORES = ("file", "etcd")
 POOL = ipaddress.IPv4Network("198.19.0.0/16")
 ASN = 64512
 TOR_ASN = 65000
@@ -63,6 +69,8 @@ class Node:
     pid: int | None = None
     subnet: int = 0
     asn: int = ASN
+    index: int = 0                 # i of node_ip(i): its address and fabric port n<i>
+    lease_ttl: int | None = None   # etcd labs: this node's leaseTTL when not the lab's
 
 
 @dataclass
@@ -91,6 +99,11 @@ class Lab:
     peer: str = "bird"
     router_restart_time: int = 120
     monitoring: dict[str, Any] = field(default_factory=dict)   # the lab's Prometheus (podroute.lab.monitoring)
+    datastore: str = "file"
+    etcd: dict[str, Any] = field(default_factory=dict)   # ns, ip, endpoint, pid, dir (etcd labs)
+    lease_ttl: int = 30            # s, the nodes' leaseTTL (etcd labs)
+    release_grace: int = 60        # s, the nodes' ipam.releaseGracePeriod (etcd labs)
+    last_index: int = 0            # highest node index handed out (never reused: etcd may still hold it)
 
     @property
     def prefix(self) -> str:
@@ -113,11 +126,25 @@ class Lab:
             raw = json.loads((root / "lab.json").read_text())
         except (OSError, ValueError):
             return None
-        return cls(raw["name"], raw["root"], [Node(**n) for n in raw["nodes"]], [Pod(**p) for p in raw["pods"]],
+        nodes = [Node(**n) for n in raw["nodes"]]
+        for n, r in zip(nodes, raw["nodes"]):  # a lab.json written before nodes recorded their index
+            if "index" not in r and n.name[1:].isdigit():
+                n.index = int(n.name[1:])
+        return cls(raw["name"], raw["root"], nodes, [Pod(**p) for p in raw["pods"]],
                    raw["namespaces"], raw.get("routers", []), raw.get("timings", {}),
                    raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1),
                    raw.get("topology", "rr"), raw.get("peer", "bird"), raw.get("router_restart_time", 120),
-                   raw.get("monitoring", {}))
+                   raw.get("monitoring", {}), raw.get("datastore", "file"), raw.get("etcd", {}),
+                   raw.get("lease_ttl", 30), raw.get("release_grace", 60), raw.get("last_index", len(raw["nodes"])))
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """The lab etcd's client URL (reachable from every lab namespace, not from the root one)."""
+        return f"http://{ETCD_IP}:{ETCD_CLIENT_PORT}"
+
+    def node_name(self, node: "Node") -> str:
+        """The node's name in podroute (its nodeName and datastore key): ``<lab>-<node>``."""
+        return f"{self.name}-{node.name}"
 
     def add_namespace(self, ns: str) -> None:
         """Record ``ns`` (just created) so that ``lab down`` removes it even if the next step fails."""

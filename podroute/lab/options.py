@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 
 from podroute.lab import frr, monitoring
+from podroute.lab.model import DATASTORES
 from podroute.lab.netns import LabError
 
 ENCAPSULATIONS = ("none", "ipip", "vxlan")
@@ -24,6 +25,9 @@ MAX_PODS_PER_NODE = 20
 MAX_NAME_LEN = 12
 # Topologies whose nodes peer among themselves from the cluster file (no external router).
 CLUSTER_FILE_TOPOLOGIES = ("mesh", "podroute-rr")
+MIN_LEASE_TTL_S = 2           # the node config's datastore.leaseTTL range (podroute.config_datastore)
+MAX_LEASE_TTL_S = 86400
+MAX_RELEASE_GRACE_S = 86400
 
 
 def validate_name(name: str) -> None:
@@ -54,6 +58,9 @@ class LabOptions:
     topology: str = "rr"
     router_restart_time: int = 120   # s, the graceful-restart time the external routers advertise (RFC 4724)
     monitoring: bool = False         # a Prometheus scraping every agent (podroute.lab.monitoring)
+    datastore: str = "file"
+    lease_ttl: int = 30              # s, etcd labs: the nodes' datastore.leaseTTL
+    release_grace: int = 60          # s, etcd labs: the nodes' ipam.releaseGracePeriod
 
     def validate(self) -> None:
         """Raise LabError for the first option out of range, in the order the CLI lists them."""
@@ -71,19 +78,27 @@ class LabOptions:
             raise LabError(f"--nodes {self.nodes}: need 2..{MAX_NODES} nodes")
         if not 1 <= self.pods_per_node <= MAX_PODS_PER_NODE:
             raise LabError(f"--pods {self.pods_per_node}: need 1..{MAX_PODS_PER_NODE} pods per node")
+        if self.datastore not in DATASTORES:
+            raise LabError(f"--datastore {self.datastore}: need one of {', '.join(DATASTORES)}")
+        if not MIN_LEASE_TTL_S <= self.lease_ttl <= MAX_LEASE_TTL_S:
+            raise LabError(f"--lease-ttl {self.lease_ttl}: need {MIN_LEASE_TTL_S}..{MAX_LEASE_TTL_S} seconds")
+        if not 0 <= self.release_grace <= MAX_RELEASE_GRACE_S:
+            raise LabError(f"--release-grace {self.release_grace}: need 0..{MAX_RELEASE_GRACE_S} seconds")
 
 
-def required_tools(peer: str, with_monitoring: bool = False) -> tuple[str, ...]:
-    """The executables a lab with external routers of kind ``peer`` runs (and with
-    ``with_monitoring``, Debian's prometheus and its promtool)."""
+def required_tools(peer: str, with_monitoring: bool = False, datastore: str = "file") -> tuple[str, ...]:
+    """The executables a lab with external routers of kind ``peer`` runs (with
+    ``with_monitoring``, Debian's prometheus and its promtool; on the etcd ``datastore``, etcd
+    and etcdctl)."""
     return ("ip", "ping", *(("bird", "birdc") if peer == "bird" else (frr.BGPD, "vtysh")),
-            *((monitoring.PROMETHEUS, monitoring.PROMTOOL) if with_monitoring else ()))
+            *((monitoring.PROMETHEUS, monitoring.PROMTOOL) if with_monitoring else ()),
+            *(("etcd", "etcdctl") if datastore == "etcd" else ()))
 
 
-def check_host(peer: str, with_monitoring: bool = False) -> None:
+def check_host(peer: str, with_monitoring: bool = False, datastore: str = "file") -> None:
     """Raise LabError unless we are root and every tool of :func:`required_tools` is found."""
     if os.geteuid() != 0:
         raise LabError("the lab creates network namespaces and needs root")
-    for tool in required_tools(peer, with_monitoring):
+    for tool in required_tools(peer, with_monitoring, datastore):
         if not shutil.which(tool):
             raise LabError(f"{tool} not found: run scripts/setup first")

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cni.errors import TRY_AGAIN_LATER
 from podroute.cniconf import CONFLIST_NAME
 from podroute.lab import libcni, netns
 from podroute.lab.model import Lab, Node, Pod
 from podroute.lab.netns import LabError
 
+RETRY_INTERVAL_S = 0.1
 REFERENCE_PLUGINS = Path("/usr/lib/cni")  # containernetworking-plugins (Debian), for portmap
 IFNAME = "eth0"
 
@@ -73,9 +75,17 @@ def attachment(pod_ns: str, container_id: str, pod_name: str) -> libcni.Attachme
                               "K8S_POD_INFRA_CONTAINER_ID": container_id})
 
 
+class AddFailed(LabError):
+    """A CNI ADD failed; ``code`` is the plugin's CNI error code (None when it gave none)."""
+
+    def __init__(self, msg: str, code: int | None) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
 def add(node_dir: Path, node_ns: str, att: libcni.Attachment) -> tuple[dict[str, Any], float]:
     """CNI ADD of ``att`` through the node's conflist. Returns (result, wall ms). On failure
-    runs DEL through the conflist as a runtime does, then raises LabError with the error."""
+    runs DEL through the conflist as a runtime does, then raises AddFailed with the error."""
     conf = conflist(node_dir)
     rt = runtime(node_dir, node_ns)
     t0 = time.perf_counter()
@@ -86,7 +96,7 @@ def add(node_dir: Path, node_ns: str, att: libcni.Attachment) -> tuple[dict[str,
             rt.delete(conf, att, None)
         except libcni.PluginFailed as e2:
             raise LabError(f"{e}; and the DEL after it: {e2}") from None
-        raise LabError(str(e)) from None
+        raise AddFailed(str(e), e.code) from None
     ms = (time.perf_counter() - t0) * 1000
     cache = _cache_path(node_dir, conf["name"], att)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -122,14 +132,17 @@ def delete(node_dir: Path, node_ns: str, att: libcni.Attachment) -> None:
 
 
 def container_id(lab: Lab, node: Node, j: int) -> str:
-    """The container ID of pod ``j`` of ``node``: ``<lab><node>pod<j>`` padded with '0' to 16."""
-    return f"{lab.name}{node.name}pod{j}".ljust(16, "0")
+    """The container ID of pod ``j`` of ``node``: ``<lab><node>pod<j>-`` padded with '0' to 16
+    (the '-' ends the number: padding alone made pod 1 and pod 10 the same container)."""
+    return f"{lab.name}{node.name}pod{j}-".ljust(16, "0")
 
 
-def wire(lab: Lab, node: Node, j: int) -> Pod:
+def wire(lab: Lab, node: Node, j: int, retry_s: float = 0.0) -> Pod:
     """Pod ``j`` of ``node``: namespace ``prl-<lab>-<node>p<j>``, attached by CNI ADD through
     the node's conflist (:func:`add`); recorded in lab.json before the ADD so that ``lab down``
-    removes it. Raises LabError naming the pod when the ADD fails."""
+    removes it. An ADD that fails with CNI code 11 (try again later: e.g. the node is claiming
+    another IPAM block) is tried again, as kubelet retries a sandbox, for up to ``retry_s``
+    seconds (every RETRY_INTERVAL_S). Raises LabError naming the pod when the ADD fails."""
     name = f"{node.name}p{j}"
     pod_ns = f"{lab.prefix}{name}"
     netns.add(pod_ns)
@@ -138,10 +151,17 @@ def wire(lab: Lab, node: Node, j: int) -> Pod:
     pod = Pod(name, node.name, pod_ns, cid)
     lab.pods.append(pod)
     lab.save()
-    try:
-        result, pod.add_ms = add(Path(node.dir), node.ns, attachment(pod_ns, cid, name))
-    except LabError as e:
-        raise LabError(f"CNI ADD for pod {name} on {node.name}: {e}") from None
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            result, pod.add_ms = add(Path(node.dir), node.ns, attachment(pod_ns, cid, name))
+            break
+        except AddFailed as e:
+            if e.code != TRY_AGAIN_LATER or time.monotonic() >= deadline:
+                raise LabError(f"CNI ADD for pod {name} on {node.name}: {e}") from None
+            time.sleep(RETRY_INTERVAL_S)
+        except LabError as e:
+            raise LabError(f"CNI ADD for pod {name} on {node.name}: {e}") from None
     pod.ip = result["ips"][0]["address"].split("/")[0]
     lab.save()
     return pod

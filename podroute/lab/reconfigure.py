@@ -4,7 +4,8 @@ What an operator does on a real cluster when an IP pool's ``ipipMode`` / ``vxlan
 changes (Calico: edit the IPPool, Felix reprograms), done here by config + restart:
 
 1. rewrite every node's ``node.yaml`` with the new pool modes (the same renderer
-   ``lab up`` uses, :func:`podroute.lab.agents.node_config`);
+   ``lab up`` uses, :func:`podroute.lab.agents.node_config`; on an etcd lab the IPPool in
+   etcd is replaced instead);
 2. restart the agents one node at a time (rolling): SIGTERM by the PID recorded in
    ``lab.json``, wait (bounded), start it again exactly as ``lab up`` does
    (:func:`podroute.lab.agents.start`), record the new PID in ``lab.json``, wait
@@ -113,6 +114,9 @@ def lab_reconfigure(*, name: str, state_root: Path, encapsulation: str, encap_mo
     lab.save()
     t0 = time.monotonic()
     try:
+        if lab.datastore == "etcd":  # the pool lives in etcd, not in the node configs
+            from podroute.lab import etcd
+            etcd.apply(lab, puts=[etcd.pool(lab)])
         # Rolling, one node at a time, as an operator restarts a DaemonSet: the others keep
         # their sessions, so the restarted agent exercises the graceful-restart path (keeps
         # its old routes as stale until End-of-RIB, then the new mode's routes replace them).

@@ -35,14 +35,18 @@ def _summary(lab: Lab) -> list[str]:
     t = lab.timings
     nets = ", ".join(str(subnet_net(s)) for s in range(lab.subnets))
     encap = "none (native routing)" if lab.encapsulation == "none" else f"{lab.encapsulation} {lab.encap_mode}"
+    store = (f"; datastore etcd at {lab.etcd_endpoint} (pool, BGP configuration and peers written by the lab; "
+             f"nodes registered and blocks claimed by the agents)" if lab.datastore == "etcd" else "")
     out.append(f"podroute lab '{lab.name}': {len(lab.nodes)} nodes, {len(lab.pods)} pods, {describe_routing(lab)}; "
-               f"underlay {nets}, pool {POOL}, encapsulation {encap}")
+               f"underlay {nets}, pool {POOL}, encapsulation {encap}{store}")
     out.append(f"lab up took {t.get('total_s', 0):.1f} s: namespaces {t.get('fabric_s', 0):.2f} s, "
                f"first {len(lab.nodes) - 1} agents established {t.get('established_s', 0):.2f} s, "
                f"pods {t.get('pods_s', 0):.2f} s")
     out.append(f"new node join: {lab.nodes[-1].name}'s block reached every other FIB "
                f"{1000 * t.get('join_converge_s', 0):.0f} ms after its BGP session came up "
-               f"({t.get('join_total_s', 0):.2f} s after its agent started)")
+               f"({t.get('join_total_s', 0):.2f} s after its agent started"
+               + (f", {1000 * t['join_registered_s']:.0f} ms after it registered in the datastore"
+                  if "join_registered_s" in t else "") + ")")
     adds = [p.add_ms for p in lab.pods if p.add_ms is not None]
     if adds:
         out.append(f"CNI ADD (runtime-style, through the installed conflist: podroute + portmap, wall): "
@@ -121,7 +125,7 @@ def to_json(lab: Lab, passed: bool, statuses: dict[str, dict[str, Any]], matrix:
             router_states: dict[str, bool], fib_routes: dict[str, list[str]]) -> dict[str, Any]:
     """The report.json document (same inputs as :func:`render`); tests/e2e and bench/ read
     ``passed``, ``timings``, ``pods``, ``nodes``, ``fib_routes``, ``router_sessions``,
-    ``matrix`` and ``sessions``."""
+    ``matrix``, ``sessions``, ``datastore`` and ``etcd_endpoint`` (None on the file datastore)."""
     return {
         "passed": passed, "timings": lab.timings,
         "pods": [asdict(p) for p in lab.pods], "nodes": [asdict(n) for n in lab.nodes],
@@ -131,4 +135,5 @@ def to_json(lab: Lab, passed: bool, statuses: dict[str, dict[str, Any]], matrix:
         "matrix": [{"src": s, "dst": d, "ok": ok} for (s, d), ok in matrix.items()],
         "sessions": {n: [{"address": p["address"], "state": p["state"]} for p in (st.get("bgp", {}).get("peers", []))]
                      for n, st in statuses.items()},
+        "datastore": lab.datastore, "etcd_endpoint": lab.etcd_endpoint if lab.datastore == "etcd" else None,
     }

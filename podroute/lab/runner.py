@@ -10,9 +10,15 @@ runtime does (podroute.lab.pods, podroute.lab.libcni), pings every pod pair and 
 Prometheus started before the agents must be scraping every one of them before the
 report (podroute.lab.monitoring).
 
+With ``--datastore etcd`` the lab first starts a real etcd in its own namespace and writes
+the pool, the BGP configuration and the BGP peers into it (podroute.lab.etcd); the node
+configs then carry ``datastore: {type: etcd}`` and no ``podCIDRs``: each agent registers
+itself and claims its own block, which the lab reads back from the node's FIB.
+
 Everything created is recorded in ``<state-dir>/<name>/lab.json`` (podroute.lab.model);
-``lab down`` removes it: agents get SIGTERM first, then every process left in a lab
-namespace is killed by PID and the namespaces are deleted. Operations on a running lab
+``lab down`` removes it: agents get SIGTERM first, then etcd and the routers are stopped by
+PID, every process left in a lab namespace is killed by PID and the namespaces are deleted.
+Nodes are added and removed at run time by podroute.lab.membership. Operations on a running lab
 (kill/stop/restart an agent, stop/start a router) are in podroute.lab.control.
 
 Exit status of ``lab up``: 0 every check passed, 1 a step or check failed, 2 bad options
@@ -63,12 +69,19 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
     say(f"building the underlay, routers and {opts.nodes} node namespaces ({opts.topology}, {opts.peer})")
     fabric.build(lab, opts.nodes)
     lab.timings["fabric_s"] = time.monotonic() - t0
+    if lab.datastore == "etcd":
+        from podroute.lab import etcd  # lazy: a file lab does not load the etcd client
+        t0 = time.monotonic()
+        say(f"starting etcd at {lab.etcd_endpoint} and writing the pool, BGP configuration and peers into it")
+        etcd.start(lab)
+        etcd.seed(lab)
+        lab.timings["etcd_s"] = time.monotonic() - t0
     routers.start_all(lab)
     if opts.monitoring:  # before the agents: its target discovery (up to 5 s) overlaps their start
         say("starting Prometheus in the monitoring namespace")
         monitoring.start(lab)
     first, last = lab.nodes[:-1], lab.nodes[-1]
-    cluster_file = opts.topology in CLUSTER_FILE_TOPOLOGIES
+    cluster_file = opts.topology in CLUSTER_FILE_TOPOLOGIES and lab.datastore == "file"
     if cluster_file:
         agents.write_cluster(lab, first)
     t0 = time.monotonic()
@@ -77,6 +90,9 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
         agents.start(lab, n)
     for n in first:
         wait(f"{n.name}'s BGP sessions", lambda n=n: agents.established(n), AGENT_ESTABLISH_TIMEOUT_S, 0.1)
+        if not n.block:  # etcd: the agent claimed its own
+            probes.wait_claimed(n)
+    lab.save()
     for n in first:
         for m in first:
             if m is not n:
@@ -84,7 +100,7 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
                      FIB_LEARN_TIMEOUT_S)
     lab.timings["established_s"] = time.monotonic() - t0
 
-    say(f"joining {last.name} and timing until its block {last.block} is in every other FIB")
+    say(f"joining {last.name} and timing until its block {last.block or '(it claims one)'} is in every other FIB")
     pods.install(Path(last.dir), agents.node_config(lab, last))  # before the clock: times the agent only
     t_agent = time.time()
     if cluster_file:
@@ -93,6 +109,9 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
     join = probes.time_join(last, first, t_agent)
     lab.timings["join_total_s"] = join.total_s
     lab.timings["join_converge_s"] = join.converge_s
+    if join.registered_s is not None:
+        lab.timings["join_registered_s"] = join.registered_s
+    lab.save()
     wait(f"{last.name}'s FIB to learn the other blocks",
          lambda: all(probes.fib_has(last.ns, n.block) for n in first), FIB_LEARN_TIMEOUT_S)
 
@@ -118,15 +137,18 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
 def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node: int = 2,
            keep_on_failure: bool = False, encapsulation: str = "none", encap_mode: str = "Always",
            subnets: int = 1, topology: str = "rr", router_restart_time: int = 120,
-           monitoring_on: bool = False) -> int:
+           monitoring_on: bool = False, datastore: str = "file", lease_ttl: int = 30, release_grace: int = 60) -> int:
     """Build and prove the lab. Returns 0 when every check passed, 1 otherwise, 2 for bad
-    options or a host that cannot run the lab (message on stderr)."""
+    options or a host that cannot run the lab (message on stderr). ``lease_ttl`` and
+    ``release_grace`` (s) are the nodes' ``datastore.leaseTTL`` and ``ipam.releaseGracePeriod``
+    on the etcd datastore."""
     opts = LabOptions(name=name, nodes=nodes, peer=peer, pods_per_node=pods_per_node,
                       encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets, topology=topology,
-                      router_restart_time=router_restart_time, monitoring=monitoring_on)
+                      router_restart_time=router_restart_time, monitoring=monitoring_on, datastore=datastore,
+                      lease_ttl=lease_ttl, release_grace=release_grace)
     try:
         opts.validate()
-        check_host(peer, monitoring_on)
+        check_host(peer, monitoring_on, datastore)
     except LabError as e:
         print(f"podroute lab: {e}", file=sys.stderr)
         return 2
@@ -136,7 +158,8 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
         lab_down(name=name, state_root=state_root, quiet=True)
     root.mkdir(parents=True, exist_ok=True)
     lab = Lab(name, str(root), encapsulation=encapsulation, encap_mode=encap_mode, subnets=subnets,
-              topology=topology, peer=peer, router_restart_time=router_restart_time)
+              topology=topology, peer=peer, router_restart_time=router_restart_time, datastore=datastore,
+              lease_ttl=lease_ttl, release_grace=release_grace)
     try:
         text, passed, doc = _build(lab, opts)
     except LabError as e:
@@ -166,7 +189,8 @@ def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
     if lab:
         # SIGTERM first: each agent stops its speaker and ExaBGP itself.
         netns.kill_pids([n.pid for n in lab.nodes if n.pid], grace=10)
-        netns.kill_pids([r["pid"] for r in lab.routers if r.get("pid")], grace=5)
+        netns.kill_pids([r["pid"] for r in lab.routers if r.get("pid")] +
+                        ([lab.etcd["pid"]] if lab.etcd.get("pid") else []), grace=5)
         monitoring.stop(lab)
     spaces = set(netns.list_prefixed(prefix)) | set(lab.namespaces if lab else [])
     for ns in sorted(spaces, reverse=True):  # pods before nodes before the fabric
@@ -185,6 +209,8 @@ def lab_status(*, name: str, state_root: Path) -> int:
     if not lab:
         print(f"no lab '{name}' under {state_root}", file=sys.stderr)
         return 1
+    print(datastore_line(lab))
+    print()
     for n in lab.nodes:
         st = agents.status(n)
         print(f"=== {n.name} ({n.ns}, {n.ip}, agent pid {n.pid})")
@@ -193,3 +219,19 @@ def lab_status(*, name: str, state_root: Path) -> int:
     if lab.monitoring:
         print("\n".join(monitoring.status_lines(lab)))
     return 0
+
+
+def datastore_line(lab: Lab) -> str:
+    """One line naming the lab's datastore and its state (etcd: PID, health, keys per collection)."""
+    if lab.datastore == "file":
+        where = lab.path / "cluster.yaml"
+        return f"datastore: file ({where if where.exists() else 'each node config; no cluster file'})"
+    from podroute.lab import etcd
+    pid = lab.etcd.get("pid")
+    if not etcd.running(lab):
+        return f"datastore: etcd at {lab.etcd_endpoint} in {lab.prefix}etcd: STOPPED"
+    counts = etcd.key_counts(lab)
+    state = "healthy" if counts is not None else "NOT ANSWERING"
+    keys = ", ".join(f"{n} {k}" for k, n in sorted((counts or {}).items()))
+    return (f"datastore: etcd at {lab.etcd_endpoint} in {lab.prefix}etcd (pid {pid}, {state})"
+            + (f"; keys under {etcd.PREFIX}: {keys}" if keys else ""))

@@ -13,7 +13,7 @@ from podroute.lab.model import Lab, Node, Pod
 from podroute.lab.report import describe_routing, render, to_json
 
 REPORT_KEYS = ["passed", "timings", "pods", "nodes", "encapsulation", "encap_mode", "subnets", "fib_routes",
-               "router_sessions", "topology", "peer", "matrix", "sessions"]
+               "router_sessions", "topology", "peer", "matrix", "sessions", "datastore", "etcd_endpoint"]
 
 
 def make_lab(tmp_path: Path, topology: str = "rr", routers: bool = True) -> Lab:
