@@ -281,9 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--monitoring", action="store_true",
                             help="start a Prometheus (Debian's) in the lab scraping every agent's metrics, "
                                  "with configs/prometheus/alerts.yml loaded")
-            sp.add_argument("--datastore", default="file", choices=["file", "etcd"],
+            sp.add_argument("--datastore", default="file", choices=["file", "etcd", "kubernetes"],
                             help="file: node configs and a cluster file; etcd: a real etcd in the lab, nodes "
-                                 "register themselves and claim their own IPAM blocks")
+                                 "register themselves and claim their own IPAM blocks; kubernetes: etcd and a "
+                                 "real kube-apiserver in the lab, Nodes registered as kubelet would, agents "
+                                 "with the shipped role claim IPAMBlocks")
             sp.add_argument("--lease-ttl", type=int, default=30, help="etcd: the nodes' registration lease TTL (s)")
             sp.add_argument("--release-grace", type=int, default=60,
                             help="etcd: seconds before an empty or departed node's block is released")

@@ -19,7 +19,7 @@ import yaml
 
 from podroute import statusd
 from podroute.lab import monitoring, netns, pods
-from podroute.lab.model import ASN, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, Node, router_ip
+from podroute.lab.model import ASN, CONTROL_PLANE_DATASTORES, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, Node, router_ip
 from podroute.lab.netns import LabError
 from podroute.lab.options import CLUSTER_FILE_TOPOLOGIES
 
@@ -30,7 +30,7 @@ def node_peers(lab: Lab, node: Node) -> list[dict[str, Any]]:
     """The ``peers`` of ``node``'s config (node.yaml spelling): its reflector(s) or ToR;
     empty for cluster-file topologies, whose peers come from the cluster file, and on the
     etcd datastore, whose BGPPeers the lab writes (podroute.lab.etcd)."""
-    if lab.topology in CLUSTER_FILE_TOPOLOGIES or lab.datastore == "etcd":
+    if lab.topology in CLUSTER_FILE_TOPOLOGIES or lab.datastore in CONTROL_PLANE_DATASTORES:
         return []
     if lab.topology == "rr2":
         return [{"address": str(RR_IP), "asn": ASN, "holdTime": PEER_HOLD_TIME_S},
@@ -64,7 +64,7 @@ def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
     ``metrics:`` listener on the node's underlay address). On the etcd datastore it has a
     ``datastore``/``ipam`` section instead of ``podCIDRs``, ``ipPools`` and ``peers``: the
     node claims its blocks, and pools, peers and the other nodes come from etcd."""
-    if lab.datastore == "etcd":
+    if lab.datastore in CONTROL_PLANE_DATASTORES:
         return etcd_node_config_doc(lab, node)
     ndir = Path(node.dir)
     cfg: dict[str, Any] = {
@@ -88,9 +88,16 @@ def node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
 
 
 def etcd_node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
-    """node.yaml of a node of an etcd lab (the contract's ``datastore: {type: etcd}`` shape)."""
+    """node.yaml of a node of an etcd lab (the contract's ``datastore: {type: etcd}`` shape), or
+    of a kubernetes lab (``datastore: {type: kubernetes}`` with the agent's kubeconfig: the Node
+    object, its labels and address are kubelet's, podroute.lab.kube)."""
     from podroute.lab.etcd import PREFIX  # lazy: a file lab does not load the etcd client
     ndir = Path(node.dir)
+    store: dict[str, Any] = {"type": "etcd", "etcd": {"endpoints": [lab.etcd_endpoint], "prefix": PREFIX},
+                             "leaseTTL": node.lease_ttl or lab.lease_ttl}
+    if lab.datastore == "kubernetes":
+        from podroute.lab.kube import kubeconfig
+        store = {"type": "kubernetes", "kubernetes": {"kubeconfig": str(kubeconfig(lab, "agent"))}}
     rr = {"routeReflectorClusterID": node.ip} if lab.topology == "podroute-rr" and node is lab.nodes[0] else {}
     metrics = {"metrics": monitoring.node_metrics(node)} if lab.monitoring else {}
     return {
@@ -98,8 +105,7 @@ def etcd_node_config_doc(lab: Lab, node: Node) -> dict[str, Any]:
         "nodeIP": node.ip,
         "asn": node.asn,
         **rr,
-        "datastore": {"type": "etcd", "etcd": {"endpoints": [lab.etcd_endpoint], "prefix": PREFIX},
-                      "leaseTTL": node.lease_ttl or lab.lease_ttl},
+        "datastore": store,
         "ipam": {"releaseGracePeriod": lab.release_grace},
         "mtu": "auto",
         "resyncInterval": 30,

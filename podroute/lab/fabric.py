@@ -6,7 +6,7 @@ Namespaces (``prl-<name>-``)::
     rr       the route reflector / ToR and the underlay's L3 hop between subnets:
              eth<s> 198.18.<s>.1/24 on each subnet, IP forwarding on
     rr2      (topology rr2 only) the second reflector, eth0 198.18.0.2/24 on br0
-    etcd     (etcd labs only) the cluster's etcd, eth0 198.18.0.3/24 on br0, default via
+    etcd     (etcd and kubernetes labs) the cluster's etcd (and kube-apiserver), eth0 198.18.0.3/24 on br0, default via
              198.18.0.1 (nodes of every subnet reach it through the router namespace)
     n<i>     node i in subnet s = (i-1) mod K: eth0 198.18.<s>.(10+i)/24, default via
              198.18.<s>.1, IP forwarding on (a node added at run time with a name of its
@@ -18,7 +18,8 @@ and every namespace is recorded in lab.json before the next step.
 from __future__ import annotations
 
 from podroute.lab import netns
-from podroute.lab.model import ASN, ETCD_IP, RR2_IP, TOR_ASN, Lab, Node, node_block, node_ip, router_ip
+from podroute.lab.model import (ASN, CONTROL_PLANE_DATASTORES, ETCD_IP, RR2_IP, TOR_ASN, Lab, Node, node_block,
+                                node_ip, router_ip)
 from podroute.lab.netns import LabError
 
 
@@ -61,7 +62,7 @@ def build(lab: Lab, n_nodes: int) -> None:
         netns.veth(rr2, "eth0", fab, "rr2")
         netns.ip("link", "set", "rr2", "master", "br0", ns=fab)
         netns.ip("addr", "add", f"{RR2_IP}/24", "dev", "eth0", ns=rr2)
-    if lab.datastore == "etcd":
+    if lab.datastore in CONTROL_PLANE_DATASTORES:
         etcd_ns = lab.prefix + "etcd"
         netns.add(etcd_ns)
         lab.add_namespace(etcd_ns)

@@ -3,7 +3,8 @@
 ``node add`` builds what ``lab up`` builds for one node (podroute.lab.fabric.add_node: its
 namespace and uplink on its subnet's bridge), tells the cluster about it the way the lab's
 datastore does (file: the cluster file lists it, for mesh / podroute-rr labs; etcd: nothing
-to write unless the topology gives each node its own BGPPeer, the agent registers itself),
+to write unless the topology gives each node its own BGPPeer, the agent registers itself;
+kubernetes: its Node object as kubelet would create it, and its own BGPPeers),
 configures it on the external routers (podroute.lab.routers.add_neighbor) and, with
 ``--monitoring``, in Prometheus' targets (podroute.lab.monitoring.write_targets), writes its
 node.yaml, installs its CNI plugin and starts its agent. Unless ``wait`` is off it then
@@ -13,7 +14,8 @@ its pods and pings one pod of every other node from each.
 
 ``node remove`` takes a node out: by default as an operator would, ``podroute node drain``
 (withdraw its routes), stop the agent, delete its registration (etcd: ``nodes/<name>`` and
-its own BGPPeers; file: rewrite the cluster file without it) and its router sessions. With
+its own BGPPeers; kubernetes: its Node, as ``kubectl delete node``, and its BGPPeers; file:
+rewrite the cluster file without it) and its router sessions. With
 ``expire`` (etcd labs) it dies instead: SIGKILL to everything in its namespace, nothing
 withdrawn or deleted, so its registration lapses with its lease (``datastore.leaseTTL``)
 and the surviving nodes release its blocks after ``ipam.releaseGracePeriod``; external
@@ -81,6 +83,9 @@ def add(lab: Lab, name: str | None = None, *, wait_join: bool = True, n_pods: in
         own = etcd.node_peers(lab, node)
         if own:
             etcd.apply(lab, puts=own)
+    elif lab.datastore == "kubernetes":  # kubelet registers the Node before podroute starts
+        from podroute.lab import etcd, kube
+        kube.apply(lab, puts=[*etcd.node_peers(lab, node), kube.kubelet_node(lab, node)])
     elif lab.topology in CLUSTER_FILE_TOPOLOGIES:
         agents.write_cluster(lab, lab.nodes)
     routers.add_neighbor(lab, node)
@@ -147,6 +152,13 @@ def remove(lab: Lab, name: str, *, expire: bool = False) -> list[str]:
             from podroute.lab import etcd
             try:
                 deleted = etcd.forget_node(lab, node)
+            except LabError as e:
+                error = e
+        elif lab.datastore == "kubernetes":  # kubectl delete node, and its own peers
+            from podroute.lab import etcd, kube
+            try:
+                keys = [f"nodes/{lab.node_name(node)}", *(f"bgppeers/{p.name}" for p in etcd.node_peers(lab, node))]
+                deleted = kube.apply(lab, deletes=keys)["deleted"]
             except LabError as e:
                 error = e
         elif lab.topology in CLUSTER_FILE_TOPOLOGIES:

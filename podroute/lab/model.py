@@ -8,7 +8,8 @@ pool 198.19.0.0/16; under a ToR (AS 65000) node ``i`` has AS 65000+i. The lab's 
 (``--monitoring``) is 198.18.0.254 on subnet 0. A lab on the etcd datastore (``--datastore
 etcd``) runs etcd at 198.18.0.3 (:data:`ETCD_IP`, subnet 0) and its nodes claim their blocks
 from the pool themselves, so a node's block is known only once its agent has claimed it
-(``Node.block`` is "" until then).
+(``Node.block`` is "" until then). A lab on the kubernetes datastore runs kube-apiserver next
+to that etcd, at https://198.18.0.3:6443 (podroute.lab.kube).
 
 :class:`Lab` is mutable on purpose: the lab's steps append what they create and call
 :meth:`Lab.save` after each, so ``lab down`` can remove a half-built lab. Addresses are
@@ -31,7 +32,8 @@ RR2_IP = ipaddress.IPv4Address("198.18.0.2")
 MON_IP = ipaddress.IPv4Address("198.18.0.254")   # above the highest node address (.210)
 ETCD_IP = ipaddress.IPv4Address("198.18.0.3")   # below the first node (.11); .2 is rr2's
 ETCD_CLIENT_PORT = 2379                           # etcd's IANA-registered client port
-DATASTORES = ("file", "etcd")
+DATASTORES = ("file", "etcd", "kubernetes")
+CONTROL_PLANE_DATASTORES = ("etcd", "kubernetes")   # the lab runs etcd (and kube-apiserver) at ETCD_IP
 POOL = ipaddress.IPv4Network("198.19.0.0/16")
 ASN = 64512
 TOR_ASN = 65000
@@ -104,6 +106,7 @@ class Lab:
     lease_ttl: int = 30            # s, the nodes' leaseTTL (etcd labs)
     release_grace: int = 60        # s, the nodes' ipam.releaseGracePeriod (etcd labs)
     last_index: int = 0            # highest node index handed out (never reused: etcd may still hold it)
+    kube: dict[str, Any] = field(default_factory=dict)   # pid, url, dir, ns (kubernetes labs: podroute.lab.kube)
 
     @property
     def prefix(self) -> str:
@@ -135,7 +138,8 @@ class Lab:
                    raw.get("encapsulation", "none"), raw.get("encap_mode", "Always"), raw.get("subnets", 1),
                    raw.get("topology", "rr"), raw.get("peer", "bird"), raw.get("router_restart_time", 120),
                    raw.get("monitoring", {}), raw.get("datastore", "file"), raw.get("etcd", {}),
-                   raw.get("lease_ttl", 30), raw.get("release_grace", 60), raw.get("last_index", len(raw["nodes"])))
+                   raw.get("lease_ttl", 30), raw.get("release_grace", 60), raw.get("last_index", len(raw["nodes"])),
+                   raw.get("kube", {}))
 
     @property
     def etcd_endpoint(self) -> str:

@@ -89,10 +89,12 @@ class LabOptions:
 def required_tools(peer: str, with_monitoring: bool = False, datastore: str = "file") -> tuple[str, ...]:
     """The executables a lab with external routers of kind ``peer`` runs (with
     ``with_monitoring``, Debian's prometheus and its promtool; on the etcd ``datastore``, etcd
-    and etcdctl)."""
+    and etcdctl; on kubernetes, etcd, kubectl and openssl: kube-apiserver is checked where
+    scripts/setup links it, podroute.lab.kube)."""
     return ("ip", "ping", *(("bird", "birdc") if peer == "bird" else (frr.BGPD, "vtysh")),
             *((monitoring.PROMETHEUS, monitoring.PROMTOOL) if with_monitoring else ()),
-            *(("etcd", "etcdctl") if datastore == "etcd" else ()))
+            *(("etcd", "etcdctl") if datastore == "etcd" else ()),
+            *(("etcd", "kubectl", "openssl") if datastore == "kubernetes" else ()))
 
 
 def check_host(peer: str, with_monitoring: bool = False, datastore: str = "file") -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from podroute import statusd
-from podroute.lab.model import ASN, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, subnet_net
+from podroute.lab.model import ASN, ETCD_IP, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, subnet_net
 
 Matrix = dict[tuple[str, str], bool]
 
@@ -36,7 +36,10 @@ def _summary(lab: Lab) -> list[str]:
     nets = ", ".join(str(subnet_net(s)) for s in range(lab.subnets))
     encap = "none (native routing)" if lab.encapsulation == "none" else f"{lab.encapsulation} {lab.encap_mode}"
     store = (f"; datastore etcd at {lab.etcd_endpoint} (pool, BGP configuration and peers written by the lab; "
-             f"nodes registered and blocks claimed by the agents)" if lab.datastore == "etcd" else "")
+             f"nodes registered and blocks claimed by the agents)" if lab.datastore == "etcd" else
+             f"; datastore kubernetes at https://{ETCD_IP}:6443 (pool, BGP "
+             f"configuration, peers and kubelet-style Nodes written by the lab; Nodes annotated and IPAMBlocks "
+             f"claimed by the agents)" if lab.datastore == "kubernetes" else "")
     out.append(f"podroute lab '{lab.name}': {len(lab.nodes)} nodes, {len(lab.pods)} pods, {describe_routing(lab)}; "
                f"underlay {nets}, pool {POOL}, encapsulation {encap}{store}")
     out.append(f"lab up took {t.get('total_s', 0):.1f} s: namespaces {t.get('fabric_s', 0):.2f} s, "

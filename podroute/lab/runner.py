@@ -10,6 +10,10 @@ runtime does (podroute.lab.pods, podroute.lab.libcni), pings every pod pair and 
 Prometheus started before the agents must be scraping every one of them before the
 report (podroute.lab.monitoring).
 
+With ``--datastore kubernetes`` it starts etcd and a real kube-apiserver there instead, applies
+the CRDs and the agent's role and registers a Node per lab node as kubelet would
+(podroute.lab.kube); the agents run with the role's credentials and claim IPAMBlocks.
+
 With ``--datastore etcd`` the lab first starts a real etcd in its own namespace and writes
 the pool, the BGP configuration and the BGP peers into it (podroute.lab.etcd); the node
 configs then carry ``datastore: {type: etcd}`` and no ``podCIDRs``: each agent registers
@@ -76,6 +80,15 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
         etcd.start(lab)
         etcd.seed(lab)
         lab.timings["etcd_s"] = time.monotonic() - t0
+    if lab.datastore == "kubernetes":
+        from podroute.lab import etcd, kube  # lazy: only a kubernetes lab loads the client
+        t0 = time.monotonic()
+        say(f"starting etcd and kube-apiserver at {kube.url()}, applying the CRDs and the agent's role, writing "
+            "the pool, BGP configuration, peers and a Node per lab node")
+        etcd.start(lab)
+        kube.start(lab)
+        kube.seed(lab)
+        lab.timings["kube_s"] = time.monotonic() - t0
     routers.start_all(lab)
     if opts.monitoring:  # before the agents: its target discovery (up to 5 s) overlaps their start
         say("starting Prometheus in the monitoring namespace")
@@ -174,6 +187,9 @@ def lab_up(*, nodes: int, peer: str, name: str, state_root: Path, pods_per_node:
     (root / "report.json").write_text(json.dumps(doc, indent=2))
     if lab.monitoring:
         print("\n" + "\n".join(monitoring.describe(lab)))
+    if lab.datastore == "kubernetes":
+        from podroute.lab import kube
+        print("\n" + "\n".join(kube.usage(lab)))
     print(f"\nreport saved to {root / 'report.txt'}; inspect with: podroute lab status --name {name}; "
           f"remove with: podroute lab down --name {name}")
     return 0 if passed else 1
@@ -189,6 +205,8 @@ def lab_down(*, name: str, state_root: Path, quiet: bool = False) -> int:
     if lab:
         # SIGTERM first: each agent stops its speaker and ExaBGP itself.
         netns.kill_pids([n.pid for n in lab.nodes if n.pid], grace=10)
+        if lab.kube.get("pid"):  # before its etcd
+            netns.kill_pids([lab.kube["pid"]], grace=5)
         netns.kill_pids([r["pid"] for r in lab.routers if r.get("pid")] +
                         ([lab.etcd["pid"]] if lab.etcd.get("pid") else []), grace=5)
         monitoring.stop(lab)
@@ -227,6 +245,10 @@ def datastore_line(lab: Lab) -> str:
         where = lab.path / "cluster.yaml"
         return f"datastore: file ({where if where.exists() else 'each node config; no cluster file'})"
     from podroute.lab import etcd
+    if lab.datastore == "kubernetes":
+        from podroute.lab import kube
+        state = "running" if kube.running(lab) else "STOPPED"
+        return f"datastore: kubernetes, {kube.usage(lab)[0]}: {state}\n{kube.usage(lab)[1]}"
     pid = lab.etcd.get("pid")
     if not etcd.running(lab):
         return f"datastore: etcd at {lab.etcd_endpoint} in {lab.prefix}etcd: STOPPED"
