@@ -31,7 +31,7 @@ def etcd_lab(tmp_path: Path, topology: str = "rr", subnets: int = 1, encapsulati
 
 
 @pytest.mark.parametrize("opts, message", [
-    (LabOptions(name="l", nodes=3, datastore="consul"), "--datastore consul: need one of file, etcd"),
+    (LabOptions(name="l", nodes=3, datastore="consul"), "--datastore consul: need one of file, etcd, kubernetes"),
     (LabOptions(name="l", nodes=3, datastore="etcd", lease_ttl=1), "--lease-ttl 1: need 2..86400 seconds"),
     (LabOptions(name="l", nodes=3, datastore="etcd", release_grace=-1), "--release-grace -1: need 0..86400"),
 ])
