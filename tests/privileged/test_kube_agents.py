@@ -266,8 +266,8 @@ def test_relabelling_a_node_moves_its_tor_session_at_run_time_and_nothing_else_f
     ctl, server, agents = cluster
     seed(ctl, server, TOR, nodes=[kubelet_node("n1", NODES["n1"], rack="a"),
                                   kubelet_node("n2", NODES["n2"], rack="b")])
-    bird = Bird(ctl, tmp_path / "bird", conf=render(IPv4Address(CTL_IP), 65000,
-                                                    [BirdNeighbor(n, IPv4Address(ip), 64512) for n, ip in NODES.items()],
+    neighbors = [BirdNeighbor(n, IPv4Address(ip), 64512) for n, ip in NODES.items()]
+    bird = Bird(ctl, tmp_path / "bird", conf=render(IPv4Address(CTL_IP), 65000, neighbors,
                                                     tmp_path / "bird" / "bird.log", role="tor"))
     bird.start()
     for a in agents.values():
