@@ -22,7 +22,8 @@ rejected data. In a store where nodes register themselves (``self_registering``:
 - when its registration disappears (its lease lapsed during a long outage, or it was
   deleted), it registers again;
 - an invalid value in the first snapshot is logged and skipped (the other nodes' bad data
-  must not keep this node from starting); with the file store it stops the start.
+  must not keep this node from starting), also on kubernetes, where the node does not
+  register itself but shares the store just the same; with the file store it stops the start.
 
 When the datastore is unavailable the last state stays in force; it is retried with
 exponential backoff (``BACKOFF_S``): a broken watch is listed again once the store answers
@@ -100,7 +101,9 @@ class ClusterWatch:
         snapshot = screen_snapshot(snapshot)
         try:
             for bad in snapshot.invalid:
-                if not self.self_registering:
+                # Only the operator's own file stops the start; in a store every node shares
+                # (etcd, kubernetes: blocks_from_store) another node's bad data must not.
+                if not self.datastore.blocks_from_store:
                     raise ConfigError(bad.key, bad.reason)
                 self._reject(bad.key, bad.reason)
             items = {k: s.value for k, s in snapshot.items.items()}

@@ -193,3 +193,31 @@ async def test_a_claiming_node_waits_for_its_node_object_then_claims_on_a_real_a
         await asyncio.gather(starting, return_exceptions=True)
         await store.close()
         await admin.close()
+
+
+async def test_another_nodes_bad_node_object_does_not_keep_an_agent_from_starting(kube_apiserver, dirs, caplog):
+    """A Node podroute cannot use (here: created without any address, as ``kubectl create``
+    of a bare manifest leaves it) is someone else's: the agent's first topology logs and skips
+    it, as on etcd, instead of refusing to start (the file datastore, the operator's own file,
+    still stops the start)."""
+    from podroute.clusterwatch import ClusterWatch
+    admin = KubeDatastore(kube_apiserver.kubeconfig("admin"))
+    for path in ("/api/v1/nodes", "/apis/podroute.io/v1/ippools", "/apis/podroute.io/v1/ipamblocks"):
+        await asyncio.to_thread(admin.rest.call, "DELETE", path)
+    await admin.put_resource(IPPool("pool", N("198.19.0.0/16"), 26))
+    await admin.put_resource(Node("n1", IPv4Address("198.18.0.11")))
+    await asyncio.to_thread(admin.rest.call, "POST", "/api/v1/nodes",
+                            body={"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bare"}})
+    store = KubeDatastore(kube_apiserver.kubeconfig("agent"), node_name="n1")
+    try:
+        snap = await store.snapshot()
+        assert [b.key for b in snap.invalid] == ["nodes/bare"]
+        caplog.set_level(logging.ERROR, "podroute.clusterwatch")
+        w = ClusterWatch(store, node_name="n1", node_ip=IPv4Address("198.18.0.11"), on_change=lambda c: None,
+                         register=Node("n1", IPv4Address("198.18.0.11")))
+        cluster = w.prime(snap)
+        assert [n.name for n in cluster.nodes] == ["n1"]
+        assert logged(caplog, "nodes/bare") and w.errors == 1
+    finally:
+        await store.close()
+        await admin.close()
