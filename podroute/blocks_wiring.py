@@ -49,7 +49,7 @@ from podroute.datastore import (Changes, Datastore, IPAMBlock, IPPool, Node, Res
 from podroute.datastore.model import cidr_name
 from podroute.datastore.open import open_datastore
 from podroute.datastore.screen import screen_snapshot
-from podroute.ipamblocks import BlockAffinity, BlockCollision, BlockPolicy, PoolExhausted
+from podroute.ipamblocks import BlockAffinity, BlockCollision, BlockPolicy, BlockView, PoolExhausted
 from podroute.nodeblocks import INTERVAL_S, NodeBlocks
 from podroute.schema import ConfigError
 
@@ -89,9 +89,10 @@ class NodeStart:
         return self.blocks[0].network_address
 
     def config(self, cfg: NodeConfig) -> NodeConfig:
-        """``cfg`` with the claimed blocks as ``podCIDRs`` and the datastore's pools as
-        ``ipPools``: what the agent's encapsulation, IPAM and speaker are built from."""
-        return replace(cfg, pod_cidrs=self.blocks, ip_pools=self.pools)
+        """``cfg`` with the claimed blocks as ``podCIDRs``, the datastore's pools as ``ipPools``
+        and, when the config leaves it to the Node, the node IP the start read from it: what
+        the agent's encapsulation, IPAM and speaker are built from."""
+        return replace(cfg.with_node_ip(self.node.address), pod_cidrs=self.blocks, ip_pools=self.pools)
 
 
 def _previous_tunnel(previous: Node | None) -> IPv4Address | None:
@@ -132,6 +133,17 @@ class _Wait(Exception):
     """The node cannot start yet for the reason given; retried."""
 
 
+def _own_address(cfg: NodeConfig, view: BlockView) -> NodeConfig:
+    """``cfg`` with its node IP from its Node in ``view`` when the config leaves it to the Node
+    (kubernetes without nodeIP: InternalIP, or the podroute.io/IPv4Address annotation)."""
+    stored = view.view.get(f"nodes/{cfg.node_name}")
+    if cfg.node_ip_from_node and stored is not None and isinstance(stored.value, Node):
+        log.info("node IP taken from the Node object", extra={"kv": {"node": cfg.node_name,
+                                                                    "node_ip": stored.value.address}})
+        return cfg.with_node_ip(stored.value.address)
+    return cfg
+
+
 def no_node(name: str) -> str:
     return f"no Node object named {name} yet (kubelet registers it; podroute only annotates it)"
 
@@ -169,7 +181,8 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
                 raw = await store.snapshot()
                 snapshot = screen_snapshot(raw)
                 affinity.load(snapshot)
-                if affinity.pools() and affinity.mine():
+                cfg = _own_address(cfg, affinity)
+                if affinity.pools() and affinity.mine() and not cfg.node_ip_from_node:
                     break
                 why = pod_cidr_problem(cfg.node_name, raw, snapshot) if affinity.pools() else NO_POOL
                 raise _Wait(why)
@@ -177,6 +190,7 @@ async def start_node(cfg: NodeConfig, store: Datastore, *, backoff_s: tuple[floa
             if not store.self_registering and cfg.node_name not in affinity.nodes():
                 # kubelet creates the Node; claiming before it exists would leave blocks to no node
                 raise _Wait(no_node(cfg.node_name))
+            cfg = _own_address(cfg, affinity)
             if not affinity.pools():  # nothing to claim from, and BGP import would refuse every route
                 why = NO_POOL
             else:

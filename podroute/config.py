@@ -2,10 +2,12 @@
 
 Shape (every key but nodeName, nodeIP, podCIDRs and ipPools has a default; podCIDRs and
 ipPools are optional too with a datastore the node registers in, ``datastore.type: etcd`` or
-``kubernetes``)::
+``kubernetes``, and on kubernetes nodeName and nodeIP too: a node's config can be the same
+file on every node, as a DaemonSet's)::
 
-    nodeName: node1                  # DNS-1123 label
+    nodeName: node1                  # DNS-1123 label (kubernetes: optional, NODENAME or the host name)
     nodeIP: 198.18.0.11              # the node's underlay address, BGP next hop for its blocks
+                                     # (kubernetes: optional, its Node's InternalIP / annotation)
     asn: 64512                       # local AS, 1..4294967295 (RFC 6793 4-byte ASNs)
     routerID: 198.18.0.11            # BGP identifier, defaults to nodeIP
     podCIDRs: [198.19.1.0/26]        # static IPAM block(s) affine to this node (Calico block
@@ -60,8 +62,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,7 @@ ENCAP_MODES = ("Always", "CrossSubnet", "Never")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_CONFIG_BYTES = 1 << 20   # a node config is a few KiB; larger is not one
 MAX_SECRET_BYTES = 4096      # a TCP MD5 key is at most 80 bytes (Linux TCP_MD5SIG_MAXKEYLEN)
+NODE_IP_FROM_NODE = ipaddress.IPv4Address("0.0.0.0")   # never a node's address: "not known yet"
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,18 @@ class NodeConfig:
     labels: tuple[tuple[str, str], ...] = ()     # sorted (name, value) pairs
     rr_cluster_id: ipaddress.IPv4Address | None = None
     metrics: "MetricsConfig | None" = None   # None: no metrics/health listener (the default)
+    # kubernetes without nodeIP: node_ip (and a defaulted metrics address) is NODE_IP_FROM_NODE
+    # until the node's start reads its Node object (with_node_ip)
+    node_ip_from_node: bool = False
+
+    def with_node_ip(self, ip: ipaddress.IPv4Address) -> "NodeConfig":
+        """This config with the node IP its Node object gave (a defaulted metrics address too)."""
+        if not self.node_ip_from_node:
+            return self
+        metrics = self.metrics
+        if metrics is not None and metrics.address == NODE_IP_FROM_NODE:
+            metrics = MetricsConfig(ip, metrics.port)
+        return replace(self, node_ip=ip, metrics=metrics, node_ip_from_node=False)
 
     @property
     def bgp_router_id(self) -> ipaddress.IPv4Address:
@@ -299,10 +315,22 @@ def parse(raw: Any, source: str = "<memory>") -> NodeConfig:
         raise e.with_file(source) from None
 
 
+def _default_node_name() -> str:
+    """Calico's: the ``NODENAME`` environment variable (the downward API's spec.nodeName in a
+    DaemonSet), else the host name up to its first dot, lower-cased."""
+    env = os.environ.get("NODENAME")
+    if env:
+        return _node_name(env, "nodeName (from the NODENAME environment variable)")
+    return _node_name(socket.gethostname().split(".", 1)[0].lower(), "nodeName (from the host name)")
+
+
 def _parse(raw: Any, source: str) -> NodeConfig:
     s = Section(raw, "")
-    name = s.get("nodeName", _node_name)
-    node_ip = s.get("nodeIP", ipv4_address)
+    d = s.raw.get("datastore")
+    on_kube = isinstance(d, dict) and d.get("type") == "kubernetes"   # the Node object knows who we are
+    name = s.get("nodeName", _node_name, _default_node_name() if on_kube and s.raw.get("nodeName") is None else ...)
+    node_ip = s.get("nodeIP", ipv4_address, NODE_IP_FROM_NODE if on_kube else ...)
+    from_node = node_ip == NODE_IP_FROM_NODE
     asn = s.get("asn", integer(*ASN_RANGE), DEFAULT_ASN)
     router_id = s.get("routerID", ipv4_address, None)
     datastore = parse_datastore(s)
@@ -318,12 +346,12 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     for i, cidr in enumerate(cidrs):
         if pools and not any(cidr.subnet_of(p.cidr) for p in pools):
             raise ConfigError(join("podCIDRs", i), f"{cidr} is not inside any of ipPools ({', '.join(str(p.cidr) for p in pools)})")
-    if any(node_ip in c for c in cidrs):
+    if not from_node and any(node_ip in c for c in cidrs):
         raise ConfigError("nodeIP", f"{node_ip} lies inside podCIDRs")
     mtu = s.get("mtu", _mtu, None)
     peers = s.get("peers", list_of(_peer), ())
     for i, peer in enumerate(peers):
-        if peer.address == node_ip:
+        if peer.address == node_ip and not from_node:
             raise ConfigError(join(join("peers", i), "address"), f"{peer.address} is this node's own nodeIP")
         for j in range(i):
             if peers[j].address == peer.address:
@@ -360,7 +388,8 @@ def _parse(raw: Any, source: str) -> NodeConfig:
     s.finish()
     return NodeConfig(name, node_ip, cidrs, pools, asn, router_id, mtu, peers, listen_address,
                       listen_port, gr, proto, resync, paths, cluster_file, import_extra, accept_default,
-                      services, source, datastore, ipam, labels, rr_cluster_id, metrics=metrics)
+                      services, source, datastore, ipam, labels, rr_cluster_id, metrics=metrics,
+                      node_ip_from_node=from_node)
 
 
 def _metrics(s: Section, node_ip: ipaddress.IPv4Address) -> MetricsConfig | None:

@@ -71,9 +71,11 @@ class Agent:
             "paths": {"stateDir": str(d / "state"), "runDir": str(d / "run")}}))
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *env: str) -> None:
+        """``env``: ``NAME=value`` settings for the agent (``NODENAME=n2``)."""
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "podroute.cli",
+            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "env", *env, sys.executable, "-m",
+                                          "podroute.cli",
                                           "node", "run", "--config", str(self.conf)], cwd=ROOT, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -409,3 +411,35 @@ def test_a_60s_api_server_outage_under_a_10ms_pod_ping_loses_nothing(cluster, ma
             ping.wait(5)
         if not server.running():
             call_in_netns(ctl, server.start_apiserver, timeout=120, name="kube-ctl")
+
+
+def test_a_node_created_by_kubectl_joins_with_nothing_of_its_own_in_its_config(cluster):
+    """Must-show 3's second half: n2's Node is created with ``kubectl create`` (its address
+    in status.addresses), and n2's agent runs with a config holding only the kubeconfig (and
+    this test's private state paths); its name comes from NODENAME, as a DaemonSet's downward
+    API sets it, and its address from the Node. It claims a block and joins the mesh."""
+    ctl, server, agents = cluster
+    seed(ctl, server, nodes=[kubelet_node("n1", NODES["n1"])])
+    manifest = server.workdir / "n2-node.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Node",
+                                        "metadata": {"name": "n2", "labels": {"topology.kubernetes.io/zone": "z"}},
+                                        "status": {"addresses": [{"type": "InternalIP", "address": NODES["n2"]}]}}))
+    kubectl(ctl, server, "create", "-f", str(manifest))
+    n1, n2 = agents["n1"], agents["n2"]
+    n2.conf.write_text(yaml.safe_dump({
+        "datastore": {"type": "kubernetes", "kubernetes": {"kubeconfig": str(server.kubeconfig("agent"))}},
+        "paths": {"stateDir": str(n2.d / "state"), "runDir": str(n2.d / "run")}}))
+    n1.start()
+    n2.start("NODENAME=n2")
+    try:
+        held = wait(lambda: (h := held_blocks(ctl, server)) and set(h) == set(NODES) and h, CONVERGE_S,
+                    "a block per node, n2's claimed by its agent")
+        wait(lambda: converged(agents, held), CONVERGE_S, "each FIB to route the other's block")
+        st = n2.status()
+        assert st["node"]["name"] == "n2" and st["node"]["ip"] == NODES["n2"]
+        assert [p["state"] for p in st["bgp"]["peers"]] == ["established"]
+        assert "node IP taken from the Node object" in n2.log.read_text(errors="replace")
+    except BaseException:
+        for a in agents.values():
+            print(f"--- {a.name} log ---\n{a.tail()}")
+        raise

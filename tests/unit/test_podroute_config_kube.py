@@ -221,3 +221,51 @@ async def test_another_nodes_bad_node_object_does_not_keep_an_agent_from_startin
     finally:
         await store.close()
         await admin.close()
+
+
+# -- a node config with nothing of the node's own (the same file on every node) ----------------------
+def test_on_kubernetes_node_name_and_ip_may_come_from_the_environment_and_the_node(tmp_path, monkeypatch):
+    kc = str(kubeconfig(tmp_path / "kubeconfig"))
+    shared = {"datastore": {"type": "kubernetes", "kubernetes": {"kubeconfig": kc}}, "metrics": {"port": 9091}}
+    monkeypatch.setenv("NODENAME", "worker-3")
+    c = parse(shared, "node.yaml")
+    assert c.node_name == "worker-3" and c.node_ip_from_node
+    r = c.with_node_ip(IPv4Address("198.18.0.23"))
+    assert (r.node_ip, r.metrics.address, r.node_ip_from_node, r.bgp_router_id) == \
+        (IPv4Address("198.18.0.23"),) * 2 + (False, IPv4Address("198.18.0.23"))
+    monkeypatch.delenv("NODENAME")
+    monkeypatch.setattr("socket.gethostname", lambda: "Worker-7.example.com")
+    assert parse(shared, "node.yaml").node_name == "worker-7"          # Calico's fallback: the host name
+    monkeypatch.setenv("NODENAME", "Bad_Name")
+    with pytest.raises(ConfigError, match=r"^node.yaml: nodeName \(from the NODENAME environment variable\): "
+                                          r"'Bad_Name' is not a DNS-1123 label"):
+        parse(shared, "node.yaml")
+    explicit = parse({**BASE, **shared}, "node.yaml")                   # set in the file: as given
+    assert (explicit.node_name, explicit.node_ip, explicit.node_ip_from_node) == ("n1", IPv4Address("198.18.0.11"),
+                                                                                  False)
+    with pytest.raises(ConfigError, match=r"^node.yaml: nodeName: is required$"):   # elsewhere still required
+        parse({"datastore": {"type": "etcd", "etcd": {"endpoints": ["http://198.18.0.2:2379"]}}}, "node.yaml")
+
+
+async def test_a_node_without_node_ip_in_its_config_takes_its_nodes_internal_ip(kube_apiserver, dirs, tmp_path,
+                                                                                monkeypatch):
+    admin = KubeDatastore(kube_apiserver.kubeconfig("admin"))
+    for path in ("/api/v1/nodes", "/apis/podroute.io/v1/ippools", "/apis/podroute.io/v1/ipamblocks"):
+        await asyncio.to_thread(admin.rest.call, "DELETE", path)
+    await admin.put_resource(IPPool("pool", N("198.19.0.0/16"), 26))
+    await admin.put_resource(Node("w3", IPv4Address("198.18.0.23")))
+    monkeypatch.setenv("NODENAME", "w3")
+    d = dirs()
+    cfg = parse({"datastore": {"type": "kubernetes",
+                               "kubernetes": {"kubeconfig": str(kube_apiserver.kubeconfig("agent"))}},
+                 "paths": {"stateDir": str(d / "s"), "runDir": str(d / "r")}}, "node.yaml")
+    store = KubeDatastore(kube_apiserver.kubeconfig("agent"), node_name="w3")
+    try:
+        start = await asyncio.wait_for(start_node(cfg, store, backoff_s=(0.05, 0.2)), T)
+        assert start.node.address == IPv4Address("198.18.0.23")
+        agent_cfg = start.config(cfg)
+        assert agent_cfg.node_ip == IPv4Address("198.18.0.23") and not agent_cfg.node_ip_from_node
+        assert agent_cfg.pod_cidrs == start.blocks and len(start.blocks) == 1
+    finally:
+        await store.close()
+        await admin.close()
