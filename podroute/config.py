@@ -62,7 +62,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,7 +70,8 @@ from typing import Any
 from cni.shim import SUN_PATH_MAX
 from nlcore.route import PODROUTE_PROTO
 from podroute.config_datastore import (DatastoreConfig, EtcdConfig, IpamConfig,  # noqa: F401 (re-exports)
-                                      KubernetesConfig, parse_datastore, parse_ipam, parse_labels)
+                                      KubernetesConfig, default_node_name, parse_datastore, parse_ipam,
+                                      parse_labels)
 from podroute.configfile import load_yaml
 from podroute.schema import (ConfigError, Section, boolean, choice, integer, ipv4_address,
                              clip, ipv4_network, join, list_of, no_overlaps, number, show, string)
@@ -315,20 +315,12 @@ def parse(raw: Any, source: str = "<memory>") -> NodeConfig:
         raise e.with_file(source) from None
 
 
-def _default_node_name() -> str:
-    """Calico's: the ``NODENAME`` environment variable (the downward API's spec.nodeName in a
-    DaemonSet), else the host name up to its first dot, lower-cased."""
-    env = os.environ.get("NODENAME")
-    if env:
-        return _node_name(env, "nodeName (from the NODENAME environment variable)")
-    return _node_name(socket.gethostname().split(".", 1)[0].lower(), "nodeName (from the host name)")
-
-
 def _parse(raw: Any, source: str) -> NodeConfig:
     s = Section(raw, "")
     d = s.raw.get("datastore")
     on_kube = isinstance(d, dict) and d.get("type") == "kubernetes"   # the Node object knows who we are
-    name = s.get("nodeName", _node_name, _default_node_name() if on_kube and s.raw.get("nodeName") is None else ...)
+    name = s.get("nodeName", _node_name, default_node_name(_node_name) if on_kube and s.raw.get("nodeName") is None
+                 else ...)
     node_ip = s.get("nodeIP", ipv4_address, NODE_IP_FROM_NODE if on_kube else ...)
     from_node = node_ip == NODE_IP_FROM_NODE
     asn = s.get("asn", integer(*ASN_RANGE), DEFAULT_ASN)

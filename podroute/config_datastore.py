@@ -17,8 +17,10 @@ waits two syncs), and a registration lease like flannel's subnet leases. Errors 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from podroute.schema import (ConfigError, Section, boolean, choice, clip, integer, join, list_of, number, show,
                              string)
@@ -119,6 +121,17 @@ def _kubeconfig(value: Any, path: str) -> Path:
     except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ConfigError(path, f"{show(text)} is not a usable kubeconfig: {clip(str(e), 200)}") from None
     return p
+
+
+def default_node_name(check: Callable[[Any, str], str]) -> str:
+    """A kubernetes node's name when its config has none, as calico-node finds it: the
+    ``NODENAME`` environment variable (a DaemonSet sets it from the downward API's
+    spec.nodeName), else the host name up to its first dot, lower-cased; ``check`` (the
+    config's nodeName reader) raises ConfigError naming where it came from."""
+    env = os.environ.get("NODENAME")
+    if env:
+        return check(env, "nodeName (from the NODENAME environment variable)")
+    return check(socket.gethostname().split(".", 1)[0].lower(), "nodeName (from the host name)")
 
 
 def parse_labels(value: Any, path: str) -> tuple[tuple[str, str], ...]:
