@@ -37,7 +37,8 @@ def test_four_node_lab_on_kubernetes(tmp_path: Path) -> None:
         assert len(set(blocks.values())) == 4 and all(ipaddress.IPv4Network(b).subnet_of(POOL) for b in blocks.values())
         for n in lab.nodes:   # only a kubeconfig: the Node, its labels and its block come from the API server
             doc = yaml.safe_load((Path(n.dir) / "node.yaml").read_text())
-            assert doc["datastore"] == {"type": "kubernetes", "kubernetes": {"kubeconfig": str(kube.kubeconfig(lab, "agent"))}}
+            agent_kc = str(kube.kubeconfig(lab, "agent"))
+            assert doc["datastore"] == {"type": "kubernetes", "kubernetes": {"kubeconfig": agent_kc}}
             assert "podCIDRs" not in doc and "labels" not in doc and probes.own_blocks(n.ns) == [n.block]
             kc = yaml.safe_load(kube.kubeconfig(lab, "agent").read_text())
             assert kc["users"][0]["name"] == "podroute-agent"          # the role's group, not an admin
@@ -46,8 +47,8 @@ def test_four_node_lab_on_kubernetes(tmp_path: Path) -> None:
         table = kube.kubectl(lab, "get", "nodes,ippools,bgppeers,ipamblocks").stdout
         rows = [line.split()[:3] for line in table.splitlines() if line.strip()]
         for row in [*([f"node/{n}", "Unknown", "<none>"] for n in blocks),        # no kubelet behind them
-                    ["ippool.podroute.io/198-19-0-0-16", "198.19.0.0/16", "26"], ["bgppeer.podroute.io/rr", "198.18.0.1",
-                                                                                  "64512"],
+                    ["ippool.podroute.io/198-19-0-0-16", "198.19.0.0/16", "26"],
+                    ["bgppeer.podroute.io/rr", "198.18.0.1", "64512"],
                     *([f"ipamblock.podroute.io/{cidr.replace('.', '-').replace('/', '-')}", cidr, f"host:{n}"]
                       for n, cidr in blocks.items())]:
             assert row in rows, f"{row!r} not in:\n{table}"
