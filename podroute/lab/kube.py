@@ -18,8 +18,8 @@ per lab node as kubelet would (:func:`kubelet_node`: InternalIP and the well-kno
 :class:`podroute.datastore.kubestore.KubeDatastore` in a child process inside the namespace.
 The agents then claim their blocks as IPAMBlock objects themselves.
 
-lab.json records ``{"pid", "url", "dir", "ns"}`` under ``kube``; ``lab down`` stops it by PID
-(before etcd). ``kubectl`` from the root namespace cannot reach the API server: :func:`usage`
+lab.json records ``{"pid", "url", "dir", "ns"}`` under ``kube``; ``lab down``
+(podroute.lab.runner) stops it by PID before etcd. ``kubectl`` from the root namespace cannot reach the API server: :func:`usage`
 prints the ``ip netns exec`` line that can.
 """
 from __future__ import annotations
@@ -46,7 +46,6 @@ from podroute.lab.netns import LabError
 API_PORT = 6443                 # kube-apiserver's customary secure port
 START_TIMEOUT_S = 120.0         # a cold start on a busy 2-core machine
 APPLY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
 SERVICE_RANGE = "198.18.128.0/24"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 USERS = {"admin": ("admin", "system:masters"), "agent": ("podroute-agent", "podroute:nodes")}
@@ -158,15 +157,6 @@ def start(lab: Lab) -> int:
     kubectl(lab, "apply", *(a for m in manifests for a in ("-f", str(m))), timeout=APPLY_TIMEOUT_S)
     kubectl(lab, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", timeout=APPLY_TIMEOUT_S)
     return proc.pid
-
-
-def stop(lab: Lab) -> None:
-    """Stop kube-apiserver by its recorded PID (SIGTERM, SIGKILL after STOP_GRACE_S). Idempotent."""
-    pid = lab.kube.get("pid")
-    if pid:
-        netns.kill_pids([pid], grace=STOP_GRACE_S)
-    lab.kube["pid"] = None
-    lab.save()
 
 
 def kubelet_node(lab: Lab, node: Node) -> ModelNode:
