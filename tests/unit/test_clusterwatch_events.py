@@ -161,4 +161,3 @@ async def test_a_refused_registration_is_logged_and_not_retried(caplog):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
