@@ -13,7 +13,8 @@ verbs), waits for ``/readyz``, writes a kubeconfig per user (``<root>/kube/<user
 the API server's self-signed CA included), applies ``configs/crds/`` and ``configs/rbac.yaml``
 with the machine's ``kubectl`` and waits until the CRDs are Established. :func:`seed` writes
 the pool, BGP configuration and peers (:func:`podroute.lab.etcd.resources`) and registers a Node
-per lab node as kubelet would (:func:`kubelet_node`: InternalIP and the well-known labels,
+per lab node as kubelet would (the joining last node's when it joins: a mesh peers with every
+registered Node) (:func:`kubelet_node`: InternalIP and the well-known labels,
 ``topology.kubernetes.io/zone`` = ``zone-<subnet>``), through
 :class:`podroute.datastore.kubestore.KubeDatastore` in a child process inside the namespace.
 The agents then claim their blocks as IPAMBlock objects themselves.
@@ -183,9 +184,15 @@ def apply(lab: Lab, puts: Sequence[Resource] = (), deletes: Sequence[str] = ()) 
     return pickle.loads(p.stdout)
 
 
-def seed(lab: Lab) -> None:
-    """The pool, BGP configuration and peers, and a Node per lab node (as kubelet would)."""
-    apply(lab, puts=[*etcd.resources(lab), *(kubelet_node(lab, n) for n in lab.nodes)])
+def seed(lab: Lab, nodes: Sequence[Node]) -> None:
+    """The pool, BGP configuration and peers, and a Node for each of ``nodes`` (as kubelet
+    would; a node that joins later is registered when it does, :func:`register`)."""
+    apply(lab, puts=[*etcd.resources(lab), *(kubelet_node(lab, n) for n in nodes)])
+
+
+def register(lab: Lab, node: Node) -> None:
+    """``node``'s Node object, as its kubelet creates it when the node boots."""
+    apply(lab, puts=[kubelet_node(lab, node)])
 
 
 def usage(lab: Lab) -> list[str]:

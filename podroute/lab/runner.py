@@ -87,7 +87,7 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
             "the pool, BGP configuration, peers and a Node per lab node")
         etcd.start(lab)
         kube.start(lab)
-        kube.seed(lab)
+        kube.seed(lab, lab.nodes[:-1])
         lab.timings["kube_s"] = time.monotonic() - t0
     routers.start_all(lab)
     if opts.monitoring:  # before the agents: its target discovery (up to 5 s) overlaps their start
@@ -115,6 +115,9 @@ def _build(lab: Lab, opts: LabOptions) -> tuple[str, bool, dict[str, Any]]:
 
     say(f"joining {last.name} and timing until its block {last.block or '(it claims one)'} is in every other FIB")
     pods.install(Path(last.dir), agents.node_config(lab, last))  # before the clock: times the agent only
+    if lab.datastore == "kubernetes":  # its kubelet registers the Node as the node boots
+        from podroute.lab import kube
+        kube.register(lab, last)
     t_agent = time.time()
     if cluster_file:
         agents.write_cluster(lab, lab.nodes)  # the running nodes pick the new node up from the datastore
