@@ -21,6 +21,10 @@ rejected data. In a store where nodes register themselves (``self_registering``:
   snapshot of a new node, and the node does not wait for its own write to come back);
 - when its registration disappears (its lease lapsed during a long outage, or it was
   deleted), it registers again;
+- where someone else owns the node's object (kubernetes: kubelet creates the Node, ``kubectl
+  label`` sets its labels, ``kubectl delete node`` removes it), what the agent writes on it
+  (address, ASN, route-reflector cluster ID, tunnel addresses) is in its view from the start,
+  over the Node's labels, but a Node that is gone is not brought back;
 - an invalid value in the first snapshot is logged and skipped (the other nodes' bad data
   must not keep this node from starting), also on kubernetes, where the node does not
   register itself but shares the store just the same; with the file store it stops the start.
@@ -35,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any, Callable, Mapping
 
@@ -83,9 +88,14 @@ class ClusterWatch:
     def derive(self, items: Mapping[str, Resource]) -> Cluster:
         """The topology of ``items`` (blocking). Raises ConfigError naming the key when it
         breaks a rule or does not list this node with its address."""
-        if self.self_registering:
-            assert self.register is not None
-            items = {**items, key_of(self.register): self.register}
+        if self.register is not None:
+            key, stored = key_of(self.register), items.get(key_of(self.register))
+            if self.self_registering:
+                items = {**items, key: self.register}
+            elif isinstance(stored, Node):
+                # kubelet's Node: what the agent writes on it (address, ASN, RR cluster ID,
+                # tunnel addresses) is the agent's from the start, its labels stay the Node's
+                items = {**items, key: replace(self.register, labels=stored.labels)}
         cluster = cluster_from_resources(items)
         me = cluster.node(self.node_name)
         if me is None:

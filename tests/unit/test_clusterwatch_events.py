@@ -161,3 +161,30 @@ async def test_a_refused_registration_is_logged_and_not_retried(caplog):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class KubeLikeStore(FakeDatastore):
+    """The fake with kubernetes' capabilities: someone else (kubelet) owns the Node object."""
+    self_registering = False
+
+
+async def test_where_kubelet_owns_the_node_its_first_topology_has_the_agents_own_fields():
+    """Before its registration (annotations) comes back, this node's own ASN, address and
+    route-reflector cluster ID are already the agent's, so a reflector starts as one (reflection
+    does not depend on the write's round trip); its labels stay the Node's, and a Node deleted
+    with kubectl is not brought back by the overlay."""
+    tor = BGPPeer("tor", A("198.18.0.1"), 65000, node_selector=labels({"rack": "a"}))
+    server = FakeServer()
+    server.put(BGPConfiguration(), tor, Node("n1", N1.address, labels=labels({"rack": "a"})), N2)   # kubelet's
+    me = Node("n1", N1.address, asn=64600, rr_cluster_id=N1.address)
+    w = ClusterWatch(KubeLikeStore(server), node_name="n1", node_ip=N1.address, on_change=lambda c: None,
+                     register=me)
+    cluster = w.prime(server.store.snapshot())
+    own = cluster.node("n1")
+    assert (own.asn, own.rr_cluster_id) == (64600, N1.address)
+    assert w.derive({k: s.value for k, s in server.store.snapshot().items.items()}).node("n1").asn == 64600
+    assert tor.peer_ip in {s.peer.address for s in peers_for("n1", cluster)}     # rack a, the Node's label
+    relabelled = {key_of(N2): N2, key_of(tor): tor, "nodes/n1": Node("n1", N1.address, labels=labels({"rack": "b"}))}
+    assert tor.peer_ip not in {s.peer.address for s in peers_for("n1", w.derive(relabelled))}   # kubectl label
+    with pytest.raises(ConfigError, match=r"this node \(n1\) is not listed"):
+        w.derive({key_of(N2): N2})                          # kubectl delete node n1: it stays gone
