@@ -82,3 +82,17 @@ def test_four_node_lab_on_kubernetes(tmp_path: Path) -> None:
         pid = lab.kube["pid"]
         assert pid and Path(f"/proc/{pid}").exists()
     assert not Path(f"/proc/{pid}/status").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+@pytest.mark.parametrize("topology", ["mesh", "podroute-rr"])
+def test_node_to_node_topologies_on_kubernetes(tmp_path: Path, topology: str) -> None:
+    """The nodes peer among themselves from the Nodes: in a mesh the joining node's Node comes
+    with it (a Node registered early left the others waiting on a session to no agent), and
+    n1, a podroute route reflector by its config, reflects from its first topology on."""
+    with lab_up(tmp_path, "--nodes", "3", "--pods", "1", "--datastore", "kubernetes", "--topology", topology) \
+            as (name, state, rep):
+        assert rep["passed"] is True and all(m["ok"] for m in rep["matrix"]) and len(rep["matrix"]) == 9
+        lab = Lab.load(state / name)
+        assert lab is not None
+        ann = kubectl_json(lab, "node", f"{name}-n1")["metadata"]["annotations"]
+        assert ("podroute.io/RouteReflectorClusterID" in ann) == (topology == "podroute-rr")
