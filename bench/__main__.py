@@ -1,4 +1,4 @@
-"""``python -m bench --size smoke|full [--only fib,resync,bgp,cni,memory,lab] [--out bench/results]``
+"""``python -m bench --size smoke|full [--only fib,resync,bgp,cni,memory,lab,scale] [--out bench/results]``
 
 Runs podroute's benchmarks, each against its anchor measured in the same run on this machine,
 prints figure | podroute | anchor | ratio | target | pass, and writes ``<out>/<figure>.json``,
@@ -28,6 +28,7 @@ SIZES = {
     "full": {"fib": [10_000, 100_000], "bgp": [1000, 10_000, 100_000], "pods": 100, "lab": [10, 30]},
 }
 ALL = ("fib", "resync", "bgp", "cni", "memory", "lab")
+OPT_IN = ("scale",)   # only with --only: bench/scale.py (1,000 Nodes on a real kube-apiserver, ~2 min)
 
 
 def ratio(f: dict) -> float | None:
@@ -174,14 +175,14 @@ def memory_figure(r: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="smoke")
-    ap.add_argument("--only", default=",".join(ALL), help=f"comma list of {','.join(ALL)}")
+    ap.add_argument("--only", default=",".join(ALL), help=f"comma list of {','.join(ALL + OPT_IN)} ({','.join(OPT_IN)} only when named)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--bgp-routes", help="comma list of route counts for the bgp group, overriding --size")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
-    bad = [x for x in only if x not in ALL]
+    bad = [x for x in only if x not in ALL + OPT_IN]
     if bad:
-        ap.error(f"unknown figure group(s) {bad}; choose from {ALL}")
+        ap.error(f"unknown figure group(s) {bad}; choose from {ALL + OPT_IN}")
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         if "lab" in only:
             from . import lab
             group("lab", lambda: figs.extend(lab.run(size["lab"])))
+        if "scale" in only:
+            from . import scale
+            group("scale", lambda: figs.extend(scale.run()))
     except KeyboardInterrupt:
         print("bench: interrupted; cleaning up", file=sys.stderr)
         N.cleanup()

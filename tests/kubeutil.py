@@ -45,13 +45,15 @@ class KubeAPIServer:
     """etcd + kube-apiserver under ``workdir``. ``start()`` blocks until ``/readyz`` answers ok
     (at most START_TIMEOUT_S) and the manifests are applied; ``stop()`` stops both by PID;
     ``stop_apiserver()``/``start_apiserver()`` cut the API server alone (same port, same data).
+    ``extra_args``: more kube-apiserver flags, appended.
     ``host``: its address; to serve a test's namespaces, call :meth:`start` from a thread inside
     one of them (``nlcore.netns.call_in_netns``): etcd, the API server and every check then run
     there, and only that namespace's addresses are used."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.host = host      # bind and advertise address (in its serving certificate)
+        self.extra_args = extra_args   # more kube-apiserver flags (bench/scale.py: its audit log)
         self.etcd = EtcdServer(workdir / "etcd", name="podroute-kube")
         self.port = free_port()
         self.tokens = {"admin": secrets.token_hex(16), "agent": secrets.token_hex(16)}
@@ -90,7 +92,8 @@ class KubeAPIServer:
                 f"--service-account-key-file={w / 'sa.pub'}", f"--service-account-signing-key-file={w / 'sa.key'}",
                 "--api-audiences=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={SERVICE_RANGE}", "--authorization-mode=RBAC",
-                f"--token-auth-file={w / 'tokens.csv'}", "--shutdown-delay-duration=0s", "-v=1"]
+                f"--token-auth-file={w / 'tokens.csv'}", "--shutdown-delay-duration=0s", "-v=1",
+                *self.extra_args]
 
     def start(self) -> None:
         self._prepare()
