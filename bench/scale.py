@@ -34,8 +34,9 @@ default run must not fail where they are missing.
 Measured on this VM (two runs): ready 1,394-1,434 ms on Kubernetes vs 1,457-1,553 ms on the file
 (0.92-0.96x); peak RSS 106 vs 85 MB (1.25x; the agent process 76 vs 54 MB, ExaBGP 29 MB in both);
 29 requests to ready: 21 ``list`` (3 full snapshots of the 5 kinds at start-up, nodes and
-ipamblocks in 2 pages of kubestore.PAGE each), 5 ``watch`` (one per kind), 1 ``get`` node, 1 ``create`` ipamblock (the claim),
-1 ``patch`` nodes/status (its annotations); 0 requests in the idle 10 s.
+ipamblocks in 2 pages of kubestore.PAGE each), 5 ``watch`` (one per kind), 1 ``get`` node,
+1 ``create`` ipamblock (the claim), 1 ``patch`` nodes/status (its annotations); 0 requests in
+the idle 10 s.
 """
 from __future__ import annotations
 
