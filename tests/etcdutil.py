@@ -27,6 +27,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+
+def terminate(proc: subprocess.Popen | None, timeout_s: float) -> None:
+    """SIGTERM ``proc`` (one we started) by PID, SIGKILL if it has not exited within
+    ``timeout_s``, and reap it. Nothing for None or an exited process."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
+
 class EtcdServer:
     """One etcd process. ``start()`` blocks until it answers ``/health`` (at most START_TIMEOUT_S);
     ``stop()`` sends SIGTERM to its PID and SIGKILL after STOP_TIMEOUT_S; ``restart()`` keeps the data
@@ -102,15 +115,7 @@ class EtcdServer:
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL if it has not exited within STOP_TIMEOUT_S. Idempotent."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
+        terminate(self.proc, STOP_TIMEOUT_S)
         self.proc = None
 
     def restart(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import ssl
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from etcdutil import EtcdServer, free_port
+from etcdutil import EtcdServer, free_port, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = REPO / "configs" / "crds"
@@ -182,15 +181,7 @@ class KubeAPIServer:
 
     def stop_apiserver(self) -> None:
         """SIGTERM by PID, SIGKILL after STOP_TIMEOUT_S. Idempotent."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
+        terminate(self.proc, STOP_TIMEOUT_S)
         self.proc = None
 
     def restart_apiserver(self) -> None:
