@@ -125,7 +125,7 @@ def cmd_ipam_show(args: argparse.Namespace) -> int:
     except (DatastoreError, ValueError) as e:
         print(f"podroute ipam show: datastore: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(data, indent=2) if args.json else ipamshow.render(data))
+    print(json.dumps(data, indent=2) if args.json else ipamshow.render(data, allocations=args.allocations))
     return 0
 
 
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--endpoints", help="read the etcd datastore at these endpoints (comma-separated "
                                           "http://host:port) instead of the node config's")
     show.add_argument("--prefix", default="/podroute/", help="etcd key prefix (with --endpoints)")
+    show.add_argument("--allocations", action="store_true",
+                      help="also list this node's addresses and their pods (K8S_POD_NAMESPACE/K8S_POD_NAME)")
     show.set_defaults(func=cmd_ipam_show)
 
     ds = sub.add_parser("datastore", help="cluster datastore tools").add_subparsers(dest="cmd", required=True)

@@ -67,11 +67,28 @@ def local_usage(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> dict[IPv4Ne
     return used
 
 
+def local_allocations(cfg: NodeConfig, blocks: tuple[IPv4Network, ...]) -> list[dict[str, Any]] | None:
+    """This node's pod addresses in ``blocks``, sorted by address: ``{"ip", "pod_namespace",
+    "pod_name", "container_id", "ifname", "network"}`` as the CNI ADD recorded them (the pod
+    names from CNI_ARGS ``K8S_POD_NAMESPACE``/``K8S_POD_NAME``, None when the runtime sent
+    none), or None without local IPAM state."""
+    state = cfg.paths.state_dir / "ipam"
+    if not blocks or not state.is_dir():
+        return None
+    rows = []
+    for a in IPAM(state, blocks=blocks).allocations().values():
+        if any(a.ip in b for b in blocks):
+            rows.append({"ip": str(a.ip), **{k: a.attrs.get(k) for k in
+                                             ("pod_namespace", "pod_name", "container_id", "ifname", "network")}})
+    return sorted(rows, key=lambda r: IPv4Network(r["ip"]))
+
+
 def collect(cfg: NodeConfig | None, snapshot: Snapshot | None = None) -> dict[str, Any]:
-    """``{"pools": [...], "blocks": [...]}``: each pool's CIDR, block size, state, size and
-    in-use (None when unknown); each block's CIDR, node, state, size and in-use. ``snapshot``:
-    the datastore's list (default: the node config's datastore); without ``cfg`` nothing is
-    known of local usage."""
+    """``{"pools": [...], "blocks": [...], "allocations": [...] | None}``: each pool's CIDR,
+    block size, state, size and in-use (None when unknown); each block's CIDR, node, state,
+    size and in-use; this node's allocations (:func:`local_allocations`). ``snapshot``: the
+    datastore's list (default: the node config's datastore); without ``cfg`` nothing is known
+    of local usage."""
     pools = () if cfg is None else tuple(IPPool(cidr_name(p.cidr), p.cidr, p.block_size, p.ipip_mode, p.vxlan_mode)
                                          for p in cfg.ip_pools)
     view = BlockView(cfg.node_name if cfg is not None else "", pools=pools)
@@ -86,15 +103,17 @@ def collect(cfg: NodeConfig | None, snapshot: Snapshot | None = None) -> dict[st
                           "size": p.cidr.num_addresses, "blocks": len(inside), "used": sum(known) if known else None})
     return {"pools": out_pools,
             "blocks": [{"cidr": str(r.cidr), "node": r.node, "state": r.state, "size": r.size, "used": r.used}
-                       for r in rows]}
+                       for r in rows],
+            "allocations": local_allocations(cfg, view.mine()) if cfg is not None else None}
 
 
 def _pct(used: int | None, size: int) -> str:
     return "-" if used is None else f"{used} ({100 * used // size}%)"
 
 
-def render(data: dict[str, Any]) -> str:
-    """The table: one line per pool, then one per block."""
+def render(data: dict[str, Any], allocations: bool = False) -> str:
+    """The table: one line per pool, then one per block; with ``allocations``, then one per
+    address of this node (its pod as ``namespace/name``, ``-`` when the runtime gave none)."""
     lines = [f"{'GROUPING':9} {'CIDR':20} {'NODE':16} {'IPS TOTAL':>10} {'IPS IN USE':>12} {'STATE':10}"]
     for p in data["pools"]:
         state = "disabled" if p["disabled"] else f"/{p['blockSize']} blocks"
@@ -102,4 +121,14 @@ def render(data: dict[str, Any]) -> str:
     for b in data["blocks"]:
         lines.append(f"{'Block':9} {b['cidr']:20} {b['node'] or '-':16} {b['size']:>10} "
                      f"{_pct(b['used'], b['size']):>12} {b['state']:10}")
+    if allocations:
+        allocs = data.get("allocations")
+        lines.append("")
+        if allocs is None:
+            lines.append("no local IPAM state on this node")
+        else:
+            lines.append(f"{'IP':16} {'POD':40} {'CONTAINER':14} {'IFNAME':8}")
+            for a in allocs:
+                pod = f"{a['pod_namespace']}/{a['pod_name']}" if a["pod_name"] else "-"
+                lines.append(f"{a['ip']:16} {pod:40} {(a['container_id'] or '-')[:12]:14} {a['ifname'] or '-':8}")
     return "\n".join(lines)

@@ -62,3 +62,21 @@ paths: {{stateDir: {tmp_path / 'state'}, runDir: {tmp_path / 'run'}}}
     assert cli.main(["ipam", "show", "--config", str(c), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [b["node"] for b in out["blocks"]] == ["n1", "n1", "n2"]
+
+
+def test_allocations_list_the_pod_recorded_from_cni_args(tmp_path, capsys):
+    """Issue 18: each allocation keeps K8S_POD_NAMESPACE/K8S_POD_NAME (the CNI ADD's attrs) and
+    `ipam show --allocations` lists them; an address without pod names shows '-'."""
+    c = cfg(tmp_path)
+    ipam = IPAM(c.paths.state_dir / "ipam", blocks=c.pod_cidrs)
+    ipam.allocate("podroute.c1.eth0", {"pod_namespace": "default", "pod_name": "web-0", "container_id": "c1",
+                                       "ifname": "eth0", "network": "podroute"})
+    ipam.allocate("podroute.c2.eth0", {"pod_namespace": None, "pod_name": None, "container_id": "c2",
+                                       "ifname": "eth0", "network": "podroute"})
+    data = collect(c)
+    assert [(a["ip"], a["pod_namespace"], a["pod_name"], a["container_id"]) for a in data["allocations"]] == [
+        ("198.19.1.0", "default", "web-0", "c1"), ("198.19.1.1", None, None, "c2")]
+    lines = render(data, allocations=True).splitlines()
+    assert any(ln.split()[:3] == ["198.19.1.0", "default/web-0", "c1"] for ln in lines)
+    assert any(ln.split()[:3] == ["198.19.1.1", "-", "c2"] for ln in lines)
+    assert "default/web-0" not in render(data)  # the table alone stays as calicoctl's
