@@ -240,7 +240,9 @@ class Speaker:
             peers=tuple(peers), exabgp_pid=self.process.pid,
             exabgp_restarts=self.process.restarts, last_exit=self.process.last_exit,
             announced=tuple(sorted(self.rib_out.desired())),
-            prefixes_sent=dict(self.rib_out.prefixes_sent))
+            prefixes_sent=dict(self.rib_out.prefixes_sent),
+            reloads=self.rib_out.reloads.signals, reload_retries=self.rib_out.reloads.retries,
+            reload_pending=self.rib_out.reloads.missing)
 
     def best_routes(self) -> Mapping[IPv4Network, BestRoute]:
         """The current Loc-RIB (a copy)."""
