@@ -70,7 +70,7 @@ class Reloads:
     def process_started(self) -> None:
         """A new ExaBGP reads the current file at start: if it changed since the last
         confirmation, confirm it like a reload (SIGUSR1 only if that check fails)."""
-        self.in_flight = self.wanted
+        self.in_flight = None if self.settled() else self.wanted
         self._expect = None
         self._attempt = 0
         self._retry_at = self._clock() + RETRY_INITIAL_S
@@ -93,6 +93,7 @@ class Reloads:
         """Signal, check and retry as the module doc says; True when settled. Raises what
         :meth:`bgp.api.ApiSession.show_neighbors` raises."""
         if self.settled():
+            self.in_flight = None
             return True
         now = self._clock()
         if self.in_flight is None or now >= self._retry_at:
