@@ -166,3 +166,17 @@ async def test_new_api_session_during_a_reload_still_replays_to_the_new_neighbor
         assert got_routes_then_eor(fake, PEERS[1]), fake.got[PEERS[1]]
     finally:
         task.cancel()
+
+
+def test_show_neighbor_json_answer_parses_apart_from_events():
+    """ExaBGP 5.0 answers ``show neighbor json`` with one JSON array (NeighborTemplate
+    .as_dict per neighbor) before ``done``; it must not be taken for a malformed event."""
+    line = ('[{"state": "down", "duration": 0, "fsm": "active", "local": {"capabilities": {}, '
+            '"families": {}, "add-path": {}, "address": "198.18.0.2", "as": 64512, "id": '
+            '"198.18.0.2", "hold": 9}, "peer": {"capabilities": {}, "families": {}, '
+            '"add-path": {}, "address": "198.18.0.11", "as": 64513, "id": null, "hold": null}, '
+            '"messages": {"sent": {}, "received": {}}, "capabilities": [], "families": [], '
+            '"add-path": {}}]\n')
+    reply = api.parse_line(line)
+    assert reply == api.NeighborsReply({A("198.18.0.11"): (64513, "active")})
+    assert api.parse_line("[]") == api.NeighborsReply({})
