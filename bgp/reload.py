@@ -59,6 +59,7 @@ class Reloads:
         self.missing: tuple[str, ...] = ()  # what the last check found wrong (status)
         self._attempt = 0
         self._retry_at = 0.0
+        self._checked = False   # a check ran since the last signal (or process start)
         # The neighbors of the in-flight generation (the file as the signal asked for it):
         # a change made during the reload is the next reload's, not a failure of this one.
         self._expect: dict[IPv4Address, PeerConfig] | None = None
@@ -72,6 +73,7 @@ class Reloads:
         confirmation, confirm it like a reload (SIGUSR1 only if that check fails)."""
         self.in_flight = None if self.settled() else self.wanted
         self._expect = None
+        self._checked = False
         self._attempt = 0
         self._retry_at = self._clock() + RETRY_INITIAL_S
 
@@ -96,13 +98,15 @@ class Reloads:
             self.in_flight = None
             return True
         now = self._clock()
-        if self.in_flight is None or now >= self._retry_at:
+        # Re-sent only once a check after the previous signal showed it did not take.
+        if self.in_flight is None or (self._checked and now >= self._retry_at):
             if self.in_flight is not None:
                 self.retries += 1
                 self._attempt += 1
                 self.log.warning("ExaBGP has not loaded its config after a reload (%s): "
-                                 "signalling it again", "; ".join(self.missing) or "unchecked")
+                                 "signalling it again", "; ".join(self.missing))
             self.in_flight = self.wanted
+            self._checked = False
             self._expect = dict(peers)
             self._signal()
             self.signals += 1
@@ -111,6 +115,7 @@ class Reloads:
         await session.show_neighbors()   # answered after the signal handler ran
         held = await session.show_neighbors()  # a later loop turn: the signal was handled
         self.missing = differences(held, peers if self._expect is None else self._expect, peers)
+        self._checked = True
         if self.missing:
             return False
         if self._attempt:
