@@ -9,10 +9,12 @@ State (all of it; :meth:`AdjRibOut.sync` is the only code that sends commands):
   before a command is sent), ``acked`` (announced to all neighbors and acked, with the
   communities sent) and ``reflected`` (per neighbor: prefix -> the command line sent).
 - Work due, in the order :meth:`sync` does it (:class:`Due`): withdrawals of what we reflected
-  to removed neighbors, an ExaBGP reload, the global diff (a full replay when a new API
-  session started), per-neighbor replays for neighbors a reload added, max-prefix teardowns,
-  reflection diffs, then our End-of-RIB to sessions that came up (owed by
-  bgp/graceful_restart.py; never before that neighbor's replay).
+  to removed neighbors, an ExaBGP reload (bgp/reload.py: coalesced, confirmed through the
+  API, re-sent until ExaBGP holds the configured neighbors), the global diff (a full replay
+  when a new API session started), per-neighbor replays for neighbors a reload added (only
+  once the reload is confirmed: ExaBGP rejects or misroutes commands for a neighbor it has
+  not created), max-prefix teardowns, reflection diffs, then our End-of-RIB to sessions that
+  came up (owed by bgp/graceful_restart.py; never before that neighbor's replay).
 
 Transitions are the named methods (:meth:`session_started`, :meth:`exabgp_gone`,
 :meth:`peer_added`, :meth:`peer_removed`, :meth:`request_teardown`, :meth:`request_reload`,
@@ -34,12 +36,14 @@ from . import api, reflector
 from .errors import BGPError, CommandRejected, ExaBGPExited
 from .graceful_restart import GracefulRestart
 from .model import PeerConfig, SpeakerConfig
+from .reload import Reloads
 from .rib import Rib
 
 # Cease subcode 1, "Maximum Number of Prefixes Reached" (RFC 4486 §4).
 CEASE_MAX_PREFIXES = 1
-# Retry interval (s) and count for per-neighbor commands ExaBGP rejects because a reload
-# has not loaded that neighbor yet.
+# Retry interval (s) for per-neighbor work ExaBGP cannot take yet (a reload not confirmed,
+# a neighbor it rejects), and after how many rejections of one neighbor an error is logged
+# (again every as many: the replay is never given up).
 RELOAD_RETRY_S = 0.3
 RELOAD_RETRIES = 50
 
@@ -54,7 +58,6 @@ class Due:
     """Work the next :meth:`AdjRibOut.sync` pass owes ExaBGP."""
 
     full_replay: bool = False   # a new API session: ExaBGP's Adj-RIB-Out is unknown
-    reload: bool = False        # the config file changed: SIGUSR1 before the diffs
     replay: dict[IPv4Address, int] = field(default_factory=dict)  # neighbor -> tries so far
     teardown: set[IPv4Address] = field(default_factory=set)
     unreflect: dict[IPv4Address, set[IPv4Network]] = field(default_factory=dict)
@@ -77,7 +80,8 @@ def by_communities(prefixes: Iterable[IPv4Network],
 class AdjRibOut:
     """See module doc. ``gr`` owes the End-of-RIBs; ``rib`` is reflected from; ``config()``
     and ``peers()`` give the current config and neighbors (they change at run time);
-    ``established(peer)`` tells whether its session is up; ``reload()`` sends ExaBGP SIGUSR1."""
+    ``established(peer)`` tells whether its session is up; ``reload()`` sends ExaBGP SIGUSR1
+    (driven by :attr:`reloads`, bgp/reload.py)."""
 
     def __init__(self, blocks: Iterable[IPv4Network],
                  exports: Mapping[IPv4Network, tuple[str, ...]], *, gr: GracefulRestart,
@@ -100,7 +104,7 @@ class AdjRibOut:
         self._config = config
         self._peers = peers
         self._established = established
-        self._reload = reload
+        self.reloads = Reloads(reload, log)
         self.log = log
         self.wake = asyncio.Event()
 
@@ -127,9 +131,11 @@ class AdjRibOut:
         self.due = Due(full_replay=self.due.full_replay)
 
     def process_started(self) -> None:
-        """A new ExaBGP process: it holds nothing yet."""
+        """A new ExaBGP process: it holds nothing yet, and its neighbors are checked like
+        after a reload (it reads the config file when it starts, which may be mid-change)."""
         self.held.clear()
         self.acked.clear()
+        self.reloads.process_started()
 
     def peer_added(self, peer: IPv4Address) -> None:
         """Added or changed by a reload: replay our announcements to it alone."""
@@ -147,7 +153,8 @@ class AdjRibOut:
         self.wake.set()
 
     def request_reload(self) -> None:
-        self.due.reload = True
+        """The config file was rewritten: one (coalesced) reload is due."""
+        self.reloads.request()
         self.wake.set()
 
     def drain(self) -> tuple[IPv4Network, ...]:
@@ -162,7 +169,7 @@ class AdjRibOut:
         """Nothing of ours left in ExaBGP and no replay or End-of-RIB still due."""
         return (not self.due.full_replay and not self.held
                 and not any(self.reflected.values()) and not self._gr.owes_eor()
-                and not self.due.replay)
+                and not self.due.replay and self.reloads.settled())
 
     # ---- the writer ----
 
@@ -189,11 +196,11 @@ class AdjRibOut:
     async def sync(self, session: api.ApiSession) -> None:
         """One pass over the work due (module doc)."""
         due, peers = self.due, self._peers()
-        if due.full_replay:
+        full_replay = due.full_replay
+        if full_replay:
             due.full_replay = False
             self.acked.clear()
             self.reflected.clear()
-            due.replay.clear()  # the global replay below reaches every neighbor
         retry = False
         for peer, prefixes in sorted(due.unreflect.items()):
             # Before the reload drops the neighbor: ExaBGP caches a neighbor's RIB by name
@@ -204,14 +211,20 @@ class AdjRibOut:
                 except CommandRejected:
                     break
         due.unreflect.clear()
-        if due.reload:
-            due.reload = False
-            self._reload()
+        loaded = await self.reloads.settle(session, peers)
+        if full_replay and loaded:
+            # The global replay below reaches every neighbor ExaBGP holds, which is all of
+            # them once the reload is confirmed; until then a neighbor being added keeps its
+            # own replay (else it would get nothing but our End-of-RIB).
+            due.replay.clear()
         desired = self.desired()
         await self._sync_global(session, desired)
-        for peer in sorted(due.replay):
-            if not await self._replay_to(session, peer, desired, peers):
-                retry = True
+        if not loaded:
+            retry = bool(due.replay) or not self.reloads.settled()
+        else:
+            for peer in sorted(due.replay):
+                if not await self._replay_to(session, peer, desired, peers):
+                    retry = True
         for peer in sorted(due.teardown):
             due.teardown.discard(peer)
             if peer in peers:
@@ -232,7 +245,10 @@ class AdjRibOut:
             self._gr.eor_sent(peer)
             self.log.info("sent End-of-RIB to %s", peer)
         if retry:
-            asyncio.get_running_loop().call_later(RELOAD_RETRY_S, self.wake.set)
+            delay = RELOAD_RETRY_S
+            if not self.reloads.settled():
+                delay = min(delay, max(0.05, self.reloads.retry_in()))
+            asyncio.get_running_loop().call_later(delay, self.wake.set)
 
     async def _sync_global(self, session: api.ApiSession,
                            desired: dict[IPv4Network, tuple[str, ...]]) -> None:
@@ -265,8 +281,8 @@ class AdjRibOut:
     async def _replay_to(self, session: api.ApiSession, peer: IPv4Address,
                          desired: dict[IPv4Network, tuple[str, ...]],
                          peers: Mapping[IPv4Address, PeerConfig]) -> bool:
-        """Announce the acked set to one neighbor (added by a reload). False when ExaBGP
-        does not know the neighbor yet (reload still running): retried later."""
+        """Announce the acked set to one neighbor (added by a reload; called once the reload
+        is confirmed). False when ExaBGP rejects it: a reload is requested, retried later."""
         if peer not in peers:
             self.due.replay.pop(peer, None)
             return True
@@ -276,12 +292,14 @@ class AdjRibOut:
                 for line in api.cmds_bulk_announce(group, neighbor=peer, communities=comms):
                     await session.command(line)
         except CommandRejected:
-            tries = self.due.replay.get(peer, 0)
-            if tries >= RELOAD_RETRIES:
-                self.log.error("ExaBGP does not know neighbor %s after a reload", peer)
-                self.due.replay.pop(peer, None)
-                return True
-            self.due.replay[peer] = tries + 1
+            # Never given up: a neighbor left without our routes is an idle session that
+            # looks healthy. A confirmed reload should have created it: reload again.
+            tries = self.due.replay[peer] = self.due.replay.get(peer, 0) + 1
+            if tries == 1:
+                self.reloads.invalidate()
+            if tries % RELOAD_RETRIES == 0:
+                self.log.error("ExaBGP does not know neighbor %s after a reload (%d tries); "
+                               "still retrying", peer, tries)
             return False
         self.due.replay.pop(peer, None)
         self.reflected.pop(peer, None)  # re-send reflected routes to it as well

@@ -207,11 +207,41 @@ def _parse_update(obj: dict[str, Any]) -> Event | None:
     return UpdateEvent(peer, announced, withdrawn)
 
 
-def parse_line(line: str | bytes) -> Event | str | None:
+@dataclass(frozen=True)
+class NeighborsReply:
+    """The answer to :data:`CMD_SHOW_NEIGHBORS`: each neighbor ExaBGP's reactor holds (its
+    ``_peers``, which a reload updates together with the parsed configuration), as
+    address -> (peer AS, FSM state name)."""
+
+    neighbors: dict[IPv4Address, tuple[int | None, str]]
+
+
+# ExaBGP 5.0 reactor/api/command/neighbor.py: one line, a JSON array of
+# NeighborTemplate.as_dict() (bgp/neighbor.py), then ``done``.
+CMD_SHOW_NEIGHBORS = "show neighbor json"
+
+
+def parse_neighbors(text: str) -> dict[IPv4Address, tuple[int | None, str]]:
+    """Parse the JSON array ``show neighbor json`` answers (see :class:`NeighborsReply`).
+    Raises BGPError naming the entry that lacks ``peer.address``."""
+    out: dict[IPv4Address, tuple[int | None, str]] = {}
+    try:
+        for entry in json.loads(text):
+            peer = entry["peer"]
+            asn = peer.get("as")
+            out[IPv4Address(str(peer["address"]))] = (
+                int(asn) if asn is not None else None, str(entry.get("fsm", "")))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BGPError(f"unparsable 'show neighbor json' answer: {exc}: {text[:200]!r}") from exc
+    return out
+
+
+def parse_line(line: str | bytes) -> Event | str | NeighborsReply | None:
     """Parse one line ExaBGP wrote to the helper.
 
-    Returns ``"done"``/``"error"`` for acks, an event dataclass, or None for blank lines and
-    message types we do not use (keepalive, refresh, operational, unknown: logged at debug).
+    Returns ``"done"``/``"error"`` for acks, an event dataclass, a :class:`NeighborsReply`
+    for a ``show neighbor json`` answer, or None for blank lines and message types we do not
+    use (keepalive, refresh, operational, unknown: logged at debug).
     Raises BGPError on a line that is neither an ack nor valid JSON of the expected shape.
     """
     if isinstance(line, bytes):
@@ -247,6 +277,10 @@ def parse_line(line: str | bytes) -> Event | str | None:
             return OpenEvent(_peer(obj), int(o["asn"]), int(o["hold_time"]),
                              IPv4Address(o["router_id"]), caps, gr_time, gr is not None)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if isinstance(exc, AttributeError) and text[:1] == "[":
+            # A query's answer (``show neighbor json``: one JSON array); kept off the event
+            # path above, which only ever sees objects.
+            return NeighborsReply(parse_neighbors(text))
         raise BGPError(f"unparsable ExaBGP API line: {exc}: {text[:200]!r}") from exc
     log.debug("ignoring ExaBGP message type %r", kind)
     return None
@@ -346,6 +380,7 @@ class ApiSession:
         self._closed = False
         self.ack_timeout = ack_timeout
         self.unsolicited_acks = 0
+        self._reply: NeighborsReply | None = None
 
     @property
     def closed(self) -> bool:
@@ -371,6 +406,9 @@ class ApiSession:
                     continue
                 if isinstance(item, str):
                     self._ack(item)
+                    continue
+                if isinstance(item, NeighborsReply):
+                    self._reply = item
                     continue
                 try:
                     self._on_event(item)
@@ -413,6 +451,16 @@ class ApiSession:
                 self._pending = None
             if word == ACK_ERROR:
                 raise CommandRejected(line)
+
+    async def show_neighbors(self) -> dict[IPv4Address, tuple[int | None, str]]:
+        """Send :data:`CMD_SHOW_NEIGHBORS` and return its answer (:class:`NeighborsReply`);
+        errors as :meth:`command`, plus BGPError when ExaBGP acks without an answer."""
+        self._reply = None
+        await self.command(CMD_SHOW_NEIGHBORS)
+        reply, self._reply = self._reply, None
+        if reply is None:
+            raise BGPError(f"ExaBGP acked {CMD_SHOW_NEIGHBORS!r} without an answer")
+        return reply.neighbors
 
     async def commands(self, lines: Iterable[str]) -> None:
         """Send each line in order, stopping at the first rejection (raised)."""

@@ -116,7 +116,8 @@ class ExaBGPProcess:
 
     def signal_reload(self) -> None:
         """SIGUSR1 to the running child (ExaBGP 5: reload the configuration,
-        reactor/interrupt.py); nothing when none runs."""
+        reactor/interrupt.py); nothing when none runs. ExaBGP may lose it without a word:
+        bgp/reload.py decides when to send it and checks that it took."""
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return

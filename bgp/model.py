@@ -196,7 +196,10 @@ class SpeakerStatus:
     starts after the first; ``last_exit`` describes the last exit (code and stderr tail);
     ``announced`` is the desired announced set; ``prefixes_sent``: prefixes handed to ExaBGP
     to announce / withdraw to every neighbor since the speaker started (``{"announce": n,
-    "withdraw": n}``; ExaBGP packs them into UPDATEs, which it does not report)."""
+    "withdraw": n}``; ExaBGP packs them into UPDATEs, which it does not report);
+    ``reloads``: SIGUSR1 sent to ExaBGP, ``reload_retries`` of them re-sent because ExaBGP had
+    not loaded the config, ``reload_pending`` what the last check found wrong (empty when
+    ExaBGP holds the configured neighbors; bgp/reload.py)."""
 
     peers: tuple[PeerStatus, ...]
     exabgp_pid: int | None
@@ -204,3 +207,6 @@ class SpeakerStatus:
     last_exit: str | None
     announced: tuple[IPv4Network, ...]
     prefixes_sent: Mapping[str, int] = field(default_factory=dict)
+    reloads: int = 0
+    reload_retries: int = 0
+    reload_pending: tuple[str, ...] = ()

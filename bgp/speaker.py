@@ -17,8 +17,10 @@ so peers keep our routes as stale until the next run's End-of-RIB (a restart los
 traffic). :meth:`Speaker.drain` is the separate, explicit withdrawal for a node that leaves.
 
 Runtime peer changes (:meth:`Speaker.set_peers`): the config file is rewritten and ExaBGP
-gets SIGUSR1 (reload: unchanged neighbors keep their sessions, added ones start, removed ones
-stop); added/changed neighbors get our announcements replayed per neighbor.
+reloads it on SIGUSR1 (unchanged neighbors keep their sessions, added ones start, removed
+ones stop); bgp/reload.py keeps one reload in flight, confirms it through the API and
+signals again until ExaBGP holds the configured neighbors (``reload_pending`` in status).
+Added/changed neighbors get our announcements replayed per neighbor once it has.
 
 Why one file of ~400 lines: it holds only the public surface and the event dispatch; every
 concern behind them has its own module (above).
@@ -169,8 +171,9 @@ class Speaker:
     def set_peers(self, peers: Iterable[PeerConfig]) -> None:
         """Replace the neighbor set at run time without touching unchanged sessions.
 
-        Rewrites the ExaBGP config (0600) and, once an API session is up, sends ExaBGP
-        SIGUSR1 (reload): unchanged neighbors keep their sessions, added ones start, changed
+        Rewrites the ExaBGP config (0600) and, once an API session is up, has ExaBGP reload
+        it (SIGUSR1, coalesced and confirmed: bgp/reload.py; calls in quick succession
+        share a reload): unchanged neighbors keep their sessions, added ones start, changed
         ones are re-established, removed ones are stopped. Removed peers' routes are flushed
         at once (no graceful restart) and what we reflected to/from them is withdrawn.
         Raises ConfigError (nothing changes) when the new set cannot be rendered.
@@ -240,7 +243,9 @@ class Speaker:
             peers=tuple(peers), exabgp_pid=self.process.pid,
             exabgp_restarts=self.process.restarts, last_exit=self.process.last_exit,
             announced=tuple(sorted(self.rib_out.desired())),
-            prefixes_sent=dict(self.rib_out.prefixes_sent))
+            prefixes_sent=dict(self.rib_out.prefixes_sent),
+            reloads=self.rib_out.reloads.signals, reload_retries=self.rib_out.reloads.retries,
+            reload_pending=self.rib_out.reloads.missing)
 
     def best_routes(self) -> Mapping[IPv4Network, BestRoute]:
         """The current Loc-RIB (a copy)."""
