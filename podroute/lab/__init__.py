@@ -20,6 +20,8 @@ Modules, by concern:
   the external BGP routers (BIRD 2 or FRR bgpd; reflector or ToR)
 - :mod:`~podroute.lab.agents`: node.yaml, the cluster file, starting and asking node agents
 - :mod:`~podroute.lab.etcd`: the etcd of a ``--datastore etcd`` lab (start, stop, seed, etcdctl)
+- :mod:`~podroute.lab.kube`: the kube-apiserver of a ``--datastore kubernetes`` lab (start, CRDs and role, kubelet-style Nodes)
+- :mod:`~podroute.lab.adminjob`: the lab's writes to either datastore, from inside its namespace
 - :mod:`~podroute.lab.membership`: ``lab node add`` / ``lab node remove`` at run time
 - :mod:`~podroute.lab.control`: stop, kill, restart agents; stop and start routers
 - :mod:`~podroute.lab.pods`, :mod:`~podroute.lab.libcni`: pods wired through each node's

@@ -21,18 +21,15 @@ latency on a shared machine).
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import pickle
 import shutil
 import subprocess
-import sys
 import time
 from typing import Any, Sequence
 
 from podroute.etcd.keys import DEFAULT_PREFIX as PREFIX  # the lab keeps etcd's default key prefix
 from podroute.datastore.model import BGPConfiguration, BGPPeer, IPPool, Resource, cidr_name, key_of
-from podroute.lab import netns
+from podroute.lab import adminjob, netns
 from podroute.lab.model import ASN, ETCD_CLIENT_PORT, ETCD_IP, POOL, RR2_IP, RR_IP, TOR_ASN, Lab, Node, router_ip
 from podroute.lab.netns import LabError
 
@@ -169,18 +166,9 @@ def apply(lab: Lab, puts: Sequence[Resource] = (), deletes: Sequence[str] = ()) 
     :func:`podroute.datastore.model.key_of` spells them) through EtcdDatastore, from a child
     process inside the etcd namespace. Returns ``{"put": n, "deleted": [keys that existed]}``;
     raises LabError with the child's message when etcd refuses or cannot be reached."""
-    job = pickle.dumps({"endpoint": lab.etcd_endpoint, "prefix": PREFIX, "puts": list(puts),
-                        "deletes": list(deletes)})
     ns = lab.etcd.get("ns") or lab.prefix + "etcd"
-    try:
-        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "podroute.lab.etcd"], input=job,
-                           capture_output=True, timeout=APPLY_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise LabError(f"writing to the lab's etcd at {lab.etcd_endpoint} timed out") from None
-    if p.returncode != 0:
-        raise LabError(f"writing to the lab's etcd at {lab.etcd_endpoint} failed: "
-                       f"{p.stderr.decode(errors='replace').strip()[-800:]}")
-    return pickle.loads(p.stdout)
+    return adminjob.run(ns, {"type": "etcd", "endpoint": lab.etcd_endpoint, "prefix": PREFIX}, puts, deletes,
+                        what=f"the lab's etcd at {lab.etcd_endpoint}", timeout_s=APPLY_TIMEOUT_S)
 
 
 def seed(lab: Lab) -> None:
@@ -194,31 +182,3 @@ def forget_node(lab: Lab, node: Node) -> list[str]:
     Returns the keys that existed."""
     keys = [f"nodes/{lab.node_name(node)}", *(key_of(p) for p in node_peers(lab, node))]
     return apply(lab, deletes=keys)["deleted"]
-
-
-async def _run_job(job: dict[str, Any]) -> dict[str, Any]:
-    from podroute.datastore.etcdstore import EtcdDatastore
-    store = EtcdDatastore([job["endpoint"]], prefix=job["prefix"])
-    try:
-        for r in job["puts"]:
-            await store.put_resource(r)
-        deleted = [k for k in job["deletes"] if await store.delete_resource(k)]
-    finally:
-        await store.close()
-    return {"put": len(job["puts"]), "deleted": deleted}
-
-
-def _main() -> int:
-    from podroute.datastore.api import DatastoreError
-    job = pickle.loads(sys.stdin.buffer.read())
-    try:
-        out = asyncio.run(_run_job(job))
-    except DatastoreError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    sys.stdout.buffer.write(pickle.dumps(out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -25,10 +25,8 @@ prints the ``ip netns exec`` line that can.
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -40,7 +38,7 @@ import yaml
 
 from podroute.datastore.model import Node as ModelNode
 from podroute.datastore.model import Resource, labels
-from podroute.lab import etcd, netns
+from podroute.lab import adminjob, etcd, netns
 from podroute.lab.model import ETCD_IP, Lab, Node
 from podroute.lab.netns import LabError
 
@@ -172,16 +170,8 @@ def apply(lab: Lab, puts: Sequence[Resource] = (), deletes: Sequence[str] = ()) 
     """Write ``puts`` and delete ``deletes`` (datastore keys) as the lab's admin through
     KubeDatastore, from a child process inside the control-plane namespace. Returns ``{"put":
     n, "deleted": [keys that existed]}``; raises LabError with the child's message."""
-    job = pickle.dumps({"kubeconfig": str(kubeconfig(lab)), "puts": list(puts), "deletes": list(deletes)})
-    try:
-        p = subprocess.run(["ip", "netns", "exec", _ns(lab), sys.executable, "-m", "podroute.lab.kube"], input=job,
-                           capture_output=True, timeout=APPLY_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise LabError(f"writing to the lab's kube-apiserver at {url()} timed out") from None
-    if p.returncode != 0:
-        raise LabError(f"writing to the lab's kube-apiserver at {url()} failed: "
-                       f"{p.stderr.decode(errors='replace').strip()[-800:]}")
-    return pickle.loads(p.stdout)
+    return adminjob.run(_ns(lab), {"type": "kubernetes", "kubeconfig": str(kubeconfig(lab))}, puts, deletes,
+                        what=f"the lab's kube-apiserver at {url()}", timeout_s=APPLY_TIMEOUT_S)
 
 
 def seed(lab: Lab, nodes: Sequence[Node]) -> None:
@@ -199,31 +189,3 @@ def usage(lab: Lab) -> list[str]:
     """How to reach the lab's API server with kubectl (it listens only inside the lab)."""
     return [f"kube-apiserver: {url()} in {_ns(lab)} (pid {lab.kube.get('pid')}); admin kubeconfig {kubeconfig(lab)}",
             f"  ip netns exec {_ns(lab)} kubectl --kubeconfig {kubeconfig(lab)} get nodes,ippools,bgppeers,ipamblocks"]
-
-
-async def _run_job(job: dict[str, Any]) -> dict[str, Any]:
-    from podroute.datastore.kubestore import KubeDatastore
-    store = KubeDatastore(Path(job["kubeconfig"]))
-    try:
-        for r in job["puts"]:
-            await store.put_resource(r)
-        deleted = [k for k in job["deletes"] if await store.delete_resource(k)]
-    finally:
-        await store.close()
-    return {"put": len(job["puts"]), "deleted": deleted}
-
-
-def _main() -> int:
-    from podroute.datastore.api import DatastoreError
-    job = pickle.loads(sys.stdin.buffer.read())
-    try:
-        out = asyncio.run(_run_job(job))
-    except DatastoreError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    sys.stdout.buffer.write(pickle.dumps(out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
