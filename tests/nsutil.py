@@ -31,6 +31,19 @@ def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = 3
     return proc
 
 
+def stop_group(proc: subprocess.Popen | None, term_s: float = 20.0, kill_s: float = 10.0) -> None:
+    """SIGTERM the process group of ``proc`` (one we started with ``start_new_session``), SIGKILL
+    it after ``term_s`` s, and reap ``proc``. Nothing for None or an exited process."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(term_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(kill_s)
+
+
 def pids_in(ns: str) -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

@@ -8,8 +8,6 @@ Each test starts one agent (``podroute node run``, or the same Agent built with
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nsutil import sh
+from nsutil import sh, stop_group
 
 pytestmark = pytest.mark.privileged
 
@@ -91,14 +89,7 @@ class Node:
         return json.loads(out.stdout)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_group(self.proc, 20, 10)
 
 
 @pytest.fixture

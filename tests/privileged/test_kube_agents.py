@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from nsutil import sh
+from nsutil import sh, stop_group
 from waiting import wait
 
 from nlcore.netns import call_in_netns
@@ -95,14 +93,7 @@ class Agent:
         return sh("ip", "route", "show", "proto", str(PODROUTE_PROTO), ns=self.ns).stdout
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc, 20, 5)
 
     def tail(self) -> str:
         try:
