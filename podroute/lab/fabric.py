@@ -35,6 +35,20 @@ def check_ipip(fab: str) -> None:
     netns.ip("link", "del", "prl-probe", ns=fab, check=False)
 
 
+def attach(lab: Lab, ns: str, port: str, address: str, subnet: int = 0, *, default_route: bool = True) -> None:
+    """Create namespace ``ns`` with its ``eth0`` on subnet ``subnet``'s bridge (fabric side
+    named ``port``), at ``address``/24, with a default route via that subnet's router unless
+    ``default_route`` is False. Raises LabError from ``ip``."""
+    fab = lab.prefix + "fab"
+    netns.add(ns)
+    lab.add_namespace(ns)
+    netns.veth(ns, "eth0", fab, port)
+    netns.ip("link", "set", port, "master", f"br{subnet}", ns=fab)
+    netns.ip("addr", "add", f"{address}/24", "dev", "eth0", ns=ns)
+    if default_route:
+        netns.ip("route", "add", "default", "via", str(router_ip(subnet)), ns=ns)
+
+
 def build(lab: Lab, n_nodes: int) -> None:
     """Create the fabric, router and ``n_nodes`` node namespaces of ``lab`` and append
     the nodes to ``lab.nodes`` (state dirs ``<root>/n<i>`` created). Raises LabError
@@ -56,20 +70,9 @@ def build(lab: Lab, n_nodes: int) -> None:
     # The router namespace joins the subnets (the underlay's L3 hop for CrossSubnet labs).
     netns.sysctl(rr, "net.ipv4.ip_forward", "1")
     if lab.topology == "rr2":  # a second reflector on subnet 0, for losing one RR
-        rr2 = lab.prefix + "rr2"
-        netns.add(rr2)
-        lab.add_namespace(rr2)
-        netns.veth(rr2, "eth0", fab, "rr2")
-        netns.ip("link", "set", "rr2", "master", "br0", ns=fab)
-        netns.ip("addr", "add", f"{RR2_IP}/24", "dev", "eth0", ns=rr2)
+        attach(lab, lab.prefix + "rr2", "rr2", str(RR2_IP), default_route=False)
     if lab.datastore in CONTROL_PLANE_DATASTORES:
-        etcd_ns = lab.prefix + "etcd"
-        netns.add(etcd_ns)
-        lab.add_namespace(etcd_ns)
-        netns.veth(etcd_ns, "eth0", fab, "etcd")
-        netns.ip("link", "set", "etcd", "master", "br0", ns=fab)
-        netns.ip("addr", "add", f"{ETCD_IP}/24", "dev", "eth0", ns=etcd_ns)
-        netns.ip("route", "add", "default", "via", str(router_ip(0)), ns=etcd_ns)
+        attach(lab, lab.prefix + "etcd", "etcd", str(ETCD_IP))
     for i in range(1, n_nodes + 1):
         add_node(lab, i)
     lab.save()
@@ -80,17 +83,11 @@ def add_node(lab: Lab, i: int, name: str | None = None) -> Node:
     append it to ``lab.nodes`` and return it. Its block is ``node_block(i)`` on the file
     datastore and "" (claimed by its agent later) on etcd. Raises LabError from ``ip``."""
     name = name or f"n{i}"
-    fab = lab.prefix + "fab"
     s = (i - 1) % lab.subnets
     node_ns = f"{lab.prefix}{name}"
-    netns.add(node_ns)
-    lab.add_namespace(node_ns)
-    netns.veth(node_ns, "eth0", fab, f"n{i}")
-    netns.ip("link", "set", f"n{i}", "master", f"br{s}", ns=fab)
     ip = node_ip(i, s)
-    netns.ip("addr", "add", f"{ip}/24", "dev", "eth0", ns=node_ns)
     # A node has a default route in real life; proxy ARP for 169.254.1.1 needs one too.
-    netns.ip("route", "add", "default", "via", str(router_ip(s)), ns=node_ns)
+    attach(lab, node_ns, f"n{i}", str(ip), s)
     netns.sysctl(node_ns, "net.ipv4.ip_forward", "1")
     ndir = lab.path / name
     ndir.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,8 @@ from typing import Any
 import yaml
 
 from podroute.config import MetricsConfig
-from podroute.lab import netns
-from podroute.lab.model import MON_IP, Lab, Node, router_ip, wait
+from podroute.lab import fabric, netns
+from podroute.lab.model import MON_IP, Lab, Node, wait
 from podroute.lab.netns import LabError
 
 PROMETHEUS = "prometheus"
@@ -111,13 +111,7 @@ def write_targets(lab: Lab) -> None:
 
 
 def _underlay(lab: Lab, ns: str) -> None:
-    netns.add(ns)
-    lab.add_namespace(ns)
-    fab = lab.prefix + "fab"
-    netns.veth(ns, "eth0", fab, "mon")
-    netns.ip("link", "set", "mon", "master", "br0", ns=fab)
-    netns.ip("addr", "add", f"{MON_IP}/24", "dev", "eth0", ns=ns)
-    netns.ip("route", "add", "default", "via", str(router_ip(0)), ns=ns)
+    fabric.attach(lab, ns, "mon", str(MON_IP))
 
 
 def start(lab: Lab) -> None:
