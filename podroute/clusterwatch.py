@@ -92,9 +92,11 @@ class ClusterWatch:
             key, stored = key_of(self.register), items.get(key_of(self.register))
             if self.self_registering:
                 items = {**items, key: self.register}
-            elif isinstance(stored, Node):
+            elif self.datastore.blocks_from_store and isinstance(stored, Node):
                 # kubelet's Node: what the agent writes on it (address, ASN, RR cluster ID,
-                # tunnel addresses) is the agent's from the start, its labels stay the Node's
+                # tunnel addresses) is the agent's from the start, its labels stay the Node's.
+                # Not the file store: there the operator's file is the node's whole record
+                # (its routeReflectorClusterID included), and the agent writes nothing.
                 items = {**items, key: replace(self.register, labels=stored.labels)}
         cluster = cluster_from_resources(items)
         me = cluster.node(self.node_name)

@@ -189,6 +189,23 @@ def watch_file(path: Path, got: list, poll_s: float = 0.01) -> tuple[ClusterWatc
     return w, store
 
 
+def test_the_file_keeps_this_nodes_route_reflector_cluster_id_over_its_registration(tmp_path):
+    """On the file datastore the operator's file is the node's whole record: the agent's own
+    registration (name, address, AS) must not hide the file's routeReflectorClusterID (it did
+    once, for the Kubernetes overlay, and a podroute-rr lab's reflector never peered)."""
+    from podroute.datastore import Node
+    f = tmp_path / "cluster.yaml"
+    f.write_text("""nodes:
+  - {name: n1, ip: 198.18.0.11, podCIDRs: [198.19.1.0/26], routeReflectorClusterID: 198.18.0.11}
+  - {name: n2, ip: 198.18.0.12, podCIDRs: [198.19.2.0/26]}
+""")
+    store = FileDatastore(f)
+    w = ClusterWatch(store, node_name="n1", node_ip=NODE_IP, on_change=lambda c: None,
+                     register=Node("n1", NODE_IP, 64512))
+    cluster = w.prime(store.load())
+    assert cluster.node("n1").rr_cluster_id == IPv4Address("198.18.0.11")
+
+
 async def test_cluster_watch_hands_a_changed_file_over_and_keeps_the_last_good_one(tmp_path, caplog):
     f = tmp_path / "cluster.yaml"
     write(f)
