@@ -15,6 +15,10 @@ Layout (all inside fresh ``prb-<hex>`` namespaces, deleted afterwards):
 The 10.0.0.0/8 /26s exist only as FIB entries (via 198.18.0.1) in isolated namespaces; no
 packet is ever sent to them. Receivers run one at a time (2 shared cores).
 
+Why one file of ~450 lines: every receiver is timed by the same functions (``_converge``,
+``_withdraw``, ``_memory``) from one clock, and keeping them and the runs that use them
+together is what lets a reader check that the method is the same for each.
+
 Method, one for every receiver (``_converge``, ``_memory``, ``_withdraw`` below):
 
 - Announce: t0 = the SENDER's Established time for its session with that receiver (the source

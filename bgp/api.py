@@ -12,8 +12,9 @@ it (tests/fixtures/exabgp/pipelined_acks.txt), so acks cannot be matched by orde
 several commands are outstanding. Bulk ``announce attributes ... nlri P1 P2 ...`` keeps
 throughput up.
 
-Why one file of ~430 lines: it is the whole contract with ExaBGP's API in both directions
-(the event grammar, the command grammar and the ack discipline), kept where one reader can
+Why one file of ~480 lines: it is the whole contract with ExaBGP's API in both directions
+(the event grammar, the command grammar, the ack discipline and the ``show neighbor json``
+answer that confirms a reload), kept where one reader can
 check it against ExaBGP 5.0's ``exabgp/reactor/api/`` in one pass.
 """
 from __future__ import annotations

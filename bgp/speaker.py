@@ -22,7 +22,7 @@ ones stop); bgp/reload.py keeps one reload in flight, confirms it through the AP
 signals again until ExaBGP holds the configured neighbors (``reload_pending`` in status).
 Added/changed neighbors get our announcements replayed per neighbor once it has.
 
-Why one file of ~400 lines: it holds only the public surface and the event dispatch; every
+Why one file of ~430 lines: it holds only the public surface and the event dispatch; every
 concern behind them has its own module (above).
 """
 from __future__ import annotations
