@@ -109,10 +109,19 @@ class KubeDatastore:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
 
-    def _call(self, verb: str, kind: Kind, key: str, method: str, path: str, subresource: str = "",
-              **kw: Any) -> dict[str, Any]:
+    def _call(self, verb: str, kind: Kind, key: str, method: str, path: str, subresource: str = "", *,
+              absent: tuple[int, ...] = (), **kw: Any) -> dict[str, Any] | None:
+        """One REST call with the seam's errors (:func:`map_error`); None when the API server
+        answered one of the HTTP statuses in ``absent`` (404 gone, 409 changed) that the caller
+        handles itself."""
+        from kubernetes.client.exceptions import ApiException
+
         try:
             return self.rest.call(method, path, **kw)
+        except ApiException as e:
+            if e.status in absent:
+                return None
+            raise map_error(e, verb, kind, key, subresource) from None
         except Exception as e:  # noqa: BLE001 - mapped onto the seam's errors, or re-raised
             raise map_error(e, verb, kind, key, subresource) from None
 
@@ -268,28 +277,17 @@ class KubeDatastore:
         if self.node_name is not None and node.name != self.node_name:
             raise InvalidData(key, f"this agent acts for node {self.node_name} and annotates only its own Node")
         path = f"{NODES.path}/{node.name}"
-        from kubernetes.client.exceptions import ApiException
-
         for _ in range(CONFLICT_RETRIES):
-            try:
-                obj = self.rest.call("GET", path)
-            except ApiException as e:
-                if e.status == 404:
-                    raise InvalidData(key, f"no Node object named {node.name}: kubelet registers Nodes "
-                                           "and podroute only annotates them") from None
-                raise map_error(e, "get", NODES, key) from None
-            except Exception as e:  # noqa: BLE001
-                raise map_error(e, "get", NODES, key) from None
+            obj = self._call("get", NODES, key, "GET", path, absent=(404,))
+            if obj is None:
+                raise InvalidData(key, f"no Node object named {node.name}: kubelet registers Nodes "
+                                       "and podroute only annotates them")
             patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
                                   "annotations": {**codec.node_annotations(node), ADDRESS: str(node.address)}}}
-            try:
-                new = self.rest.call("PATCH", f"{path}/status", body=patch, content_type=MERGE_PATCH)
-            except ApiException as e:
-                if e.status == 409:
-                    continue          # changed since the read: read again
-                raise map_error(e, "patch", NODES, key, "status") from None
-            except Exception as e:  # noqa: BLE001
-                raise map_error(e, "patch", NODES, key, "status") from None
+            new = self._call("patch", NODES, key, "PATCH", f"{path}/status", "status", absent=(409,), body=patch,
+                             content_type=MERGE_PATCH)
+            if new is None:
+                continue              # changed since the read: read again
             return self._stored(NODES, new, key)
         raise Conflict(key, f"changed under us on each of {CONFLICT_RETRIES} attempts")
 
@@ -332,32 +330,16 @@ class KubeDatastore:
         raise Conflict(key, f"claimed and released under us on each of {CONFLICT_RETRIES} attempts")
 
     def _get(self, kind: Kind, name: str, key: str) -> Stored | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            obj = self.rest.call("GET", f"{kind.path}/{name}")
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise map_error(e, "get", kind, key) from None
-        except Exception as e:  # noqa: BLE001
-            raise map_error(e, "get", kind, key) from None
-        return self._stored(kind, obj, key)
+        obj = self._call("get", kind, key, "GET", f"{kind.path}/{name}", absent=(404,))
+        return None if obj is None else self._stored(kind, obj, key)
 
     def _release(self, cidr: IPv4Network, revision: int) -> None:
         self._unsupported()
         key, name = block_key(cidr), cidr_name(cidr)
-        from kubernetes.client.exceptions import ApiException
-
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"resourceVersion": str(revision)}}
-        try:
-            self.rest.call("DELETE", f"{IPAMBLOCKS.path}/{name}", body=body)
+        if self._call("delete", IPAMBLOCKS, key, "DELETE", f"{IPAMBLOCKS.path}/{name}", absent=(404, 409),
+                      body=body) is not None:
             return
-        except ApiException as e:
-            if e.status not in (404, 409):
-                raise map_error(e, "delete", IPAMBLOCKS, key) from None
-        except Exception as e:  # noqa: BLE001
-            raise map_error(e, "delete", IPAMBLOCKS, key) from None
         current = self._get(IPAMBLOCKS, name, key)
         holder = current.value.affinity if current is not None and isinstance(current.value, IPAMBlock) else None
         raise Conflict(key, f"changed or released since revision {revision}", holder)
@@ -425,18 +407,8 @@ class KubeDatastore:
         return await self._run(self._put, resource)
 
     def _delete(self, key: str) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
         kind, name = codec.split_key(key)
-        try:
-            self.rest.call("DELETE", f"{kind.path}/{name}")
-            return True
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise map_error(e, "delete", kind, key) from None
-        except Exception as e:  # noqa: BLE001
-            raise map_error(e, "delete", kind, key) from None
+        return self._call("delete", kind, key, "DELETE", f"{kind.path}/{name}", absent=(404,)) is not None
 
     async def delete_resource(self, key: str) -> bool:
         """Delete the object at ``key`` (``nodes/n3``, ``bgppeers/tor``); False if it was gone."""
