@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
@@ -26,6 +27,24 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def spawn(argv: list[str], log_path: Path, *, name: str, ready: Callable[[], bool], log_tail: Callable[[], str],
+          timeout_s: float, step_s: float, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` with its output appended to ``log_path`` and poll ``ready()`` every
+    ``step_s`` until it holds; RuntimeError with ``log_tail()`` if the process exits first or is
+    not ready within ``timeout_s`` (then it is stopped by PID)."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} at start-up:\n{log_tail()}")
+        if ready():
+            return proc
+        time.sleep(step_s)
+    terminate(proc, STOP_TIMEOUT_S)
+    raise RuntimeError(f"{name} not ready within {timeout_s} s:\n{log_tail()}")
 
 
 def terminate(proc: subprocess.Popen | None, timeout_s: float) -> None:
@@ -87,21 +106,8 @@ class EtcdServer:
             raise RuntimeError(f"etcd already running as pid {self.proc.pid}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode} at start-up:\n{self.log_tail()}")
-            if self.healthy():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"etcd not healthy within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+        self.proc = spawn(self.argv(), self.log_path, name="etcd", ready=self.healthy, log_tail=self.log_tail,
+                          timeout_s=START_TIMEOUT_S, step_s=0.05, env=env)
 
     def healthy(self) -> bool:
         try:

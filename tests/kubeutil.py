@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from etcdutil import EtcdServer, free_port, terminate
+from etcdutil import EtcdServer, free_port, spawn, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = REPO / "configs" / "crds"
@@ -109,20 +109,8 @@ class KubeAPIServer:
     def start_apiserver(self) -> None:
         if self.running():
             raise RuntimeError(f"kube-apiserver already running as pid {self.proc.pid}")
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kube-apiserver exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.ready():
-                return
-            time.sleep(0.2)
-        self.stop_apiserver()
-        raise RuntimeError(f"kube-apiserver not ready within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+        self.proc = spawn(self.argv(), self.log_path, name="kube-apiserver", ready=self.ready, log_tail=self.log_tail,
+                          timeout_s=START_TIMEOUT_S, step_s=0.2)
 
     def _ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
